@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     s3_bucket: str = "catalog"
     s3_prefix: str = "media/catalog/product"
     s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = Field(None, description="Overrides the standard AWS chain")
+    s3_secret_access_key: SecretStr | None = None
     etag_source: Literal["head", "list"] = "head"
     head_concurrency: int = Field(32, ge=1, le=1024)
     head_timeout_s: float = Field(5.0, gt=0)

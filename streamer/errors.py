@@ -112,7 +112,7 @@ class FencedError(NonRetriableError):
 
 
 class DependencyUnavailable(RetriableError):
-    """A dependency (S3, PostgreSQL, the broker) did not answer; the circuit breaker counts these."""
+    """A dependency (S3, PostgreSQL, the broker) did not answer; the breaker counts these."""
 
     dependency: ClassVar[str] = "unknown"
     reason = "dependency_unavailable"

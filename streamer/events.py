@@ -34,9 +34,9 @@ __all__ = [
     "MediaGalleryChanged",
     "ProductChanged",
     "ProductOp",
+    "fingerprint",
     "normalize_file_path",
     "normalize_roles",
-    "fingerprint",
     "parse_event",
 ]
 
@@ -73,15 +73,21 @@ def normalize_file_path(raw: str) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise ImageInvalid("file_path is empty", reason="invalid_file_path")
     if any(unicodedata.category(ch) == "Cc" for ch in raw):
-        raise ImageInvalid(f"file_path {raw!r} contains a control character", reason="invalid_file_path")
+        raise ImageInvalid(
+            f"file_path {raw!r} contains a control character", reason="invalid_file_path"
+        )
     if "\\" in raw:
         raise ImageInvalid(f"file_path {raw!r} contains a backslash", reason="invalid_file_path")
     path = "/" + raw.lstrip("/")
     segments = path[1:].split("/")
     if any(seg in ("..", ".") for seg in segments):
-        raise ImageInvalid(f"file_path {raw!r} contains a '..' or '.' segment", reason="invalid_file_path")
+        raise ImageInvalid(
+            f"file_path {raw!r} contains a '..' or '.' segment", reason="invalid_file_path"
+        )
     if any(seg == "" for seg in segments):
-        raise ImageInvalid(f"file_path {raw!r} contains an empty segment", reason="invalid_file_path")
+        raise ImageInvalid(
+            f"file_path {raw!r} contains an empty segment", reason="invalid_file_path"
+        )
     if len(path.encode("utf-8")) > MAX_PATH_BYTES:
         raise ImageInvalid(
             f"file_path is {len(path.encode('utf-8'))} bytes, over the {MAX_PATH_BYTES}-byte limit",
@@ -105,7 +111,7 @@ def normalize_roles(roles: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]
 
 
 class Image(BaseModel):
-    """One image as the source sees it, normalised; ``invalid_reason`` set when it cannot be applied."""
+    """One image as the source sees it, normalised; ``invalid_reason`` set when unusable."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -179,7 +185,9 @@ class _EventBase(BaseModel):
         if not sku:
             raise ValueError("sku is empty")
         if len(sku) > MAX_SKU_CHARS:
-            raise ValueError(f"sku is {len(sku)} characters, over the {MAX_SKU_CHARS}-character limit")
+            raise ValueError(
+                f"sku is {len(sku)} characters, over the {MAX_SKU_CHARS}-character limit"
+            )
         if any(unicodedata.category(ch) == "Cc" for ch in sku):
             raise ValueError("sku contains a control character")
         return sku
@@ -225,12 +233,16 @@ Event = Annotated[ProductChanged | MediaGalleryChanged, Field(discriminator="typ
 _FIELD_REASONS = {"sku": "invalid_sku", "images": "too_many_images", "event_id": "invalid_event_id"}
 
 
-def parse_event(event_type: EventType | str, data: dict[str, Any]) -> ProductChanged | MediaGalleryChanged:
+def parse_event(
+    event_type: EventType | str, data: dict[str, Any]
+) -> ProductChanged | MediaGalleryChanged:
     """Validate a decoded record into an event model, or raise ``InvalidEvent`` naming the field."""
     try:
         kind = EventType(event_type)
     except ValueError:
-        raise InvalidEvent(f"unknown event type {event_type!r}", reason="unknown_event_type") from None
+        raise InvalidEvent(
+            f"unknown event type {event_type!r}", reason="unknown_event_type"
+        ) from None
     model = ProductChanged if kind is EventType.PRODUCT else MediaGalleryChanged
     payload = {k: v for k, v in data.items() if k != "type"}
     try:

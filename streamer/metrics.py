@@ -51,7 +51,7 @@ class Metrics:
         )
         self.events_processed = Counter(
             "streamer_events_processed_total",
-            "Events processed, by outcome (written, noop, stale, duplicate, partial, dead_lettered)",
+            "Events processed, by outcome (written, noop, stale, duplicate, partial, ...)",
             ["outcome"],
             registry=r,
         )
@@ -62,7 +62,9 @@ class Metrics:
             registry=r,
         )
         self.unknown_roles = Counter(
-            "streamer_unknown_roles_total", "Image roles ignored because they are not managed", registry=r
+            "streamer_unknown_roles_total",
+            "Image roles ignored because they are not managed",
+            registry=r,
         )
         self.etag_checks = Counter(
             "streamer_etag_checks_total",

@@ -14,6 +14,9 @@ app = typer.Typer(
 )
 
 # Subcommand modules register themselves here, one line each.
+from streamer.cli import dev as _dev  # noqa: E402
+
+app.add_typer(_dev.app, name="dev")
 
 
 def main() -> None:

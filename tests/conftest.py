@@ -1,0 +1,121 @@
+"""Shared fixtures: the embedded stack starts once per test session, only when a test asks for it.
+
+Each test gets its own topics, consumer group, S3 prefix and PostgreSQL database
+from ``make_settings``, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamer.config import Settings
+from streamer.devstack import DevStack, StackState, ensure_database, pg_answers, with_database
+
+_MACHINE_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _candidate_database_url() -> str | None:
+    """A PostgreSQL the machine already runs, if any; else the stack starts its own."""
+    for value in (
+        os.environ.get("STREAMER_TEST_DATABASE_URL"),
+        os.environ.get("STREAMER_DATABASE_URL"),
+    ):
+        if value:
+            return value
+    return _MACHINE_PG if pg_answers(_MACHINE_PG, timeout_s=1.0) else None
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
+    home = tmp_path_factory.mktemp("stack")
+    dev = DevStack(home, database_url=_candidate_database_url(), database="postgres")
+    state = dev.up()
+    try:
+        yield state
+    finally:
+        dev.down()
+
+
+@pytest.fixture(scope="session")
+def _databases(stack: StackState) -> Iterator[list[str]]:
+    created: list[str] = []
+    yield created
+
+    async def drop() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(with_database(stack.database_url, "postgres"))
+        try:
+            for name in created:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+def _unique() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def make_settings(stack: StackState, _databases: list[str]) -> Callable[..., Settings]:
+    """Settings factory: every call gets new topic names, group id, S3 prefix and database."""
+
+    def factory(**overrides: Any) -> Settings:
+        tag = _unique()
+        database = f"streamer_t_{tag}"
+        asyncio.run(ensure_database(with_database(stack.database_url, "postgres"), database))
+        _databases.append(database)
+        values: dict[str, Any] = {
+            "kafka_bootstrap": stack.kafka_bootstrap,
+            "schema_registry_url": None,
+            "product_topic": f"t{tag}.catalog.product.v1",
+            "media_topic": f"t{tag}.catalog.media.v1",
+            "outcome_topic": f"t{tag}.catalog.gallery.updated.v1",
+            "dlq_topic": f"t{tag}.catalog.gallery.dlq",
+            "group_id": f"g-{tag}",
+            "topic_partitions": 4,
+            "fetch_wait_max_ms": 10,
+            "session_timeout_ms": 6000,
+            "database_url": with_database(stack.database_url, database),
+            "s3_endpoint_url": stack.s3_endpoint_url,
+            "s3_bucket": stack.s3_bucket,
+            "s3_prefix": f"t{tag}/media/catalog/product",
+            "s3_access_key_id": "streamer-dev",
+            "s3_secret_access_key": "streamer-dev",
+            "metrics_port": 0,
+            "batch_max_wait_ms": 50,
+            "retry_initial_backoff_ms": 50,
+            "retry_max_backoff_ms": 500,
+            "circuit_reset_timeout_s": 0.5,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return factory
+
+
+@pytest.fixture
+def s3_client(stack: StackState) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=stack.s3_endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="streamer-dev",
+        aws_secret_access_key="streamer-dev",
+    )
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
