@@ -17,6 +17,11 @@ app = typer.Typer(
 from streamer.cli import dev as _dev  # noqa: E402
 
 app.add_typer(_dev.app, name="dev")
+from streamer.cli import core as _core  # noqa: E402
+
+app.command("consume")(_core.consume)
+app.add_typer(_core.db_app, name="db")
+app.add_typer(_core.gallery_app, name="gallery")
 
 
 def main() -> None:

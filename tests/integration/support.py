@@ -1,0 +1,185 @@
+"""Helpers for integration tests: topics, schema, sample objects, publishing, running workers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamer.codec import Codec
+from streamer.config import Settings
+from streamer.db import migrate
+from streamer.etags import s3_key
+from streamer.events import MediaGalleryChanged, ProductChanged
+from streamer.export import export_galleries
+from streamer.worker import Worker
+
+Event = ProductChanged | MediaGalleryChanged
+
+
+def create_topics(settings: Settings) -> None:
+    admin = AdminClient(settings.kafka_config())
+    topics = [settings.product_topic, settings.media_topic, settings.outcome_topic, settings.dlq_topic]
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=1) for t in topics]
+    )
+    for future in futures.values():
+        future.result(timeout=30)
+
+
+def prepare(settings: Settings) -> None:
+    """Topics and schema for one test's settings."""
+    create_topics(settings)
+    asyncio.run(migrate(settings.database_dsn))
+
+
+def put_image(s3: Any, settings: Settings, file_path: str, body: bytes) -> str:
+    s3.put_object(Bucket=settings.s3_bucket, Key=s3_key(settings.s3_prefix, file_path), Body=body)
+    return hashlib.md5(body).hexdigest()  # noqa: S324 - S3's single-part ETag
+
+
+def media(
+    sku: str,
+    version: int,
+    images: list[dict[str, Any]],
+    *,
+    mode: str = "UPSERT",
+    request_id: str | None = None,
+    event_id: str | None = None,
+) -> MediaGalleryChanged:
+    return MediaGalleryChanged.model_validate(
+        {
+            "event_id": event_id or str(uuid.uuid4()),
+            "sku": sku,
+            "version": version,
+            "occurred_at": datetime.now(UTC),
+            "source": "test",
+            "request_id": request_id,
+            "mode": mode,
+            "images": images,
+        }
+    )
+
+
+def product(sku: str, version: int, *, op: str = "UPSERT", name: str | None = None) -> ProductChanged:
+    return ProductChanged.model_validate(
+        {
+            "event_id": str(uuid.uuid4()),
+            "sku": sku,
+            "version": version,
+            "occurred_at": datetime.now(UTC),
+            "source": "test",
+            "op": op,
+            "name": name,
+        }
+    )
+
+
+class Sender:
+    """Publishes encoded events (or raw bytes) and remembers the end offset of every partition."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.codec = Codec.from_settings(settings)
+        self.producer = Producer(
+            settings.kafka_config(
+                **{"enable.idempotence": True, "acks": "all", "partitioner": "murmur2_random", "linger.ms": 5}
+            )
+        )
+        self.ends: dict[tuple[str, int], int] = {}
+        self.errors: list[str] = []
+
+    def _report(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+            return
+        tp = (msg.topic(), msg.partition())
+        self.ends[tp] = max(self.ends.get(tp, 0), msg.offset() + 1)
+
+    def topic_of(self, event: Event) -> str:
+        return self.settings.product_topic if isinstance(event, ProductChanged) else self.settings.media_topic
+
+    def send(self, events: Iterable[Event]) -> None:
+        for event in events:
+            topic = self.topic_of(event)
+            self.raw(topic, event.sku.encode(), self.codec.encode(event, topic=topic))
+        self.flush()
+
+    def raw(self, topic: str, key: bytes | None, value: bytes | None, headers: Any = None) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, headers=headers, on_delivery=self._report)
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+
+    def flush(self) -> None:
+        assert self.producer.flush(30) == 0
+        assert not self.errors, self.errors
+
+
+async def stored_offsets(settings: Settings) -> dict[tuple[str, int], int]:
+    conn = await asyncpg.connect(settings.database_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT topic, partition, next_offset FROM consumer_offsets WHERE group_id = $1",
+            settings.group_id,
+        )
+    finally:
+        await conn.close()
+    return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await condition():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+async def drained(settings: Settings, ends: dict[tuple[str, int], int]) -> bool:
+    stored = await stored_offsets(settings)
+    return all(stored.get(tp, -1) >= end for tp, end in ends.items())
+
+
+async def run_until_drained(
+    settings: Settings, ends: dict[tuple[str, int], int], *, timeout_s: float = 90, **worker_kw: Any
+) -> Worker:
+    """Run an in-process worker until every partition's stored offset reaches its end."""
+    worker = Worker(settings, install_signal_handlers=False, **worker_kw)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        async def done() -> bool:
+            if task.done():
+                task.result()
+            return await drained(settings, ends)
+
+        await wait_for(done, timeout_s=timeout_s, what="the worker to drain the topics")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+    return worker
+
+
+async def export_all(settings: Settings) -> list[dict[str, Any]]:
+    return [g async for g in export_galleries(settings.database_dsn)]
+
+
+async def fetch(settings: Settings, query: str, *args: Any) -> list[Any]:
+    conn = await asyncpg.connect(settings.database_dsn)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()

@@ -1,0 +1,121 @@
+"""Two workers in one group; one is killed with SIGKILL mid-run and the other takes over.
+
+The result must be exactly the state one clean run produces, with no source
+event applied twice (event_outcomes.applications stays 1 everywhere).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from streamer.config import Settings
+from tests.integration.support import (
+    Sender,
+    drained,
+    export_all,
+    fetch,
+    media,
+    prepare,
+    product,
+    put_image,
+    run_until_drained,
+    stored_offsets,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
+    for name, value in settings.model_dump().items():
+        if value is None or isinstance(value, dict):
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"STREAMER_{name.upper()}"] = str(value)
+    env["STREAMER_HOME"] = "/nonexistent-streamer-home"  # no dev.env: the test's settings only
+    return env
+
+
+def workload(seed: int, n_skus: int, n_events: int) -> list[Any]:
+    rng = random.Random(seed)
+    paths = [f"/k/{i:03d}.jpg" for i in range(40)]
+    version = {f"K-{i:03d}": 0 for i in range(n_skus)}
+    events = []
+    for _ in range(n_events):
+        sku = rng.choice(list(version))
+        version[sku] += rng.randint(1, 3)
+        if rng.random() < 0.1:
+            events.append(product(sku, version[sku], name=f"name-{version[sku]}"))
+            continue
+        images = [
+            {"file_path": p, "position": i, "label": f"l{rng.randint(0, 3)}", "roles": rng.sample(["base", "thumbnail", "small_image"], k=rng.randint(0, 2))}
+            for i, p in enumerate(rng.sample(paths, k=rng.randint(1, 4)))
+        ]
+        events.append(media(sku, version[sku], images, mode=rng.choice(["UPSERT", "REPLACE"])))
+    return events
+
+
+async def test_sigkill_mid_run_ends_with_the_state_of_a_clean_run(make_settings, s3_client) -> None:
+    common = {"etag_source": "list", "batch_max_events": 100, "topic_partitions": 6}
+    killed_run = make_settings(**common)
+    clean_run = make_settings(**common)
+    prepare(killed_run)
+    prepare(clean_run)
+    for i in range(40):
+        put_image(s3_client, killed_run, f"/k/{i:03d}.jpg", f"body-{i}".encode())
+        put_image(s3_client, clean_run, f"/k/{i:03d}.jpg", f"body-{i}".encode())
+    events = workload(seed=7, n_skus=60, n_events=3000)
+
+    clean = Sender(clean_run)
+    clean.send(events)
+    await run_until_drained(clean_run, clean.ends, timeout_s=180)
+    expected = await export_all(clean_run)
+
+    sender = Sender(killed_run)
+    sender.send(events)
+    env = settings_env(killed_run)
+    argv = [sys.executable, "-m", "streamer", "consume"]
+    workers = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    try:
+        async def some_progress() -> bool:
+            offsets = await stored_offsets(killed_run)
+            return sum(max(0, o) for o in offsets.values()) >= 600
+
+        await wait_for(some_progress, timeout_s=120, what="both workers to make progress")
+        assert await drained(killed_run, sender.ends) is False, "run finished before the kill"
+        workers[0].send_signal(signal.SIGKILL)
+        workers[0].wait(timeout=10)
+
+        async def done() -> bool:
+            assert workers[1].poll() is None, workers[1].stderr.read().decode()[-3000:]
+            return await drained(killed_run, sender.ends)
+
+        await wait_for(done, timeout_s=180, what="the surviving worker to take over and drain")
+        workers[1].send_signal(signal.SIGTERM)
+        assert workers[1].wait(timeout=60) == 0
+    finally:
+        for proc in workers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
+
+    assert await export_all(killed_run) == expected
+    twice = await fetch(killed_run, "SELECT count(*) AS n FROM event_outcomes WHERE applications > 1")
+    assert twice[0]["n"] == 0
+    applied = await fetch(killed_run, "SELECT count(*) AS n FROM event_outcomes")
+    assert applied[0]["n"] > 0
