@@ -52,6 +52,8 @@ __all__ = ["BatchReport", "Pipeline"]
 log = logging.getLogger(__name__)
 
 Event = ProductChanged | MediaGalleryChanged
+# Outcomes after which the same event may come back from a dead-letter replay and be applied.
+_REPLAYABLE = {EventOutcome.PARTIAL.value, EventOutcome.DEAD_LETTERED.value}
 TopicPartition = tuple[str, int]
 
 
@@ -221,7 +223,7 @@ class Pipeline:
             done: list[tuple[_Item, EventResult]] = []
             for item in sku_items:
                 prior = seen.get(item.event.event_id)
-                if prior is None or prior.outcome == EventOutcome.PARTIAL.value:
+                if prior is None or prior.outcome in _REPLAYABLE:
                     kept.append(item)
                 elif prior.fingerprint == fingerprint(item.event):
                     done.append((item, EventResult(item.event, EventOutcome.DUPLICATE)))
@@ -286,7 +288,11 @@ class Pipeline:
                 plan.report.outcomes[outcome.value] += 1
                 if event.request_id:
                     plan.request_counts[(event.request_id, outcome.value)] += 1
-                if outcome in (EventOutcome.WRITTEN, EventOutcome.PARTIAL, EventOutcome.DEAD_LETTERED):
+                recordable = outcome in (EventOutcome.WRITTEN, EventOutcome.PARTIAL) or (
+                    # A reused event_id must not overwrite the row of the event that owns the id.
+                    outcome is EventOutcome.DEAD_LETTERED and result.reason != "duplicate_event_id"
+                )
+                if recordable:
                     plan.outcome_rows.append(
                         OutcomeRow(
                             event_id=event.event_id,

@@ -266,11 +266,17 @@ class Worker:
             self._heartbeat = time.monotonic()
             if stray:
                 log.debug("%d messages arrived while paused; they will be fetched again", len(stray))
-                for msg in self._usable(stray):
-                    with contextlib.suppress(KafkaException):
-                        self._consumer.seek(  # type: ignore[union-attr]
-                            TopicPartition(msg.topic(), msg.partition(), msg.offset())
-                        )
+                await self._k(self._seek_back, self._usable(stray))
+
+    def _seek_back(self, messages: list[Message]) -> None:
+        assert self._consumer is not None
+        first: dict[TP, int] = {}
+        for msg in messages:
+            tp = (msg.topic() or "", msg.partition() or 0)
+            first[tp] = min(first.get(tp, msg.offset() or 0), msg.offset() or 0)
+        for (topic, partition), offset in first.items():
+            with contextlib.suppress(KafkaException):
+                self._consumer.seek(TopicPartition(topic, partition, offset))
 
     async def _handle(self, pipeline: Pipeline, messages: list[Message]) -> None:
         """Process one batch, waiting out outages with partitions paused; gives up only on stop."""

@@ -22,6 +22,9 @@ from streamer.cli import core as _core  # noqa: E402
 app.command("consume")(_core.consume)
 app.add_typer(_core.db_app, name="db")
 app.add_typer(_core.gallery_app, name="gallery")
+app.command("demo")(_core.demo)
+app.command("bench")(_core.bench)
+app.command("loadgen")(_core.loadgen)
 
 
 def main() -> None:

@@ -120,3 +120,77 @@ def export(
 
     with fail_cleanly():
         asyncio.run(dump())
+
+
+def bench(
+    skus: Annotated[int, typer.Option("--skus", help="SKUs (one 5-image event each)")] = 5000,
+    images: Annotated[int, typer.Option("--images", help="images per SKU")] = 5,
+    objects: Annotated[int, typer.Option("--objects", help="distinct S3 objects")] = 2000,
+    etag_source: Annotated[str | None, typer.Option("--etag-source", help="head or list")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
+) -> None:
+    """Throughput benchmark on the configured stack: first sync, then a no-op re-sync."""
+    from streamer.bench import run_benchmark, summary_rows
+
+    settings = settings_from(etag_source=etag_source)
+    with fail_cleanly():
+        results = _run(
+            run_benchmark(
+                settings,
+                n_skus=skus,
+                images_per_sku=images,
+                n_objects=objects,
+                log=lambda line: err_console.print(line),
+            )
+        )
+    rows = summary_rows(results)  # type: ignore[arg-type]
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(*rows[0].keys(), title=f"streamer bench (ETag source: {settings.etag_source})")
+    for row in rows:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
+    Console().print(table)
+
+
+def loadgen(
+    output: Annotated[str, typer.Argument(help="JSON lines file to write ('-' for stdout)")] = "-",
+    skus: Annotated[int, typer.Option("--skus")] = 1000,
+    images: Annotated[int, typer.Option("--images")] = 5,
+    objects: Annotated[int, typer.Option("--objects", help="distinct object paths")] = 1000,
+    upload: Annotated[bool, typer.Option("--upload", help="also put the objects in S3")] = False,
+) -> None:
+    """Write a synthetic catalog as JSON lines for `streamer publish`."""
+    import time
+
+    from rich.progress import Progress
+
+    from streamer.bench import generate_catalog, object_paths, upload_objects
+
+    paths = object_paths(objects)
+    events = generate_catalog(skus, images, paths, version=int(time.time() * 1000), request_id="loadgen")
+    if upload:
+        settings = settings_from()
+        with Progress(console=err_console) as progress, fail_cleanly():
+            task = progress.add_task("uploading objects", total=len(paths))
+            upload_objects(settings, paths, lambda n: progress.advance(task, n))
+    out = sys.stdout if output == "-" else open(output, "w")  # noqa: SIM115 - closed below
+    try:
+        for event in events:
+            out.write(json.dumps({"type": "MediaGalleryChanged", **event.model_dump(mode="json")}) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    err_console.print(f"wrote {len(events)} events over {len(paths)} objects")
+
+
+def demo() -> None:
+    """The product's story on the embedded stack, step by step (exits non-zero if a step misbehaves)."""
+    from streamer.cli.dev import home_dir
+    from streamer.demo import run_demo
+    from streamer.devstack import database_url_from_env
+
+    with fail_cleanly():
+        ok = run_demo(home_dir(), database_url_from_env())
+    if not ok:
+        raise typer.Exit(1)
