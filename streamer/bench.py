@@ -39,7 +39,12 @@ def object_paths(n_objects: int) -> list[str]:
 
 
 def generate_catalog(
-    n_skus: int, images_per_sku: int, paths: list[str], *, version: int, request_id: str | None = None
+    n_skus: int,
+    images_per_sku: int,
+    paths: list[str],
+    *,
+    version: int,
+    request_id: str | None = None,
 ) -> list[MediaGalleryChanged]:
     now = datetime.now(UTC)
     events = []
@@ -71,13 +76,17 @@ def generate_catalog(
     return events
 
 
-def upload_objects(settings: Settings, paths: list[str], progress: Callable[[int], None] | None = None) -> None:
+def upload_objects(
+    settings: Settings, paths: list[str], progress: Callable[[int], None] | None = None
+) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     s3 = make_s3_client(settings, max_pool_connections=16)
 
     def put(path: str) -> None:
-        s3.put_object(Bucket=settings.s3_bucket, Key=s3_key(settings.s3_prefix, path), Body=path.encode() * 16)
+        s3.put_object(
+            Bucket=settings.s3_bucket, Key=s3_key(settings.s3_prefix, path), Body=path.encode() * 16
+        )
 
     with ThreadPoolExecutor(16) as pool:
         for _ in pool.map(put, paths):
@@ -209,12 +218,17 @@ async def run_benchmark(
         stop.set()
         await task
         get = metrics.registry.get_sample_value
-        checks = sum(get("streamer_etag_checks_total", {"result": r}) or 0 for r in ("found", "missing"))
+        checks = sum(
+            get("streamer_etag_checks_total", {"result": r}) or 0 for r in ("found", "missing")
+        )
         rows = sum(
-            get("streamer_db_rows_written_total", {"operation": op}) or 0 for op in ("insert", "update", "delete")
+            get("streamer_db_rows_written_total", {"operation": op}) or 0
+            for op in ("insert", "update", "delete")
         )
         join_s = first_commit - wall0
-        result = PhaseResult(name, len(events), len(events) * images_per_sku, wall - join_s, cpu, checks, rows)
+        result = PhaseResult(
+            name, len(events), len(events) * images_per_sku, wall - join_s, cpu, checks, rows
+        )
         results.append(result)
         log(
             f"{name}: {result.events} events, {result.images} images in {result.seconds:.2f}s "

@@ -37,7 +37,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_MIGRATION_LOCK = int.from_bytes(hashlib.sha256(b"streamer.migrations").digest()[:8], "big", signed=True)
+_MIGRATION_LOCK = int.from_bytes(
+    hashlib.sha256(b"streamer.migrations").digest()[:8], "big", signed=True
+)
 
 
 def convert_error(exc: BaseException) -> Exception:
@@ -283,7 +285,11 @@ class Database:
             return []
         topics = [t for t, _ in partitions]
         parts = [p for _, p in partitions]
-        async with _converted(), self.pool.acquire(timeout=self._timeout_s) as conn, conn.transaction():
+        async with (
+            _converted(),
+            self.pool.acquire(timeout=self._timeout_s) as conn,
+            conn.transaction(),
+        ):
             rows = await conn.fetch(
                 """
                 INSERT INTO consumer_offsets (group_id, topic, partition, epoch, owner)
@@ -310,7 +316,11 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[BatchWriter]:
         """One transaction; the body writes through the BatchWriter, commit happens on exit."""
-        async with _converted(), self.pool.acquire(timeout=self._timeout_s) as conn, conn.transaction():
+        async with (
+            _converted(),
+            self.pool.acquire(timeout=self._timeout_s) as conn,
+            conn.transaction(),
+        ):
             yield BatchWriter(conn)
 
 
@@ -393,7 +403,9 @@ class BatchWriter:
         async with _converted(), self._conn.transaction():
             yield
 
-    async def record_outcomes(self, rows: Sequence[OutcomeRow], request_counts: Mapping[tuple[str, str], int]) -> None:
+    async def record_outcomes(
+        self, rows: Sequence[OutcomeRow], request_counts: Mapping[tuple[str, str], int]
+    ) -> None:
         async with _converted():
             if rows:
                 await self._conn.executemany(

@@ -144,13 +144,17 @@ class Demo:
         self.publisher.flush()
 
     def _high_watermarks(self) -> dict[tuple[str, int], int]:
-        consumer = Consumer(self.settings.kafka_config(**{"group.id": f"{self.settings.group_id}-probe"}))
+        consumer = Consumer(
+            self.settings.kafka_config(**{"group.id": f"{self.settings.group_id}-probe"})
+        )
         try:
             out = {}
             for topic in (self.settings.product_topic, self.settings.media_topic):
                 meta = consumer.list_topics(topic, timeout=10).topics[topic]
                 for p in meta.partitions:
-                    _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                    _low, high = consumer.get_watermark_offsets(
+                        TopicPartition(topic, p), timeout=10
+                    )
                     out[(topic, p)] = high
             return out
         finally:
@@ -206,8 +210,12 @@ class Demo:
         applied = await migrate(s.database_dsn)
         c.check(True, f"database migrated ({', '.join(applied) or 'already current'})")
         skus = [f"DEMO-{i:02d}" for i in range(1, SKUS + 1)]
-        etags = {(sku, n): self.upload(sku, n) for sku in skus for n in range(1, IMAGES_PER_SKU + 1)}
-        c.check(len(etags) == SKUS * IMAGES_PER_SKU, f"uploaded {len(etags)} images for {SKUS} SKUs")
+        etags = {
+            (sku, n): self.upload(sku, n) for sku in skus for n in range(1, IMAGES_PER_SKU + 1)
+        }
+        c.check(
+            len(etags) == SKUS * IMAGES_PER_SKU, f"uploaded {len(etags)} images for {SKUS} SKUs"
+        )
 
         self.publisher.start()
         worker = Worker(s, metrics=self.metrics, install_signal_handlers=False)
@@ -235,12 +243,16 @@ class Demo:
         events: list[ProductChanged | MediaGalleryChanged] = []
         for sku in skus:
             events.append(self.product_event(sku, f"Demo product {sku}"))
-            events.append(self.media_event(sku, self.images_of(sku), request_id=f"demo-{self.run_id}"))
+            events.append(
+                self.media_event(sku, self.images_of(sku), request_id=f"demo-{self.run_id}")
+            )
         t0 = time.monotonic()
         self.publish(events)
         await self.drain()
         took = time.monotonic() - t0
-        count = await self._sql("SELECT count(*) AS n, count(DISTINCT sku) AS skus FROM gallery_images")
+        count = await self._sql(
+            "SELECT count(*) AS n, count(DISTINCT sku) AS skus FROM gallery_images"
+        )
         c.check(
             count[0]["n"] == SKUS * IMAGES_PER_SKU and count[0]["skus"] == SKUS,
             f"{count[0]['n']} gallery rows for {count[0]['skus']} SKUs written in {took:.1f}s",
@@ -251,7 +263,10 @@ class Demo:
             table.add_row(path, row["etag"][:12] + "…", row["label"], ",".join(row["roles"]))
         self.console.print(table)
         c.check(
-            all(sample[f"/{skus[0][-2:]}/{skus[0].lower()}-{n}.png"]["etag"] == etags[(skus[0], n)] for n in (1, 2, 3)),
+            all(
+                sample[f"/{skus[0][-2:]}/{skus[0].lower()}-{n}.png"]["etag"] == etags[(skus[0], n)]
+                for n in (1, 2, 3)
+            ),
             "stored ETags are the ETags S3 returned for the uploaded objects",
         )
 
@@ -259,7 +274,8 @@ class Demo:
         before = await self._sql("SELECT sum(row_version) AS v FROM gallery_images")
         noop_before = self.counter("streamer_events_processed_total", outcome="noop")
         rows_before = sum(
-            self.counter("streamer_db_rows_written_total", operation=op) for op in ("insert", "update", "delete")
+            self.counter("streamer_db_rows_written_total", operation=op)
+            for op in ("insert", "update", "delete")
         )
         same = []
         for event in events:
@@ -269,7 +285,8 @@ class Demo:
         after = await self._sql("SELECT sum(row_version) AS v FROM gallery_images")
         noops = self.counter("streamer_events_processed_total", outcome="noop") - noop_before
         rows_after = sum(
-            self.counter("streamer_db_rows_written_total", operation=op) for op in ("insert", "update", "delete")
+            self.counter("streamer_db_rows_written_total", operation=op)
+            for op in ("insert", "update", "delete")
         )
         c.check(noops == len(same), f"{noops:.0f} of {len(same)} re-published events were no-ops")
         c.check(
@@ -293,12 +310,17 @@ class Demo:
 
         self.step(5, "Change only a label: a metadata update, the content version stays")
         target = skus[2]
-        self.publish([self.media_event(target, self.images_of(target, label_suffix=" (new label)"))])
+        self.publish(
+            [self.media_event(target, self.images_of(target, label_suffix=" (new label)"))]
+        )
         await self.drain()
         rows = await self.rows_of(target)
         meta = self.counter("streamer_images_total", result="metadata_changed")
         c.check(
-            all(r["label"].endswith("(new label)") and r["content_version"] == 1 for r in rows.values()),
+            all(
+                r["label"].endswith("(new label)") and r["content_version"] == 1
+                for r in rows.values()
+            ),
             f"3 labels updated, content_version 1 kept (metadata changes so far: {meta:.0f})",
         )
 
@@ -315,7 +337,9 @@ class Demo:
             ]
         )
         await self.drain()
-        letters = await asyncio.get_running_loop().run_in_executor(None, lambda: list(read_dead_letters(s)))
+        letters = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: list(read_dead_letters(s))
+        )
         reasons = sorted(letter.reason for letter in letters)
         table = Table("reason", "original topic", "offset", "message", title="dead-letter topic")
         for letter in letters:
@@ -333,12 +357,17 @@ class Demo:
 
         self.step(7, "Upload the missing image and replay its dead letter")
         self.s3.put_object(
-            Bucket=s.s3_bucket, Key=s3_key(s.s3_prefix, "/late/arrival.png"), Body=b"late", ContentType="image/png"
+            Bucket=s.s3_bucket,
+            Key=s3_key(s.s3_prefix, "/late/arrival.png"),
+            Body=b"late",
+            ContentType="image/png",
         )
         from streamer.deadletter import replay_dead_letters
 
         replayed = await replay_dead_letters(s, reason="object_missing")
-        c.check(replayed.replayed == 1, f"replayed {replayed.replayed} dead letter to {s.media_topic}")
+        c.check(
+            replayed.replayed == 1, f"replayed {replayed.replayed} dead letter to {s.media_topic}"
+        )
         await self.drain()
         completed = await self.rows_of(skus[4])
         c.check(
@@ -367,7 +396,10 @@ class Demo:
             value = self.counter(name, **labels)
             table.add_row(name, ",".join(f"{k}={v}" for k, v in labels.items()), f"{value:.0f}")
         self.console.print(table)
-        c.check(self.counter("streamer_events_processed_total", outcome="written") > 0, "metrics recorded the run")
+        c.check(
+            self.counter("streamer_events_processed_total", outcome="written") > 0,
+            "metrics recorded the run",
+        )
 
 
 def run_demo(home: Path, database_url: str | None, console: Console | None = None) -> bool:

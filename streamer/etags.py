@@ -25,7 +25,14 @@ from streamer.errors import ObjectStoreUnavailable
 from streamer.gallery import ObjectInfo
 from streamer.metrics import Metrics
 
-__all__ = ["EtagSource", "HeadEtagSource", "ListEtagSource", "make_etag_source", "make_s3_client", "s3_key"]
+__all__ = [
+    "EtagSource",
+    "HeadEtagSource",
+    "ListEtagSource",
+    "make_etag_source",
+    "make_s3_client",
+    "s3_key",
+]
 
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 
@@ -138,7 +145,9 @@ class HeadEtagSource(_ThreadedSource):
         unique = list(dict.fromkeys(keys))
         if not unique:
             return {}
-        results = await asyncio.gather(*(self._run(self._head, k) for k in unique), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._run(self._head, k) for k in unique), return_exceptions=True
+        )
         found: dict[str, ObjectInfo | None] = {}
         for key, result in zip(unique, results, strict=True):
             if isinstance(result, BaseException):

@@ -244,7 +244,9 @@ class Pipeline:
             pending[sku] = kept
 
         wanted: dict[str, set[str]] = {
-            sku: keys_in_play(states[sku], [i.event for i in its]) for sku, its in pending.items() if its
+            sku: keys_in_play(states[sku], [i.event for i in its], self.rules)
+            for sku, its in pending.items()
+            if its
         }
         keys = {s3_key(self.settings.s3_prefix, p) for paths in wanted.values() for p in paths}
         found: dict[str, ObjectInfo | None] = {}
@@ -259,7 +261,9 @@ class Pipeline:
         for sku, its in pending.items():
             if not its:
                 continue
-            objects = {p: found.get(s3_key(self.settings.s3_prefix, p)) for p in wanted.get(sku, ())}
+            objects = {
+                p: found.get(s3_key(self.settings.s3_prefix, p)) for p in wanted.get(sku, ())
+            }
             folded = fold(states[sku], [i.event for i in its], objects, self.rules)
             results[sku].extend(zip(its, folded.results, strict=True))
             images.update(folded.image_counts)
@@ -318,8 +322,15 @@ class Pipeline:
         results = dict(plan.results)
         for sku, error in bad.items():
             results[sku] = [
-                (item, EventResult(item.event, EventOutcome.DEAD_LETTERED, reason=error.reason,
-                                   message=error.message))
+                (
+                    item,
+                    EventResult(
+                        item.event,
+                        EventOutcome.DEAD_LETTERED,
+                        reason=error.reason,
+                        message=error.message,
+                    ),
+                )
                 if r.outcome is not EventOutcome.DUPLICATE
                 else (item, r)
                 for item, r in plan.results[sku]
@@ -340,7 +351,9 @@ class Pipeline:
     def _outcome_record(
         self, d: SkuDiff, final: SkuState, items: Sequence[tuple[_Item, EventResult]]
     ) -> dict[str, Any]:
-        changed = {img.file_path for img in d.content_changes} | {img.file_path for img in d.inserts}
+        changed = {img.file_path for img in d.content_changes} | {
+            img.file_path for img in d.inserts
+        }
         applied = [
             item.event
             for item, r in items
@@ -478,6 +491,7 @@ class Pipeline:
 
 def _describe_invalid(result: EventResult) -> str:
     parts = [
-        f"{img.file_path}: {img.invalid_message or img.invalid_reason}" for img in result.invalid_images
+        f"{img.file_path}: {img.invalid_message or img.invalid_reason}"
+        for img in result.invalid_images
     ]
     return "; ".join(parts) or (result.reason or "event could not be applied")

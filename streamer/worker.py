@@ -26,7 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from prometheus_client import CollectorRegistry
 
 from streamer.circuit import CircuitBreaker
@@ -68,7 +75,9 @@ class Worker:
         install_signal_handlers: bool = True,
     ) -> None:
         self.settings = settings
-        self.metrics = metrics if metrics is not None else Metrics(CollectorRegistry(auto_describe=True))
+        self.metrics = (
+            metrics if metrics is not None else Metrics(CollectorRegistry(auto_describe=True))
+        )
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stats = WorkerStats()
         self._etags = etags
@@ -159,10 +168,14 @@ class Worker:
         consumer.incremental_assign(positioned)
         if self._paused:
             consumer.pause(positioned)
-        log.info("assigned %s", ", ".join(f"{t.topic}[{t.partition}]@{t.offset}" for t in positioned))
+        log.info(
+            "assigned %s", ", ".join(f"{t.topic}[{t.partition}]@{t.offset}" for t in positioned)
+        )
         self._update_partition_gauges()
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition], kind: str = "revoke") -> None:
+    def _on_revoke(
+        self, consumer: Consumer, partitions: list[TopicPartition], kind: str = "revoke"
+    ) -> None:
         self.metrics.rebalances.labels(kind).inc()
         self.stats.rebalances += 1
         for tp in partitions:
@@ -262,10 +275,14 @@ class Worker:
         """Keep polling (partitions paused) so the group keeps this member while we wait."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not self._stopping.is_set():
-            stray = await self._k(self._consume, 100, min(0.2, max(0.01, deadline - time.monotonic())))
+            stray = await self._k(
+                self._consume, 100, min(0.2, max(0.01, deadline - time.monotonic()))
+            )
             self._heartbeat = time.monotonic()
             if stray:
-                log.debug("%d messages arrived while paused; they will be fetched again", len(stray))
+                log.debug(
+                    "%d messages arrived while paused; they will be fetched again", len(stray)
+                )
                 await self._k(self._seek_back, self._usable(stray))
 
     def _seek_back(self, messages: list[Message]) -> None:
@@ -282,7 +299,9 @@ class Worker:
         """Process one batch, waiting out outages with partitions paused; gives up only on stop."""
         outage_started: float | None = None
         while messages:
-            epochs = {tp: self._assigned[tp] for tp in {(m.topic(), m.partition()) for m in messages}}
+            epochs = {
+                tp: self._assigned[tp] for tp in {(m.topic(), m.partition()) for m in messages}
+            }
             try:
                 report = await pipeline.process(messages, epochs)
             except FencedError as exc:
@@ -314,7 +333,9 @@ class Worker:
                 commits[tp] = max(commits.get(tp, 0), (msg.offset() or 0) + 1)
             for tp, next_offset in commits.items():
                 self._floor[tp] = next_offset
-            await self._k(self._commit_kafka, [TopicPartition(t, p, o) for (t, p), o in commits.items()])
+            await self._k(
+                self._commit_kafka, [TopicPartition(t, p, o) for (t, p), o in commits.items()]
+            )
             break
         if self._paused:
             await self._k(self._set_paused, False)
@@ -349,7 +370,9 @@ class Worker:
             )
             self.health_port = health.start()
 
-        self._db = Database(s.database_dsn, pool_size=s.database_pool_size, timeout_s=s.database_timeout_s)
+        self._db = Database(
+            s.database_dsn, pool_size=s.database_pool_size, timeout_s=s.database_timeout_s
+        )
         etags = self._etags if self._etags is not None else make_etag_source(s, self.metrics)
         publisher = Publisher(s)
         codec = Codec.from_settings(s)
@@ -406,7 +429,9 @@ class Worker:
             part = TopicPartition(claim.topic, claim.partition)
             if claim.next_offset >= 0:
                 try:
-                    self._consumer.seek(TopicPartition(claim.topic, claim.partition, claim.next_offset))
+                    self._consumer.seek(
+                        TopicPartition(claim.topic, claim.partition, claim.next_offset)
+                    )
                 except KafkaException as exc:
                     log.warning("seek %s[%d] failed: %s", claim.topic, claim.partition, exc)
             if not self._paused:
@@ -434,10 +459,14 @@ class Worker:
                 log.warning("PostgreSQL not reachable yet, retrying: %s", exc)
                 await asyncio.sleep(self.settings.circuit_reset_timeout_s)
 
-    async def _shutdown(self, publisher: Publisher, etags: EtagSource, health: HealthServer | None) -> None:
+    async def _shutdown(
+        self, publisher: Publisher, etags: EtagSource, health: HealthServer | None
+    ) -> None:
         if self._consumer is not None:
             with contextlib.suppress(KafkaException, RuntimeError):
-                await asyncio.wait_for(self._k(self._consumer.close), timeout=self.settings.shutdown_grace_s)
+                await asyncio.wait_for(
+                    self._k(self._consumer.close), timeout=self.settings.shutdown_grace_s
+                )
         with contextlib.suppress(StreamerError):
             publisher.close(timeout_s=5.0)
         etags.close()

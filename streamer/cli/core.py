@@ -30,7 +30,9 @@ def _run(coro: object) -> object:
 
 def consume(
     group_id: Annotated[str | None, typer.Option("--group-id", help="Consumer group")] = None,
-    bootstrap: Annotated[str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers")] = None,
+    bootstrap: Annotated[
+        str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers")
+    ] = None,
     metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="0 disables")] = None,
     batch_max_events: Annotated[int | None, typer.Option("--batch-max-events")] = None,
     batch_max_wait_ms: Annotated[int | None, typer.Option("--batch-max-wait-ms")] = None,
@@ -59,7 +61,9 @@ def migrate() -> None:
     settings = settings_from()
     with fail_cleanly():
         applied = asyncio.run(run_migrations(settings.database_dsn))
-    err_console.print("applied: " + (", ".join(applied) if applied else "nothing, schema is current"))
+    err_console.print(
+        "applied: " + (", ".join(applied) if applied else "nothing, schema is current")
+    )
 
 
 @gallery_app.command("show")
@@ -168,7 +172,9 @@ def loadgen(
     from streamer.bench import generate_catalog, object_paths, upload_objects
 
     paths = object_paths(objects)
-    events = generate_catalog(skus, images, paths, version=int(time.time() * 1000), request_id="loadgen")
+    events = generate_catalog(
+        skus, images, paths, version=int(time.time() * 1000), request_id="loadgen"
+    )
     if upload:
         settings = settings_from()
         with Progress(console=err_console) as progress, fail_cleanly():
@@ -177,7 +183,9 @@ def loadgen(
     out = sys.stdout if output == "-" else open(output, "w")  # noqa: SIM115 - closed below
     try:
         for event in events:
-            out.write(json.dumps({"type": "MediaGalleryChanged", **event.model_dump(mode="json")}) + "\n")
+            out.write(
+                json.dumps({"type": "MediaGalleryChanged", **event.model_dump(mode="json")}) + "\n"
+            )
     finally:
         if out is not sys.stdout:
             out.close()

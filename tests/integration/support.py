@@ -27,9 +27,17 @@ Event = ProductChanged | MediaGalleryChanged
 
 def create_topics(settings: Settings) -> None:
     admin = AdminClient(settings.kafka_config())
-    topics = [settings.product_topic, settings.media_topic, settings.outcome_topic, settings.dlq_topic]
+    topics = [
+        settings.product_topic,
+        settings.media_topic,
+        settings.outcome_topic,
+        settings.dlq_topic,
+    ]
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=1) for t in topics]
+        [
+            NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=1)
+            for t in topics
+        ]
     )
     for future in futures.values():
         future.result(timeout=30)
@@ -69,7 +77,9 @@ def media(
     )
 
 
-def product(sku: str, version: int, *, op: str = "UPSERT", name: str | None = None) -> ProductChanged:
+def product(
+    sku: str, version: int, *, op: str = "UPSERT", name: str | None = None
+) -> ProductChanged:
     return ProductChanged.model_validate(
         {
             "event_id": str(uuid.uuid4()),
@@ -91,7 +101,12 @@ class Sender:
         self.codec = Codec.from_settings(settings)
         self.producer = Producer(
             settings.kafka_config(
-                **{"enable.idempotence": True, "acks": "all", "partitioner": "murmur2_random", "linger.ms": 5}
+                **{
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "partitioner": "murmur2_random",
+                    "linger.ms": 5,
+                }
             )
         )
         self.ends: dict[tuple[str, int], int] = {}
@@ -105,7 +120,11 @@ class Sender:
         self.ends[tp] = max(self.ends.get(tp, 0), msg.offset() + 1)
 
     def topic_of(self, event: Event) -> str:
-        return self.settings.product_topic if isinstance(event, ProductChanged) else self.settings.media_topic
+        return (
+            self.settings.product_topic
+            if isinstance(event, ProductChanged)
+            else self.settings.media_topic
+        )
 
     def send(self, events: Iterable[Event]) -> None:
         for event in events:
@@ -139,7 +158,9 @@ async def stored_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> None:
+async def wait_for(
+    condition: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if await condition():
@@ -161,6 +182,7 @@ async def run_until_drained(
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
+
         async def done() -> bool:
             if task.done():
                 task.result()

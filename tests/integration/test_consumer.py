@@ -77,11 +77,16 @@ async def test_gallery_lifecycle_writes_only_what_changed(make_settings, s3_clie
     assert stored["/a/sku1-front.jpg"]["etag"] == new_etag
     assert stored["/a/sku1-front.jpg"]["content_version"] == 2
     assert stored["/a/sku1-back.jpg"]["row_version"] == before["/a/sku1-back.jpg"]["row_version"]
-    outcomes = await fetch(settings, "SELECT count(*) AS n FROM event_outcomes WHERE outcome='written'")
+    outcomes = await fetch(
+        settings, "SELECT count(*) AS n FROM event_outcomes WHERE outcome='written'"
+    )
     assert outcomes[0]["n"] == 3
 
     # Metadata only: same ETag, new label -> a metadata update, content version unchanged.
-    relabel = [img("/a/sku1-front.jpg", label="Front view", position=1, roles=["image", "thumbnail"]), first[1]]
+    relabel = [
+        img("/a/sku1-front.jpg", label="Front view", position=1, roles=["image", "thumbnail"]),
+        first[1],
+    ]
     sender.send([media("SKU-1", 12, relabel)])
     await run_until_drained(settings, sender.ends)
     stored = await rows(settings, "SKU-1")
@@ -91,8 +96,14 @@ async def test_gallery_lifecycle_writes_only_what_changed(make_settings, s3_clie
     # UPSERT keeps unlisted images; REPLACE removes them.
     sender.send([media("SKU-1", 13, [img("/a/sku1-side.jpg", position=3)])])
     await run_until_drained(settings, sender.ends)
-    assert set(await rows(settings, "SKU-1")) == {"/a/sku1-front.jpg", "/a/sku1-back.jpg", "/a/sku1-side.jpg"}
-    sender.send([media("SKU-1", 14, [img("/a/sku1-side.jpg", position=1, roles=["base"])], mode="REPLACE")])
+    assert set(await rows(settings, "SKU-1")) == {
+        "/a/sku1-front.jpg",
+        "/a/sku1-back.jpg",
+        "/a/sku1-side.jpg",
+    }
+    sender.send(
+        [media("SKU-1", 14, [img("/a/sku1-side.jpg", position=1, roles=["base"])], mode="REPLACE")]
+    )
     await run_until_drained(settings, sender.ends)
     stored = await rows(settings, "SKU-1")
     assert set(stored) == {"/a/sku1-side.jpg"}
@@ -118,20 +129,29 @@ async def test_stale_replay_of_the_whole_topic_changes_nothing(make_settings, s3
     events = []
     for sku in ("R-1", "R-2", "R-3"):
         events += [
-            media(sku, 1, [img("/r/0.jpg", position=1, roles=["base"]), img("/r/1.jpg", position=2)]),
+            media(
+                sku, 1, [img("/r/0.jpg", position=1, roles=["base"]), img("/r/1.jpg", position=2)]
+            ),
             media(sku, 2, [img("/r/2.jpg", position=1, roles=["base"])], mode="REPLACE"),
             media(sku, 3, [img("/r/0.jpg", position=2, label="again")]),
         ]
     sender.send(events)
     await run_until_drained(settings, sender.ends)
     before = await export_all(settings)
-    versions = await fetch(settings, "SELECT sku, file_path, row_version FROM gallery_images ORDER BY 1, 2")
+    versions = await fetch(
+        settings, "SELECT sku, file_path, row_version FROM gallery_images ORDER BY 1, 2"
+    )
 
     # A new consumer group on the same database reads every event again from the start.
     replay = settings.model_copy(update={"group_id": settings.group_id + "-replay"})
     worker = await run_until_drained(replay, sender.ends)
     assert await export_all(settings) == before
-    assert await fetch(settings, "SELECT sku, file_path, row_version FROM gallery_images ORDER BY 1, 2") == versions
+    assert (
+        await fetch(
+            settings, "SELECT sku, file_path, row_version FROM gallery_images ORDER BY 1, 2"
+        )
+        == versions
+    )
     assert worker.stats.report.rows_written == 0
     assert worker.stats.report.outcomes["stale"] == 6
     assert worker.stats.report.outcomes["noop"] == 3

@@ -58,7 +58,12 @@ def workload(seed: int, n_skus: int, n_events: int) -> list[Any]:
             events.append(product(sku, version[sku], name=f"name-{version[sku]}"))
             continue
         images = [
-            {"file_path": p, "position": i, "label": f"l{rng.randint(0, 3)}", "roles": rng.sample(["base", "thumbnail", "small_image"], k=rng.randint(0, 2))}
+            {
+                "file_path": p,
+                "position": i,
+                "label": f"l{rng.randint(0, 3)}",
+                "roles": rng.sample(["base", "thumbnail", "small_image"], k=rng.randint(0, 2)),
+            }
             for i, p in enumerate(rng.sample(paths, k=rng.randint(1, 4)))
         ]
         events.append(media(sku, version[sku], images, mode=rng.choice(["UPSERT", "REPLACE"])))
@@ -90,6 +95,7 @@ async def test_sigkill_mid_run_ends_with_the_state_of_a_clean_run(make_settings,
         for _ in range(2)
     ]
     try:
+
         async def some_progress() -> bool:
             offsets = await stored_offsets(killed_run)
             return sum(max(0, o) for o in offsets.values()) >= 600
@@ -115,7 +121,9 @@ async def test_sigkill_mid_run_ends_with_the_state_of_a_clean_run(make_settings,
                 proc.stderr.close()
 
     assert await export_all(killed_run) == expected
-    twice = await fetch(killed_run, "SELECT count(*) AS n FROM event_outcomes WHERE applications > 1")
+    twice = await fetch(
+        killed_run, "SELECT count(*) AS n FROM event_outcomes WHERE applications > 1"
+    )
     assert twice[0]["n"] == 0
     applied = await fetch(killed_run, "SELECT count(*) AS n FROM event_outcomes")
     assert applied[0]["n"] > 0

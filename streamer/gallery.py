@@ -1,0 +1,71 @@
+"""The values the gallery rules work on: what S3 says about an object, and a SKU's stored state."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["ObjectInfo", "SkuState", "StoredImage"]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What S3 said about one object (HEAD or ListObjectsV2)."""
+
+    etag: str
+    size: int
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    file_path: str
+    etag: str
+    size: int
+    content_type: str | None
+    label: str | None
+    position: int | None
+    disabled: bool
+    roles: tuple[str, ...]
+    content_version: int = 1
+
+    def same_metadata(self, other: StoredImage) -> bool:
+        return (
+            self.label == other.label
+            and self.position == other.position
+            and self.disabled == other.disabled
+            and tuple(sorted(self.roles)) == tuple(sorted(other.roles))
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SkuState:
+    sku: str
+    product_version: int = -1
+    gallery_version: int = -1
+    deleted: bool = False
+    name: str | None = None
+    enabled: bool = True
+    images: Mapping[str, StoredImage] = field(default_factory=dict)
+    exists: bool = False
+
+    def content(self) -> tuple[object, ...]:
+        """Everything but the version numbers: what decides whether an event changed anything."""
+        return (
+            self.deleted,
+            self.name,
+            self.enabled,
+            tuple(sorted((p, _image_key(i)) for p, i in self.images.items())),
+        )
+
+
+def _image_key(image: StoredImage) -> tuple[object, ...]:
+    return (
+        image.etag,
+        image.size,
+        image.content_type,
+        image.label,
+        image.position,
+        image.disabled,
+        tuple(sorted(image.roles)),
+    )

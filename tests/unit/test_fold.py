@@ -1,0 +1,327 @@
+"""The gallery rules of DESIGN.md, one named case per rule, without servers."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from streamer.diff import diff, image_result_counts
+from streamer.events import MediaGalleryChanged, ProductChanged
+from streamer.fold import EventOutcome, FoldRules, fold, keys_in_play
+from streamer.gallery import ObjectInfo, SkuState, StoredImage
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+RULES = FoldRules(max_image_bytes=1000)
+
+
+def media(
+    version: int, images: list[dict[str, Any]], mode: str = "UPSERT", event_id: str | None = None
+):
+    return MediaGalleryChanged.model_validate(
+        {
+            "event_id": event_id or str(uuid.uuid4()),
+            "sku": "S",
+            "version": version,
+            "occurred_at": NOW,
+            "source": "t",
+            "mode": mode,
+            "images": images,
+        }
+    )
+
+
+def product(version: int, op: str = "UPSERT", name: str | None = "n"):
+    return ProductChanged.model_validate(
+        {
+            "event_id": str(uuid.uuid4()),
+            "sku": "S",
+            "version": version,
+            "occurred_at": NOW,
+            "source": "t",
+            "op": op,
+            "name": name,
+        }
+    )
+
+
+def obj(etag: str = "e1", size: int = 10) -> ObjectInfo:
+    return ObjectInfo(etag=etag, size=size, content_type="image/jpeg")
+
+
+OBJECTS = {f"/{c}.jpg": obj(f"etag-{c}") for c in "abcd"}
+
+
+def stored(
+    path: str, etag: str | None = None, roles: tuple[str, ...] = (), **kw: Any
+) -> StoredImage:
+    values = {
+        "file_path": path,
+        "etag": etag or f"etag-{path[1]}",
+        "size": 10,
+        "content_type": "image/jpeg",
+        "label": None,
+        "position": None,
+        "disabled": False,
+        "roles": roles,
+        "content_version": 1,
+    }
+    values.update(kw)
+    return StoredImage(**values)
+
+
+def state(*images: StoredImage, version: int = 1, **kw: Any) -> SkuState:
+    return SkuState(
+        sku="S",
+        product_version=kw.pop("product_version", version),
+        gallery_version=version,
+        images={i.file_path: i for i in images},
+        exists=True,
+        **kw,
+    )
+
+
+def run(start: SkuState, events: list, objects=OBJECTS, rules=RULES):
+    result = fold(start, events, objects, rules)
+    return result, diff(start, result.state)
+
+
+def test_first_sync_inserts_every_image_with_its_etag() -> None:
+    result, d = run(
+        SkuState(sku="S"),
+        [media(1, [{"file_path": "a.jpg", "roles": ["base"]}, {"file_path": "/b.jpg"}])],
+    )
+    assert result.results[0].outcome is EventOutcome.WRITTEN
+    assert [i.file_path for i in d.inserts] == ["/a.jpg", "/b.jpg"]
+    assert d.inserts[0].etag == "etag-a" and d.inserts[0].roles == ("image",)
+    assert d.product is not None and d.product.gallery_version == 1
+    assert image_result_counts(d) == {"added": 2}
+
+
+def test_identical_resend_is_a_noop_with_no_writes() -> None:
+    start = state(stored("/a.jpg", roles=("image",)))
+    result, d = run(start, [media(1, [{"file_path": "/a.jpg", "roles": ["image"]}])])
+    assert result.results[0].outcome is EventOutcome.NOOP
+    assert d.is_noop
+
+
+def test_newer_version_same_content_writes_nothing() -> None:
+    start = state(stored("/a.jpg", roles=("image",)))
+    result, d = run(start, [media(5, [{"file_path": "/a.jpg", "roles": ["image"]}])])
+    assert result.results[0].outcome is EventOutcome.NOOP
+    assert d.is_noop
+
+
+def test_new_etag_is_a_content_change_and_bumps_content_version() -> None:
+    start = state(stored("/a.jpg", etag="old"))
+    _result, d = run(start, [media(2, [{"file_path": "/a.jpg"}])])
+    assert [i.content_version for i in d.content_changes] == [2]
+    assert image_result_counts(d) == {"content_changed": 1}
+
+
+def test_same_etag_new_label_is_a_metadata_change() -> None:
+    start = state(stored("/a.jpg", label="old"))
+    _, d = run(start, [media(2, [{"file_path": "/a.jpg", "label": "new"}])])
+    assert [(i.label, i.content_version) for i in d.metadata_changes] == [("new", 1)]
+    assert not d.content_changes
+
+
+def test_upsert_keeps_unlisted_images() -> None:
+    _, d = run(state(stored("/a.jpg"), stored("/b.jpg")), [media(2, [{"file_path": "/c.jpg"}])])
+    assert not d.removes and [i.file_path for i in d.inserts] == ["/c.jpg"]
+
+
+def test_replace_removes_unlisted_images() -> None:
+    _, d = run(
+        state(stored("/a.jpg"), stored("/b.jpg")), [media(2, [{"file_path": "/b.jpg"}], "REPLACE")]
+    )
+    assert d.removes == ("/a.jpg",)
+
+
+def test_replace_keeps_a_listed_image_whose_object_is_missing() -> None:
+    start = state(stored("/a.jpg"), stored("/x.jpg", etag="x"))
+    result, d = run(start, [media(2, [{"file_path": "/x.jpg"}], "REPLACE")])
+    assert result.results[0].outcome is EventOutcome.PARTIAL
+    assert d.removes == ("/a.jpg",)
+
+
+def test_stale_media_event_is_skipped() -> None:
+    start = state(stored("/a.jpg"), version=5)
+    result, d = run(start, [media(4, [{"file_path": "/b.jpg"}], "REPLACE")])
+    assert result.results[0].outcome is EventOutcome.STALE
+    assert d.is_noop
+
+
+def test_equal_version_is_applied_again_idempotently() -> None:
+    start = state(stored("/a.jpg"), version=5)
+    result, _ = run(start, [media(5, [{"file_path": "/a.jpg"}])])
+    assert result.results[0].outcome is EventOutcome.NOOP
+
+
+def test_delete_removes_the_gallery_and_an_older_media_event_after_it_is_stale() -> None:
+    start = state(stored("/a.jpg"), version=1)
+    result, d = run(start, [product(10, "DELETE"), media(9, [{"file_path": "/b.jpg"}])])
+    assert [r.outcome for r in result.results] == [EventOutcome.WRITTEN, EventOutcome.STALE]
+    assert d.removes == ("/a.jpg",) and d.product is not None and d.product.deleted
+
+
+def test_newer_media_event_after_delete_resurrects() -> None:
+    start = state(version=10, deleted=True)
+    result, d = run(start, [media(11, [{"file_path": "/a.jpg"}])])
+    assert result.state.deleted is False and [i.file_path for i in d.inserts] == ["/a.jpg"]
+
+
+def test_product_upsert_after_delete_resurrects() -> None:
+    result, _ = run(state(version=10, deleted=True), [product(11, name="back")])
+    assert result.state.deleted is False and result.state.name == "back"
+
+
+def test_stale_product_event_is_skipped() -> None:
+    result, d = run(state(product_version=10, version=1), [product(9, name="old")])
+    assert result.results[0].outcome is EventOutcome.STALE and d.is_noop
+
+
+def test_role_last_claim_wins_within_a_payload() -> None:
+    result, _ = run(
+        SkuState(sku="S"),
+        [
+            media(
+                1,
+                [
+                    {"file_path": "/a.jpg", "roles": ["image", "thumbnail"]},
+                    {"file_path": "/b.jpg", "roles": ["base"]},
+                ],
+            )
+        ],
+    )
+    images = result.state.images
+    assert images["/a.jpg"].roles == ("thumbnail",) and images["/b.jpg"].roles == ("image",)
+
+
+def test_roles_are_owned_by_the_payload_and_move_between_images() -> None:
+    start = state(stored("/a.jpg", roles=("image", "small_image")), stored("/b.jpg"))
+    result, d = run(start, [media(2, [{"file_path": "/b.jpg", "roles": ["image"]}])])
+    assert result.state.images["/a.jpg"].roles == () and result.state.images["/b.jpg"].roles == (
+        "image",
+    )
+    assert {i.file_path for i in d.metadata_changes} == {"/a.jpg", "/b.jpg"}
+
+
+def test_roles_are_left_alone_when_any_image_is_invalid() -> None:
+    start = state(stored("/a.jpg", roles=("image",)))
+    result, _ = run(
+        start,
+        [media(2, [{"file_path": "/b.jpg", "roles": ["image"]}, {"file_path": "/missing.jpg"}])],
+    )
+    assert result.state.images["/a.jpg"].roles == ("image",)
+    assert result.state.images["/b.jpg"].roles == ()
+    assert result.results[0].outcome is EventOutcome.PARTIAL
+
+
+@pytest.mark.parametrize(
+    ("image", "objects", "reason"),
+    [
+        pytest.param({"file_path": "/missing.jpg"}, OBJECTS, "object_missing", id="missing-object"),
+        pytest.param(
+            {"file_path": "/big.jpg"},
+            {**OBJECTS, "/big.jpg": obj(size=5000)},
+            "object_too_large",
+            id="oversized-object",
+        ),
+        pytest.param({"file_path": "../up.jpg"}, OBJECTS, "invalid_file_path", id="path-traversal"),
+    ],
+)
+def test_invalid_image_is_partial_and_valid_images_still_apply(image, objects, reason) -> None:
+    result, d = run(SkuState(sku="S"), [media(1, [{"file_path": "/a.jpg"}, image])], objects)
+    r = result.results[0]
+    assert r.outcome is EventOutcome.PARTIAL and r.reason == reason
+    assert [i.file_path for i in d.inserts] == ["/a.jpg"]
+    assert result.image_counts[reason] == 1
+
+
+def test_producer_etag_is_verified_against_s3() -> None:
+    result, d = run(
+        SkuState(sku="S"), [media(1, [{"file_path": "/a.jpg", "etag": "producer-says"}])]
+    )
+    assert d.inserts[0].etag == "etag-a" and result.image_counts["etag_mismatch"] == 1
+
+
+def test_producer_etag_is_trusted_when_verification_is_off() -> None:
+    rules = FoldRules(verify_producer_etag=False)
+    events = [media(1, [{"file_path": "/z.jpg", "etag": "trusted"}])]
+    assert keys_in_play(SkuState(sku="S"), events, rules) == set()
+    _result, d = run(SkuState(sku="S"), events, {}, rules)
+    assert d.inserts[0].etag == "trusted"
+
+
+def test_unknown_roles_are_ignored_and_counted() -> None:
+    result, _ = run(
+        SkuState(sku="S"), [media(1, [{"file_path": "/a.jpg", "roles": ["hero", "base"]}])]
+    )
+    assert result.unknown_roles == 1 and result.state.images["/a.jpg"].roles == ("image",)
+
+
+@pytest.mark.parametrize(
+    ("limit", "kept", "dropped"),
+    [
+        (0, [], 3),
+        (1, ["/a.jpg"], 2),
+        (2, ["/a.jpg", "/b.jpg"], 1),
+        (None, ["/a.jpg", "/b.jpg", "/c.jpg"], 0),
+    ],
+)
+def test_image_limit(limit, kept, dropped) -> None:
+    images = [{"file_path": f"/{c}.jpg", "position": i} for i, c in enumerate("abc")]
+    result, _ = run(SkuState(sku="S"), [media(1, images)], rules=FoldRules(image_limit=limit))
+    assert sorted(result.state.images) == kept
+    assert result.image_counts["dropped_limit"] == dropped
+
+
+def test_duplicate_event_id_same_content_is_a_duplicate_different_content_is_dead_lettered() -> (
+    None
+):
+    event_id = str(uuid.uuid4())
+    first = media(1, [{"file_path": "/a.jpg"}], event_id=event_id)
+    other = media(2, [{"file_path": "/b.jpg"}], event_id=event_id)
+    result, _ = run(SkuState(sku="S"), [first, first, other])
+    assert [r.outcome for r in result.results] == [
+        EventOutcome.WRITTEN,
+        EventOutcome.DUPLICATE,
+        EventOutcome.DEAD_LETTERED,
+    ]
+    assert result.results[2].reason == "duplicate_event_id"
+
+
+def test_folding_in_two_halves_equals_folding_whole() -> None:
+    rng = random.Random(42)
+    paths = [f"/{c}.jpg" for c in "abcd"]
+    events: list = []
+    version = 10
+    for _ in range(200):
+        version = max(0, version + rng.randint(-1, 3))
+        if rng.random() < 0.1:
+            events.append(product(version, rng.choice(["UPSERT", "DELETE"])))
+            continue
+        chosen = rng.sample([*paths, "/missing.jpg"], k=rng.randint(0, 3))
+        images = [
+            {
+                "file_path": p,
+                "position": rng.randint(0, 3),
+                "roles": rng.sample(["base", "thumbnail"], k=rng.randint(0, 2)),
+            }
+            for p in chosen
+        ]
+        events.append(media(version, images, rng.choice(["UPSERT", "REPLACE"])))
+    whole = fold(SkuState(sku="S"), events, OBJECTS, RULES)
+    for cut in (1, 50, 100, 199):
+        first = fold(SkuState(sku="S"), events[:cut], OBJECTS, RULES)
+        second = fold(first.state, events[cut:], OBJECTS, RULES)
+        assert second.state == whole.state
+        assert [r.outcome for r in first.results + second.results] == [
+            r.outcome for r in whole.results
+        ]
