@@ -26,6 +26,7 @@ __all__ = [
     "ObjectStoreError",
     "ObjectStoreUnavailable",
     "RetriableError",
+    "SchemaRegistryUnavailable",
     "StreamerError",
     "TopicMissing",
 ]
@@ -128,6 +129,10 @@ class DatabaseUnavailable(DependencyUnavailable):
 
 class BrokerUnavailable(DependencyUnavailable):
     dependency = "kafka"
+
+
+class SchemaRegistryUnavailable(DependencyUnavailable):
+    dependency = "schema_registry"
 
 
 class ObjectStoreError(NonRetriableError):

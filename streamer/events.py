@@ -157,7 +157,9 @@ class Image(BaseModel):
 
 
 def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    """UTC, truncated to the millisecond the wire format carries, so a round trip is exact."""
+    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return aware.replace(microsecond=aware.microsecond // 1000 * 1000)
 
 
 class _EventBase(BaseModel):
@@ -170,9 +172,9 @@ class _EventBase(BaseModel):
     source: str = Field(min_length=1, max_length=255)
     request_id: str | None = Field(None, max_length=255)
 
-    @field_validator("event_id")
+    @field_validator("event_id", mode="before")
     @classmethod
-    def _uuid(cls, value: str) -> str:
+    def _uuid(cls, value: Any) -> str:
         try:
             return str(uuid.UUID(str(value)))
         except ValueError:
