@@ -72,7 +72,7 @@ def convert_error(exc: BaseException) -> Exception:
 async def _converted() -> AsyncIterator[None]:
     try:
         yield
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         raise convert_error(exc) from exc
 
 

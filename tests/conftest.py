@@ -58,7 +58,15 @@ def _databases(stack: StackState) -> Iterator[list[str]]:
         finally:
             await conn.close()
 
-    asyncio.run(drop())
+    run_sync(drop())
+
+
+def run_sync(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even inside a running event loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _unique() -> str:
@@ -72,7 +80,7 @@ def make_settings(stack: StackState, _databases: list[str]) -> Callable[..., Set
     def factory(**overrides: Any) -> Settings:
         tag = _unique()
         database = f"streamer_t_{tag}"
-        asyncio.run(ensure_database(with_database(stack.database_url, "postgres"), database))
+        run_sync(ensure_database(with_database(stack.database_url, "postgres"), database))
         _databases.append(database)
         values: dict[str, Any] = {
             "kafka_bootstrap": stack.kafka_bootstrap,

@@ -1,0 +1,91 @@
+"""A circuit breaker per dependency, so an outage pauses the worker instead of flooding retries."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+from streamer.errors import DependencyUnavailable
+
+if TYPE_CHECKING:
+    from streamer.metrics import Metrics
+
+__all__ = ["CircuitBreaker", "CircuitOpenError"]
+
+log = logging.getLogger(__name__)
+State = Literal["closed", "open", "half_open"]
+_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class CircuitOpenError(DependencyUnavailable):
+    """The dependency's circuit is open; the call was not attempted."""
+
+    reason = "circuit_open"
+
+    def __init__(self, dependency: str, retry_after_s: float) -> None:
+        super().__init__(f"circuit for {dependency} is open; next probe in {retry_after_s:.1f}s")
+        self.dependency = dependency  # type: ignore[misc]
+        self.retry_after_s = retry_after_s
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        dependency: str,
+        *,
+        failure_threshold: int = 3,
+        reset_timeout_s: float = 2.0,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.dependency = dependency
+        self.failure_threshold = failure_threshold
+        self.reset_timeout_s = reset_timeout_s
+        self._metrics = metrics
+        self._clock = clock
+        self._state: State = "closed"
+        self._failures = 0
+        self._opened_at = 0.0
+        self.opened_count = 0
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def _set(self, state: State) -> None:
+        if state != self._state:
+            log.warning("circuit %s: %s -> %s", self.dependency, self._state, state)
+            if state == "open":
+                self.opened_count += 1
+        self._state = state
+        if self._metrics is not None:
+            self._metrics.circuit_state.labels(self.dependency).set(_GAUGE[state])
+
+    def retry_after_s(self) -> float:
+        if self._state != "open":
+            return 0.0
+        return max(0.0, self._opened_at + self.reset_timeout_s - self._clock())
+
+    def allow(self) -> bool:
+        if self._state == "closed":
+            return True
+        if self._state == "open" and self.retry_after_s() <= 0:
+            self._set("half_open")
+            return True
+        return self._state == "half_open"
+
+    def check(self) -> None:
+        if not self.allow():
+            raise CircuitOpenError(self.dependency, self.retry_after_s())
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._set("closed")
+
+    def record_failure(self) -> None:
+        self._failures += 1
+        if self._state == "half_open" or self._failures >= self.failure_threshold:
+            self._opened_at = self._clock()
+            self._set("open")

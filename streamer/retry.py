@@ -1,0 +1,74 @@
+"""Retries with exponential backoff and full jitter, bounded; only for errors that say they may pass."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from streamer.config import Settings
+from streamer.errors import StreamerError
+
+if TYPE_CHECKING:
+    from streamer.circuit import CircuitBreaker
+    from streamer.metrics import Metrics
+
+__all__ = ["RetryPolicy", "retry_async"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    initial_backoff_ms: int = 300
+    max_backoff_ms: int = 30_000
+    max_attempts: int = 5
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> RetryPolicy:
+        return cls(s.retry_initial_backoff_ms, s.retry_max_backoff_ms, s.retry_max_attempts)
+
+    def backoff_s(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Full jitter (AWS architecture blog): uniform over [0, min(cap, base * 2^(n-1))]."""
+        ceiling_ms = min(self.max_backoff_ms, self.initial_backoff_ms * 2 ** max(0, attempt - 1))
+        return (rng or random).uniform(0, ceiling_ms) / 1000
+
+
+async def retry_async(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    dependency: str,
+    policy: RetryPolicy,
+    breaker: CircuitBreaker | None = None,
+    metrics: Metrics | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    attempt = 0
+    while True:
+        attempt += 1
+        if breaker is not None:
+            breaker.check()
+        try:
+            result = await fn()
+        except StreamerError as exc:
+            if not exc.retriable:
+                raise
+            if breaker is not None and getattr(exc, "dependency", dependency) == dependency:
+                breaker.record_failure()
+            if attempt >= policy.max_attempts or (breaker is not None and breaker.state == "open"):
+                raise
+            delay = policy.backoff_s(attempt)
+            if metrics is not None:
+                metrics.retries.labels(dependency).inc()
+            log.warning(
+                "%s failed (attempt %d), retrying in %.2fs: %s", dependency, attempt, delay, exc
+            )
+            await sleep(delay)
+            continue
+        if breaker is not None:
+            breaker.record_success()
+        return result
