@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from streamer.config import Settings
@@ -122,20 +121,6 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _ends(settings: Settings) -> dict[tuple[str, int], int]:
-    consumer = Consumer(settings.kafka_config(**{"group.id": f"{settings.group_id}-probe"}))
-    try:
-        meta = consumer.list_topics(settings.media_topic, timeout=10).topics[settings.media_topic]
-        return {
-            (settings.media_topic, p): consumer.get_watermark_offsets(
-                TopicPartition(settings.media_topic, p), timeout=10
-            )[1]
-            for p in meta.partitions
-        }
-    finally:
-        consumer.close()
-
-
 async def _drained(settings: Settings, ends: dict[tuple[str, int], int], timeout_s: float) -> None:
     conn = await asyncpg.connect(settings.database_dsn)
     try:
@@ -154,11 +139,12 @@ async def _drained(settings: Settings, ends: dict[tuple[str, int], int], timeout
     raise TimeoutError(f"not drained within {timeout_s:.0f}s")
 
 
-def _publish(settings: Settings, events: list[MediaGalleryChanged]) -> None:
+def _publish(settings: Settings, events: list[MediaGalleryChanged]) -> dict[tuple[str, int], int]:
     with Publisher(settings) as publisher:
         for event in events:
             publisher.publish(event)
         publisher.flush()
+        return dict(publisher.end_offsets)
 
 
 async def run_benchmark(
@@ -195,9 +181,8 @@ async def run_benchmark(
         version += 1
         events = generate_catalog(n_skus, images_per_sku, paths, version=version)
         t0 = time.monotonic()
-        _publish(s, events)
+        ends = _publish(s, events)
         log(f"{name}: published {len(events)} events in {time.monotonic() - t0:.1f}s")
-        ends = _ends(s)
         metrics = Metrics(CollectorRegistry(auto_describe=True))
         worker = Worker(s, metrics=metrics, install_signal_handlers=False)
         stop = asyncio.Event()

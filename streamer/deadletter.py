@@ -195,8 +195,15 @@ class DeadLetterRecord:
         return datetime.fromtimestamp(ms / 1000, UTC) if ms else None
 
 
-def read_dead_letters(settings: Settings, *, timeout_s: float = 10.0) -> Iterator[DeadLetterRecord]:
-    """Every dead letter, from the low to the high watermark of each partition; never waits for more."""
+def read_dead_letters(
+    settings: Settings, *, timeout_s: float = 10.0, idle_s: float = 0.5
+) -> Iterator[DeadLetterRecord]:
+    """Every dead letter in the topic; returns once nothing new arrives for ``idle_s``.
+
+    High watermarks alone are not trusted as the end (the Tansu dev broker reports
+    them short when records share a batch): reading goes on past them until the
+    topic stays quiet.
+    """
     consumer = Consumer(
         settings.kafka_config(
             **{
@@ -224,23 +231,25 @@ def read_dead_letters(settings: Settings, *, timeout_s: float = 10.0) -> Iterato
             low, high = consumer.get_watermark_offsets(
                 TopicPartition(settings.dlq_topic, p), timeout=timeout_s
             )
-            if high > low:
-                ends[p] = high
-                assignment.append(TopicPartition(settings.dlq_topic, p, low))
-        if not assignment:
-            return
+            ends[p] = high
+            assignment.append(TopicPartition(settings.dlq_topic, p, max(low, 0)))
         consumer.assign(assignment)
+        positions = {p: tp.offset for p, tp in zip(meta.partitions, assignment, strict=True)}
         deadline = time.monotonic() + timeout_s
-        while ends and time.monotonic() < deadline:
-            for msg in consumer.consume(500, 0.5):
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = consumer.consume(500, 0.1)
+            for msg in batch:
                 if msg.error() is not None:
                     continue
-                p = msg.partition()
-                if p not in ends:
-                    continue
+                positions[msg.partition()] = msg.offset() + 1
                 yield DeadLetterRecord.from_message(msg)
-                if msg.offset() + 1 >= ends[p]:
-                    del ends[p]
+            if batch:
+                quiet_since = time.monotonic()
+                continue
+            reached = all(positions.get(p, 0) >= end for p, end in ends.items())
+            if reached and time.monotonic() - quiet_since >= idle_s:
+                return
     finally:
         consumer.close()
 
@@ -251,6 +260,7 @@ class ReplayResult:
     replayed: int = 0
     already_replayed: int = 0
     records: list[DeadLetterRecord] = field(default_factory=list)
+    end_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 def matches(
@@ -312,7 +322,7 @@ async def replay_dead_letters(
         if dry_run or not todo:
             return result
 
-        def send() -> None:
+        def send() -> dict[tuple[str, int], int]:
             with Publisher(settings) as publisher:
                 for r in todo:
                     headers = [
@@ -325,8 +335,9 @@ async def replay_dead_letters(
                         r.topic, r.value, key=r.key, headers=headers, timestamp_ms=r.timestamp_ms
                     )
                 publisher.flush()
+                return dict(publisher.end_offsets)
 
-        await loop.run_in_executor(None, send)
+        result.end_offsets = await loop.run_in_executor(None, send)
         async with _converted():
             await conn.executemany(
                 "INSERT INTO dead_letter_replays (dlq_topic, dlq_partition, dlq_offset, target_topic) "

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.table import Table
@@ -142,23 +141,6 @@ class Demo:
             self.publisher.publish(event)
         self.publisher.flush()
 
-    def _high_watermarks(self) -> dict[tuple[str, int], int]:
-        consumer = Consumer(
-            self.settings.kafka_config(**{"group.id": f"{self.settings.group_id}-probe"})
-        )
-        try:
-            out = {}
-            for topic in (self.settings.product_topic, self.settings.media_topic):
-                meta = consumer.list_topics(topic, timeout=10).topics[topic]
-                for p in meta.partitions:
-                    _low, high = consumer.get_watermark_offsets(
-                        TopicPartition(topic, p), timeout=10
-                    )
-                    out[(topic, p)] = high
-            return out
-        finally:
-            consumer.close()
-
     async def _sql(self, query: str, *args: Any) -> list[Any]:
         conn = await asyncpg.connect(self.settings.database_dsn)
         try:
@@ -167,8 +149,8 @@ class Demo:
             await conn.close()
 
     async def drain(self, timeout_s: float = 60) -> None:
-        """Wait until the worker's committed offsets reach the end of every partition."""
-        ends = await asyncio.get_running_loop().run_in_executor(None, self._high_watermarks)
+        """Wait until the worker's committed offsets reach every offset the publisher got acked."""
+        ends = dict(self.publisher.end_offsets)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._worker_task is not None and self._worker_task.done():
@@ -179,7 +161,7 @@ class Demo:
                 self.settings.group_id,
             )
             stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
-            if all(end == 0 or stored.get(tp, -1) >= end for tp, end in ends.items()):
+            if all(stored.get(tp, -1) >= end for tp, end in ends.items()):
                 return
             await asyncio.sleep(0.1)
         raise TimeoutError(f"the topics were not drained within {timeout_s:.0f}s")
@@ -208,7 +190,7 @@ class Demo:
         c.check(True, f"topics ready: {', '.join(sorted(created))}")
         applied = await migrate(s.database_dsn)
         c.check(True, f"database migrated ({', '.join(applied) or 'already current'})")
-        skus = [f"DEMO-{i:02d}" for i in range(1, SKUS + 1)]
+        skus = [f"DEMO-{self.run_id}-{i:02d}" for i in range(1, SKUS + 1)]
         etags = {
             (sku, n): self.upload(sku, n) for sku in skus for n in range(1, IMAGES_PER_SKU + 1)
         }
@@ -250,7 +232,8 @@ class Demo:
         await self.drain()
         took = time.monotonic() - t0
         count = await self._sql(
-            "SELECT count(*) AS n, count(DISTINCT sku) AS skus FROM gallery_images"
+            "SELECT count(*) AS n, count(DISTINCT sku) AS skus FROM gallery_images WHERE sku = ANY($1)",
+            skus,
         )
         c.check(
             count[0]["n"] == SKUS * IMAGES_PER_SKU and count[0]["skus"] == SKUS,
@@ -270,7 +253,9 @@ class Demo:
         )
 
         self.step(3, "Re-publish the identical catalog: no-ops, zero writes")
-        before = await self._sql("SELECT sum(row_version) AS v FROM gallery_images")
+        before = await self._sql(
+            "SELECT sum(row_version) AS v FROM gallery_images WHERE sku = ANY($1)", skus
+        )
         noop_before = self.counter("streamer_events_processed_total", outcome="noop")
         rows_before = sum(
             self.counter("streamer_db_rows_written_total", operation=op)
@@ -281,7 +266,9 @@ class Demo:
             same.append(event.model_copy(update={"event_id": str(uuid.uuid4())}))
         self.publish(same)
         await self.drain()
-        after = await self._sql("SELECT sum(row_version) AS v FROM gallery_images")
+        after = await self._sql(
+            "SELECT sum(row_version) AS v FROM gallery_images WHERE sku = ANY($1)", skus
+        )
         noops = self.counter("streamer_events_processed_total", outcome="noop") - noop_before
         rows_after = sum(
             self.counter("streamer_db_rows_written_total", operation=op)
@@ -325,7 +312,9 @@ class Demo:
 
         self.step(6, "Bad input: undecodable bytes, a path with '..', an image missing from S3")
         bad_sku = skus[3]
-        self.publisher.produce(s.media_topic, b"\x00\x00\x00\x00\x07garbage", key=bad_sku.encode())
+        self.publisher.produce(
+            s.media_topic, b"\xde\xad\xbe\xef not an Avro event", key=bad_sku.encode()
+        )
         self.publish(
             [
                 self.media_event(bad_sku, [{"file_path": "../../etc/passwd", "roles": ["base"]}]),
@@ -367,6 +356,8 @@ class Demo:
         c.check(
             replayed.replayed == 1, f"replayed {replayed.replayed} dead letter to {s.media_topic}"
         )
+        for tp, end in replayed.end_offsets.items():
+            self.publisher.end_offsets[tp] = max(self.publisher.end_offsets.get(tp, 0), end)
         await self.drain()
         completed = await self.rows_of(skus[4])
         c.check(

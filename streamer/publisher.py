@@ -52,6 +52,8 @@ class Publisher:
         self._failures: list[DeliveryFailure] = []
         self._acked = 0
         self._pending = 0
+        # Highest acknowledged offset + 1 per partition: exact, unlike some brokers' watermarks.
+        self.end_offsets: dict[tuple[str, int], int] = {}
 
     @property
     def codec(self) -> Codec:
@@ -96,6 +98,8 @@ class Publisher:
             self._pending -= 1
             if err is None:
                 self._acked += 1
+                tp = (msg.topic(), msg.partition())
+                self.end_offsets[tp] = max(self.end_offsets.get(tp, 0), msg.offset() + 1)
                 return
             self._failures.append(
                 DeliveryFailure(msg.topic(), msg.key(), err.str(), bool(err.retriable()))

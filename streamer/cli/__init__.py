@@ -25,6 +25,14 @@ app.add_typer(_core.gallery_app, name="gallery")
 app.command("demo")(_core.demo)
 app.command("bench")(_core.bench)
 app.command("loadgen")(_core.loadgen)
+from streamer.cli import kafka as _kafka  # noqa: E402
+
+app.add_typer(_kafka.topics_app, name="topics")
+app.command("publish")(_kafka.publish)
+from streamer.cli import ops as _ops  # noqa: E402
+
+app.add_typer(_ops.dlq_app, name="dlq")
+app.command("status")(_ops.status)
 
 
 def main() -> None:

@@ -1,0 +1,221 @@
+"""``streamer dlq list | show | replay`` and ``streamer status``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streamer.cli._common import err_console, fail_cleanly, settings_from
+
+__all__ = ["dlq_app", "status"]
+
+dlq_app = typer.Typer(help="The dead-letter topic: counts, details, replay.", no_args_is_help=True)
+
+
+def _when(ms: int | None) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds") if ms else "-"
+
+
+def _ms(text: str | None, flag: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {flag} {text!r} is not an ISO date/time")
+        raise typer.Exit(2) from exc
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1000)
+
+
+@dlq_app.command("list")
+def dlq_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Dead letters counted by reason and by original topic, with the oldest and newest."""
+    from streamer.deadletter import read_dead_letters
+
+    settings = settings_from()
+    with fail_cleanly():
+        letters = list(read_dead_letters(settings))
+    by_reason = Counter(r.reason for r in letters)
+    by_topic = Counter(r.topic for r in letters)
+    times = [r.last_failure_ms for r in letters if r.last_failure_ms]
+    summary = {
+        "topic": settings.dlq_topic,
+        "total": len(letters),
+        "by_reason": dict(by_reason.most_common()),
+        "by_topic": dict(by_topic.most_common()),
+        "oldest": _when(min(times)) if times else None,
+        "newest": _when(max(times)) if times else None,
+    }
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(
+        "reason", "dead letters", title=f"{settings.dlq_topic}: {len(letters)} dead letters"
+    )
+    for reason, n in by_reason.most_common():
+        table.add_row(reason, str(n))
+    console = Console()
+    console.print(table)
+    for topic, n in by_topic.most_common():
+        console.print(f"  from {topic}: {n}")
+    console.print(f"  oldest {summary['oldest']}  newest {summary['newest']}")
+
+
+def _decoded(value: bytes | None) -> dict[str, Any]:
+    from streamer.codec import Codec
+    from streamer.errors import StreamerError
+
+    try:
+        event = Codec().decode_event(value)
+    except StreamerError as exc:
+        return {"decode_error": f"{exc.reason}: {exc}", "value_hex": (value or b"")[:64].hex()}
+    return event.model_dump(mode="json")
+
+
+@dlq_app.command("show")
+def dlq_show(
+    reason: Annotated[str | None, typer.Option("--reason")] = None,
+    sku: Annotated[str | None, typer.Option("--sku")] = None,
+    topic: Annotated[str | None, typer.Option("--topic", help="original topic")] = None,
+    limit: Annotated[int, typer.Option("--limit")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Dead letters with their error headers and decoded events, filtered."""
+    from streamer.deadletter import matches, read_dead_letters
+
+    settings = settings_from()
+    with fail_cleanly():
+        letters = [
+            r
+            for r in read_dead_letters(settings)
+            if matches(r, reason=reason, sku=sku, topic=topic)
+        ]
+    shown = [
+        {
+            "dlq": f"{r.dlq_partition}:{r.dlq_offset}",
+            "reason": r.reason,
+            "message": r.message,
+            "exception_class": r.exception_class,
+            "original": f"{r.topic}[{r.partition}]@{r.offset}",
+            "sku": r.sku,
+            "attempts": r.attempts,
+            "group": r.group_id,
+            "first_failure": _when(r.first_failure_ms),
+            "last_failure": _when(r.last_failure_ms),
+            "event": _decoded(r.value),
+        }
+        for r in letters[:limit]
+    ]
+    if as_json:
+        print(json.dumps(shown, indent=2))
+        return
+    console = Console()
+    for item in shown:
+        console.rule(f"{item['reason']}  {item['original']}  sku={item['sku']}")
+        console.print(f"  {item['message']}")
+        console.print(
+            f"  attempts {item['attempts']}  first {item['first_failure']}  last {item['last_failure']}"
+        )
+        console.print_json(json.dumps(item["event"]))
+    err_console.print(f"{len(shown)} shown of {len(letters)} matching")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    reason: Annotated[str | None, typer.Option("--reason")] = None,
+    sku: Annotated[str | None, typer.Option("--sku")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="ISO time of last failure")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO time of last failure")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Send matching dead letters back to their original topic; each is replayed once."""
+    from streamer.deadletter import replay_dead_letters
+
+    settings = settings_from()
+    with fail_cleanly():
+        result = asyncio.run(
+            replay_dead_letters(
+                settings,
+                reason=reason,
+                sku=sku,
+                since_ms=_ms(since, "--since"),
+                until_ms=_ms(until, "--until"),
+                dry_run=dry_run,
+            )
+        )
+    out = {
+        "dry_run": dry_run,
+        "matched": result.matched,
+        "replayed": result.replayed,
+        "already_replayed": result.already_replayed,
+        "would_replay": [f"{r.topic}[{r.partition}]@{r.offset} {r.reason}" for r in result.records]
+        if dry_run
+        else [],
+    }
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    verb = "would replay" if dry_run else "replayed"
+    count = len(result.records) if dry_run else result.replayed
+    err_console.print(
+        f"matched {result.matched}, {verb} {count}, skipped {result.already_replayed} already replayed"
+    )
+    for line in out["would_replay"]:
+        err_console.print(f"  {line}")
+
+
+def status(
+    request_id: Annotated[str | None, typer.Option("--request-id")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Lag per partition, dead letters by reason, and a request's outcomes."""
+    from streamer.status import collect_status
+
+    settings = settings_from()
+    with fail_cleanly():
+        report = collect_status(settings, request_id=request_id)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    console = Console()
+    table = Table(
+        "topic",
+        "partition",
+        "committed",
+        "high watermark",
+        "lag",
+        title=f"group {settings.group_id}",
+    )
+    for row in report["lag"]:
+        table.add_row(
+            row["topic"],
+            str(row["partition"]),
+            str(row["committed"]),
+            str(row["high_watermark"]),
+            str(row["lag"]),
+        )
+    console.print(table)
+    console.print(f"total lag: {report['total_lag']}")
+    dl = Table("reason", "dead letters", title="dead letters")
+    for reason, n in report["dead_letters"].items():
+        dl.add_row(reason, str(n))
+    console.print(dl)
+    if request_id is not None:
+        req = Table("outcome", "events", title=f"request {request_id}")
+        for outcome, n in report["request"]["outcomes"].items():
+            req.add_row(outcome, str(n))
+        console.print(req)
+        for failed in report["request"]["failed"]:
+            console.print(
+                f"  {failed['outcome']}: {failed['sku']} {failed['reason']} (event {failed['event_id']})"
+            )
