@@ -58,7 +58,7 @@ def _int(value: bytes | str | None) -> int | None:
 
 def attempts_from_headers(headers: list[tuple[str, bytes]] | None) -> tuple[int, int | None]:
     """(attempts so far, first failure ms) of a message that came back from a replay."""
-    found = {k: v for k, v in headers or []}
+    found = dict(headers or [])
     return (
         _int(found.get(REPLAY_PREFIX + "attempts")) or 0,
         _int(found.get(REPLAY_PREFIX + "first_failure")),

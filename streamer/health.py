@@ -45,7 +45,7 @@ class HealthServer:
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, format: str, *args: object) -> None:
-                log.debug("health: " + format, *args)
+                log.debug("health: %s", format % args)
 
             def _send(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)

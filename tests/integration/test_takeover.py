@@ -91,7 +91,7 @@ async def test_sigkill_mid_run_ends_with_the_state_of_a_clean_run(make_settings,
     env = settings_env(killed_run)
     argv = [sys.executable, "-m", "streamer", "consume"]
     workers = [
-        subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: ASYNC220
         for _ in range(2)
     ]
     try:
