@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     media_topic: str = "catalog.media.v1"
     outcome_topic: str = "catalog.gallery.updated.v1"
     dlq_topic: str = "catalog.gallery.dlq"
+    dlq_max_value_bytes: int = Field(
+        900_000, ge=1024, description="larger originals are cut, with size and SHA-256 in headers"
+    )
     group_id: str = "streamer"
     topic_partitions: int = Field(12, ge=1)
     topic_replication_factor: int = Field(1, ge=1)

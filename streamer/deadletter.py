@@ -82,6 +82,26 @@ class DeadLetter:
     first_failure_ms: int | None = None
     last_failure_ms: int | None = None
     sku: str | None = None
+    truncated_from: int | None = None
+    value_sha256: str | None = None
+
+    def fitted(self, max_value_bytes: int) -> DeadLetter:
+        """A letter whose value fits the dead-letter topic's message size.
+
+        An oversized original is cut to its first KiB, with its size and SHA-256 in the
+        headers: the reason still reaches the topic instead of failing the batch forever.
+        """
+        if self.value is None or len(self.value) <= max_value_bytes:
+            return self
+        import hashlib
+        from dataclasses import replace
+
+        return replace(
+            self,
+            value=self.value[:1024],
+            truncated_from=len(self.value),
+            value_sha256=hashlib.sha256(self.value).hexdigest(),
+        )
 
     @classmethod
     def from_error(
@@ -135,6 +155,9 @@ class DeadLetter:
         }
         if self.sku:
             error["sku"] = self.sku
+        if self.truncated_from is not None:
+            error["value.truncated_from"] = str(self.truncated_from)
+            error["value.sha256"] = self.value_sha256 or ""
         return kept + [
             (HEADER_PREFIX + k, v if isinstance(v, bytes) else v.encode("utf-8"))
             for k, v in error.items()

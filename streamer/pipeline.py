@@ -38,7 +38,13 @@ from streamer.config import Settings
 from streamer.db import BatchWriter, Database, OutcomeRow
 from streamer.deadletter import DeadLetter, attempts_from_headers
 from streamer.diff import SkuDiff, diff, image_result_counts
-from streamer.errors import DatabaseDataError, InvalidEvent, StreamerError
+from streamer.errors import (
+    BrokerUnavailable,
+    DatabaseDataError,
+    DeliveryError,
+    InvalidEvent,
+    StreamerError,
+)
 from streamer.etags import EtagSource, s3_key
 from streamer.events import EventType, MediaGalleryChanged, ProductChanged, fingerprint
 from streamer.fold import EventOutcome, EventResult, FoldRules, fold, keys_in_play
@@ -393,10 +399,11 @@ class Pipeline:
     def _publish(self, plan: _Plan) -> int:
         """Produce dead letters and outcome events not yet acknowledged; wait for every ack."""
         sent: list[tuple[str, Any]] = []
-        for letter in plan.letters:
-            token = ("dlq", (letter.topic, letter.partition, letter.offset))
+        for original in plan.letters:
+            token = ("dlq", (original.topic, original.partition, original.offset))
             if token in self._acked:
                 continue
+            letter = original.fitted(self.settings.dlq_max_value_bytes)
             self.publisher.produce(
                 self.settings.dlq_topic,
                 letter.value,
@@ -431,7 +438,11 @@ class Pipeline:
             if bad:
                 plan = self._reject(plan, bad)
             await writer.record_outcomes(plan.outcome_rows, plan.request_counts)
-            outcomes = await loop.run_in_executor(None, self._publish, plan)
+            try:
+                outcomes = await loop.run_in_executor(None, self._publish, plan)
+            except DeliveryError as exc:
+                # Not the data's fault: wait it out with partitions paused, never crash-loop.
+                raise BrokerUnavailable(f"publishing dead letters/outcomes failed: {exc}") from exc
             rows = sum(writer.rows_written.values())
             for op, n in writer.rows_written.items():
                 if n:

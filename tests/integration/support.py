@@ -108,6 +108,7 @@ class Sender:
                     "acks": "all",
                     "partitioner": "murmur2_random",
                     "linger.ms": 5,
+                    "message.max.bytes": 16 * 1024 * 1024,
                 }
             )
         )

@@ -70,7 +70,9 @@ def workload(seed: int, n_skus: int, n_events: int) -> list[Any]:
     return events
 
 
-async def test_sigkill_mid_run_ends_with_the_state_of_a_clean_run(make_settings, s3_client) -> None:
+async def test_sigkill_mid_run_ends_with_the_state_of_a_clean_run(
+    make_settings, s3_client, tmp_path
+) -> None:
     common = {"etag_source": "list", "batch_max_events": 100, "topic_partitions": 6}
     killed_run = make_settings(**common)
     clean_run = make_settings(**common)
@@ -90,9 +92,10 @@ async def test_sigkill_mid_run_ends_with_the_state_of_a_clean_run(make_settings,
     sender.send(events)
     env = settings_env(killed_run)
     argv = [sys.executable, "-m", "streamer", "consume"]
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
     workers = [
-        subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: ASYNC220
-        for _ in range(2)
+        subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))  # noqa: ASYNC220
+        for log in logs
     ]
     try:
 
@@ -106,7 +109,7 @@ async def test_sigkill_mid_run_ends_with_the_state_of_a_clean_run(make_settings,
         workers[0].wait(timeout=10)
 
         async def done() -> bool:
-            assert workers[1].poll() is None, workers[1].stderr.read().decode()[-3000:]
+            assert workers[1].poll() is None, logs[1].read_text()[-3000:]
             return await drained(killed_run, sender.ends)
 
         await wait_for(done, timeout_s=180, what="the surviving worker to take over and drain")
@@ -117,8 +120,6 @@ async def test_sigkill_mid_run_ends_with_the_state_of_a_clean_run(make_settings,
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            if proc.stderr is not None:
-                proc.stderr.close()
 
     assert await export_all(killed_run) == expected
     twice = await fetch(
