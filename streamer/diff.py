@@ -19,6 +19,13 @@ class SkuDiff:
     metadata_changes: tuple[StoredImage, ...] = ()
     removes: tuple[str, ...] = ()
     unchanged: int = 0
+    was_deleted: bool = False
+
+    @property
+    def gallery_changed(self) -> bool:
+        """Images changed, or the product was deleted or resurrected (its gallery with it)."""
+        images = bool(self.inserts or self.content_changes or self.metadata_changes or self.removes)
+        return images or (self.product is not None and self.product.deleted != self.was_deleted)
 
     @property
     def is_noop(self) -> bool:
@@ -57,6 +64,7 @@ def diff(stored: SkuState, folded: SkuState) -> SkuDiff:
         metadata_changes=tuple(sorted(metadata, key=lambda i: i.file_path)),
         removes=removes,
         unchanged=unchanged,
+        was_deleted=stored.deleted,
     )
 
 

@@ -177,6 +177,21 @@ def _apply_media(
         ordered = sorted(images.values(), key=_sort_key)
         counts["dropped_limit"] += len(ordered) - rules.image_limit
         images = {i.file_path: i for i in ordered[: rules.image_limit]}
+    for image, _ in resolved:
+        before, after = state.images.get(image.file_path), images.get(image.file_path)
+        if after is None:
+            continue  # dropped by the image limit, counted above
+        if before is None:
+            counts["added"] += 1
+        elif before.etag != after.etag:
+            counts["content_changed"] += 1
+        elif before == after:
+            counts["unchanged"] += 1
+        else:
+            counts["metadata_changed"] += 1
+    removed = sum(1 for p in state.images if p not in images)
+    if removed:
+        counts["removed"] += removed
     new = replace(state, gallery_version=event.version, images=images, deleted=False, exists=True)
     return new, invalid
 
@@ -215,6 +230,8 @@ def fold(
                 results.append(EventResult(event, EventOutcome.STALE))
                 continue
             if event.op is ProductOp.DELETE:
+                if current.images:
+                    counts["removed"] += len(current.images)
                 new = replace(
                     current,
                     product_version=event.version,

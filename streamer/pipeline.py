@@ -37,7 +37,7 @@ from streamer.codec import Codec
 from streamer.config import Settings
 from streamer.db import BatchWriter, Database, OutcomeRow
 from streamer.deadletter import DeadLetter, attempts_from_headers
-from streamer.diff import SkuDiff, diff, image_result_counts
+from streamer.diff import SkuDiff, diff
 from streamer.errors import (
     BrokerUnavailable,
     DatabaseDataError,
@@ -279,7 +279,6 @@ class Pipeline:
             if not d.is_noop:
                 diffs[sku] = d
                 finals[sku] = folded.state
-            images.update(image_result_counts(d))
 
         plan = _Plan(len(messages), letters, results, diffs, finals, images)
         self._derive(plan)
@@ -414,6 +413,8 @@ class Pipeline:
             sent.append(token)
         outcomes = 0
         for sku, d in plan.diffs.items():
+            if not d.gallery_changed:
+                continue  # a product row alone (name, enabled, a first version) is no gallery change
             record = self._outcome_record(d, plan.finals[sku], plan.results.get(sku, []))
             token = ("outcome", record["event_id"])
             if token in self._acked:

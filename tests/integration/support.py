@@ -208,3 +208,34 @@ async def fetch(settings: Settings, query: str, *args: Any) -> list[Any]:
         return list(await conn.fetch(query, *args))
     finally:
         await conn.close()
+
+
+def read_topic(
+    settings: Settings, topic: str, *, idle_s: float = 1.0, timeout_s: float = 20.0
+) -> list[Any]:
+    """Every message of a topic, read until it stays quiet (watermarks are not trusted on Tansu)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        settings.kafka_config(
+            **{
+                "group.id": f"reader-{uuid.uuid4().hex[:6]}",
+                "fetch.wait.max.ms": 10,
+                "enable.auto.commit": False,
+            }
+        )
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        quiet = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet < idle_s:
+            batch = [m for m in consumer.consume(500, 0.1) if m.error() is None]
+            if batch:
+                out.extend(batch)
+                quiet = time.monotonic()
+        return out
+    finally:
+        consumer.close()

@@ -15,6 +15,7 @@ from tests.integration.support import (
     prepare,
     product,
     put_image,
+    read_topic,
     run_until_drained,
 )
 
@@ -119,6 +120,17 @@ async def test_gallery_lifecycle_writes_only_what_changed(make_settings, s3_clie
     assert await rows(settings, "SKU-1") == {}
     assert (await product_row(settings, "SKU-1"))["deleted"] is True
     assert worker.stats.report.outcomes["stale"] == 1
+
+    # One GalleryUpdated per change that touched the gallery; none for the no-ops.
+    outcomes = [
+        sender.codec.decode(m.value()) for m in read_topic(settings, settings.outcome_topic)
+    ]
+    assert {o.type_name for o in outcomes} == {"GalleryUpdated"}
+    content = [o.data for o in outcomes if "/a/sku1-front.jpg" in o.data["content_changed"]]
+    assert len(content) == 2  # the first sync and the new bytes (v11)
+    assert content[1]["images"][0]["etag"] == new_etag
+    assert outcomes[-1].data["deleted"] is True
+    assert len(outcomes) == 6  # sync, content, metadata, upsert, replace, delete
 
     final = await export_all(settings)
     assert final == [{"sku": "SKU-1", "version": 20, "deleted": True, "images": []}]

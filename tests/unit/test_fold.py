@@ -101,6 +101,7 @@ def test_first_sync_inserts_every_image_with_its_etag() -> None:
     assert d.inserts[0].etag == "etag-a" and d.inserts[0].roles == ("image",)
     assert d.product is not None and d.product.gallery_version == 1
     assert image_result_counts(d) == {"added": 2}
+    assert result.image_counts == {"added": 2}
 
 
 def test_identical_resend_is_a_noop_with_no_writes() -> None:
