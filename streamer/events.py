@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from streamer.errors import ImageInvalid, InvalidEvent
 
@@ -220,8 +221,10 @@ class MediaGalleryChanged(_EventBase):
     @classmethod
     def _bounded(cls, images: list[Image]) -> list[Image]:
         if len(images) > MAX_IMAGES_PER_EVENT:
-            raise ValueError(
-                f"{len(images)} images, over the {MAX_IMAGES_PER_EVENT}-image limit per event"
+            raise PydanticCustomError(
+                "too_many_images",
+                "{count} images, over the {limit}-image limit per event",
+                {"count": len(images), "limit": MAX_IMAGES_PER_EVENT},
             )
         return images
 
@@ -232,7 +235,8 @@ class MediaGalleryChanged(_EventBase):
 
 Event = Annotated[ProductChanged | MediaGalleryChanged, Field(discriminator="type")]
 
-_FIELD_REASONS = {"sku": "invalid_sku", "images": "too_many_images", "event_id": "invalid_event_id"}
+_FIELD_REASONS = {"sku": "invalid_sku", "event_id": "invalid_event_id"}
+_CUSTOM_REASONS = {"too_many_images"}
 
 
 def parse_event(
@@ -252,7 +256,9 @@ def parse_event(
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else ""
-        if first["type"] == "missing":
+        if first["type"] in _CUSTOM_REASONS:
+            reason = first["type"]
+        elif first["type"] == "missing":
             reason = "missing_field"
         elif first["type"] == "extra_forbidden":
             reason = "unknown_field"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -13,6 +14,7 @@ from typing import Any
 import asyncpg
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from pydantic import SecretStr
 
 from streamer.codec import Codec
 from streamer.config import Settings
@@ -239,3 +241,15 @@ def read_topic(
         return out
     finally:
         consumer.close()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
+    for name, value in settings.model_dump().items():
+        if value is None or isinstance(value, dict):
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"STREAMER_{name.upper()}"] = str(value)
+    env["STREAMER_HOME"] = "/nonexistent-streamer-home"  # no dev.env: the test's settings only
+    return env

@@ -14,7 +14,15 @@ from typer.testing import CliRunner
 from streamer.cli import app
 from streamer.devstack import free_port
 from streamer.worker import Worker
-from tests.integration.support import Sender, drained, media, prepare, put_image, wait_for
+from tests.integration.support import (
+    Sender,
+    drained,
+    media,
+    prepare,
+    put_image,
+    settings_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -141,13 +149,9 @@ async def test_status_reports_lag_dead_letters_and_a_request(
         [media("S-0", 1, [{"file_path": "/s/1.jpg"}], request_id="req-42")]
     )  # lag 1, not consumed
 
-    for name, val in settings.model_dump().items():
-        if val is None or isinstance(val, dict):
-            continue
-        monkeypatch.setenv(
-            f"STREAMER_{name.upper()}", str(getattr(val, "get_secret_value", lambda: val)())
-        )
-    monkeypatch.setenv("STREAMER_HOME", "/nonexistent")
+    for key, val in settings_env(settings).items():
+        if key.startswith("STREAMER_"):
+            monkeypatch.setenv(key, val)
     result = await asyncio.to_thread(
         CliRunner().invoke,
         app,

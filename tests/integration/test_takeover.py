@@ -6,7 +6,6 @@ event applied twice (event_outcomes.applications stays 1 everywhere).
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -14,9 +13,7 @@ import sys
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
-from streamer.config import Settings
 from tests.integration.support import (
     Sender,
     drained,
@@ -27,23 +24,12 @@ from tests.integration.support import (
     product,
     put_image,
     run_until_drained,
+    settings_env,
     stored_offsets,
     wait_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-    for name, value in settings.model_dump().items():
-        if value is None or isinstance(value, dict):
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        env[f"STREAMER_{name.upper()}"] = str(value)
-    env["STREAMER_HOME"] = "/nonexistent-streamer-home"  # no dev.env: the test's settings only
-    return env
 
 
 def workload(seed: int, n_skus: int, n_events: int) -> list[Any]:
