@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from typer.testing import CliRunner
 
 from streamer.cli import app
