@@ -1,4 +1,11 @@
-"""A circuit breaker per dependency, so an outage pauses the worker instead of flooding retries."""
+"""A circuit breaker per dependency, so an outage pauses the worker instead of flooding retries.
+
+closed -> open after ``failure_threshold`` consecutive failures; open refuses calls
+until ``reset_timeout_s`` has passed; then half-open lets exactly one probe through.
+The probe's success closes the circuit, its failure re-opens it and restarts the
+timer. A probe whose outcome is never recorded (the caller crashed, was cancelled)
+does not wedge the breaker: after another ``reset_timeout_s`` a new probe is let through.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +19,11 @@ from streamer.errors import DependencyUnavailable
 if TYPE_CHECKING:
     from streamer.metrics import Metrics
 
-__all__ = ["CircuitBreaker", "CircuitOpenError"]
+__all__ = ["CircuitBreaker", "CircuitOpenError", "State"]
 
 log = logging.getLogger(__name__)
 State = Literal["closed", "open", "half_open"]
-_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
+_GAUGE: dict[State, int] = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class CircuitOpenError(DependencyUnavailable):
@@ -40,6 +47,10 @@ class CircuitBreaker:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if failure_threshold < 1:
+            raise ValueError(f"failure_threshold must be >= 1, got {failure_threshold}")
+        if reset_timeout_s <= 0:
+            raise ValueError(f"reset_timeout_s must be > 0, got {reset_timeout_s}")
         self.dependency = dependency
         self.failure_threshold = failure_threshold
         self.reset_timeout_s = reset_timeout_s
@@ -48,6 +59,7 @@ class CircuitBreaker:
         self._state: State = "closed"
         self._failures = 0
         self._opened_at = 0.0
+        self._probe_started_at: float | None = None
         self.opened_count = 0
 
     @property
@@ -64,28 +76,36 @@ class CircuitBreaker:
             self._metrics.circuit_state.labels(self.dependency).set(_GAUGE[state])
 
     def retry_after_s(self) -> float:
-        if self._state != "open":
-            return 0.0
-        return max(0.0, self._opened_at + self.reset_timeout_s - self._clock())
+        """Seconds until the next probe may go through; 0 when a call would be allowed now."""
+        now = self._clock()
+        if self._state == "open":
+            return max(0.0, self._opened_at + self.reset_timeout_s - now)
+        if self._state == "half_open" and self._probe_started_at is not None:
+            return max(0.0, self._probe_started_at + self.reset_timeout_s - now)
+        return 0.0
 
     def allow(self) -> bool:
         if self._state == "closed":
             return True
-        if self._state == "open" and self.retry_after_s() <= 0:
-            self._set("half_open")
-            return True
-        return self._state == "half_open"
+        if self.retry_after_s() > 0:
+            return False
+        self._set("half_open")
+        self._probe_started_at = self._clock()
+        return True
 
     def check(self) -> None:
+        """Raise ``CircuitOpenError`` unless a call may go through now."""
         if not self.allow():
             raise CircuitOpenError(self.dependency, self.retry_after_s())
 
     def record_success(self) -> None:
         self._failures = 0
+        self._probe_started_at = None
         self._set("closed")
 
     def record_failure(self) -> None:
         self._failures += 1
         if self._state == "half_open" or self._failures >= self.failure_threshold:
             self._opened_at = self._clock()
+            self._probe_started_at = None
             self._set("open")
