@@ -10,8 +10,10 @@ dead letter's position in PostgreSQL, so a second replay does not send it again.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,7 +23,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streamer.config import Settings
 from streamer.db import _converted
-from streamer.errors import BrokerUnavailable
+from streamer.errors import BrokerUnavailable, ConfigError
 
 __all__ = [
     "HEADER_PREFIX",
@@ -29,13 +31,22 @@ __all__ = [
     "DeadLetterRecord",
     "ReplayResult",
     "attempts_from_headers",
+    "matches",
     "read_dead_letters",
     "replay_dead_letters",
+    "replay_headers",
 ]
+
+log = logging.getLogger(__name__)
 
 HEADER_PREFIX = "streamer.error."
 REPLAY_PREFIX = "streamer.replay."
 _MAX_MESSAGE_BYTES = 4096
+
+
+def _truncated_utf8(text: str, max_bytes: int) -> bytes:
+    """At most ``max_bytes`` of UTF-8, never ending inside a character."""
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", "ignore").encode("utf-8")
 
 
 def _now_ms() -> int:
@@ -113,8 +124,11 @@ class DeadLetter:
         attempts: int = 1,
         sku: str | None = None,
     ) -> DeadLetter:
+        """The dead letter for ``msg``; the caller passes ``attempts`` (see ``attempts_from_headers``)."""
         now = _now_ms()
         _kind, ts = msg.timestamp()
+        # A message that failed before and was replayed keeps its first failure time.
+        _previous, first_failure_ms = attempts_from_headers(msg.headers())
         return cls(
             key=msg.key(),
             value=msg.value(),
@@ -128,7 +142,7 @@ class DeadLetter:
             exception_class=f"{type(error).__module__}.{type(error).__qualname__}",
             group_id=group_id,
             attempts=attempts,
-            first_failure_ms=now,
+            first_failure_ms=first_failure_ms or now,
             last_failure_ms=now,
             sku=sku,
         )
@@ -139,8 +153,8 @@ class DeadLetter:
             for k, v in self.headers
             if not k.startswith(HEADER_PREFIX) and not k.startswith(REPLAY_PREFIX)
         ]
-        message = self.message.encode("utf-8")[:_MAX_MESSAGE_BYTES]
-        error = {
+        message = _truncated_utf8(self.message, _MAX_MESSAGE_BYTES)
+        error: dict[str, str | bytes] = {
             "reason": self.reason,
             "message": message,
             "exception.class": self.exception_class,
@@ -221,27 +235,30 @@ class DeadLetterRecord:
 def read_dead_letters(
     settings: Settings, *, timeout_s: float = 10.0, idle_s: float = 0.5
 ) -> Iterator[DeadLetterRecord]:
-    """Every dead letter in the topic; returns once nothing new arrives for ``idle_s``.
+    """Every dead letter in the topic, from each partition's low watermark to its end.
 
-    High watermarks alone are not trusted as the end (the Tansu dev broker reports
-    them short when records share a batch): reading goes on past them until the
-    topic stays quiet.
+    A plain assigned consumer: no group membership, nothing committed. High
+    watermarks alone are not trusted as the end (the Tansu dev broker reports them
+    short when records share a batch), so reading goes on past them until the topic
+    stays quiet for ``idle_s``. ``timeout_s`` bounds the time without progress, not
+    the whole read, so a large topic is read to the end; a read that stalls short of
+    the watermarks stops with a warning naming the partitions left unread.
     """
     consumer = Consumer(
         settings.kafka_config(
             **{
                 "group.id": f"{settings.group_id}-dlq-reader",
                 "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
                 "fetch.wait.max.ms": settings.fetch_wait_max_ms,
                 "enable.partition.eof": False,
             }
         )
     )
+    topic = settings.dlq_topic
     try:
         try:
-            meta = consumer.list_topics(settings.dlq_topic, timeout=timeout_s).topics.get(
-                settings.dlq_topic
-            )
+            meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         except KafkaException as exc:
             raise BrokerUnavailable(
                 f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}"
@@ -249,29 +266,45 @@ def read_dead_letters(
         if meta is None or meta.error is not None:
             return
         ends: dict[int, int] = {}
-        assignment = []
+        positions: dict[int, int] = {}
         for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(settings.dlq_topic, p), timeout=timeout_s
-            )
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=timeout_s
+                )
+            except KafkaException as exc:
+                raise BrokerUnavailable(f"cannot read the offsets of {topic}[{p}]: {exc}") from exc
             ends[p] = high
-            assignment.append(TopicPartition(settings.dlq_topic, p, max(low, 0)))
+            positions[p] = max(low, 0)
+        assignment = [TopicPartition(topic, p, offset) for p, offset in positions.items()]
         consumer.assign(assignment)
-        positions = {p: tp.offset for p, tp in zip(meta.partitions, assignment, strict=True)}
-        deadline = time.monotonic() + timeout_s
         quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
+        while True:
             batch = consumer.consume(500, 0.1)
             for msg in batch:
                 if msg.error() is not None:
                     continue
-                positions[msg.partition()] = msg.offset() + 1
+                positions[msg.partition() or 0] = (msg.offset() or 0) + 1
                 yield DeadLetterRecord.from_message(msg)
+            now = time.monotonic()
             if batch:
-                quiet_since = time.monotonic()
+                quiet_since = now
                 continue
-            reached = all(positions.get(p, 0) >= end for p, end in ends.items())
-            if reached and time.monotonic() - quiet_since >= idle_s:
+            # The consumer's position also moves past records it never hands out
+            # (transaction markers), which message offsets alone would miss.
+            for tp in consumer.position(assignment):
+                if tp.offset >= 0:
+                    positions[tp.partition] = max(positions[tp.partition], tp.offset)
+            short = {p: (positions[p], end) for p, end in ends.items() if positions[p] < end}
+            if not short and now - quiet_since >= idle_s:
+                return
+            if now - quiet_since >= timeout_s:
+                log.warning(
+                    "reading %s stalled for %.0fs short of its end: %s",
+                    topic,
+                    timeout_s,
+                    ", ".join(f"[{p}] at {at} of {end}" for p, (at, end) in sorted(short.items())),
+                )
                 return
     finally:
         consumer.close()
@@ -307,67 +340,109 @@ def matches(
     return not (until_ms is not None and when > until_ms)
 
 
+def replay_headers(record: DeadLetterRecord) -> list[tuple[str, bytes]]:
+    """The original headers plus where the message comes from and how often it failed."""
+    return [
+        *((k, v) for k, v in record.original_headers if not k.startswith(REPLAY_PREFIX)),
+        (REPLAY_PREFIX + "attempts", str(record.attempts).encode()),
+        (REPLAY_PREFIX + "first_failure", str(record.first_failure_ms or "").encode()),
+        (REPLAY_PREFIX + "from", f"dlq:{record.dlq_partition}:{record.dlq_offset}".encode()),
+    ]
+
+
+_CLAIM = """
+INSERT INTO dead_letter_replays (dlq_topic, dlq_partition, dlq_offset, target_topic)
+SELECT $1, p, o, t FROM unnest($2::int[], $3::bigint[], $4::text[]) AS c(p, o, t)
+ON CONFLICT DO NOTHING
+RETURNING dlq_partition, dlq_offset
+"""
+
+
 async def replay_dead_letters(
     settings: Settings,
     *,
     reason: str | None = None,
     sku: str | None = None,
+    topic: str | None = None,
     since_ms: int | None = None,
     until_ms: int | None = None,
     dry_run: bool = False,
 ) -> ReplayResult:
-    """Send matching dead letters back to their original topic, each at most once."""
+    """Send matching dead letters back to their original topic, each at most once.
+
+    The rows of ``dead_letter_replays`` are claimed in a transaction that stays open
+    until every replayed message is acknowledged by the broker: a failed delivery
+    rolls the claims back (the next run sends them again), and a second replay running
+    at the same time waits on the claimed rows and then skips them.
+    """
     import asyncio
 
     from streamer.publisher import Publisher
 
     loop = asyncio.get_running_loop()
     letters = await loop.run_in_executor(None, lambda: list(read_dead_letters(settings)))
-    result = ReplayResult()
     chosen = [
         r
         for r in letters
-        if matches(r, reason=reason, sku=sku, since_ms=since_ms, until_ms=until_ms)
+        if matches(r, reason=reason, sku=sku, topic=topic, since_ms=since_ms, until_ms=until_ms)
     ]
-    result.matched = len(chosen)
+    result = ReplayResult(matched=len(chosen))
+    if not chosen:
+        return result
     async with _converted():
         conn = await asyncpg.connect(settings.database_dsn, timeout=10)
     try:
-        async with _converted():
-            done_rows = await conn.fetch(
-                "SELECT dlq_partition, dlq_offset FROM dead_letter_replays WHERE dlq_topic = $1",
-                settings.dlq_topic,
-            )
-        done = {(r["dlq_partition"], r["dlq_offset"]) for r in done_rows}
-        todo = [r for r in chosen if (r.dlq_partition, r.dlq_offset) not in done]
-        result.already_replayed = len(chosen) - len(todo)
-        result.records = todo
-        if dry_run or not todo:
+        if dry_run:
+            async with _converted(), _table_required():
+                done_rows = await conn.fetch(
+                    "SELECT dlq_partition, dlq_offset FROM dead_letter_replays"
+                    " WHERE dlq_topic = $1",
+                    settings.dlq_topic,
+                )
+            done = {(r["dlq_partition"], r["dlq_offset"]) for r in done_rows}
+            result.records = [r for r in chosen if (r.dlq_partition, r.dlq_offset) not in done]
+            result.already_replayed = len(chosen) - len(result.records)
             return result
 
-        def send() -> dict[tuple[str, int], int]:
+        def send(todo: list[DeadLetterRecord]) -> dict[tuple[str, int], int]:
             with Publisher(settings) as publisher:
                 for r in todo:
-                    headers = [
-                        *((k, v) for k, v in r.original_headers if not k.startswith(REPLAY_PREFIX)),
-                        (REPLAY_PREFIX + "attempts", str(r.attempts).encode()),
-                        (REPLAY_PREFIX + "first_failure", str(r.first_failure_ms or "").encode()),
-                        (REPLAY_PREFIX + "from", f"dlq:{r.dlq_partition}:{r.dlq_offset}".encode()),
-                    ]
                     publisher.produce(
-                        r.topic, r.value, key=r.key, headers=headers, timestamp_ms=r.timestamp_ms
+                        r.topic,
+                        r.value,
+                        key=r.key,
+                        headers=replay_headers(r),
+                        timestamp_ms=r.timestamp_ms,
                     )
                 publisher.flush()
                 return dict(publisher.end_offsets)
 
-        result.end_offsets = await loop.run_in_executor(None, send)
-        async with _converted():
-            await conn.executemany(
-                "INSERT INTO dead_letter_replays (dlq_topic, dlq_partition, dlq_offset, target_topic) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                [(settings.dlq_topic, r.dlq_partition, r.dlq_offset, r.topic) for r in todo],
+        async with _converted(), _table_required(), conn.transaction():
+            claimed_rows = await conn.fetch(
+                _CLAIM,
+                settings.dlq_topic,
+                [r.dlq_partition for r in chosen],
+                [r.dlq_offset for r in chosen],
+                [r.topic for r in chosen],
             )
+            claimed = {(row["dlq_partition"], row["dlq_offset"]) for row in claimed_rows}
+            todo = [r for r in chosen if (r.dlq_partition, r.dlq_offset) in claimed]
+            if todo:
+                result.end_offsets = await loop.run_in_executor(None, send, todo)
+        result.records = todo
         result.replayed = len(todo)
+        result.already_replayed = len(chosen) - len(todo)
         return result
     finally:
         await conn.close()
+
+
+@asynccontextmanager
+async def _table_required() -> AsyncIterator[None]:
+    try:
+        yield
+    except asyncpg.UndefinedTableError as exc:
+        raise ConfigError(
+            "table dead_letter_replays does not exist in this database; "
+            "run `streamer db migrate` first"
+        ) from exc

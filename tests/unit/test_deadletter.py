@@ -1,0 +1,222 @@
+"""Dead-letter headers: built from a failed message, read back, carried through a replay."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import replace
+
+import pytest
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
+
+from streamer.deadletter import (
+    HEADER_PREFIX,
+    DeadLetter,
+    DeadLetterRecord,
+    attempts_from_headers,
+    matches,
+    replay_headers,
+)
+from streamer.errors import ImageInvalid
+
+pytestmark = pytest.mark.unit
+
+SOURCE = "catalog.media.v1"
+DLQ = "catalog.gallery.dlq"
+
+
+def original(headers: list[tuple[str, bytes]] | None = None, **kw: object) -> Message:
+    values: dict[str, object] = {
+        "topic": SOURCE,
+        "partition": 3,
+        "offset": 41,
+        "key": b"SKU-1",
+        "value": b"\xc3\x01avro-bytes",
+        "headers": headers if headers is not None else [("traceparent", b"00-abc-01")],
+        "timestamp": (TIMESTAMP_CREATE_TIME, 1_700_000_000_123),
+    }
+    values.update(kw)
+    return Message(**values)  # type: ignore[arg-type]
+
+
+def on_dlq(letter: DeadLetter, offset: int = 9) -> Message:
+    """What the dead-letter topic holds for ``letter``."""
+    return Message(
+        topic=DLQ,
+        partition=1,
+        offset=offset,
+        key=letter.key,
+        value=letter.value,
+        headers=letter.kafka_headers(),
+    )
+
+
+def replayed(record: DeadLetterRecord) -> Message:
+    """What ``streamer dlq replay`` puts back on the original topic for ``record``."""
+    return original(
+        headers=replay_headers(record),
+        offset=500,
+        key=record.key,
+        value=record.value,
+        timestamp=(TIMESTAMP_CREATE_TIME, record.timestamp_ms),
+    )
+
+
+def letter_for(msg: Message, **kw: object) -> DeadLetter:
+    error = ImageInvalid("object /a.jpg is missing", reason="object_missing")
+    return DeadLetter.from_error(msg, error, group_id="streamer", **kw)  # type: ignore[arg-type]
+
+
+def test_from_error_keeps_the_original_message_and_names_the_error() -> None:
+    before = int(time.time() * 1000)
+    letter = letter_for(original(), sku="SKU-1")
+    after = int(time.time() * 1000)
+    assert (letter.key, letter.value) == (b"SKU-1", b"\xc3\x01avro-bytes")
+    assert letter.headers == [("traceparent", b"00-abc-01")]
+    assert (letter.topic, letter.partition, letter.offset) == (SOURCE, 3, 41)
+    assert letter.timestamp_ms == 1_700_000_000_123
+    assert (letter.reason, letter.message) == ("object_missing", "object /a.jpg is missing")
+    assert letter.exception_class == "streamer.errors.ImageInvalid"
+    assert letter.attempts == 1
+    assert letter.first_failure_ms is not None and before <= letter.first_failure_ms <= after
+    assert letter.last_failure_ms == letter.first_failure_ms
+
+
+def test_unexpected_errors_get_a_reason_too() -> None:
+    letter = DeadLetter.from_error(original(), ZeroDivisionError("boom"), group_id="g")
+    assert letter.reason == "unexpected_error"
+    assert letter.exception_class == "builtins.ZeroDivisionError"
+    assert letter.message == "boom"
+
+
+def test_headers_round_trip_through_the_dead_letter_topic() -> None:
+    letter = letter_for(original(), sku="SKU-1")
+    headers = dict(letter.kafka_headers())
+    for name in (
+        "reason",
+        "message",
+        "exception.class",
+        "topic",
+        "partition",
+        "offset",
+        "timestamp",
+        "attempts",
+        "group",
+        "first_failure",
+        "last_failure",
+        "sku",
+    ):
+        assert HEADER_PREFIX + name in headers, name
+    assert headers[HEADER_PREFIX + "partition"] == b"3"
+    assert headers["traceparent"] == b"00-abc-01"
+
+    record = DeadLetterRecord.from_message(on_dlq(letter))
+    assert (record.dlq_topic, record.dlq_partition, record.dlq_offset) == (DLQ, 1, 9)
+    assert (record.key, record.value) == (letter.key, letter.value)
+    assert record.original_headers == [("traceparent", b"00-abc-01")]
+    assert (record.reason, record.message, record.exception_class) == (
+        letter.reason,
+        letter.message,
+        letter.exception_class,
+    )
+    assert (record.topic, record.partition, record.offset) == (SOURCE, 3, 41)
+    assert record.timestamp_ms == 1_700_000_000_123
+    assert (record.attempts, record.group_id, record.sku) == (1, "streamer", "SKU-1")
+    assert (record.first_failure_ms, record.last_failure_ms) == (
+        letter.first_failure_ms,
+        letter.last_failure_ms,
+    )
+
+
+def test_sku_header_only_when_known_and_missing_timestamp_reads_back_as_none() -> None:
+    msg = original(timestamp=(0, 0))
+    letter = letter_for(msg)
+    assert HEADER_PREFIX + "sku" not in dict(letter.kafka_headers())
+    record = DeadLetterRecord.from_message(on_dlq(letter))
+    assert record.sku is None
+    assert record.timestamp_ms is None
+
+
+def test_message_header_is_cut_to_4_kib_without_splitting_a_character() -> None:
+    letter = replace(letter_for(original()), message="é" * 5000)  # 2 bytes each
+    raw = dict(letter.kafka_headers())[HEADER_PREFIX + "message"]
+    assert len(raw) == 4096
+    assert raw.decode("utf-8") == "é" * 2048
+    odd = replace(letter, message="a" + "é" * 5000)
+    raw = dict(odd.kafka_headers())[HEADER_PREFIX + "message"]
+    assert len(raw) == 4095
+    raw.decode("utf-8")  # strict: no half character at the end
+
+
+def test_error_headers_of_an_earlier_failure_are_replaced_not_stacked() -> None:
+    first = letter_for(original(), sku="SKU-1")
+    again = DeadLetter.from_error(
+        original(headers=first.kafka_headers()), ValueError("x"), group_id="g"
+    )
+    names = [k for k, _ in again.kafka_headers()]
+    assert names.count(HEADER_PREFIX + "reason") == 1
+    assert dict(again.kafka_headers())[HEADER_PREFIX + "reason"] == b"unexpected_error"
+    assert names[0] == "traceparent"
+
+
+def test_attempts_and_first_failure_carry_through_a_replay() -> None:
+    first = replace(
+        letter_for(original(), sku="SKU-1"), first_failure_ms=1000, last_failure_ms=1000
+    )
+    record = DeadLetterRecord.from_message(on_dlq(first, offset=9))
+
+    back = replayed(record)
+    headers = dict(back.headers() or [])
+    assert headers["streamer.replay.from"] == b"dlq:1:9"
+    assert headers["traceparent"] == b"00-abc-01"
+    assert not any(k.startswith(HEADER_PREFIX) for k in headers)
+    assert attempts_from_headers(back.headers()) == (1, 1000)
+
+    previous, _ = attempts_from_headers(back.headers())
+    second = letter_for(back, attempts=previous + 1, sku="SKU-1")
+    assert second.first_failure_ms == 1000, "the first failure is kept across the replay"
+    assert second.last_failure_ms is not None and second.last_failure_ms > 1000
+    record2 = DeadLetterRecord.from_message(on_dlq(second, offset=10))
+    assert (record2.attempts, record2.first_failure_ms) == (2, 1000)
+    assert record2.original_headers == [("traceparent", b"00-abc-01")], "no replay headers kept"
+
+    # A second replay does not stack replay headers either.
+    third = replayed(record2)
+    assert [k for k, _ in third.headers() or []].count("streamer.replay.attempts") == 1
+    assert attempts_from_headers(third.headers()) == (2, 1000)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [None, [], [("streamer.replay.attempts", b"x"), ("streamer.replay.first_failure", b"")]],
+)
+def test_attempts_from_headers_of_a_fresh_or_garbled_message(
+    headers: list[tuple[str, bytes]] | None,
+) -> None:
+    assert attempts_from_headers(headers) == (0, None)
+
+
+def test_filters_by_reason_sku_topic_and_time() -> None:
+    letter = replace(letter_for(original(), sku="SKU-1"), last_failure_ms=5000)
+    record = DeadLetterRecord.from_message(on_dlq(letter))
+    assert matches(record)
+    assert matches(record, reason="object_missing", sku="SKU-1", topic=SOURCE)
+    assert not matches(record, reason="undecodable")
+    assert not matches(record, sku="SKU-2")
+    assert not matches(record, topic="catalog.product.v1")
+    assert matches(record, since_ms=5000, until_ms=5000)
+    assert not matches(record, since_ms=5001)
+    assert not matches(record, until_ms=4999)
+    unknown_sku = DeadLetterRecord.from_message(on_dlq(letter_for(original())))
+    assert matches(unknown_sku, sku="SKU-1"), "falls back to the message key"
+
+
+def test_oversized_value_is_cut_with_its_size_and_hash() -> None:
+    big = b"x" * 5000
+    letter = letter_for(original(value=big)).fitted(2048)
+    assert letter.value == big[:1024]
+    headers = dict(letter.kafka_headers())
+    assert headers[HEADER_PREFIX + "value.truncated_from"] == b"5000"
+    assert headers[HEADER_PREFIX + "value.sha256"] == hashlib.sha256(big).hexdigest().encode()
+    small = letter_for(original())
+    assert small.fitted(2048) is small
