@@ -7,7 +7,15 @@ topic/partition: never a SKU, a file path or an event id.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from streamer import __version__
 
@@ -41,6 +49,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.registry = r
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.build_info = Info("streamer_build", "Build information", registry=r)
         self.build_info.info({"version": __version__})
         self.events_consumed = Counter(

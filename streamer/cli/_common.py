@@ -9,13 +9,15 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from streamer.config import Settings, load_settings
 from streamer.errors import StreamerError
 
 __all__ = ["err_console", "fail_cleanly", "settings_from"]
 
-err_console = Console(stderr=True)
+# Errors are one unwrapped line, so scripts and log search can match them whole.
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def settings_from(**overrides: Any) -> Settings:
@@ -23,7 +25,7 @@ def settings_from(**overrides: Any) -> Settings:
     try:
         settings = load_settings(**overrides)
     except StreamerError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     logging.basicConfig(
         level=settings.log_level,
@@ -38,5 +40,5 @@ def fail_cleanly() -> Iterator[None]:
     try:
         yield
     except StreamerError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc

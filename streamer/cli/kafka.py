@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -76,7 +77,7 @@ def publish(
             err_console.print("[red]error:[/red] --format must be auto, jsonl or bulk")
             raise typer.Exit(2)
     except (InvalidEvent, json.JSONDecodeError) as exc:
-        err_console.print(f"[red]error:[/red] {file}: {exc}")
+        err_console.print(f"[red]error:[/red] {escape(f'{file}: {exc}')}")
         raise typer.Exit(2) from exc
 
     if ingested.events:
