@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 from prometheus_client import CollectorRegistry
 
+from streamer.codec import Codec
 from streamer.config import Settings
 from streamer.db import migrate
 from streamer.etags import make_s3_client, s3_key
@@ -103,6 +104,11 @@ class PhaseResult:
     cpu_s: float
     etag_checks: float
     rows_written: float
+    publish_seconds: float = 0.0
+
+    @property
+    def published_per_s(self) -> float:
+        return self.events / self.publish_seconds if self.publish_seconds else 0.0
 
     @property
     def events_per_s(self) -> float:
@@ -138,6 +144,27 @@ async def _drained(settings: Settings, ends: dict[tuple[str, int], int], timeout
     finally:
         await conn.close()
     raise TimeoutError(f"not drained within {timeout_s:.0f}s")
+
+
+def measure_codec(
+    settings: Settings, events: list[MediaGalleryChanged], log: Callable[[str], None]
+) -> tuple[float, float]:
+    """Encode and decode+validate rates of the codec alone, one core, no broker."""
+    codec = Codec.from_settings(settings)
+    t0 = time.perf_counter()
+    encoded = [codec.encode(event, topic=settings.media_topic) for event in events]
+    encode_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for value in encoded:
+        codec.decode_event(value)
+    decode_s = time.perf_counter() - t0
+    n = len(events)
+    log(
+        f"codec: encode {n / encode_s:,.0f} events/s ({1e6 * encode_s / n:.1f} µs each), "
+        f"decode+validate {n / decode_s:,.0f} events/s ({1e6 * decode_s / n:.1f} µs each), "
+        f"{sum(map(len, encoded)) / n:.0f} bytes per event"
+    )
+    return n / encode_s, n / decode_s
 
 
 def _publish(settings: Settings, events: list[MediaGalleryChanged]) -> dict[tuple[str, int], int]:
@@ -181,9 +208,15 @@ async def run_benchmark(
     for name in ("first sync", "no-op re-sync"):
         version += 1
         events = generate_catalog(n_skus, images_per_sku, paths, version=version, prefix=f"B{run}")
+        if name == "first sync":
+            measure_codec(s, events, log)
         t0 = time.monotonic()
         ends = _publish(s, events)
-        log(f"{name}: published {len(events)} events in {time.monotonic() - t0:.1f}s")
+        publish_s = time.monotonic() - t0
+        log(
+            f"{name}: published {len(events)} events in {publish_s:.2f}s "
+            f"({len(events) / publish_s:,.0f} events/s, acknowledged by the broker)"
+        )
         metrics = Metrics(CollectorRegistry(auto_describe=True))
         worker = Worker(s, metrics=metrics, install_signal_handlers=False)
         stop = asyncio.Event()
@@ -210,8 +243,25 @@ async def run_benchmark(
             for op in ("insert", "update", "delete")
         )
         join_s = first_commit - wall0
+        split = {
+            label: get(f"streamer_{metric}_sum") or 0.0
+            for label, metric in (
+                ("batches", "batch_duration_seconds"),
+                ("ETag look-ups", "etag_lookup_duration_seconds"),
+                ("state reads", "db_read_duration_seconds"),
+                ("writes", "db_write_duration_seconds"),
+            )
+        }
+        log(f"{name}: wall time inside " + ", ".join(f"{k} {v:.2f}s" for k, v in split.items()))
         result = PhaseResult(
-            name, len(events), len(events) * images_per_sku, wall - join_s, cpu, checks, rows
+            name,
+            len(events),
+            len(events) * images_per_sku,
+            wall - join_s,
+            cpu,
+            checks,
+            rows,
+            publish_s,
         )
         results.append(result)
         log(
@@ -235,6 +285,7 @@ def summary_rows(results: list[PhaseResult]) -> list[dict[str, Any]]:
             "etag_checks": int(r.etag_checks),
             "cpu_ms_per_check": round(r.cpu_ms_per_check, 3),
             "rows_written": int(r.rows_written),
+            "published_per_s": round(r.published_per_s),
         }
         for r in results
     ]
