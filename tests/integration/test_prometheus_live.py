@@ -1,0 +1,162 @@
+"""A real Prometheus scrapes a running worker: every dashboard query and alert rule evaluates.
+
+promtool proves the queries parse; this proves they select the series a worker
+actually exports, with the labels the panels group by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streamer.devstack import free_port
+from streamer.worker import Worker
+from tests.deploy.support import PROMETHEUS
+from tests.deploy.test_dashboard import as_promql, queries
+from tests.integration.support import Sender, drained, media, prepare, put_image, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.deploy]
+
+
+def api(port: int, path: str, **params: str) -> Any:
+    url = f"http://127.0.0.1:{port}/api/v1/{path}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body = json.loads(resp.read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A Prometheus process of our own; the test writes its scrape target before it starts."""
+    exe = shutil.which("prometheus")
+    if exe is None:
+        pytest.fail("prometheus is not installed: run `make promtool` (Debian package prometheus)")
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(target_port: int) -> int:
+        shutil.copy(PROMETHEUS / "alerts.yml", tmp_path / "alerts.yml")
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": ["alerts.yml"],
+            "scrape_configs": [
+                {
+                    "job_name": "streamer",
+                    "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}],
+                }
+            ],
+        }
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        log = (tmp_path / "prometheus.log").open("wb")
+        procs.append(
+            subprocess.Popen(
+                [
+                    exe,
+                    f"--config.file={tmp_path / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp_path / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        return port
+
+    yield start  # type: ignore[misc]
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def test_dashboard_queries_and_alert_rules_evaluate_on_a_live_worker(
+    make_settings, s3_client, prometheus
+) -> None:
+    settings = make_settings(
+        metrics_port=free_port(), metrics_host="127.0.0.1", lag_refresh_s=0.2, topic_partitions=2
+    )
+    prepare(settings)
+    put_image(s3_client, settings, "/p/1.jpg", b"one")
+    sender = Sender(settings)
+    sender.send([media(f"P-{i}", 1, [{"file_path": "/p/1.jpg"}]) for i in range(20)])
+    sender.send([media("P-BAD", 1, [{"file_path": "/p/missing.jpg"}])])
+
+    worker = Worker(settings, install_signal_handlers=False)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+
+        async def done() -> bool:
+            if task.done():
+                task.result()
+            return await drained(settings, sender.ends)
+
+        await wait_for(done, timeout_s=60, what="the drain")
+        port = prometheus(settings.metrics_port)
+
+        def scraped() -> bool:
+            try:
+                result = api(
+                    port, "query", query='streamer_events_processed_total{outcome="written"}'
+                )
+            except OSError:
+                return False
+            return bool(result["result"]) and float(result["result"][0]["value"][1]) == 20
+
+        async def ingested() -> bool:
+            return await asyncio.to_thread(scraped)
+
+        await wait_for(ingested, timeout_s=60, what="Prometheus to scrape the worker")
+
+        async def enough_samples() -> bool:
+            # rate() needs two samples inside its window.
+            data = await asyncio.to_thread(api, port, "query", query="count_over_time(up[15s])")
+            return bool(data["result"]) and float(data["result"][0]["value"][1]) >= 3
+
+        await wait_for(enough_samples, timeout_s=30, what="three scrapes")
+
+        empty = []
+        for panel, expr in queries():
+            promql = as_promql(expr).replace("[1m]", "[15s]").replace("[5m]", "[15s]")
+            data = await asyncio.to_thread(api, port, "query", query=promql)
+            if not data["result"]:
+                empty.append(panel["title"])
+        assert empty == [], f"panels with no data from a live worker: {empty}"
+
+        by_outcome = await asyncio.to_thread(
+            api, port, "query", query="sum by (outcome) (streamer_events_processed_total)"
+        )
+        outcomes = {r["metric"]["outcome"]: float(r["value"][1]) for r in by_outcome["result"]}
+        assert outcomes["written"] == 20 and outcomes["partial"] == 1
+
+        rules = await asyncio.to_thread(api, port, "rules")
+        evaluated = [rule for group in rules["groups"] for rule in group["rules"]]
+        assert len(evaluated) == 9
+        assert all(rule["health"] == "ok" for rule in evaluated), [
+            (r["name"], r.get("lastError")) for r in evaluated if r["health"] != "ok"
+        ]
+        firing = {
+            a["labels"]["alertname"]
+            for a in (await asyncio.to_thread(api, port, "alerts"))["alerts"]
+        }
+        assert "StreamerDeadLetters" in firing
+        assert not firing & {"StreamerConsumerDown", "StreamerCircuitOpen", "StreamerAbsent"}
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
