@@ -98,7 +98,7 @@ def seeded(make_settings: Callable[..., Settings]) -> tuple[Settings, list[DeadL
 
 
 def test_list_counts_by_reason_and_topic(seeded: tuple[Settings, list[DeadLetter]]) -> None:
-    settings, letters = seeded
+    settings, _letters = seeded
     summary = cli(settings, "list")
     assert summary["total"] == 3
     assert summary["by_reason"] == {"object_missing": 2, "unknown_framing": 1}
