@@ -378,14 +378,25 @@ class Demo:
             ("streamer_images_total", {"result": "unchanged"}),
             ("streamer_images_total", {"result": "content_changed"}),
             ("streamer_images_total", {"result": "metadata_changed"}),
-            ("streamer_dead_letters_total", {"reason": "object_missing"}),
             ("streamer_etag_checks_total", {"result": "found"}),
             ("streamer_s3_head_duration_seconds_count", {}),
             ("streamer_batch_duration_seconds_count", {}),
         ]:
             value = self.counter(name, **labels)
             table.add_row(name, ",".join(f"{k}={v}" for k, v in labels.items()), f"{value:.0f}")
+        dead_letters = 0.0
+        for family in self.metrics.registry.collect():
+            for sample in family.samples:
+                if sample.name == "streamer_dead_letters_total":
+                    dead_letters += sample.value
+                    table.add_row(
+                        sample.name, f"reason={sample.labels['reason']}", f"{sample.value:.0f}"
+                    )
         self.console.print(table)
+        c.check(
+            dead_letters == len(letters),
+            f"dead letters counted: {dead_letters:.0f}, in the topic: {len(letters)}",
+        )
         c.check(
             self.counter("streamer_events_processed_total", outcome="written") > 0,
             "metrics recorded the run",
