@@ -82,11 +82,11 @@ def normalize_file_path(raw: str) -> str:
         raise ImageInvalid(f"file_path {raw!r} contains a backslash", reason="invalid_file_path")
     path = "/" + raw.lstrip("/")
     segments = path[1:].split("/")
-    if any(seg in ("..", ".") for seg in segments):
+    if ".." in segments or "." in segments:
         raise ImageInvalid(
             f"file_path {raw!r} contains a '..' or '.' segment", reason="invalid_file_path"
         )
-    if any(seg == "" for seg in segments):
+    if "" in segments:
         raise ImageInvalid(
             f"file_path {raw!r} contains an empty segment", reason="invalid_file_path"
         )
@@ -177,6 +177,8 @@ class _EventBase(BaseModel):
     @field_validator("event_id", mode="before")
     @classmethod
     def _uuid(cls, value: Any) -> str:
+        if isinstance(value, uuid.UUID):
+            return str(value)
         try:
             return str(uuid.UUID(str(value)))
         except ValueError:

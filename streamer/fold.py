@@ -144,13 +144,26 @@ def _apply_media(
         listed = {image.file_path for image in event.images}
         images = {p: i for p, i in images.items() if p in listed}
     owns_roles = not invalid
+    owner: dict[str, str] = {}
     if owns_roles:
-        images = {p: replace(i, roles=()) for p, i in images.items()}
+        for image, _ in resolved:
+            for role in image.roles:
+                owner[role] = image.file_path  # last claim wins
+        # The payload owns the roles: stored images it does not list lose theirs.
+        listed_now = {image.file_path for image, _ in resolved}
+        for p, i in images.items():
+            if i.roles and p not in listed_now:
+                images[p] = replace(i, roles=())
     for image, info in resolved:
-        old = state.images.get(image.file_path)
+        path = image.file_path
+        old = state.images.get(path)
         same_bytes = old is not None and old.etag == info.etag
-        images[image.file_path] = StoredImage(
-            file_path=image.file_path,
+        if owns_roles:
+            roles = tuple(sorted(r for r in image.roles if owner[r] == path))
+        else:
+            roles = old.roles if old is not None else ()
+        images[path] = StoredImage(
+            file_path=path,
             etag=info.etag,
             # A LIST look-up has no content type and a trusted producer ETag no size:
             # keep what a HEAD recorded for the same bytes rather than flapping.
@@ -159,20 +172,9 @@ def _apply_media(
             label=image.label,
             position=image.position,
             disabled=image.disabled,
-            roles=tuple(sorted(image.roles))
-            if owns_roles
-            else (old.roles if old is not None else ()),
+            roles=roles,
             content_version=1 if old is None else old.content_version + (0 if same_bytes else 1),
         )
-    if owns_roles:
-        owner: dict[str, str] = {}
-        for image, _ in resolved:
-            for role in image.roles:
-                owner[role] = image.file_path  # last claim wins
-        images = {
-            p: replace(i, roles=tuple(r for r in i.roles if owner.get(r) == p))
-            for p, i in images.items()
-        }
     if rules.image_limit is not None and len(images) > rules.image_limit:
         ordered = sorted(images.values(), key=_sort_key)
         counts["dropped_limit"] += len(ordered) - rules.image_limit
@@ -206,12 +208,12 @@ def fold(
     results: list[EventResult] = []
     counts: Counter[str] = Counter()
     unknown_roles = 0
-    seen: dict[str, str] = {}
+    seen: dict[str, Event] = {}
     current = state
     for event in events:
-        digest = fingerprint(event)
-        if event.event_id in seen:
-            if seen[event.event_id] == digest:
+        first = seen.get(event.event_id)
+        if first is not None:
+            if first is event or fingerprint(first) == fingerprint(event):
                 results.append(EventResult(event, EventOutcome.DUPLICATE))
             else:
                 results.append(
@@ -223,7 +225,7 @@ def fold(
                     )
                 )
             continue
-        seen[event.event_id] = digest
+        seen[event.event_id] = event
 
         if isinstance(event, ProductChanged):
             if event.version < current.product_version:

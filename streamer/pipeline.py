@@ -21,6 +21,7 @@ outcome events carry the source event ids for de-duplication).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -216,10 +217,21 @@ class Pipeline:
         seen: dict[str, Any] = {}
         if by_sku:
             started = time.perf_counter()
-            states = await self._retry("postgres", lambda: self.db.load_states(list(by_sku)))
-            seen = await self._retry(
-                "postgres", lambda: self.db.seen_events({i.event.event_id for i in items})
+            # Two independent reads on two pooled connections, in parallel. If the second
+            # fails the first is cancelled, so the error surfaces as itself, not as a group.
+            loading = asyncio.ensure_future(
+                self._retry("postgres", lambda: self.db.load_states(list(by_sku)))
             )
+            try:
+                seen = await self._retry(
+                    "postgres", lambda: self.db.seen_events({i.event.event_id for i in items})
+                )
+                states = await loading
+            finally:
+                if not loading.done():
+                    loading.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await loading
             self.metrics.db_read_latency.observe(time.perf_counter() - started)
 
         results: dict[str, list[tuple[_Item, EventResult]]] = {}
