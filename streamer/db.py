@@ -151,29 +151,43 @@ FROM unnest($2::text[], $3::int[], $4::bigint[], $5::bigint[]) AS u(topic, parti
 WHERE o.group_id = $1 AND o.topic = u.topic AND o.partition = u.partition AND o.epoch = u.epoch
 RETURNING o.topic, o.partition
 """
+# Set-based writes: one statement per kind of row for the whole batch, arrays in,
+# so a batch costs a handful of round trips whatever its size.
 _UPSERT_PRODUCT = """
 INSERT INTO products (sku, product_version, gallery_version, deleted, name, enabled)
-VALUES ($1, $2, $3, $4, $5, $6)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::text[], $6::bool[])
 ON CONFLICT (sku) DO UPDATE SET
     product_version = EXCLUDED.product_version, gallery_version = EXCLUDED.gallery_version,
     deleted = EXCLUDED.deleted, name = EXCLUDED.name, enabled = EXCLUDED.enabled,
     row_version = products.row_version + 1, updated_at = now()
 """
+# Roles travel comma-joined (managed role names never contain a comma): unnest
+# cannot take an array of variable-length arrays.
 _UPSERT_IMAGE = """
 INSERT INTO gallery_images
     (sku, file_path, etag, size_bytes, content_type, label, position, disabled, roles, content_version)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+SELECT sku, file_path, etag, size_bytes, content_type, label, position, disabled,
+       string_to_array(roles, ','), content_version
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+            $7::int[], $8::bool[], $9::text[], $10::int[])
+    AS t(sku, file_path, etag, size_bytes, content_type, label, position, disabled, roles,
+         content_version)
 ON CONFLICT (sku, file_path) DO UPDATE SET
     etag = EXCLUDED.etag, size_bytes = EXCLUDED.size_bytes, content_type = EXCLUDED.content_type,
     label = EXCLUDED.label, position = EXCLUDED.position, disabled = EXCLUDED.disabled,
     roles = EXCLUDED.roles, content_version = EXCLUDED.content_version,
     row_version = gallery_images.row_version + 1, updated_at = now()
 """
-_DELETE_IMAGES = "DELETE FROM gallery_images WHERE sku = $1 AND file_path = ANY($2::text[])"
+_DELETE_IMAGES = """
+DELETE FROM gallery_images g
+USING unnest($1::text[], $2::text[]) AS t(sku, file_path)
+WHERE g.sku = t.sku AND g.file_path = t.file_path
+"""
 _INSERT_OUTCOME = """
 INSERT INTO event_outcomes
     (event_id, sku, request_id, outcome, reason, fingerprint, topic, partition, "offset")
-VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::int[], $9::bigint[])
 ON CONFLICT (event_id) DO UPDATE SET
     outcome = EXCLUDED.outcome, reason = EXCLUDED.reason, fingerprint = EXCLUDED.fingerprint,
     topic = EXCLUDED.topic, partition = EXCLUDED.partition, "offset" = EXCLUDED."offset",
@@ -185,6 +199,11 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
 ON CONFLICT (request_id, outcome) DO UPDATE SET
     events = request_outcomes.events + EXCLUDED.events, updated_at = now()
 """
+
+
+def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows to one array per column, for ``unnest``."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _image(row: Mapping[str, Any]) -> StoredImage:
@@ -359,7 +378,7 @@ class BatchWriter:
     async def apply(self, diffs: Iterable[SkuDiff]) -> None:
         products: list[tuple[Any, ...]] = []
         images: list[tuple[Any, ...]] = []
-        deletes: list[tuple[str, list[str]]] = []
+        deletes: list[tuple[str, str]] = []
         counts = {"insert": 0, "update": 0, "delete": 0}
         for d in diffs:
             if d.product is not None:
@@ -378,22 +397,21 @@ class BatchWriter:
                         img.label,
                         img.position,
                         img.disabled,
-                        list(img.roles),
+                        ",".join(img.roles),
                         img.content_version,
                     )
                 )
-            if d.removes:
-                deletes.append((d.sku, list(d.removes)))
+            deletes.extend((d.sku, path) for path in d.removes)
             counts["insert"] += len(d.inserts)
             counts["update"] += len(d.content_changes) + len(d.metadata_changes)
             counts["delete"] += len(d.removes)
         async with _converted():
             if products:
-                await self._conn.executemany(_UPSERT_PRODUCT, products)
+                await self._conn.execute(_UPSERT_PRODUCT, *_columns(products))
             if deletes:
-                await self._conn.executemany(_DELETE_IMAGES, deletes)
+                await self._conn.execute(_DELETE_IMAGES, *_columns(deletes))
             if images:
-                await self._conn.executemany(_UPSERT_IMAGE, images)
+                await self._conn.execute(_UPSERT_IMAGE, *_columns(images))
         for op, n in counts.items():
             self.rows_written[op] += n
 
@@ -408,22 +426,26 @@ class BatchWriter:
     ) -> None:
         async with _converted():
             if rows:
-                await self._conn.executemany(
+                # Last row per event_id: one statement cannot upsert the same key twice.
+                latest = {r.event_id: r for r in rows}
+                await self._conn.execute(
                     _INSERT_OUTCOME,
-                    [
-                        (
-                            r.event_id,
-                            r.sku,
-                            r.request_id,
-                            r.outcome,
-                            r.reason,
-                            r.fingerprint,
-                            r.topic,
-                            r.partition,
-                            r.offset,
-                        )
-                        for r in rows
-                    ],
+                    *_columns(
+                        [
+                            (
+                                r.event_id,
+                                r.sku,
+                                r.request_id,
+                                r.outcome,
+                                r.reason,
+                                r.fingerprint,
+                                r.topic,
+                                r.partition,
+                                r.offset,
+                            )
+                            for r in latest.values()
+                        ]
+                    ),
                 )
             if request_counts:
                 keys = list(request_counts)
