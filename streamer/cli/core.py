@@ -157,6 +157,11 @@ def bench(
     Console().print(table)
 
 
+def _json_default(value: object) -> str:
+    isoformat = getattr(value, "isoformat", None)
+    return isoformat() if callable(isoformat) else str(value)
+
+
 def loadgen(
     output: Annotated[str, typer.Argument(help="JSON lines file to write ('-' for stdout)")] = "-",
     skus: Annotated[int, typer.Option("--skus")] = 1000,
@@ -170,6 +175,7 @@ def loadgen(
     from rich.progress import Progress
 
     from streamer.bench import generate_catalog, object_paths, upload_objects
+    from streamer.codec import event_record
 
     paths = object_paths(objects)
     events = generate_catalog(
@@ -183,9 +189,8 @@ def loadgen(
     out = sys.stdout if output == "-" else open(output, "w")  # noqa: SIM115 - closed below
     try:
         for event in events:
-            out.write(
-                json.dumps({"type": "MediaGalleryChanged", **event.model_dump(mode="json")}) + "\n"
-            )
+            record = {"type": event.type.value, **event_record(event)}
+            out.write(json.dumps(record, default=_json_default) + "\n")
     finally:
         if out is not sys.stdout:
             out.close()
