@@ -7,7 +7,8 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -179,10 +180,12 @@ async def drained(settings: Settings, ends: dict[tuple[str, int], int]) -> bool:
     return all(stored.get(tp, -1) >= end for tp, end in ends.items())
 
 
-async def run_until_drained(
+@asynccontextmanager
+async def drained_worker(
     settings: Settings, ends: dict[tuple[str, int], int], *, timeout_s: float = 90, **worker_kw: Any
-) -> Worker:
-    """Run an in-process worker until every partition's stored offset reaches its end."""
+) -> AsyncIterator[Worker]:
+    """An in-process worker, yielded once every partition's stored offset reaches its end
+    and stopped when the block ends."""
     worker = Worker(settings, install_signal_handlers=False, **worker_kw)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
@@ -194,10 +197,18 @@ async def run_until_drained(
             return await drained(settings, ends)
 
         await wait_for(done, timeout_s=timeout_s, what="the worker to drain the topics")
+        yield worker
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
-    return worker
+
+
+async def run_until_drained(
+    settings: Settings, ends: dict[tuple[str, int], int], *, timeout_s: float = 90, **worker_kw: Any
+) -> Worker:
+    """Run an in-process worker until every partition's stored offset reaches its end."""
+    async with drained_worker(settings, ends, timeout_s=timeout_s, **worker_kw) as worker:
+        return worker
 
 
 async def export_all(settings: Settings) -> list[dict[str, Any]]:

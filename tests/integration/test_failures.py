@@ -3,14 +3,11 @@ a dead-lettered missing image completes once uploaded and replayed."""
 
 from __future__ import annotations
 
-import io
 import uuid
 from collections import Counter
 from typing import Any
 
 import pytest
-from fastavro import parse_schema, schemaless_writer
-from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from streamer.codec import SINGLE_OBJECT_MAGIC, event_record
 from streamer.deadletter import read_dead_letters, replay_dead_letters
@@ -22,21 +19,9 @@ from tests.integration.support import (
     put_image,
     run_until_drained,
 )
+from tests.samples import unknown_schema_message
 
 pytestmark = pytest.mark.integration
-
-
-def unknown_schema_bytes() -> bytes:
-    other = parse_schema(
-        {"type": "record", "name": "Other", "fields": [{"name": "x", "type": "int"}]}
-    )
-    buf = io.BytesIO()
-    buf.write(
-        SINGLE_OBJECT_MAGIC
-        + bytes.fromhex(fingerprint(to_parsing_canonical_form(other), "CRC-64-AVRO"))
-    )
-    schemaless_writer(buf, other, {"x": 7})
-    return buf.getvalue()
 
 
 async def test_every_bad_input_lands_in_the_dlq_with_its_reason(make_settings, s3_client) -> None:
@@ -59,7 +44,7 @@ async def test_every_bad_input_lands_in_the_dlq_with_its_reason(make_settings, s
     bad: list[tuple[bytes | None, bytes | None, str]] = [
         (b"R", bytes(range(1, 200)), "unknown_framing"),
         (b"T", valid[:30], "malformed_avro"),
-        (b"U", unknown_schema_bytes(), "unknown_schema"),
+        (b"U", unknown_schema_message(), "unknown_schema"),
         (b"C", b"\x00\x00\x00\x30\x39" + valid[10:], "unknown_schema_id"),
         (b"N", None, "null_value"),
         (b"B", SINGLE_OBJECT_MAGIC + valid[2:10] + b"\xff" * (5 * 1024 * 1024), "malformed_avro"),

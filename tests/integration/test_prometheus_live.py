@@ -20,10 +20,9 @@ import pytest
 import yaml
 
 from streamer.devstack import free_port
-from streamer.worker import Worker
 from tests.deploy.support import PROMETHEUS
 from tests.deploy.test_dashboard import as_promql, queries
-from tests.integration.support import Sender, drained, media, prepare, put_image, wait_for
+from tests.integration.support import Sender, drained_worker, media, prepare, put_image, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.deploy]
 
@@ -97,17 +96,7 @@ async def test_dashboard_queries_and_alert_rules_evaluate_on_a_live_worker(
     sender.send([media(f"P-{i}", 1, [{"file_path": "/p/1.jpg"}]) for i in range(20)])
     sender.send([media("P-BAD", 1, [{"file_path": "/p/missing.jpg"}])])
 
-    worker = Worker(settings, install_signal_handlers=False)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-
-        async def done() -> bool:
-            if task.done():
-                task.result()
-            return await drained(settings, sender.ends)
-
-        await wait_for(done, timeout_s=60, what="the drain")
+    async with drained_worker(settings, sender.ends, timeout_s=60):
         port = prometheus(settings.metrics_port)
 
         def scraped() -> bool:
@@ -157,6 +146,3 @@ async def test_dashboard_queries_and_alert_rules_evaluate_on_a_live_worker(
         }
         assert "StreamerDeadLetters" in firing
         assert not firing & {"StreamerConsumerDown", "StreamerCircuitOpen", "StreamerAbsent"}
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)

@@ -20,6 +20,7 @@ from streamer.codec import SINGLE_OBJECT_MAGIC, Codec, event_record
 from streamer.errors import DecodeError
 from streamer.events import MediaGalleryChanged, ProductChanged
 from streamer.schemas import schema_dir
+from tests.samples import unknown_schema_message
 
 pytestmark = pytest.mark.unit
 
@@ -154,19 +155,6 @@ def test_events_written_with_every_earlier_schema_decode_with_the_current_one(fr
             assert event.enabled is True
         else:
             assert event.images[0].etag is None and event.images[0].file_path == "/x.jpg"
-
-
-def unknown_schema_message() -> bytes:
-    other = parse_schema(
-        {"type": "record", "name": "Other", "fields": [{"name": "x", "type": "int"}]}
-    )
-    buf = io.BytesIO()
-    buf.write(
-        SINGLE_OBJECT_MAGIC
-        + bytes.fromhex(fingerprint(to_parsing_canonical_form(other), "CRC-64-AVRO"))
-    )
-    schemaless_writer(buf, other, {"x": 1})
-    return buf.getvalue()
 
 
 GOOD = Codec().encode(media_event(), topic="t")
