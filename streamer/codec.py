@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -56,12 +55,6 @@ def event_record(event: ProductChanged | MediaGalleryChanged) -> dict[str, Any]:
             for img in event.images
         ]
     return data
-
-
-@dataclass(frozen=True)
-class _Writer:
-    schema: KnownSchema
-    parsed: Any
 
 
 @lru_cache(maxsize=64)

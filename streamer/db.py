@@ -372,8 +372,7 @@ class BatchWriter:
         updated = {(r["topic"], r["partition"]) for r in rows}
         lost = sorted(set(keys) - updated)
         if lost:
-            names = ", ".join(f"{t}[{p}]" for t, p in lost)
-            raise FencedError(f"partitions now owned by another worker: {names}")
+            raise FencedError(lost)
 
     async def apply(self, diffs: Iterable[SkuDiff]) -> None:
         products: list[tuple[Any, ...]] = []

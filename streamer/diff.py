@@ -22,16 +22,19 @@ class SkuDiff:
     was_deleted: bool = False
 
     @property
+    def images_changed(self) -> bool:
+        return bool(self.inserts or self.content_changes or self.metadata_changes or self.removes)
+
+    @property
     def gallery_changed(self) -> bool:
         """Images changed, or the product was deleted or resurrected (its gallery with it)."""
-        images = bool(self.inserts or self.content_changes or self.metadata_changes or self.removes)
-        return images or (self.product is not None and self.product.deleted != self.was_deleted)
+        return self.images_changed or (
+            self.product is not None and self.product.deleted != self.was_deleted
+        )
 
     @property
     def is_noop(self) -> bool:
-        return self.product is None and not (
-            self.inserts or self.content_changes or self.metadata_changes or self.removes
-        )
+        return self.product is None and not self.images_changed
 
 
 def diff(stored: SkuState, folded: SkuState) -> SkuDiff:

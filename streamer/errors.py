@@ -107,9 +107,14 @@ class DeliveryError(StreamerError):
 
 
 class FencedError(NonRetriableError):
-    """This worker lost ownership of a partition; its writes must not land."""
+    """This worker lost ownership of partitions; its writes must not land."""
 
     reason = "fenced"
+
+    def __init__(self, partitions: list[tuple[str, int]]) -> None:
+        names = ", ".join(f"{t}[{p}]" for t, p in partitions)
+        super().__init__(f"partitions now owned by another worker: {names}")
+        self.partitions = partitions
 
 
 class DependencyUnavailable(RetriableError):

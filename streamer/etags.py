@@ -95,6 +95,10 @@ class _ThreadedSource:
         self._concurrency = concurrency
         self._metrics = metrics
         self._executor: ThreadPoolExecutor | None = None
+        # Children bound once: these count every HEAD or LIST page.
+        self._requests = (
+            {op: metrics.s3_requests.labels(op) for op in ("head", "list")} if metrics else {}
+        )
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -144,7 +148,7 @@ class HeadEtagSource(_ThreadedSource):
         finally:
             if self._metrics is not None:
                 self._metrics.head_latency.observe(time.perf_counter() - started)
-                self._metrics.s3_requests.labels("head").inc()
+                self._requests["head"].inc()
         return ObjectInfo(
             etag=str(resp.get("ETag", "")).strip('"'),
             size=int(resp.get("ContentLength", 0)),
@@ -179,7 +183,7 @@ class ListEtagSource(_ThreadedSource):
             except (ClientError, BotoCoreError) as exc:
                 raise _unavailable(exc, f"LIST {folder}") from exc
             if self._metrics is not None:
-                self._metrics.s3_requests.labels("list").inc()
+                self._requests["list"].inc()
             for obj in resp.get("Contents", []):
                 out[obj["Key"]] = ObjectInfo(
                     etag=str(obj.get("ETag", "")).strip('"'), size=int(obj.get("Size", 0))

@@ -10,6 +10,7 @@ event can still be applied, as DESIGN.md asks.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from datetime import UTC, datetime
@@ -273,12 +274,6 @@ def parse_event(
         raise InvalidEvent(f"invalid {kind.value}: {details}", reason=reason) from exc
 
 
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
 def fingerprint(event: ProductChanged | MediaGalleryChanged) -> str:
     """A digest of the event's content, to tell a harmless re-delivery from a reused event_id."""
-    import hashlib
-
     return hashlib.sha256(event.model_dump_json().encode()).hexdigest()[:32]

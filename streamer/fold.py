@@ -20,7 +20,7 @@ from streamer.events import (
     ProductOp,
     fingerprint,
 )
-from streamer.gallery import ObjectInfo, SkuState, StoredImage
+from streamer.gallery import ObjectInfo, SkuState, StoredImage, display_order
 
 __all__ = ["EventOutcome", "EventResult", "FoldResult", "FoldRules", "fold", "keys_in_play"]
 
@@ -85,10 +85,6 @@ def keys_in_play(
         gallery_version = event.version
         paths.update(i.file_path for i in event.images if i.valid and not _trusted(i, rules))
     return paths
-
-
-def _sort_key(image: StoredImage) -> tuple[bool, int, str]:
-    return (image.position is None, image.position or 0, image.file_path)
 
 
 def _resolve(
@@ -176,7 +172,7 @@ def _apply_media(
             content_version=1 if old is None else old.content_version + (0 if same_bytes else 1),
         )
     if rules.image_limit is not None and len(images) > rules.image_limit:
-        ordered = sorted(images.values(), key=_sort_key)
+        ordered = sorted(images.values(), key=display_order)
         counts["dropped_limit"] += len(ordered) - rules.image_limit
         images = {i.file_path: i for i in ordered[: rules.image_limit]}
     for image, _ in resolved:
@@ -210,6 +206,7 @@ def fold(
     unknown_roles = 0
     seen: dict[str, Event] = {}
     current = state
+    current_content = (state.exists, *state.content())
     for event in events:
         first = seen.get(event.event_id)
         if first is not None:
@@ -263,7 +260,8 @@ def fold(
                 continue
             new, invalid = _apply_media(current, event, objects, rules, counts)
 
-        changed = (new.exists, *new.content()) != (current.exists, *current.content())
+        new_content = (new.exists, *new.content())
+        changed = new_content != current_content
         if invalid:
             results.append(
                 EventResult(
@@ -278,5 +276,5 @@ def fold(
             results.append(
                 EventResult(event, EventOutcome.WRITTEN if changed else EventOutcome.NOOP)
             )
-        current = new
+        current, current_content = new, new_content
     return FoldResult(current, results, counts, unknown_roles)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["ObjectInfo", "SkuState", "StoredImage"]
+__all__ = ["ObjectInfo", "SkuState", "StoredImage", "display_order"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +29,10 @@ class StoredImage:
     roles: tuple[str, ...]
     content_version: int = 1
 
-    def same_metadata(self, other: StoredImage) -> bool:
-        return (
-            self.label == other.label
-            and self.position == other.position
-            and self.disabled == other.disabled
-            and tuple(sorted(self.roles)) == tuple(sorted(other.roles))
-        )
+
+def display_order(image: StoredImage) -> tuple[bool, int, str]:
+    """Position first (unpositioned last), then path: the order a gallery is shown and exported in."""
+    return (image.position is None, image.position or 0, image.file_path)
 
 
 @dataclass(frozen=True, slots=True)

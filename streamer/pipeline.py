@@ -37,7 +37,7 @@ from streamer.circuit import CircuitBreaker
 from streamer.codec import Codec
 from streamer.config import Settings
 from streamer.db import BatchWriter, Database, OutcomeRow
-from streamer.deadletter import DeadLetter, attempts_from_headers
+from streamer.deadletter import DeadLetter
 from streamer.diff import SkuDiff, diff
 from streamer.errors import (
     BrokerUnavailable,
@@ -49,7 +49,7 @@ from streamer.errors import (
 from streamer.etags import EtagSource, s3_key
 from streamer.events import EventType, MediaGalleryChanged, ProductChanged, fingerprint
 from streamer.fold import EventOutcome, EventResult, FoldRules, fold, keys_in_play
-from streamer.gallery import ObjectInfo, SkuState
+from streamer.gallery import ObjectInfo, SkuState, display_order
 from streamer.metrics import Metrics
 from streamer.publisher import Publisher
 from streamer.retry import RetryPolicy, retry_async
@@ -74,6 +74,8 @@ class BatchReport:
     dead_letters: Counter[str] = field(default_factory=Counter)
     outcome_events: int = 0
     rows_written: int = 0
+    # The offset after each partition's last message: what the batch committed.
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def add(self, other: BatchReport) -> None:
         self.messages += other.messages
@@ -104,10 +106,6 @@ class _Plan:
     outcome_rows: list[OutcomeRow] = field(default_factory=list)
     request_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     report: BatchReport = field(default_factory=BatchReport)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Pipeline:
@@ -157,20 +155,12 @@ class Pipeline:
     # -- 1. decode ----------------------------------------------------------
 
     def _letter(self, msg: Message, error: StreamerError, sku: str | None = None) -> DeadLetter:
-        previous, first = attempts_from_headers(msg.headers() or [])
-        now = _now_ms()
-        letter = DeadLetter.from_error(
-            msg, error, group_id=self.settings.group_id, attempts=previous + 1, sku=sku
-        )
-        if first is not None or letter.first_failure_ms is None:
-            from dataclasses import replace
-
-            letter = replace(letter, first_failure_ms=first or now, last_failure_ms=now)
-        return letter
+        return DeadLetter.from_error(msg, error, group_id=self.settings.group_id, sku=sku)
 
     def _decode(self, messages: Sequence[Message]) -> tuple[list[_Item], list[DeadLetter]]:
         items: list[_Item] = []
         letters: list[DeadLetter] = []
+        consumed: Counter[tuple[str, str]] = Counter()
         for msg in messages:
             topic = msg.topic() or ""
             try:
@@ -178,10 +168,10 @@ class Pipeline:
             except StreamerError as exc:
                 if exc.retriable:
                     raise
-                self.metrics.events_consumed.labels(topic, "undecodable").inc()
+                consumed[(topic, "undecodable")] += 1
                 letters.append(self._letter(msg, exc))
                 continue
-            self.metrics.events_consumed.labels(topic, event.type.value).inc()
+            consumed[(topic, event.type.value)] += 1
             expected = self._topic_types.get(topic)
             key = msg.key()
             try:
@@ -203,6 +193,8 @@ class Pipeline:
                 letters.append(self._letter(msg, err, event.sku))
             else:
                 items.append(_Item(msg, event))
+        for (topic, event_type), n in consumed.items():
+            self.metrics.events_consumed.labels(topic, event_type).inc(n)
         return items, letters
 
     # -- 2-4. state, ETags, fold, diff ----------------------------------------
@@ -266,11 +258,12 @@ class Pipeline:
             for sku, its in pending.items()
             if its
         }
-        keys = {s3_key(self.settings.s3_prefix, p) for paths in wanted.values() for p in paths}
+        prefix = self.settings.s3_prefix
+        key_of = {p: s3_key(prefix, p) for paths in wanted.values() for p in paths}
         found: dict[str, ObjectInfo | None] = {}
-        if keys:
+        if key_of:
             started = time.perf_counter()
-            found = await self._retry("s3", lambda: self.etags.lookup(keys))
+            found = await self._retry("s3", lambda: self.etags.lookup(set(key_of.values())))
             self.metrics.etag_batch_latency.observe(time.perf_counter() - started)
 
         diffs: dict[str, SkuDiff] = {}
@@ -279,9 +272,7 @@ class Pipeline:
         for sku, its in pending.items():
             if not its:
                 continue
-            objects = {
-                p: found.get(s3_key(self.settings.s3_prefix, p)) for p in wanted.get(sku, ())
-            }
+            objects = {p: found.get(key_of[p]) for p in wanted.get(sku, ())}
             folded = fold(states[sku], [i.event for i in its], objects, self.rules)
             results[sku].extend(zip(its, folded.results, strict=True))
             images.update(folded.image_counts)
@@ -399,9 +390,7 @@ class Pipeline:
                     "roles": list(img.roles),
                     "content_changed": img.file_path in changed,
                 }
-                for img in sorted(
-                    images_src, key=lambda i: (i.position is None, i.position or 0, i.file_path)
-                )
+                for img in sorted(images_src, key=display_order)
             ],
             "removed": list(d.removes),
             "content_changed": sorted(changed),
@@ -487,18 +476,18 @@ class Pipeline:
     ) -> BatchReport:
         """Process and commit one batch; raises retriable errors for the worker to wait out."""
         started = time.perf_counter()
-        offsets: dict[TopicPartition, tuple[int, int]] = {}
+        next_offsets: dict[TopicPartition, int] = {}
         for msg in messages:
             tp = (msg.topic() or "", msg.partition() or 0)
-            next_offset = (msg.offset() or 0) + 1
-            if tp not in offsets or offsets[tp][0] < next_offset:
-                offsets[tp] = (next_offset, epochs[tp])
+            next_offsets[tp] = max(next_offsets.get(tp, 0), (msg.offset() or 0) + 1)
+        offsets = {tp: (o, epochs[tp]) for tp, o in next_offsets.items()}
         plan = await self._plan(messages)
         plan, outcomes = await self._retry("postgres", lambda: self._write(plan, offsets))
         self._acked.clear()
 
         report = plan.report
         report.outcome_events = outcomes
+        report.next_offsets = next_offsets
         for letter in plan.letters:
             report.dead_letters[letter.reason] += 1
             self.metrics.dead_letters.labels(letter.reason).inc()

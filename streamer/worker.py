@@ -39,7 +39,7 @@ from prometheus_client import CollectorRegistry
 from streamer.circuit import CircuitBreaker
 from streamer.codec import Codec
 from streamer.config import Settings
-from streamer.db import Database
+from streamer.db import Database, OffsetClaim
 from streamer.errors import DependencyUnavailable, FencedError, StreamerError
 from streamer.etags import EtagSource, make_etag_source
 from streamer.health import HealthServer, Readiness
@@ -146,12 +146,15 @@ class Worker:
                 time.sleep(0.5)
         positioned = []
         for claim in claims:
-            tp = (claim.topic, claim.partition)
-            self._assigned[tp] = claim.epoch
-            self._floor[tp] = claim.next_offset
+            self._own(claim)
             offset = claim.next_offset if claim.next_offset >= 0 else OFFSET_INVALID
             positioned.append(TopicPartition(claim.topic, claim.partition, offset))
         return positioned
+
+    def _own(self, claim: OffsetClaim) -> None:
+        tp = (claim.topic, claim.partition)
+        self._assigned[tp] = claim.epoch
+        self._floor[tp] = claim.next_offset
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("assign").inc()
@@ -299,11 +302,8 @@ class Worker:
         """Process one batch, waiting out outages with partitions paused; gives up only on stop."""
         outage_started: float | None = None
         while messages:
-            epochs = {
-                tp: self._assigned[tp] for tp in {(m.topic(), m.partition()) for m in messages}
-            }
             try:
-                report = await pipeline.process(messages, epochs)
+                report = await pipeline.process(messages, dict(self._assigned))
             except FencedError as exc:
                 self.stats.fenced_batches += 1
                 self.metrics.fenced.inc()
@@ -327,14 +327,10 @@ class Worker:
                 log.info("dependency back after %.1fs, resuming", time.monotonic() - outage_started)
             self.stats.batches += 1
             self.stats.report.add(report)
-            commits: dict[TP, int] = {}
-            for msg in messages:
-                tp = (msg.topic() or "", msg.partition() or 0)
-                commits[tp] = max(commits.get(tp, 0), (msg.offset() or 0) + 1)
-            for tp, next_offset in commits.items():
-                self._floor[tp] = next_offset
+            self._floor.update(report.next_offsets)
             await self._k(
-                self._commit_kafka, [TopicPartition(t, p, o) for (t, p), o in commits.items()]
+                self._commit_kafka,
+                [TopicPartition(t, p, o) for (t, p), o in report.next_offsets.items()],
             )
             break
         if self._paused:
@@ -342,11 +338,9 @@ class Worker:
 
     def _forget_fenced(self, exc: FencedError) -> None:
         """A fenced partition was taken over: treat it as revoked until the group says otherwise."""
-        message = str(exc)
-        for tp in list(self._assigned):
-            if f"{tp[0]}[{tp[1]}]" in message:
-                self._assigned.pop(tp, None)
-                self._floor.pop(tp, None)
+        for tp in exc.partitions:
+            self._assigned.pop(tp, None)
+            self._floor.pop(tp, None)
         self._update_partition_gauges()
 
     async def run(self, stop: asyncio.Event | None = None) -> WorkerStats:
@@ -417,15 +411,14 @@ class Worker:
             return
         await self._k(self._position_claimed, claims)
 
-    def _position_claimed(self, claims: list[Any]) -> None:
+    def _position_claimed(self, claims: list[OffsetClaim]) -> None:
         assert self._consumer is not None
         for claim in claims:
             tp = (claim.topic, claim.partition)
             if tp not in self._unclaimed:
                 continue
             self._unclaimed.discard(tp)
-            self._assigned[tp] = claim.epoch
-            self._floor[tp] = claim.next_offset
+            self._own(claim)
             part = TopicPartition(claim.topic, claim.partition)
             if claim.next_offset >= 0:
                 try:
