@@ -1,24 +1,27 @@
-"""Settings, read once at the edge (the CLI) and passed inward.
+"""The base of every settings section, and how a section is loaded at the edge.
 
-Every setting comes from a flag, a ``STREAMER_*`` environment variable, or the
-file that ``streamer dev up`` writes (in that order of precedence). Bad values
-fail at start with a message naming the setting. Any further librdkafka
-property passes through as ``STREAMER_KAFKA__<PROPERTY>`` with dots written as
-single underscores, e.g. ``STREAMER_KAFKA__SASL_MECHANISM=PLAIN``.
+Settings are split by concern (Kafka, PostgreSQL, S3, the runtime, each job): each
+section is its own frozen class beside the code it configures, and components take
+only the sections they need. Every section reads the same flat ``STREAMER_*``
+names, from a flag, the environment, or the ``dev.env`` file that ``streamer dev
+up`` writes (in that order of precedence); a bad value fails at start with a
+message naming the variable.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamer.errors import ConfigError
 
-__all__ = ["Settings", "default_env_file", "load_settings"]
+__all__ = ["Section", "default_env_file", "load_section", "variable_name"]
+
+S = TypeVar("S", bound="Section")
 
 
 def default_env_file() -> Path:
@@ -26,7 +29,9 @@ def default_env_file() -> Path:
     return Path(os.environ.get("STREAMER_HOME", ".streamer")) / "dev.env"
 
 
-class Settings(BaseSettings):
+class Section(BaseSettings):
+    """A group of settings of one concern; field names are the variable names without prefix."""
+
     model_config = SettingsConfigDict(
         env_prefix="STREAMER_",
         env_nested_delimiter="__",
@@ -34,98 +39,25 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    # Kafka
-    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
-    kafka: dict[str, str] = Field(
-        default_factory=dict,
-        description="librdkafka properties passed through (SASL, TLS, ...)",
-    )
-    schema_registry_url: str | None = Field(
-        None, description="Schema Registry URL; unset means Avro single-object encoding"
-    )
-    product_topic: str = "catalog.product.v1"
-    media_topic: str = "catalog.media.v1"
-    outcome_topic: str = "catalog.gallery.updated.v1"
-    dlq_topic: str = "catalog.gallery.dlq"
-    dlq_max_value_bytes: int = Field(
-        900_000, ge=1024, description="larger originals are cut, with size and SHA-256 in headers"
-    )
-    group_id: str = "streamer"
-    topic_partitions: int = Field(12, ge=1)
-    topic_replication_factor: int = Field(1, ge=1)
-    fetch_wait_max_ms: int = Field(100, ge=1, description="10 against the Tansu dev broker")
-    session_timeout_ms: int = Field(45000, ge=1000)
-    max_poll_interval_ms: int = Field(300000, ge=1000)
-    delivery_timeout_ms: int = Field(30000, ge=1000)
 
-    # PostgreSQL
-    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/streamer")
-    database_pool_size: int = Field(4, ge=1)
-    database_timeout_s: float = Field(10.0, gt=0)
-
-    # S3
-    s3_endpoint_url: str | None = None
-    s3_bucket: str = "catalog"
-    s3_prefix: str = "media/catalog/product"
-    s3_region: str = "us-east-1"
-    s3_access_key_id: str | None = Field(None, description="Overrides the standard AWS chain")
-    s3_secret_access_key: SecretStr | None = None
-    etag_source: Literal["head", "list"] = "head"
-    head_concurrency: int = Field(32, ge=1, le=1024)
-    head_timeout_s: float = Field(5.0, gt=0)
-    verify_producer_etag: bool = True
-
-    # Gallery rules
-    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1)
-    image_limit: int | None = Field(None, ge=0, description="0 = gallery sync off, N = keep N")
-
-    # Batching
-    batch_max_events: int = Field(2000, ge=1)
-    batch_max_wait_ms: int = Field(200, ge=0)
-
-    # Failures
-    retry_initial_backoff_ms: int = Field(300, ge=1)
-    retry_max_backoff_ms: int = Field(30000, ge=1)
-    retry_max_attempts: int = Field(5, ge=1)
-    circuit_failure_threshold: int = Field(3, ge=1)
-    circuit_reset_timeout_s: float = Field(2.0, gt=0)
-
-    # Operations
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
-    metrics_port: int = Field(9400, ge=0, le=65535, description="0 disables the HTTP server")
-    lag_refresh_s: float = Field(5.0, gt=0)
-    shutdown_grace_s: float = Field(25.0, gt=0)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-
-    @field_validator("kafka_bootstrap", "s3_bucket", "group_id")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value.strip()
-
-    @property
-    def database_dsn(self) -> str:
-        return self.database_url.get_secret_value()
-
-    def kafka_config(self, **extra: Any) -> dict[str, Any]:
-        """librdkafka configuration shared by producers, consumers and the admin client."""
-        config: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
-        for key, value in self.kafka.items():
-            config[key.lower().replace("_", ".")] = value
-        config.update(extra)
-        return config
+def variable_name(loc: tuple[int | str, ...]) -> str:
+    return "STREAMER_" + "_".join(str(p) for p in loc).upper()
 
 
-def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build settings, turning validation errors into one message that names each bad setting."""
-    clean = {k: v for k, v in overrides.items() if v is not None}
-    path = env_file if env_file is not None else default_env_file()
+def load_section(cls: type[S], env_file: Path | None, values: dict[str, Any]) -> S:
+    """One section from flags (``values``), the environment and ``env_file``; errors name variables."""
     try:
-        return Settings(_env_file=path if path.exists() else None, **clean)  # type: ignore[call-arg]
+        return cls(_env_file=env_file if env_file and env_file.exists() else None, **values)  # type: ignore[call-arg]
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            name = "_".join(str(p) for p in err["loc"]).upper()
-            problems.append(f"STREAMER_{name}: {err['msg']} (got {err.get('input')!r})")
+        problems = [
+            f"{variable_name(err['loc'])}: {err['msg']} (got {_shown(err)})" for err in exc.errors()
+        ]
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc
+
+
+def _shown(err: Any) -> str:
+    """The bad value as given, unless it belongs to a secret."""
+    name = "_".join(str(p) for p in err["loc"]).lower()
+    if any(word in name for word in ("password", "secret", "token", "url", "key")):
+        return "a value that is not shown"
+    return repr(err.get("input"))

@@ -1,9 +1,11 @@
-"""One exception hierarchy for the whole service.
+"""The errors streamer raises on purpose, shared by the runtime and every job.
 
-Every error carries its own retry decision (``retriable``) and, when it is bound
-for the dead-letter topic, a stable machine-readable ``reason``. Callers read
-those two attributes instead of keeping lists of exception types. Third-party
-errors are converted at the boundary with ``raise ... from exc``.
+Every error carries its own retry decision (``retriable``, on the class) and, when
+it is bound for the dead-letter topic, a stable machine-readable ``reason``.
+Callers read those attributes instead of keeping lists of exception types.
+Retriable errors name the ``dependency`` whose circuit breaker counts them and
+may say how long to wait (``retry_after_s``, e.g. from a ``Retry-After`` header).
+Third-party errors are converted at the boundary with ``raise ... from exc``.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ __all__ = [
     "DatabaseUnavailable",
     "DecodeError",
     "DeliveryError",
+    "DeliveryRefused",
+    "DeliveryUnavailable",
     "DependencyUnavailable",
-    "DuplicateEventIdError",
     "FencedError",
     "ImageInvalid",
     "InvalidEvent",
     "NonRetriableError",
-    "ObjectStoreError",
     "ObjectStoreUnavailable",
     "RetriableError",
     "SchemaRegistryUnavailable",
@@ -36,13 +38,13 @@ class StreamerError(Exception):
     """Root of every error streamer raises on purpose."""
 
     retriable: ClassVar[bool] = False
-    reason: ClassVar[str] = "error"
+    reason: str = "error"
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if reason is not None:
-            self.reason = reason  # type: ignore[misc]
+            self.reason = reason
 
 
 class RetriableError(StreamerError):
@@ -74,36 +76,20 @@ class InvalidEvent(NonRetriableError):
     reason = "invalid_event"
 
 
-class DuplicateEventIdError(NonRetriableError):
-    """An event_id seen before with a different payload: the idempotency key was reused."""
-
-    reason = "duplicate_event_id"
-
-
 class ImageInvalid(NonRetriableError):
-    """One image of an event cannot be applied (bad path, missing or oversized object)."""
+    """One image of an event cannot be applied (bad path); its event's other images still can."""
 
     reason = "image_invalid"
 
 
 class DatabaseDataError(NonRetriableError):
-    """A data error isolated to one SKU (constraint violation, value too long)."""
+    """A data error isolated to one key (constraint violation, value too long)."""
 
     reason = "database_data_error"
 
 
 class TopicMissing(NonRetriableError):
     reason = "topic_missing"
-
-
-class DeliveryError(StreamerError):
-    """The broker did not acknowledge a produced message."""
-
-    reason = "delivery_failed"
-
-    def __init__(self, message: str, *, retriable: bool = False, reason: str | None = None) -> None:
-        super().__init__(message, reason=reason)
-        self.retriable = retriable  # type: ignore[misc]
 
 
 class FencedError(NonRetriableError):
@@ -118,10 +104,16 @@ class FencedError(NonRetriableError):
 
 
 class DependencyUnavailable(RetriableError):
-    """A dependency (S3, PostgreSQL, the broker) did not answer; the breaker counts these."""
+    """A dependency did not answer (or refused for now); its circuit breaker counts these."""
 
-    dependency: ClassVar[str] = "unknown"
+    dependency: str = "unknown"
     reason = "dependency_unavailable"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after_s = retry_after_s
 
 
 class ObjectStoreUnavailable(DependencyUnavailable):
@@ -136,11 +128,23 @@ class BrokerUnavailable(DependencyUnavailable):
     dependency = "kafka"
 
 
+class DeliveryError(StreamerError):
+    """The broker did not acknowledge produced messages; catch this for either kind below."""
+
+    reason = "delivery_failed"
+
+
+class DeliveryRefused(DeliveryError, NonRetriableError):
+    """Refused for good (too large, unknown topic, bad configuration)."""
+
+    reason = "delivery_refused"
+
+
+class DeliveryUnavailable(DeliveryError, BrokerUnavailable):
+    """Not acknowledged in time; the messages may go through later."""
+
+    reason = "delivery_unavailable"
+
+
 class SchemaRegistryUnavailable(DependencyUnavailable):
     dependency = "schema_registry"
-
-
-class ObjectStoreError(NonRetriableError):
-    """S3 refused the request for a reason retrying will not fix (access denied, no bucket)."""
-
-    reason = "object_store_error"

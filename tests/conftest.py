@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from streamer.config import Settings
-from streamer.devstack import DevStack, StackState, ensure_database, pg_answers, with_database
+from streamer.dev.stack import DevStack, StackState, ensure_database, pg_answers, with_database
+from streamer.settings import Settings
 
 _MACHINE_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -106,7 +106,7 @@ def make_settings(stack: StackState, _databases: list[str]) -> Callable[..., Set
             "circuit_reset_timeout_s": 0.5,
         }
         values.update(overrides)
-        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        return Settings.load(None, **values)
 
     return factory
 

@@ -7,7 +7,7 @@ import io
 from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from streamer.codec import SINGLE_OBJECT_MAGIC
+from streamer.contract.codec import SINGLE_OBJECT_MAGIC
 
 
 def unknown_schema_message(x: int = 1) -> bytes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from streamer.cli import dev, gallery, ops, publish
+
 __all__ = ["app", "main"]
 
 app = typer.Typer(
@@ -13,26 +15,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Subcommand modules register themselves here, one line each.
-from streamer.cli import dev as _dev  # noqa: E402
-
-app.add_typer(_dev.app, name="dev")
-from streamer.cli import core as _core  # noqa: E402
-
-app.command("consume")(_core.consume)
-app.add_typer(_core.db_app, name="db")
-app.add_typer(_core.gallery_app, name="gallery")
-app.command("demo")(_core.demo)
-app.command("bench")(_core.bench)
-app.command("loadgen")(_core.loadgen)
-from streamer.cli import kafka as _kafka  # noqa: E402
-
-app.add_typer(_kafka.topics_app, name="topics")
-app.command("publish")(_kafka.publish)
-from streamer.cli import ops as _ops  # noqa: E402
-
-app.add_typer(_ops.dlq_app, name="dlq")
-app.command("status")(_ops.status)
+# Each subcommand module registers itself here, one line each: the product first, then tooling.
+app.command("consume")(gallery.consume)
+app.command("publish")(publish.publish)
+app.add_typer(gallery.gallery_app, name="gallery")
+app.add_typer(ops.dlq_app, name="dlq")
+app.command("status")(ops.status)
+app.add_typer(ops.topics_app, name="topics")
+app.add_typer(ops.db_app, name="db")
+app.add_typer(dev.app, name="dev")
+app.command("demo")(dev.demo)
+app.command("loadgen")(dev.loadgen)
+app.command("bench")(dev.bench)
 
 
 def main() -> None:

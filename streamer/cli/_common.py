@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from streamer.config import Settings, load_settings
 from streamer.errors import StreamerError
+from streamer.runtime.logs import configure_logging
+from streamer.settings import Settings, load_settings
 
-__all__ = ["err_console", "fail_cleanly", "settings_from"]
+__all__ = ["err_console", "fail_cleanly", "run", "settings_from"]
+
+T = TypeVar("T")
 
 # Errors are one unwrapped line, so scripts and log search can match them whole.
 err_console = Console(stderr=True, soft_wrap=True)
@@ -27,10 +30,7 @@ def settings_from(**overrides: Any) -> Settings:
     except StreamerError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.runtime.log_level, settings.runtime.log_format)
     return settings
 
 
@@ -42,3 +42,12 @@ def fail_cleanly() -> Iterator[None]:
     except StreamerError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on uvloop (the workers' loop) when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)

@@ -1,21 +1,34 @@
-"""``streamer dev up | down | status``: the embedded development stack."""
+"""Development tools: ``streamer dev up|down|status``, ``demo``, ``bench`` and ``loadgen``.
+
+They live in ``streamer.dev`` and need the ``dev-stack`` extra; everything is
+imported inside the commands, so an installation without it runs the product.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from streamer.devstack import DevStack, StackError, database_url_from_env
+from streamer.cli._common import err_console, fail_cleanly, run, settings_from
+
+if TYPE_CHECKING:
+    from streamer.dev.stack import DevStack
+
+__all__ = ["app", "bench", "demo", "home_dir", "loadgen"]
 
 app = typer.Typer(
     help="The embedded development stack (Kafka broker, PostgreSQL, S3 server).",
     no_args_is_help=True,
 )
-_err = Console(stderr=True)
 
 
 def home_dir() -> Path:
@@ -23,22 +36,28 @@ def home_dir() -> Path:
 
 
 def _stack() -> DevStack:
+    from streamer.dev.stack import DevStack, database_url_from_env
+
     return DevStack(home_dir(), database_url=database_url_from_env())
 
 
 @app.command()
 def up() -> None:
     """Start the stack (idempotent) and print its settings as export lines."""
+    from streamer.dev.stack import StackError
+
     dev = _stack()
     try:
         state = dev.up()
     except StackError as exc:
-        _err.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     for component in state.components.values():
         origin = "started" if component.owned else "external"
-        _err.print(f"[green]✓[/green] {component.name:<9} {component.url}  ({origin})")
-    _err.print(f"settings written to {dev.env_file} (read by every streamer command run from here)")
+        err_console.print(f"[green]✓[/green] {component.name:<9} {component.url}  ({origin})")
+    err_console.print(
+        f"settings written to {dev.env_file} (read by every streamer command run from here)"
+    )
     for key, value in state.env().items():
         print(f"export {key}={value}")
 
@@ -47,7 +66,7 @@ def up() -> None:
 def down() -> None:
     """Stop what `dev up` started, and nothing else."""
     stopped = _stack().down()
-    _err.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    err_console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 @app.command()
@@ -56,7 +75,7 @@ def status() -> None:
     dev = _stack()
     state = dev.load()
     if state is None:
-        _err.print("the development stack is not running (start it with `streamer dev up`)")
+        err_console.print("the development stack is not running (start it with `streamer dev up`)")
         raise typer.Exit(1)
     health = dev.status()
     table = Table("component", "url", "owned", "healthy")
@@ -65,3 +84,85 @@ def status() -> None:
     Console().print(table)
     if not all(health.values()):
         raise typer.Exit(1)
+
+
+def demo() -> None:
+    """The product's story on the embedded stack, step by step (exits non-zero if a step misbehaves)."""
+    from streamer.dev.demo import run_demo
+    from streamer.dev.stack import database_url_from_env
+
+    with fail_cleanly():
+        ok = run_demo(home_dir(), database_url_from_env())
+    if not ok:
+        raise typer.Exit(1)
+
+
+def bench(
+    skus: Annotated[int, typer.Option("--skus", help="SKUs (one 5-image event each)")] = 5000,
+    images: Annotated[int, typer.Option("--images", help="images per SKU")] = 5,
+    objects: Annotated[int, typer.Option("--objects", help="distinct S3 objects")] = 2000,
+    etag_source: Annotated[str | None, typer.Option("--etag-source", help="head or list")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
+) -> None:
+    """Throughput benchmark on the configured stack: first sync, then a no-op re-sync."""
+    from streamer.dev.bench import run_benchmark, summary_rows
+
+    settings = settings_from(etag_source=etag_source)
+    with fail_cleanly():
+        results = run(
+            run_benchmark(
+                settings,
+                n_skus=skus,
+                images_per_sku=images,
+                n_objects=objects,
+                log=lambda line: err_console.print(line),
+            )
+        )
+    rows = summary_rows(results)
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(
+        *rows[0].keys(), title=f"streamer bench (ETag source: {settings.gallery.etag_source})"
+    )
+    for row in rows:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
+    Console().print(table)
+
+
+def _json_default(value: object) -> str:
+    isoformat = getattr(value, "isoformat", None)
+    return str(isoformat()) if callable(isoformat) else str(value)
+
+
+def loadgen(
+    output: Annotated[str, typer.Argument(help="JSON lines file to write ('-' for stdout)")] = "-",
+    skus: Annotated[int, typer.Option("--skus")] = 1000,
+    images: Annotated[int, typer.Option("--images")] = 5,
+    objects: Annotated[int, typer.Option("--objects", help="distinct object paths")] = 1000,
+    upload: Annotated[bool, typer.Option("--upload", help="also put the objects in S3")] = False,
+) -> None:
+    """Write a synthetic catalog as JSON lines for `streamer publish`."""
+    from rich.progress import Progress
+
+    from streamer.contract.codec import event_record
+    from streamer.dev.loadgen import generate_catalog, object_paths, upload_objects
+
+    paths = object_paths(objects)
+    events = generate_catalog(
+        skus, images, paths, version=int(time.time() * 1000), request_id="loadgen"
+    )
+    if upload:
+        settings = settings_from()
+        with Progress(console=err_console) as progress, fail_cleanly():
+            task = progress.add_task("uploading objects", total=len(paths))
+            upload_objects(settings.s3, paths, lambda n: progress.advance(task, n))
+    out = sys.stdout if output == "-" else open(output, "w")  # noqa: SIM115 - closed below
+    try:
+        for event in events:
+            record = {"type": event.type.value, **event_record(event)}
+            out.write(json.dumps(record, default=_json_default) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    err_console.print(f"wrote {len(events)} events over {len(paths)} objects")

@@ -1,8 +1,7 @@
-"""``streamer dlq list | show | replay`` and ``streamer status``."""
+"""Operations: ``topics create``, ``db migrate``, ``dlq list | show | replay`` and ``status``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from datetime import UTC, datetime
@@ -12,11 +11,48 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streamer.cli._common import err_console, fail_cleanly, settings_from
+from streamer.cli._common import err_console, fail_cleanly, run, settings_from
 
-__all__ = ["dlq_app", "status"]
+__all__ = ["db_app", "dlq_app", "status", "topics_app"]
 
 dlq_app = typer.Typer(help="The dead-letter topic: counts, details, replay.", no_args_is_help=True)
+topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
+db_app = typer.Typer(help="PostgreSQL schema.", no_args_is_help=True)
+
+
+@topics_app.command("create")
+def create(
+    partitions: Annotated[
+        int | None, typer.Option("--partitions", help="partitions per topic")
+    ] = None,
+    replication_factor: Annotated[int | None, typer.Option("--replication-factor")] = None,
+    bootstrap: Annotated[str | None, typer.Option("--bootstrap")] = None,
+) -> None:
+    """Create every topic streamer uses (existing ones are reported)."""
+    from streamer.ops.topics import create_topics
+
+    settings = settings_from(kafka_bootstrap=bootstrap)
+    with fail_cleanly():
+        created = create_topics(
+            settings, partitions=partitions, replication_factor=replication_factor
+        )
+    table = Table("topic", "status")
+    for name, state in created.items():
+        table.add_row(name, state)
+    Console(stderr=True).print(table)
+
+
+@db_app.command("migrate")
+def migrate() -> None:
+    """Create or upgrade the schema (idempotent, safe to run concurrently)."""
+    from streamer.ops.schema import migrate_all
+
+    settings = settings_from()
+    with fail_cleanly():
+        applied = run(migrate_all(settings.database.dsn))
+    err_console.print(
+        "applied: " + (", ".join(applied) if applied else "nothing, schema is current")
+    )
 
 
 def _when(ms: int | None) -> str:
@@ -38,47 +74,58 @@ def _ms(text: str | None, flag: str) -> int | None:
 
 @dlq_app.command("list")
 def dlq_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Dead letters counted by reason and by original topic, with the oldest and newest."""
-    from streamer.deadletter import read_dead_letters
+    """Dead letters counted by reason, by original topic and by job, with the oldest and newest."""
+    from streamer.runtime.replay import read_dead_letters
 
     settings = settings_from()
+    topic = settings.runtime.dlq_topic
     with fail_cleanly():
-        letters = list(read_dead_letters(settings))
+        letters = list(read_dead_letters(settings.kafka, topic))
     by_reason = Counter(r.reason for r in letters)
     by_topic = Counter(r.topic for r in letters)
+    by_job = Counter(r.job or "-" for r in letters)
     times = [r.last_failure_ms for r in letters if r.last_failure_ms]
     summary = {
-        "topic": settings.dlq_topic,
+        "topic": topic,
         "total": len(letters),
         "by_reason": dict(by_reason.most_common()),
         "by_topic": dict(by_topic.most_common()),
+        "by_job": dict(by_job.most_common()),
         "oldest": _when(min(times)) if times else None,
         "newest": _when(max(times)) if times else None,
     }
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    table = Table(
-        "reason", "dead letters", title=f"{settings.dlq_topic}: {len(letters)} dead letters"
-    )
+    table = Table("reason", "dead letters", title=f"{topic}: {len(letters)} dead letters")
     for reason, n in by_reason.most_common():
         table.add_row(reason, str(n))
     console = Console()
     console.print(table)
-    for topic, n in by_topic.most_common():
-        console.print(f"  from {topic}: {n}")
+    for original, n in by_topic.most_common():
+        console.print(f"  from {original}: {n}")
+    for job, n in by_job.most_common():
+        console.print(f"  job {job}: {n}")
     console.print(f"  oldest {summary['oldest']}  newest {summary['newest']}")
 
 
 def _decoded(value: bytes | None) -> dict[str, Any]:
-    from streamer.codec import Codec
+    """The dead letter's event as the job read it, or why it could not be read."""
+    from streamer.contract.codec import Codec
+    from streamer.contract.events import EventType, parse_event
     from streamer.errors import StreamerError
 
     try:
-        event = Codec().decode_event(value)
+        decoded = Codec().decode(value)
     except StreamerError as exc:
         return {"decode_error": f"{exc.reason}: {exc}", "value_hex": (value or b"")[:64].hex()}
-    return event.model_dump(mode="json")
+    record: dict[str, Any] = json.loads(json.dumps(decoded.data, default=str))
+    if decoded.type_name not in (EventType.PRODUCT.value, EventType.MEDIA.value):
+        return {"type": decoded.type_name, **record}
+    try:
+        return parse_event(decoded.type_name, decoded.data).model_dump(mode="json")
+    except StreamerError as exc:
+        return {"type": decoded.type_name, **record, "invalid": f"{exc.reason}: {exc}"}
 
 
 @dlq_app.command("show")
@@ -86,18 +133,20 @@ def dlq_show(
     reason: Annotated[str | None, typer.Option("--reason")] = None,
     sku: Annotated[str | None, typer.Option("--sku")] = None,
     topic: Annotated[str | None, typer.Option("--topic", help="original topic")] = None,
+    job: Annotated[str | None, typer.Option("--job", help="job that failed")] = None,
     limit: Annotated[int, typer.Option("--limit")] = 20,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Dead letters with their error headers and decoded events, filtered."""
-    from streamer.deadletter import matches, read_dead_letters
+    from streamer.runtime.replay import DeadLetterFilter, read_dead_letters
 
     settings = settings_from()
+    wanted = DeadLetterFilter(reason=reason, sku=sku, topic=topic, job=job)
     with fail_cleanly():
         letters = [
             r
-            for r in read_dead_letters(settings)
-            if matches(r, reason=reason, sku=sku, topic=topic)
+            for r in read_dead_letters(settings.kafka, settings.runtime.dlq_topic)
+            if wanted.matches(r)
         ]
     shown = [
         {
@@ -108,7 +157,9 @@ def dlq_show(
             "original": f"{r.topic}[{r.partition}]@{r.offset}",
             "sku": r.sku,
             "attempts": r.attempts,
+            "job": r.job,
             "group": r.group_id,
+            "details": dict(r.details),
             "first_failure": _when(r.first_failure_ms),
             "last_failure": _when(r.last_failure_ms),
             "event": _decoded(r.value),
@@ -133,27 +184,34 @@ def dlq_show(
 def dlq_replay(
     reason: Annotated[str | None, typer.Option("--reason")] = None,
     sku: Annotated[str | None, typer.Option("--sku")] = None,
+    job: Annotated[str | None, typer.Option("--job", help="job that failed")] = None,
     since: Annotated[str | None, typer.Option("--since", help="ISO time of last failure")] = None,
     until: Annotated[str | None, typer.Option("--until", help="ISO time of last failure")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Send matching dead letters back to their original topic; each is replayed once."""
-    from streamer.deadletter import replay_dead_letters
+    from streamer.runtime.replay import DeadLetterFilter, replay_dead_letters
 
     settings = settings_from()
+    wanted = DeadLetterFilter(
+        reason=reason,
+        sku=sku,
+        job=job,
+        since_ms=_ms(since, "--since"),
+        until_ms=_ms(until, "--until"),
+    )
     with fail_cleanly():
-        result = asyncio.run(
+        result = run(
             replay_dead_letters(
-                settings,
-                reason=reason,
-                sku=sku,
-                since_ms=_ms(since, "--since"),
-                until_ms=_ms(until, "--until"),
+                settings.kafka,
+                settings.database,
+                settings.runtime.dlq_topic,
+                wanted,
                 dry_run=dry_run,
             )
         )
-    out = {
+    out: dict[str, Any] = {
         "dry_run": dry_run,
         "matched": result.matched,
         "replayed": result.replayed,
@@ -179,7 +237,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Lag per partition, dead letters by reason, and a request's outcomes."""
-    from streamer.status import collect_status
+    from streamer.ops.status import collect_status
 
     settings = settings_from()
     with fail_cleanly():
@@ -194,7 +252,7 @@ def status(
         "committed",
         "high watermark",
         "lag",
-        title=f"group {settings.group_id}",
+        title=f"group {report['group_id']}",
     )
     for row in report["lag"]:
         table.add_row(

@@ -8,9 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from streamer.metrics import Metrics
+from streamer.ops.metrics import registry_with_every_metric
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -27,8 +26,7 @@ _SUFFIXES = {
 
 def exported_metric_names() -> set[str]:
     """Every series name a worker can expose, including the process collector's."""
-    registry = CollectorRegistry()
-    Metrics(registry)
+    registry = registry_with_every_metric()
     names: set[str] = set()
     for family in registry.collect():
         names.update(family.name + s for s in _SUFFIXES.get(family.type, ("",)))

@@ -1,6 +1,6 @@
 """docker-compose.yml, the Dockerfile and deploy/k8s: structure checked here, since no Docker runs.
 
-Names are checked against the code they configure: settings against ``Settings.model_fields``
+Names are checked against the code they configure: settings against ``Settings.fields()``
 (and their values through ``load_settings``), librdkafka pass-through properties against
 librdkafka itself, subcommands against the Typer app.
 """
@@ -21,8 +21,8 @@ from confluent_kafka import KafkaException, Producer
 from typer.testing import CliRunner
 
 from streamer.cli import app
-from streamer.config import Settings, load_settings
 from streamer.errors import ConfigError
+from streamer.settings import Settings, load_settings
 from tests.deploy.support import DEPLOY, ROOT
 
 pytestmark = pytest.mark.deploy
@@ -37,7 +37,7 @@ KAFKA_PASSTHROUGH = "STREAMER_KAFKA__"
 
 
 def setting_names() -> set[str]:
-    return {f"STREAMER_{name.upper()}" for name in Settings.model_fields}
+    return {f"STREAMER_{name.upper()}" for name in Settings.fields()}
 
 
 def valid_setting(name: str) -> bool:
@@ -47,7 +47,7 @@ def valid_setting(name: str) -> bool:
 
 
 def default(field: str) -> Any:
-    return Settings.model_fields[field].default
+    return Settings.fields()[field].default
 
 
 def compose() -> dict[str, Any]:
@@ -110,11 +110,11 @@ def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Setti
 
 def assert_librdkafka_accepts(settings: Settings) -> None:
     """librdkafka rejects unknown properties and bad values when the client is created."""
-    config = settings.kafka_config(**{"bootstrap.servers": "127.0.0.1:1"})
+    config = settings.kafka.client_config(**{"bootstrap.servers": "127.0.0.1:1"})
     try:
         Producer(config)
     except KafkaException as exc:
-        pytest.fail(f"librdkafka rejects {sorted(settings.kafka)}: {exc}")
+        pytest.fail(f"librdkafka rejects {sorted(settings.kafka.kafka)}: {exc}")
 
 
 def k8s_files() -> dict[str, list[dict[str, Any]]]:
@@ -208,13 +208,15 @@ def test_compose_streamer_services_use_only_real_settings(monkeypatch: pytest.Mo
         assert_librdkafka_accepts(settings)
         # Every address points at a service of this stack, not at the defaults.
         hosts = {
-            "STREAMER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)[0],
-            "STREAMER_DATABASE_URL": urlsplit(settings.database_dsn).hostname,
-            "STREAMER_S3_ENDPOINT_URL": urlsplit(settings.s3_endpoint_url or "").hostname,
+            "STREAMER_KAFKA_BOOTSTRAP": settings.kafka.kafka_bootstrap.split(",")[0].rsplit(":", 1)[
+                0
+            ],
+            "STREAMER_DATABASE_URL": urlsplit(settings.database.dsn).hostname,
+            "STREAMER_S3_ENDPOINT_URL": urlsplit(settings.s3.s3_endpoint_url or "").hostname,
         }
         for key, host in hosts.items():
             assert host in svc, f"{name}: {key} points at {host!r}, not a compose service"
-        assert settings.s3_bucket in str(svc["minio-init"]["command"]), "bucket never created"
+        assert settings.s3.s3_bucket in str(svc["minio-init"]["command"]), "bucket never created"
 
 
 def test_compose_image_is_built_not_pulled() -> None:

@@ -17,28 +17,28 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import SecretStr
 
-from streamer.codec import Codec
-from streamer.config import Settings
-from streamer.db import migrate
-from streamer.etags import s3_key
-from streamer.events import MediaGalleryChanged, ProductChanged
-from streamer.export import export_galleries
-from streamer.worker import Worker
+from streamer.contract.codec import Codec
+from streamer.contract.events import MediaGalleryChanged, ProductChanged
+from streamer.gallery.export import export_galleries
+from streamer.gallery.worker import GalleryWorker
+from streamer.ops.schema import migrate_all
+from streamer.settings import Settings
+from streamer.storage.keys import s3_key
 
 Event = ProductChanged | MediaGalleryChanged
 
 
 def create_topics(settings: Settings) -> None:
-    admin = AdminClient(settings.kafka_config())
+    admin = AdminClient(settings.kafka.client_config())
     topics = [
-        settings.product_topic,
-        settings.media_topic,
-        settings.outcome_topic,
-        settings.dlq_topic,
+        settings.topics.product_topic,
+        settings.topics.media_topic,
+        settings.topics.outcome_topic,
+        settings.runtime.dlq_topic,
     ]
     futures = admin.create_topics(
         [
-            NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=1)
+            NewTopic(t, num_partitions=settings.kafka.topic_partitions, replication_factor=1)
             for t in topics
         ]
     )
@@ -51,11 +51,13 @@ def prepare(settings: Settings) -> None:
     create_topics(settings)
     from tests.conftest import run_sync
 
-    run_sync(migrate(settings.database_dsn))
+    run_sync(migrate_all(settings.database.dsn))
 
 
 def put_image(s3: Any, settings: Settings, file_path: str, body: bytes) -> str:
-    s3.put_object(Bucket=settings.s3_bucket, Key=s3_key(settings.s3_prefix, file_path), Body=body)
+    s3.put_object(
+        Bucket=settings.s3.s3_bucket, Key=s3_key(settings.s3.s3_prefix, file_path), Body=body
+    )
     return hashlib.md5(body).hexdigest()
 
 
@@ -103,9 +105,9 @@ class Sender:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.codec = Codec.from_settings(settings)
+        self.codec = Codec.for_registry(settings.kafka.schema_registry_url)
         self.producer = Producer(
-            settings.kafka_config(
+            settings.kafka.client_config(
                 **{
                     "enable.idempotence": True,
                     "acks": "all",
@@ -127,9 +129,9 @@ class Sender:
 
     def topic_of(self, event: Event) -> str:
         return (
-            self.settings.product_topic
+            self.settings.topics.product_topic
             if isinstance(event, ProductChanged)
-            else self.settings.media_topic
+            else self.settings.topics.media_topic
         )
 
     def send(self, events: Iterable[Event]) -> None:
@@ -153,11 +155,11 @@ class Sender:
 
 
 async def stored_offsets(settings: Settings) -> dict[tuple[str, int], int]:
-    conn = await asyncpg.connect(settings.database_dsn)
+    conn = await asyncpg.connect(settings.database.dsn)
     try:
         rows = await conn.fetch(
             "SELECT topic, partition, next_offset FROM consumer_offsets WHERE group_id = $1",
-            settings.group_id,
+            settings.gallery.group_id,
         )
     finally:
         await conn.close()
@@ -183,10 +185,10 @@ async def drained(settings: Settings, ends: dict[tuple[str, int], int]) -> bool:
 @asynccontextmanager
 async def drained_worker(
     settings: Settings, ends: dict[tuple[str, int], int], *, timeout_s: float = 90, **worker_kw: Any
-) -> AsyncIterator[Worker]:
+) -> AsyncIterator[GalleryWorker]:
     """An in-process worker, yielded once every partition's stored offset reaches its end
     and stopped when the block ends."""
-    worker = Worker(settings, install_signal_handlers=False, **worker_kw)
+    worker = GalleryWorker(settings, install_signal_handlers=False, **worker_kw)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -205,18 +207,18 @@ async def drained_worker(
 
 async def run_until_drained(
     settings: Settings, ends: dict[tuple[str, int], int], *, timeout_s: float = 90, **worker_kw: Any
-) -> Worker:
+) -> GalleryWorker:
     """Run an in-process worker until every partition's stored offset reaches its end."""
     async with drained_worker(settings, ends, timeout_s=timeout_s, **worker_kw) as worker:
         return worker
 
 
 async def export_all(settings: Settings) -> list[dict[str, Any]]:
-    return [g async for g in export_galleries(settings.database_dsn)]
+    return [g async for g in export_galleries(settings.database.dsn)]
 
 
 async def fetch(settings: Settings, query: str, *args: Any) -> list[Any]:
-    conn = await asyncpg.connect(settings.database_dsn)
+    conn = await asyncpg.connect(settings.database.dsn)
     try:
         return list(await conn.fetch(query, *args))
     finally:
@@ -230,7 +232,7 @@ def read_topic(
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
-        settings.kafka_config(
+        settings.kafka.client_config(
             **{
                 "group.id": f"reader-{uuid.uuid4().hex[:6]}",
                 "fetch.wait.max.ms": 10,
@@ -256,7 +258,7 @@ def read_topic(
 
 def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-    for name, value in settings.model_dump().items():
+    for name, value in settings.flat().items():
         if value is None or isinstance(value, dict):
             continue
         if isinstance(value, SecretStr):
@@ -264,3 +266,22 @@ def settings_env(settings: Settings) -> dict[str, str]:
         env[f"STREAMER_{name.upper()}"] = str(value)
     env["STREAMER_HOME"] = "/nonexistent-streamer-home"  # no dev.env: the test's settings only
     return env
+
+
+def dead_letters(settings: Settings) -> list[Any]:
+    """Every dead letter of this test's dead-letter topic."""
+    from streamer.runtime.replay import read_dead_letters
+
+    return list(read_dead_letters(settings.kafka, settings.runtime.dlq_topic))
+
+
+async def replay(settings: Settings, *, dry_run: bool = False, **filters: Any) -> Any:
+    from streamer.runtime.replay import DeadLetterFilter, replay_dead_letters
+
+    return await replay_dead_letters(
+        settings.kafka,
+        settings.database,
+        settings.runtime.dlq_topic,
+        DeadLetterFilter(**filters),
+        dry_run=dry_run,
+    )

@@ -59,15 +59,15 @@ async def test_gallery_lifecycle_writes_only_what_changed(make_settings, s3_clie
     assert stored["/a/sku1-front.jpg"]["etag"] == etag_a
     assert sorted(stored["/a/sku1-front.jpg"]["roles"]) == ["image", "thumbnail"]
     assert stored["/a/sku1-back.jpg"]["roles"] == ["small_image"]
-    assert worker.stats.report.outcomes["written"] == 2
+    assert worker.handler.report.outcomes["written"] == 2
 
     # An identical re-publish (new event ids, same versions and content) writes nothing.
     before = await rows(settings, "SKU-1")
     product_before = await product_row(settings, "SKU-1")
     sender.send([product("SKU-1", 10, name="Shirt"), media("SKU-1", 10, first)])
     worker = await run_until_drained(settings, sender.ends)
-    assert worker.stats.report.outcomes["noop"] == 2
-    assert worker.stats.report.rows_written == 0
+    assert worker.handler.report.outcomes["noop"] == 2
+    assert worker.handler.report.rows_written == 0
     assert await rows(settings, "SKU-1") == before
     assert (await product_row(settings, "SKU-1"))["row_version"] == product_before["row_version"]
 
@@ -119,11 +119,11 @@ async def test_gallery_lifecycle_writes_only_what_changed(make_settings, s3_clie
     worker = await run_until_drained(settings, sender.ends)
     assert await rows(settings, "SKU-1") == {}
     assert (await product_row(settings, "SKU-1"))["deleted"] is True
-    assert worker.stats.report.outcomes["stale"] == 1
+    assert worker.handler.report.outcomes["stale"] == 1
 
     # One GalleryUpdated per change that touched the gallery; none for the no-ops.
     outcomes = [
-        sender.codec.decode(m.value()) for m in read_topic(settings, settings.outcome_topic)
+        sender.codec.decode(m.value()) for m in read_topic(settings, settings.topics.outcome_topic)
     ]
     assert {o.type_name for o in outcomes} == {"GalleryUpdated"}
     content = [o.data for o in outcomes if "/a/sku1-front.jpg" in o.data["content_changed"]]
@@ -159,7 +159,7 @@ async def test_stale_replay_of_the_whole_topic_changes_nothing(make_settings, s3
     )
 
     # A new consumer group on the same database reads every event again from the start.
-    replay = settings.model_copy(update={"group_id": settings.group_id + "-replay"})
+    replay = settings.replace(group_id=settings.gallery.group_id + "-replay")
     worker = await run_until_drained(replay, sender.ends)
     assert await export_all(settings) == before
     assert (
@@ -168,14 +168,14 @@ async def test_stale_replay_of_the_whole_topic_changes_nothing(make_settings, s3
         )
         == versions
     )
-    assert worker.stats.report.rows_written == 0
+    assert worker.handler.report.rows_written == 0
     # Every event was applied once already: recognised by its event_id.
-    assert worker.stats.report.outcomes["duplicate"] == 9
+    assert worker.handler.report.outcomes["duplicate"] == 9
 
     # The same old versions re-sent under new event ids are stale by version.
     sender.send([e.model_copy(update={"event_id": str(uuid.uuid4())}) for e in events])
     worker = await run_until_drained(settings, sender.ends)
     assert await export_all(settings) == before
-    assert worker.stats.report.rows_written == 0
-    assert worker.stats.report.outcomes["stale"] == 6
-    assert worker.stats.report.outcomes["noop"] == 3
+    assert worker.handler.report.rows_written == 0
+    assert worker.handler.report.outcomes["stale"] == 6
+    assert worker.handler.report.outcomes["noop"] == 3

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer.config import load_settings
-from streamer.devstack import DevStack, _pid_alive, pg_answers
+from streamer.dev.stack import DevStack, _pid_alive, pg_answers
+from streamer.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -25,9 +25,9 @@ def test_up_twice_is_harmless_and_down_leaves_nothing_running(tmp_path: Path) ->
         assert second == first
 
         settings = load_settings(env_file=dev.env_file)
-        assert settings.kafka_bootstrap == first.kafka_bootstrap
-        assert settings.s3_endpoint_url == first.s3_endpoint_url
-        assert settings.fetch_wait_max_ms == 10
+        assert settings.kafka.kafka_bootstrap == first.kafka_bootstrap
+        assert settings.s3.s3_endpoint_url == first.s3_endpoint_url
+        assert settings.kafka.fetch_wait_max_ms == 10
     finally:
         stopped = dev.down()
     assert sorted(stopped) == ["kafka", "postgres", "s3"]

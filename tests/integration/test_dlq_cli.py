@@ -12,11 +12,11 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
 from typer.testing import CliRunner
 
 from streamer.cli import app
-from streamer.codec import Codec
-from streamer.config import Settings
-from streamer.deadletter import DeadLetter
+from streamer.contract.codec import Codec
 from streamer.errors import DecodeError, ImageInvalid
-from streamer.publisher import Publisher
+from streamer.runtime.deadletters import DeadLetter
+from streamer.runtime.publisher import Publisher
+from streamer.settings import Settings
 from tests.conftest import run_sync
 from tests.integration.support import (
     create_topics,
@@ -42,20 +42,24 @@ def dead_letter(
         headers=[("traceparent", f"00-{offset:032x}-01".encode())],
         timestamp=(TIMESTAMP_CREATE_TIME, 1_700_000_000_000 + offset),
     )
-    return DeadLetter.from_error(original, error, group_id=settings.group_id, sku=key.decode())
+    return DeadLetter.from_error(
+        original, error, group_id=settings.gallery.group_id, job="gallery", sku=key.decode()
+    )
 
 
 def seed(settings: Settings) -> list[DeadLetter]:
     """Three dead letters: two missing objects on the media topic, one undecodable product."""
-    codec = Codec.from_settings(settings)
+    codec = Codec.for_registry(settings.kafka.schema_registry_url)
     missing = ImageInvalid("object /x.jpg does not exist", reason="object_missing")
     letters = [
         dead_letter(
             settings,
-            settings.media_topic,
+            settings.topics.media_topic,
             offset,
             sku.encode(),
-            codec.encode(media(sku, 10, [{"file_path": "/x.jpg"}]), topic=settings.media_topic),
+            codec.encode(
+                media(sku, 10, [{"file_path": "/x.jpg"}]), topic=settings.topics.media_topic
+            ),
             missing,
         )
         for offset, sku in ((5, "SKU-A"), (6, "SKU-B"))
@@ -64,17 +68,17 @@ def seed(settings: Settings) -> list[DeadLetter]:
     letters.append(
         dead_letter(
             settings,
-            settings.product_topic,
+            settings.topics.product_topic,
             7,
             b"SKU-C",
             garbage,
             DecodeError("unknown framing", reason="unknown_framing"),
         )
     )
-    with Publisher(settings) as publisher:
+    with Publisher(settings.kafka) as publisher:
         for letter in letters:
             publisher.produce(
-                settings.dlq_topic,
+                settings.runtime.dlq_topic,
                 letter.value,
                 key=letter.key,
                 headers=letter.kafka_headers(),
@@ -102,7 +106,7 @@ def test_list_counts_by_reason_and_topic(seeded: tuple[Settings, list[DeadLetter
     summary = cli(settings, "list")
     assert summary["total"] == 3
     assert summary["by_reason"] == {"object_missing": 2, "unknown_framing": 1}
-    assert summary["by_topic"] == {settings.media_topic: 2, settings.product_topic: 1}
+    assert summary["by_topic"] == {settings.topics.media_topic: 2, settings.topics.product_topic: 1}
     assert summary["oldest"] is not None and summary["newest"] is not None
     assert summary["oldest"] <= summary["newest"]
 
@@ -116,12 +120,12 @@ def test_show_filters_and_decodes_or_shows_raw_bytes(
     for item in shown:
         assert item["reason"] == "object_missing"
         assert item["exception_class"] == "streamer.errors.ImageInvalid"
-        assert item["original"].startswith(f"{settings.media_topic}[0]@")
+        assert item["original"].startswith(f"{settings.topics.media_topic}[0]@")
         assert item["event"]["sku"] == item["sku"]
         assert item["event"]["images"][0]["file_path"] == "/x.jpg"
 
     assert [item["sku"] for item in cli(settings, "show", "--sku", "SKU-B")] == ["SKU-B"]
-    assert len(cli(settings, "show", "--topic", settings.product_topic)) == 1
+    assert len(cli(settings, "show", "--topic", settings.topics.product_topic)) == 1
     assert len(cli(settings, "show", "--limit", "1")) == 1
 
     (bad,) = cli(settings, "show", "--reason", "unknown_framing")
@@ -136,12 +140,12 @@ def test_replay_dry_run_then_once_to_the_original_topic(
 
     dry = cli(settings, "replay", "--reason", "object_missing", "--dry-run")
     assert (dry["matched"], dry["replayed"], len(dry["would_replay"])) == (2, 0, 2)
-    assert read_topic(settings, settings.media_topic, idle_s=0.5) == []
+    assert read_topic(settings, settings.topics.media_topic, idle_s=0.5) == []
     assert run_sync(fetch(settings, "SELECT * FROM dead_letter_replays")) == []
 
     done = cli(settings, "replay", "--reason", "object_missing")
     assert (done["matched"], done["replayed"], done["already_replayed"]) == (2, 2, 0)
-    back = read_topic(settings, settings.media_topic, idle_s=0.5)
+    back = read_topic(settings, settings.topics.media_topic, idle_s=0.5)
     expected = {letter.key: letter for letter in letters[:2]}
     assert sorted(m.key() for m in back) == sorted(expected)
     for msg in back:
@@ -154,13 +158,13 @@ def test_replay_dry_run_then_once_to_the_original_topic(
         assert headers["streamer.replay.from"].startswith(b"dlq:")
         assert not any(k.startswith("streamer.error.") for k in headers)
         assert msg.timestamp() == (TIMESTAMP_CREATE_TIME, letter.timestamp_ms)
-    assert read_topic(settings, settings.product_topic, idle_s=0.5) == []
+    assert read_topic(settings, settings.topics.product_topic, idle_s=0.5) == []
     rows = run_sync(fetch(settings, "SELECT target_topic FROM dead_letter_replays"))
-    assert [r["target_topic"] for r in rows] == [settings.media_topic] * 2
+    assert [r["target_topic"] for r in rows] == [settings.topics.media_topic] * 2
 
     again = cli(settings, "replay", "--reason", "object_missing")
     assert (again["matched"], again["replayed"], again["already_replayed"]) == (2, 0, 2)
-    assert len(read_topic(settings, settings.media_topic, idle_s=0.5)) == 2
+    assert len(read_topic(settings, settings.topics.media_topic, idle_s=0.5)) == 2
 
 
 def test_replay_without_the_table_says_how_to_fix_it(
@@ -174,7 +178,7 @@ def test_replay_without_the_table_says_how_to_fix_it(
     )
     assert result.exit_code == 1
     assert "streamer db migrate" in result.output
-    assert read_topic(settings, settings.product_topic, idle_s=0.5) == []
+    assert read_topic(settings, settings.topics.product_topic, idle_s=0.5) == []
 
 
 def test_an_empty_dead_letter_topic_answers_quickly(

@@ -7,8 +7,10 @@ import hashlib
 import pytest
 
 from streamer.errors import ObjectStoreUnavailable
-from streamer.etags import make_etag_source, s3_key
-from streamer.metrics import Metrics
+from streamer.gallery.etags import make_etag_source
+from streamer.gallery.metrics import GalleryMetrics
+from streamer.runtime.metrics import new_registry
+from streamer.storage.keys import s3_key
 
 pytestmark = pytest.mark.integration
 
@@ -25,26 +27,28 @@ async def test_lookup_returns_etag_size_and_missing(make_settings, s3_client, so
     bodies = {f"/x/{i}.jpg": f"body {i}".encode() * (i + 1) for i in range(5)}
     for path, body in bodies.items():
         s3_client.put_object(
-            Bucket=settings.s3_bucket,
-            Key=s3_key(settings.s3_prefix, path),
+            Bucket=settings.s3.s3_bucket,
+            Key=s3_key(settings.s3.s3_prefix, path),
             Body=body,
             ContentType="image/jpeg",
         )
-    metrics = Metrics()
-    etags = make_etag_source(settings, metrics)
+    metrics = GalleryMetrics(new_registry())
+    etags = make_etag_source(settings.s3, settings.gallery.etag_source, metrics)
     try:
-        keys = [s3_key(settings.s3_prefix, p) for p in [*bodies, "/x/missing.jpg", "/y/none.jpg"]]
+        keys = [
+            s3_key(settings.s3.s3_prefix, p) for p in [*bodies, "/x/missing.jpg", "/y/none.jpg"]
+        ]
         found = await etags.lookup(keys + keys[:2])  # duplicates are looked up once
     finally:
         etags.close()
     assert set(found) == set(keys)
     for path, body in bodies.items():
-        info = found[s3_key(settings.s3_prefix, path)]
+        info = found[s3_key(settings.s3.s3_prefix, path)]
         assert info is not None
         assert info.etag == hashlib.md5(body).hexdigest()
         assert info.size == len(body)
-    assert found[s3_key(settings.s3_prefix, "/x/missing.jpg")] is None
-    assert found[s3_key(settings.s3_prefix, "/y/none.jpg")] is None
+    assert found[s3_key(settings.s3.s3_prefix, "/x/missing.jpg")] is None
+    assert found[s3_key(settings.s3.s3_prefix, "/y/none.jpg")] is None
     assert metrics.registry.get_sample_value("streamer_etag_checks_total", {"result": "found"}) == 5
     assert (
         metrics.registry.get_sample_value("streamer_etag_checks_total", {"result": "missing"}) == 2
@@ -63,7 +67,7 @@ async def test_lookup_returns_etag_size_and_missing(make_settings, s3_client, so
 
 async def test_unreachable_endpoint_is_a_retriable_error(make_settings) -> None:
     settings = make_settings(s3_endpoint_url="http://127.0.0.1:1", head_timeout_s=1.0)
-    etags = make_etag_source(settings)
+    etags = make_etag_source(settings.s3)
     try:
         with pytest.raises(ObjectStoreUnavailable) as info:
             await etags.lookup(["media/a.jpg"])

@@ -9,14 +9,15 @@ from typing import Any
 
 import pytest
 
-from streamer.codec import SINGLE_OBJECT_MAGIC, event_record
-from streamer.deadletter import read_dead_letters, replay_dead_letters
+from streamer.contract.codec import SINGLE_OBJECT_MAGIC, event_record
 from tests.integration.support import (
     Sender,
+    dead_letters,
     fetch,
     media,
     prepare,
     put_image,
+    replay,
     run_until_drained,
 )
 from tests.samples import unknown_schema_message
@@ -31,7 +32,7 @@ async def test_every_bad_input_lands_in_the_dlq_with_its_reason(make_settings, s
     put_image(s3_client, settings, "/ok/big.jpg", b"x" * 2000)
     sender = Sender(settings)
     codec = sender.codec
-    topic = settings.media_topic
+    topic = settings.topics.media_topic
     good = media("GOOD-1", 1, [{"file_path": "/ok/1.jpg"}])
     valid = codec.encode(media("BAD-KEY", 1, [{"file_path": "/ok/1.jpg"}]), topic=topic)
 
@@ -105,12 +106,12 @@ async def test_every_bad_input_lands_in_the_dlq_with_its_reason(make_settings, s
 
     await run_until_drained(settings, sender.ends)
 
-    letters = list(read_dead_letters(settings))
+    letters = dead_letters(settings)
     expected = Counter(reason for _, _, reason in bad if reason is not None)
     assert Counter(r.reason for r in letters) == expected
     for letter in letters:
         assert letter.topic == topic
-        assert letter.group_id == settings.group_id
+        assert letter.group_id == settings.gallery.group_id
         assert letter.exception_class.startswith("streamer.errors.")
         assert letter.message
         assert letter.attempts == 1
@@ -149,7 +150,7 @@ async def test_a_database_error_of_one_sku_dead_letters_only_that_sku(
     assert worker.stats.batches >= 1
     stored = {r["sku"] for r in await fetch(settings, "SELECT sku FROM gallery_images")}
     assert stored == {"DB-1", "DB-3"}
-    letters = list(read_dead_letters(settings))
+    letters = dead_letters(settings)
     assert [(r.reason, r.sku) for r in letters] == [("database_data_error", "DB-2")]
     assert "no_poison" in letters[0].message
 
@@ -174,13 +175,13 @@ async def test_missing_object_dead_letter_replayed_after_upload_completes_the_ga
     assert [
         r["file_path"] for r in await fetch(settings, "SELECT file_path FROM gallery_images")
     ] == ["/late/a.jpg"]
-    assert [r.reason for r in read_dead_letters(settings)] == ["object_missing"]
+    assert [r.reason for r in dead_letters(settings)] == ["object_missing"]
 
-    dry = await replay_dead_letters(settings, reason="object_missing", dry_run=True)
+    dry = await replay(settings, reason="object_missing", dry_run=True)
     assert (dry.matched, dry.replayed, len(dry.records)) == (1, 0, 1)
 
     put_image(s3_client, settings, "/late/b.jpg", b"b")
-    result = await replay_dead_letters(settings, reason="object_missing")
+    result = await replay(settings, reason="object_missing")
     assert result.replayed == 1
     for tp, end in result.end_offsets.items():
         sender.ends[tp] = max(sender.ends.get(tp, 0), end)
@@ -191,5 +192,5 @@ async def test_missing_object_dead_letter_replayed_after_upload_completes_the_ga
         ("/late/b.jpg", []),
     ]
 
-    again = await replay_dead_letters(settings, reason="object_missing")
+    again = await replay(settings, reason="object_missing")
     assert (again.replayed, again.already_replayed) == (0, 1)

@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from streamer.cli import app
-from streamer.devstack import free_port
-from streamer.worker import Worker
+from streamer.dev.stack import free_port
+from streamer.gallery.worker import GalleryWorker
 from tests.integration.support import (
     Sender,
     drained,
@@ -66,10 +66,10 @@ async def test_metrics_match_the_run_and_lag_drains(make_settings, s3_client) ->
         [e.model_copy(update={"event_id": e.event_id[:-4] + "beef"}) for e in first[:4]]
     )  # no-ops
     sender.send([media("M-BAD", 1, [{"file_path": "/m/missing.jpg"}])])
-    sender.raw(settings.media_topic, b"junk", b"not avro at all")
+    sender.raw(settings.topics.media_topic, b"junk", b"not avro at all")
     sender.flush()
 
-    worker = Worker(settings, install_signal_handlers=False)
+    worker = GalleryWorker(settings, install_signal_handlers=False)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -111,7 +111,7 @@ async def test_metrics_match_the_run_and_lag_drains(make_settings, s3_client) ->
         value(
             samples,
             "streamer_events_consumed_total",
-            topic=settings.media_topic,
+            topic=settings.topics.media_topic,
             event_type="MediaGalleryChanged",
         )
         == 15

@@ -18,11 +18,12 @@ import asyncpg
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
+from prometheus_client import CollectorRegistry
 
-from streamer.config import Settings
-from streamer.devstack import ensure_database, free_port, with_database
-from streamer.metrics import Metrics
-from streamer.worker import Worker
+from streamer.dev.stack import ensure_database, free_port, with_database
+from streamer.gallery.worker import GalleryWorker
+from streamer.runtime.metrics import new_registry
+from streamer.settings import Settings
 from tests.integration.support import (
     Sender,
     drained,
@@ -60,8 +61,8 @@ def events() -> list[Any]:
     ]
 
 
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+def sample(metrics: CollectorRegistry, name: str, **labels: str) -> float:
+    return metrics.get_sample_value(name, labels) or 0.0
 
 
 async def clean_run_export(
@@ -79,12 +80,12 @@ async def clean_run_export(
 
 async def run_with_outage(
     settings: Settings, batch: list[Any], dependency: str, stop_dep: Any, start_dep: Any
-) -> tuple[Metrics, dict[str, float]]:
+) -> tuple[CollectorRegistry, dict[str, float]]:
     """Start a worker, take the dependency away mid-run, bring it back, wait for the drain."""
     sender = Sender(settings)
     sender.send(batch)
-    metrics = Metrics()
-    worker = Worker(settings, metrics=metrics, install_signal_handlers=False)
+    metrics = new_registry()
+    worker = GalleryWorker(settings, registry=metrics, install_signal_handlers=False)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     seen: dict[str, float] = {}
@@ -146,12 +147,12 @@ async def test_s3_outage_mid_run(make_settings, s3_client) -> None:
         prepare(settings)
         own = boto3.client(
             "s3",
-            endpoint_url=settings.s3_endpoint_url,
+            endpoint_url=settings.s3.s3_endpoint_url,
             region_name="us-east-1",
             aws_access_key_id="streamer-dev",
             aws_secret_access_key="streamer-dev",
         )
-        own.create_bucket(Bucket=settings.s3_bucket)
+        own.create_bucket(Bucket=settings.s3.s3_bucket)
         for path in PATHS:
             put_image(own, settings, path, path.encode() * 4)
 
@@ -170,7 +171,12 @@ async def test_s3_outage_mid_run(make_settings, s3_client) -> None:
     assert sample(metrics, "streamer_circuit_state", dependency="s3") == 0
     assert sample(metrics, "streamer_paused_partitions") == 0
     assert sample(metrics, "streamer_retries_total", dependency="s3") > 0
-    assert sum(s.value for m in metrics.dead_letters.collect() for s in m.samples) == 0
+    assert not any(
+        s.value
+        for m in metrics.collect()
+        for s in m.samples
+        if s.name == "streamer_dead_letters_total"
+    )
     assert await export_all(settings) == expected
 
 
@@ -218,9 +224,14 @@ async def test_postgres_restart_mid_run(make_settings, s3_client, tmp_path) -> N
         assert seen["paused_during"] == seen["assigned_during"] > 0
         assert sample(metrics, "streamer_circuit_state", dependency="postgres") == 0
         assert sample(metrics, "streamer_retries_total", dependency="postgres") > 0
-        assert sum(s.value for m in metrics.dead_letters.collect() for s in m.samples) == 0
+        assert not any(
+            s.value
+            for m in metrics.collect()
+            for s in m.samples
+            if s.name == "streamer_dead_letters_total"
+        )
         assert await export_all(settings) == expected
-        conn = await asyncpg.connect(settings.database_dsn)
+        conn = await asyncpg.connect(settings.database.dsn)
         try:
             twice = await conn.fetchval(
                 "SELECT count(*) FROM event_outcomes WHERE applications > 1"

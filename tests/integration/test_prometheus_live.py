@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streamer.devstack import free_port
+from streamer.dev.stack import free_port
 from tests.deploy.support import PROMETHEUS
 from tests.deploy.test_dashboard import as_promql, queries
 from tests.integration.support import Sender, drained_worker, media, prepare, put_image, wait_for
@@ -97,7 +97,7 @@ async def test_dashboard_queries_and_alert_rules_evaluate_on_a_live_worker(
     sender.send([media("P-BAD", 1, [{"file_path": "/p/missing.jpg"}])])
 
     async with drained_worker(settings, sender.ends, timeout_s=60):
-        port = prometheus(settings.metrics_port)
+        port = prometheus(settings.runtime.metrics_port)
 
         def scraped() -> bool:
             try:

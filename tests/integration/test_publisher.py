@@ -12,11 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from streamer.cli import app
-from streamer.codec import Codec
-from streamer.devstack import free_port
+from streamer.contract.codec import Codec
+from streamer.contract.publishing import EventPublisher
+from streamer.dev.stack import free_port
 from streamer.errors import BrokerUnavailable, DeliveryError, TopicMissing
-from streamer.publisher import Publisher
-from streamer.topics import create_topics
+from streamer.ops.topics import create_topics
+from streamer.runtime.publisher import Publisher
 from tests.integration.support import media, read_topic, settings_env
 
 pytestmark = pytest.mark.integration
@@ -68,16 +69,17 @@ def test_events_of_a_sku_land_on_its_murmur2_partition_in_order(
         schema_registry_url=f"mock://pub-{uuid.uuid4().hex}" if framing == "confluent" else None,
     )
     create_topics(settings)
-    codec = Codec.from_settings(settings)
+    codec = Codec.for_registry(settings.kafka.schema_registry_url)
     skus = [f"SKU-{i}" for i in range(20)]
     sent = [media(sku, v, [{"file_path": f"/{sku}/{v}.jpg"}]) for v in range(1, 6) for sku in skus]
-    with Publisher(settings, codec=codec) as publisher:
-        publisher.check_topics([settings.media_topic])
+    with Publisher(settings.kafka) as publisher:
+        publisher.check_topics([settings.topics.media_topic])
+        events = EventPublisher(publisher, codec, settings.topics)
         for event in sent:
-            publisher.publish(event)
+            events.publish(event)
         assert publisher.flush() == len(sent)
 
-    messages = read_topic(settings, settings.media_topic)
+    messages = read_topic(settings, settings.topics.media_topic)
     assert len(messages) == len(sent)
     seen: dict[str, list[int]] = {}
     for msg in messages:
@@ -91,21 +93,23 @@ def test_events_of_a_sku_land_on_its_murmur2_partition_in_order(
 
 def test_missing_topic_is_reported_by_name(make_settings) -> None:
     settings = make_settings()
-    with Publisher(settings) as publisher, pytest.raises(TopicMissing) as info:
-        publisher.check_topics([settings.media_topic])
-    assert settings.media_topic in str(info.value) and "topics create" in str(info.value)
+    with Publisher(settings.kafka) as publisher, pytest.raises(TopicMissing) as info:
+        publisher.check_topics([settings.topics.media_topic])
+    assert settings.topics.media_topic in str(info.value) and "topics create" in str(info.value)
 
 
 def test_unreachable_broker_fails_fast_and_undelivered_events_are_errors(make_settings) -> None:
     settings = make_settings(kafka_bootstrap=f"127.0.0.1:{free_port()}", delivery_timeout_ms=1500)
-    publisher = Publisher(settings)
+    publisher = Publisher(settings.kafka)
     publisher.start()
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable) as info:
-        publisher.check_topics([settings.media_topic], timeout_s=2.0)
+        publisher.check_topics([settings.topics.media_topic], timeout_s=2.0)
     assert time.monotonic() - started < 10
-    assert settings.kafka_bootstrap in str(info.value)
-    publisher.publish(media("X", 1, [{"file_path": "/x.jpg"}]))
+    assert settings.kafka.kafka_bootstrap in str(info.value)
+    EventPublisher(publisher, Codec(), settings.topics).publish(
+        media("X", 1, [{"file_path": "/x.jpg"}])
+    )
     with pytest.raises(DeliveryError) as delivery:
         publisher.flush(timeout_s=10)
     assert "not acknowledged" in str(delivery.value)
@@ -150,7 +154,9 @@ def test_publish_cli_acknowledges_a_bulk_payload(
         "rejected",
         "accepted",
     ]
-    decoded = [Codec().decode_event(m.value()) for m in read_topic(settings, settings.media_topic)]
+    decoded = [
+        Codec().decode_event(m.value()) for m in read_topic(settings, settings.topics.media_topic)
+    ]
     assert sorted((e.sku, e.images[0].file_path, e.request_id) for e in decoded) == [
         ("SKU-001", "/a2.jpg", "op-12345"),
         ("SKU-002", "/b.jpg", "op-12345"),
@@ -173,7 +179,7 @@ def test_publish_cli_jsonl_and_bad_files(make_settings, monkeypatch, tmp_path: P
     result = run_cli(settings, monkeypatch, "publish", str(good), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["errors"] is False
-    assert len(read_topic(settings, settings.product_topic)) == 1
+    assert len(read_topic(settings, settings.topics.product_topic)) == 1
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

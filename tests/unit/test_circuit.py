@@ -7,9 +7,9 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamer.circuit import CircuitBreaker, CircuitOpenError
 from streamer.errors import DependencyUnavailable
-from streamer.metrics import Metrics
+from streamer.runtime.circuit import CircuitBreaker, CircuitOpenError
+from streamer.runtime.metrics import RuntimeMetrics as Metrics
 
 pytestmark = pytest.mark.unit
 

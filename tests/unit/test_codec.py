@@ -16,10 +16,10 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from streamer.codec import SINGLE_OBJECT_MAGIC, Codec, event_record
+from streamer.contract.codec import SINGLE_OBJECT_MAGIC, Codec, event_record
+from streamer.contract.events import MediaGalleryChanged, ProductChanged
+from streamer.contract.schemas import schema_dir
 from streamer.errors import DecodeError
-from streamer.events import MediaGalleryChanged, ProductChanged
-from streamer.schemas import schema_dir
 from tests.samples import unknown_schema_message
 
 pytestmark = pytest.mark.unit

@@ -9,15 +9,14 @@ from dataclasses import replace
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
 
-from streamer.deadletter import (
+from streamer.errors import ImageInvalid
+from streamer.runtime.deadletters import (
     HEADER_PREFIX,
     DeadLetter,
     DeadLetterRecord,
     attempts_from_headers,
-    matches,
-    replay_headers,
 )
-from streamer.errors import ImageInvalid
+from streamer.runtime.replay import DeadLetterFilter, replay_headers
 
 pytestmark = pytest.mark.unit
 
@@ -64,7 +63,7 @@ def replayed(record: DeadLetterRecord) -> Message:
 
 def letter_for(msg: Message, **kw: object) -> DeadLetter:
     error = ImageInvalid("object /a.jpg is missing", reason="object_missing")
-    return DeadLetter.from_error(msg, error, group_id="streamer", **kw)  # type: ignore[arg-type]
+    return DeadLetter.from_error(msg, error, group_id="streamer", job="gallery", **kw)  # type: ignore[arg-type]
 
 
 def test_from_error_keeps_the_original_message_and_names_the_error() -> None:
@@ -102,15 +101,18 @@ def test_headers_round_trip_through_the_dead_letter_topic() -> None:
         "timestamp",
         "attempts",
         "group",
+        "job",
         "first_failure",
         "last_failure",
         "sku",
     ):
         assert HEADER_PREFIX + name in headers, name
     assert headers[HEADER_PREFIX + "partition"] == b"3"
+    assert headers[HEADER_PREFIX + "job"] == b"gallery"
     assert headers["traceparent"] == b"00-abc-01"
 
     record = DeadLetterRecord.from_message(on_dlq(letter))
+    assert (record.job, record.group_id) == ("gallery", "streamer")
     assert (record.dlq_topic, record.dlq_partition, record.dlq_offset) == (DLQ, 1, 9)
     assert (record.key, record.value) == (letter.key, letter.value)
     assert record.original_headers == [("traceparent", b"00-abc-01")]
@@ -199,16 +201,18 @@ def test_attempts_from_headers_of_a_fresh_or_garbled_message(
 def test_filters_by_reason_sku_topic_and_time() -> None:
     letter = replace(letter_for(original(), sku="SKU-1"), last_failure_ms=5000)
     record = DeadLetterRecord.from_message(on_dlq(letter))
-    assert matches(record)
-    assert matches(record, reason="object_missing", sku="SKU-1", topic=SOURCE)
-    assert not matches(record, reason="undecodable")
-    assert not matches(record, sku="SKU-2")
-    assert not matches(record, topic="catalog.product.v1")
-    assert matches(record, since_ms=5000, until_ms=5000)
-    assert not matches(record, since_ms=5001)
-    assert not matches(record, until_ms=4999)
+    assert DeadLetterFilter().matches(record)
+    assert DeadLetterFilter(reason="object_missing", sku="SKU-1", topic=SOURCE).matches(record)
+    assert not DeadLetterFilter(reason="undecodable").matches(record)
+    assert not DeadLetterFilter(sku="SKU-2").matches(record)
+    assert not DeadLetterFilter(topic="catalog.product.v1").matches(record)
+    assert DeadLetterFilter(since_ms=5000, until_ms=5000).matches(record)
+    assert not DeadLetterFilter(since_ms=5001).matches(record)
+    assert not DeadLetterFilter(until_ms=4999).matches(record)
+    assert DeadLetterFilter(job="gallery").matches(record)
+    assert not DeadLetterFilter(job="forward").matches(record)
     unknown_sku = DeadLetterRecord.from_message(on_dlq(letter_for(original())))
-    assert matches(unknown_sku, sku="SKU-1"), "falls back to the message key"
+    assert DeadLetterFilter(sku="SKU-1").matches(unknown_sku), "falls back to the message key"
 
 
 def test_oversized_value_is_cut_with_its_size_and_hash() -> None:

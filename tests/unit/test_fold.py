@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from streamer.diff import diff, image_result_counts
-from streamer.events import MediaGalleryChanged, ProductChanged
-from streamer.fold import EventOutcome, FoldRules, fold, keys_in_play
-from streamer.gallery import ObjectInfo, SkuState, StoredImage
+from streamer.contract.events import MediaGalleryChanged, ProductChanged
+from streamer.gallery.diff import diff, image_result_counts
+from streamer.gallery.fold import EventOutcome, FoldRules, fold, keys_in_play
+from streamer.gallery.state import ObjectInfo, SkuState, StoredImage
 
 pytestmark = pytest.mark.unit
 

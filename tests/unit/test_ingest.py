@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from streamer.contract.ingest import VersionClock, detect_format, parse_bulk, parse_jsonl
 from streamer.errors import InvalidEvent
-from streamer.ingest import VersionClock, detect_format, parse_bulk, parse_jsonl
 
 pytestmark = pytest.mark.unit
 

@@ -8,15 +8,15 @@ from collections.abc import Awaitable, Callable
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamer.circuit import CircuitBreaker, CircuitOpenError
 from streamer.errors import (
     DatabaseDataError,
     DatabaseUnavailable,
     ObjectStoreUnavailable,
     RetriableError,
 )
-from streamer.metrics import Metrics
-from streamer.retry import RetryPolicy, retry_async
+from streamer.runtime.circuit import CircuitBreaker, CircuitOpenError
+from streamer.runtime.metrics import RuntimeMetrics as Metrics
+from streamer.runtime.retry import RetryPolicy, retry_async
 
 pytestmark = pytest.mark.unit
 
@@ -55,7 +55,7 @@ def retries(metrics: Metrics, dependency: str) -> float | None:
 
 @pytest.fixture
 def metrics() -> Metrics:
-    return Metrics(CollectorRegistry())
+    return Metrics(CollectorRegistry(), dependencies=("s3", "postgres", "kafka"))
 
 
 POLICY = RetryPolicy(initial_backoff_ms=300, max_backoff_ms=30_000, max_attempts=5)
@@ -80,15 +80,12 @@ def test_backoff_is_full_jitter_within_bounds_and_reproducible_with_a_seed() -> 
 
 
 def test_policy_from_settings_and_validation() -> None:
-    from streamer.config import Settings
+    from streamer.settings import Settings
 
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        retry_initial_backoff_ms=50,
-        retry_max_backoff_ms=400,
-        retry_max_attempts=7,
+    settings = Settings.load(
+        None, retry_initial_backoff_ms=50, retry_max_backoff_ms=400, retry_max_attempts=7
     )
-    assert RetryPolicy.from_settings(settings) == RetryPolicy(50, 400, 7)
+    assert RetryPolicy.from_settings(settings.runtime) == RetryPolicy(50, 400, 7)
     with pytest.raises(ValueError, match="attempts"):
         RetryPolicy(max_attempts=0)
 

@@ -1,0 +1,1 @@
+"""The event contract every job shares: Avro schemas, the codec, event models and topics."""

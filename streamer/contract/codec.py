@@ -1,0 +1,203 @@
+"""Avro on the wire, both framings of DESIGN.md, decoded from whichever the bytes carry.
+
+- Confluent framing (magic byte 0 + 4-byte big-endian schema id) when a Schema
+  Registry is configured; writer schemas are registered under ``<topic>-value``.
+- Avro single-object encoding (C3 01 + 8-byte little-endian CRC-64-AVRO
+  fingerprint) otherwise; the writer schema is found among the schemas of this
+  repository, current and history.
+
+Either way the record is resolved against the current reader schema of the
+same name, so events written with any earlier schema version still decode.
+Anything unreadable raises ``DecodeError`` with a specific ``reason``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+
+from streamer.contract.events import EventType, MediaGalleryChanged, ProductChanged, parse_event
+from streamer.contract.schemas import KnownSchema, current_schemas, known_schemas
+from streamer.errors import DecodeError, SchemaRegistryUnavailable
+
+__all__ = ["SINGLE_OBJECT_MAGIC", "Codec", "DecodedRecord", "event_record"]
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = 0
+_ID = struct.Struct(">I")
+
+
+class DecodedRecord(NamedTuple):
+    type_name: str
+    data: dict[str, Any]
+    writer_schema_id: str  # "sr:<id>" or "fp:<hex>"
+
+
+def event_record(event: ProductChanged | MediaGalleryChanged) -> dict[str, Any]:
+    """The Avro record of an event model (the inverse of ``parse_event``)."""
+    data = event.model_dump(mode="python", exclude={"type"})
+    if isinstance(event, MediaGalleryChanged):
+        data["images"] = [
+            {
+                "file_path": img.file_path,
+                "label": img.label,
+                "position": img.position,
+                "disabled": img.disabled,
+                "roles": [*img.roles, *img.unknown_roles],
+                "etag": img.etag,
+            }
+            for img in event.images
+        ]
+    return data
+
+
+@lru_cache(maxsize=64)
+def _parse_registry_schema(schema_str: str) -> tuple[str, Any]:
+    raw = json.loads(schema_str)
+    return str(raw.get("name", "")).rsplit(".", 1)[-1], parse_schema(raw, _write_hint=False)
+
+
+class Codec:
+    """Encodes events and decodes messages; a registry client is passed in, never created here."""
+
+    def __init__(self, registry: Any | None = None) -> None:
+        self.registry = registry
+        self._subject_ids: dict[tuple[str, str], int] = {}
+        self._id_schemas: dict[int, tuple[str, Any]] = {}
+
+    @classmethod
+    def for_registry(cls, url: str | None) -> Codec:
+        """A codec with the Schema Registry at ``url``, or single-object encoding when unset."""
+        if not url:
+            return cls()
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        # new_client gives the in-memory registry for mock:// URLs (tests, demos).
+        return cls(SchemaRegistryClient.new_client({"url": url}))
+
+    # -- encode -----------------------------------------------------------------
+
+    def _schema_id(self, topic: str, schema: KnownSchema) -> int:
+        key = (topic, schema.name)
+        if key not in self._subject_ids:
+            from confluent_kafka.schema_registry import Schema
+            from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+            try:
+                schema_id = self.registry.register_schema(  # type: ignore[union-attr]
+                    f"{topic}-value", Schema(json.dumps(schema.raw), "AVRO")
+                )
+            except SchemaRegistryError as exc:
+                raise SchemaRegistryUnavailable(f"schema registration failed: {exc}") from exc
+            except Exception as exc:
+                raise SchemaRegistryUnavailable(f"schema registry unreachable: {exc}") from exc
+            self._subject_ids[key] = schema_id
+            self._id_schemas[schema_id] = (schema.name, schema.parsed)
+        return self._subject_ids[key]
+
+    def encode_record(self, record: dict[str, Any], *, type_name: str, topic: str) -> bytes:
+        schema = current_schemas()[type_name]
+        buf = io.BytesIO()
+        if self.registry is not None:
+            buf.write(bytes([CONFLUENT_MAGIC]) + _ID.pack(self._schema_id(topic, schema)))
+        else:
+            buf.write(SINGLE_OBJECT_MAGIC + schema.fingerprint)
+        schemaless_writer(buf, schema.parsed, record)
+        return buf.getvalue()
+
+    def encode(self, event: ProductChanged | MediaGalleryChanged, *, topic: str) -> bytes:
+        return self.encode_record(event_record(event), type_name=event.type.value, topic=topic)
+
+    def encode_outcome(self, record: dict[str, Any], *, topic: str) -> bytes:
+        return self.encode_record(record, type_name="GalleryUpdated", topic=topic)
+
+    # -- decode -----------------------------------------------------------------
+
+    def _registry_schema(self, schema_id: int) -> tuple[str, Any]:
+        if schema_id in self._id_schemas:
+            return self._id_schemas[schema_id]
+        if self.registry is None:
+            raise DecodeError(
+                f"message framed for schema id {schema_id} but no schema registry is configured",
+                reason="unknown_schema_id",
+            )
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            found = self.registry.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404 or exc.error_code in (40403, 404):
+                raise DecodeError(
+                    f"schema id {schema_id} is unknown to the registry", reason="unknown_schema_id"
+                ) from exc
+            raise SchemaRegistryUnavailable(f"schema registry error: {exc}") from exc
+        except Exception as exc:
+            raise SchemaRegistryUnavailable(f"schema registry unreachable: {exc}") from exc
+        resolved = _parse_registry_schema(found.schema_str)
+        self._id_schemas[schema_id] = resolved
+        return resolved
+
+    def decode(self, value: bytes | None) -> DecodedRecord:
+        if value is None:
+            raise DecodeError(
+                "message value is null (a tombstone carries no event)", reason="null_value"
+            )
+        if len(value) < 5:
+            raise DecodeError(
+                f"message is {len(value)} bytes, too short for any framing", reason="truncated"
+            )
+        if value[0] == CONFLUENT_MAGIC:
+            (schema_id,) = _ID.unpack_from(value, 1)
+            name, writer = self._registry_schema(schema_id)
+            offset, writer_id = 5, f"sr:{schema_id}"
+        elif value[:2] == SINGLE_OBJECT_MAGIC:
+            if len(value) < 10:
+                raise DecodeError("single-object header is truncated", reason="truncated")
+            fp = value[2:10]
+            known = known_schemas().get(fp)
+            if known is None:
+                raise DecodeError(
+                    f"writer schema fingerprint {fp.hex()} is not a known schema",
+                    reason="unknown_schema",
+                )
+            name, writer = known.name, known.parsed
+            offset, writer_id = 10, f"fp:{fp.hex()}"
+        else:
+            raise DecodeError(
+                f"unknown framing: first bytes {value[:2].hex()} are neither Confluent (00) "
+                "nor Avro single-object (c301)",
+                reason="unknown_framing",
+            )
+        reader = current_schemas().get(name)
+        if reader is None:
+            raise DecodeError(
+                f"writer schema {name!r} is not an event streamer reads", reason="unknown_schema"
+            )
+        buf = io.BytesIO(value)
+        buf.seek(offset)
+        try:
+            record = schemaless_reader(buf, writer, reader.parsed)
+        except Exception as exc:
+            raise DecodeError(
+                f"malformed Avro body for {name}: {type(exc).__name__}: {exc}",
+                reason="malformed_avro",
+            ) from exc
+        if buf.tell() != len(value):
+            raise DecodeError(
+                f"{len(value) - buf.tell()} trailing bytes after the {name} record",
+                reason="malformed_avro",
+            )
+        if not isinstance(record, dict):
+            raise DecodeError(f"{name} did not decode to a record", reason="malformed_avro")
+        return DecodedRecord(name, record, writer_id)
+
+    def decode_event(self, value: bytes | None) -> ProductChanged | MediaGalleryChanged:
+        decoded = self.decode(value)
+        if decoded.type_name not in (EventType.PRODUCT.value, EventType.MEDIA.value):
+            raise DecodeError(f"{decoded.type_name} is not a source event", reason="unknown_schema")
+        return parse_event(decoded.type_name, decoded.data)

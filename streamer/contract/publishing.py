@@ -1,0 +1,44 @@
+"""Publishing source events: each kind to its topic, keyed by SKU, in the contract's encoding."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from streamer.contract.codec import Codec
+from streamer.contract.events import MediaGalleryChanged, ProductChanged
+from streamer.contract.topics import TopicSettings
+
+__all__ = ["EventPublisher", "Producing", "topic_for"]
+
+Event = ProductChanged | MediaGalleryChanged
+
+
+class Producing(Protocol):
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None: ...
+
+
+def topic_for(event: Event, topics: TopicSettings) -> str:
+    return topics.product_topic if isinstance(event, ProductChanged) else topics.media_topic
+
+
+class EventPublisher:
+    """Encodes and produces events; delivery is the producer's to confirm (``flush``)."""
+
+    def __init__(self, producer: Producing, codec: Codec, topics: TopicSettings) -> None:
+        self.producer = producer
+        self.codec = codec
+        self.topics = topics
+
+    def publish(self, event: Event) -> None:
+        topic = topic_for(event, self.topics)
+        self.producer.produce(
+            topic, self.codec.encode(event, topic=topic), key=event.sku.encode("utf-8")
+        )

@@ -1,0 +1,74 @@
+"""Synthetic catalogs: SKUs with N-image galleries over a shared pool of objects in S3."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from streamer.contract.events import MediaGalleryChanged
+from streamer.storage.clients import make_s3_client
+from streamer.storage.keys import s3_key
+from streamer.storage.settings import S3Settings
+
+__all__ = ["generate_catalog", "object_paths", "upload_objects"]
+
+
+def object_paths(n_objects: int) -> list[str]:
+    return [f"/bench/{i // 500:03d}/img-{i:06d}.jpg" for i in range(n_objects)]
+
+
+def generate_catalog(
+    n_skus: int,
+    images_per_sku: int,
+    paths: list[str],
+    *,
+    version: int,
+    request_id: str | None = None,
+    prefix: str = "BENCH",
+) -> list[MediaGalleryChanged]:
+    now = datetime.now(UTC)
+    events = []
+    for i in range(n_skus):
+        sku = f"{prefix}-{i:07d}"
+        chosen = [paths[(i * images_per_sku + k) % len(paths)] for k in range(images_per_sku)]
+        events.append(
+            MediaGalleryChanged.model_validate(
+                {
+                    "event_id": str(uuid.uuid4()),
+                    "sku": sku,
+                    "version": version,
+                    "occurred_at": now,
+                    "source": "bench",
+                    "request_id": request_id,
+                    "mode": "REPLACE",
+                    "images": [
+                        {
+                            "file_path": p,
+                            "label": f"{sku} {k}",
+                            "position": k,
+                            "roles": ["base"] if k == 0 else [],
+                        }
+                        for k, p in enumerate(chosen)
+                    ],
+                }
+            )
+        )
+    return events
+
+
+def upload_objects(
+    settings: S3Settings, paths: list[str], progress: Callable[[int], None] | None = None
+) -> None:
+    s3 = make_s3_client(settings, max_pool_connections=16)
+
+    def put(path: str) -> None:
+        s3.put_object(
+            Bucket=settings.s3_bucket, Key=s3_key(settings.s3_prefix, path), Body=path.encode() * 16
+        )
+
+    with ThreadPoolExecutor(16) as pool:
+        for _ in pool.map(put, paths):
+            if progress is not None:
+                progress(1)

@@ -1,0 +1,1 @@
+"""The gallery sync job: product and media events in, ETag-checked gallery state out."""

@@ -1,0 +1,280 @@
+"""Folding a SKU's events, in consume order, onto its stored state. Pure: no I/O.
+
+The fold is a left fold: folding a list in two halves, persisting the state
+between, gives the same final state as folding it whole. That is what makes
+batch boundaries (and so crashes and rebalances) invisible in the result.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from streamer.contract.events import (
+    GalleryMode,
+    Image,
+    MediaGalleryChanged,
+    ProductChanged,
+    ProductOp,
+    fingerprint,
+)
+from streamer.gallery.state import ObjectInfo, SkuState, StoredImage, display_order
+
+__all__ = ["EventOutcome", "EventResult", "FoldResult", "FoldRules", "fold", "keys_in_play"]
+
+Event = ProductChanged | MediaGalleryChanged
+
+
+class EventOutcome(StrEnum):
+    WRITTEN = "written"
+    NOOP = "noop"
+    STALE = "stale"
+    DUPLICATE = "duplicate"
+    PARTIAL = "partial"
+    DEAD_LETTERED = "dead_lettered"
+
+
+@dataclass(frozen=True)
+class EventResult:
+    event: Event
+    outcome: EventOutcome
+    invalid_images: tuple[Image, ...] = ()
+    reason: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    state: SkuState
+    results: list[EventResult]
+    image_counts: Counter[str] = field(default_factory=Counter)
+    unknown_roles: int = 0
+
+
+@dataclass(frozen=True)
+class FoldRules:
+    max_image_bytes: int = 10 * 1024 * 1024
+    image_limit: int | None = None  # None: no limit; 0: gallery sync off; N: keep the first N
+    verify_producer_etag: bool = True
+
+
+def _trusted(image: Image, rules: FoldRules) -> bool:
+    return not rules.verify_producer_etag and image.etag is not None
+
+
+def keys_in_play(
+    state: SkuState, events: Sequence[Event], rules: FoldRules | None = None
+) -> set[str]:
+    """Paths whose objects must be looked up: valid images of media events that are not stale."""
+    rules = rules or FoldRules()
+    if rules.image_limit == 0:
+        return set()
+    product_version, gallery_version = state.product_version, state.gallery_version
+    paths: set[str] = set()
+    for event in events:
+        if isinstance(event, ProductChanged):
+            if event.version >= product_version:
+                product_version = event.version
+                if event.op is ProductOp.DELETE:
+                    gallery_version = max(gallery_version, event.version)
+            continue
+        if event.version < gallery_version:
+            continue
+        gallery_version = event.version
+        paths.update(i.file_path for i in event.images if i.valid and not _trusted(i, rules))
+    return paths
+
+
+def _resolve(
+    image: Image, objects: Mapping[str, ObjectInfo | None], rules: FoldRules, counts: Counter[str]
+) -> ObjectInfo | Image:
+    """The object behind an image, or the image marked invalid with the reason."""
+    if _trusted(image, rules) and image.file_path not in objects:
+        return ObjectInfo(etag=image.etag or "", size=0)
+    info = objects.get(image.file_path)
+    if info is None:
+        return image.model_copy(
+            update={
+                "invalid_reason": "object_missing",
+                "invalid_message": f"{image.file_path}: no object in S3 (yet)",
+            }
+        )
+    if info.size > rules.max_image_bytes:
+        return image.model_copy(
+            update={
+                "invalid_reason": "object_too_large",
+                "invalid_message": f"{image.file_path}: {info.size} bytes, over the "
+                f"{rules.max_image_bytes}-byte limit",
+            }
+        )
+    if image.etag is not None and image.etag != info.etag:
+        counts["etag_mismatch"] += 1
+    return info
+
+
+def _apply_media(
+    state: SkuState,
+    event: MediaGalleryChanged,
+    objects: Mapping[str, ObjectInfo | None],
+    rules: FoldRules,
+    counts: Counter[str],
+) -> tuple[SkuState, list[Image]]:
+    invalid: list[Image] = []
+    resolved: list[tuple[Image, ObjectInfo]] = []
+    for image in event.images:
+        if not image.valid:
+            invalid.append(image)
+            continue
+        found = _resolve(image, objects, rules, counts)
+        if isinstance(found, Image):
+            invalid.append(found)
+        else:
+            resolved.append((image, found))
+    for image in invalid:
+        counts[image.invalid_reason or "invalid"] += 1
+
+    images = dict(state.images)
+    if event.mode is GalleryMode.REPLACE:
+        listed = {image.file_path for image in event.images}
+        images = {p: i for p, i in images.items() if p in listed}
+    owns_roles = not invalid
+    owner: dict[str, str] = {}
+    if owns_roles:
+        for image, _ in resolved:
+            for role in image.roles:
+                owner[role] = image.file_path  # last claim wins
+        # The payload owns the roles: stored images it does not list lose theirs.
+        listed_now = {image.file_path for image, _ in resolved}
+        for p, i in images.items():
+            if i.roles and p not in listed_now:
+                images[p] = replace(i, roles=())
+    for image, info in resolved:
+        path = image.file_path
+        old = state.images.get(path)
+        same_bytes = old is not None and old.etag == info.etag
+        if owns_roles:
+            roles = tuple(sorted(r for r in image.roles if owner[r] == path))
+        else:
+            roles = old.roles if old is not None else ()
+        images[path] = StoredImage(
+            file_path=path,
+            etag=info.etag,
+            # A LIST look-up has no content type and a trusted producer ETag no size:
+            # keep what a HEAD recorded for the same bytes rather than flapping.
+            size=info.size or (old.size if same_bytes and old else 0),
+            content_type=info.content_type or (old.content_type if same_bytes and old else None),
+            label=image.label,
+            position=image.position,
+            disabled=image.disabled,
+            roles=roles,
+            content_version=1 if old is None else old.content_version + (0 if same_bytes else 1),
+        )
+    if rules.image_limit is not None and len(images) > rules.image_limit:
+        ordered = sorted(images.values(), key=display_order)
+        counts["dropped_limit"] += len(ordered) - rules.image_limit
+        images = {i.file_path: i for i in ordered[: rules.image_limit]}
+    for image, _ in resolved:
+        before, after = state.images.get(image.file_path), images.get(image.file_path)
+        if after is None:
+            continue  # dropped by the image limit, counted above
+        if before is None:
+            counts["added"] += 1
+        elif before.etag != after.etag:
+            counts["content_changed"] += 1
+        elif before == after:
+            counts["unchanged"] += 1
+        else:
+            counts["metadata_changed"] += 1
+    removed = sum(1 for p in state.images if p not in images)
+    if removed:
+        counts["removed"] += removed
+    new = replace(state, gallery_version=event.version, images=images, deleted=False, exists=True)
+    return new, invalid
+
+
+def fold(
+    state: SkuState,
+    events: Sequence[Event],
+    objects: Mapping[str, ObjectInfo | None],
+    rules: FoldRules,
+) -> FoldResult:
+    """Apply events in order; each gets an outcome, and the final state is returned."""
+    results: list[EventResult] = []
+    counts: Counter[str] = Counter()
+    unknown_roles = 0
+    seen: dict[str, Event] = {}
+    current = state
+    current_content = (state.exists, *state.content())
+    for event in events:
+        first = seen.get(event.event_id)
+        if first is not None:
+            if first is event or fingerprint(first) == fingerprint(event):
+                results.append(EventResult(event, EventOutcome.DUPLICATE))
+            else:
+                results.append(
+                    EventResult(
+                        event,
+                        EventOutcome.DEAD_LETTERED,
+                        reason="duplicate_event_id",
+                        message=f"event_id {event.event_id} appears twice with different payloads",
+                    )
+                )
+            continue
+        seen[event.event_id] = event
+
+        if isinstance(event, ProductChanged):
+            if event.version < current.product_version:
+                results.append(EventResult(event, EventOutcome.STALE))
+                continue
+            if event.op is ProductOp.DELETE:
+                if current.images:
+                    counts["removed"] += len(current.images)
+                new = replace(
+                    current,
+                    product_version=event.version,
+                    gallery_version=max(current.gallery_version, event.version),
+                    deleted=True,
+                    images={},
+                    exists=True,
+                )
+            else:
+                new = replace(
+                    current,
+                    product_version=event.version,
+                    name=event.name,
+                    enabled=event.enabled,
+                    deleted=False,
+                    exists=True,
+                )
+            invalid: list[Image] = []
+        else:
+            unknown_roles += sum(len(i.unknown_roles) for i in event.images)
+            if event.version < current.gallery_version:
+                results.append(EventResult(event, EventOutcome.STALE))
+                continue
+            if rules.image_limit == 0:
+                counts["dropped_limit"] += len(event.images)
+                results.append(EventResult(event, EventOutcome.NOOP))
+                continue
+            new, invalid = _apply_media(current, event, objects, rules, counts)
+
+        new_content = (new.exists, *new.content())
+        changed = new_content != current_content
+        if invalid:
+            results.append(
+                EventResult(
+                    event,
+                    EventOutcome.PARTIAL,
+                    invalid_images=tuple(invalid),
+                    reason=invalid[0].invalid_reason,
+                    message="; ".join(f"{i.invalid_message or i.invalid_reason}" for i in invalid),
+                )
+            )
+        else:
+            results.append(
+                EventResult(event, EventOutcome.WRITTEN if changed else EventOutcome.NOOP)
+            )
+        current, current_content = new, new_content
+    return FoldResult(current, results, counts, unknown_roles)

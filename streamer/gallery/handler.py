@@ -1,0 +1,404 @@
+"""The gallery job: product and media events in, ETag-checked gallery state and outcomes out.
+
+The data path of a batch, top to bottom (the runtime's checkpoint commits it):
+
+1. ``prepare``: decode and validate every message (what cannot be read becomes a
+   dead letter); load the stored state of the batch's SKUs and the event ids seen
+   before; look up the ETags of every distinct object still in play.
+2. ``plan``: fold each SKU's events in consume order onto its stored state and
+   diff the result; derive the outcome rows, request counts and dead letters.
+3. ``write`` (inside the checkpoint's transaction): the gallery rows of every
+   changed SKU (a SKU whose rows the database refuses is dead-lettered alone),
+   the event outcomes; returns the dead letters and ``GalleryUpdated`` events.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from confluent_kafka import Message
+
+from streamer.contract.codec import Codec
+from streamer.contract.events import EventType, MediaGalleryChanged, ProductChanged, fingerprint
+from streamer.contract.topics import TopicSettings
+from streamer.errors import DatabaseDataError, InvalidEvent, StreamerError
+from streamer.gallery.diff import SkuDiff, diff
+from streamer.gallery.etags import EtagSource, make_etag_source
+from streamer.gallery.fold import EventOutcome, EventResult, FoldRules, fold, keys_in_play
+from streamer.gallery.metrics import GalleryMetrics
+from streamer.gallery.outcomes import gallery_updated
+from streamer.gallery.repository import (
+    GalleryRepository,
+    OutcomeRow,
+    RowCounts,
+    SeenEvent,
+    apply_diffs,
+    record_outcomes,
+)
+from streamer.gallery.settings import GallerySettings
+from streamer.gallery.state import ObjectInfo, SkuState
+from streamer.runtime.checkpoint import Transaction
+from streamer.runtime.deadletters import DeadLetter
+from streamer.runtime.handler import Batch, HandlerContext, Output, OutputMessage
+from streamer.storage.keys import s3_key
+from streamer.storage.settings import S3Settings
+
+__all__ = ["BatchReport", "GalleryHandler", "GalleryPlan"]
+
+log = logging.getLogger(__name__)
+
+Event = ProductChanged | MediaGalleryChanged
+# Outcomes after which the same event may come back from a dead-letter replay and be applied.
+_REPLAYABLE = {EventOutcome.PARTIAL.value, EventOutcome.DEAD_LETTERED.value}
+
+
+@dataclass
+class BatchReport:
+    """What batches did; the handler adds them up for logs and tests."""
+
+    messages: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    images: Counter[str] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    outcome_events: int = 0
+    rows_written: int = 0
+
+    def add(self, other: BatchReport) -> None:
+        self.messages += other.messages
+        self.outcomes.update(other.outcomes)
+        self.images.update(other.images)
+        self.dead_letters.update(other.dead_letters)
+        self.outcome_events += other.outcome_events
+        self.rows_written += other.rows_written
+
+
+@dataclass
+class _Item:
+    msg: Message
+    event: Event
+
+
+@dataclass
+class _Prepared:
+    messages: int
+    decode_letters: list[DeadLetter]
+    by_sku: dict[str, list[_Item]]
+    states: dict[str, SkuState]
+    seen: dict[str, SeenEvent]
+    objects: dict[str, ObjectInfo | None]  # by file path
+
+
+@dataclass
+class GalleryPlan:
+    """Everything ``write`` needs, derived from the fold; rebuilt without SKUs that fail."""
+
+    messages: int
+    decode_letters: list[DeadLetter]
+    results: dict[str, list[tuple[_Item, EventResult]]]
+    diffs: dict[str, SkuDiff]
+    finals: dict[str, SkuState]
+    images: Counter[str]
+    letters: list[DeadLetter] = field(default_factory=list)
+    outcome_rows: list[OutcomeRow] = field(default_factory=list)
+    request_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    report: BatchReport = field(default_factory=BatchReport)
+    rows: RowCounts = field(default_factory=dict)
+
+
+class GalleryHandler:
+    """The gallery sync, as a handler on the runtime (``streamer consume``)."""
+
+    name = "gallery"
+    dependencies = ("s3",)
+
+    def __init__(
+        self,
+        settings: GallerySettings,
+        topics: TopicSettings,
+        s3: S3Settings,
+        *,
+        codec: Codec,
+        etags: EtagSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.group_id = settings.group_id
+        self.topics = (topics.product_topic, topics.media_topic)
+        self.outcome_topic = topics.outcome_topic
+        self.s3 = s3
+        self.s3_prefix = s3.s3_prefix
+        self.codec = codec
+        self._etags = etags
+        self.rules = FoldRules(
+            max_image_bytes=settings.max_image_bytes,
+            image_limit=settings.image_limit,
+            verify_producer_etag=settings.verify_producer_etag,
+        )
+        self._topic_types = {
+            topics.product_topic: EventType.PRODUCT,
+            topics.media_topic: EventType.MEDIA,
+        }
+        self.report = BatchReport()
+
+    async def start(self, ctx: HandlerContext) -> None:
+        self.ctx = ctx
+        self.metrics = GalleryMetrics(ctx.registry)
+        self.repository = GalleryRepository(ctx.database)
+        self.etags = self._etags or make_etag_source(
+            self.s3, self.settings.etag_source, self.metrics
+        )
+
+    async def stop(self) -> None:
+        self.etags.close()
+
+    # -- 1. decode, state, ETags -------------------------------------------------------
+
+    def _letter(self, msg: Message, error: StreamerError, sku: str | None = None) -> DeadLetter:
+        return self.ctx.dead_letter(msg, error, sku=sku)
+
+    def _decode(self, messages: Sequence[Message]) -> tuple[list[_Item], list[DeadLetter]]:
+        items: list[_Item] = []
+        letters: list[DeadLetter] = []
+        consumed: Counter[tuple[str, str]] = Counter()
+        for msg in messages:
+            topic = msg.topic() or ""
+            try:
+                event = self.codec.decode_event(msg.value())
+            except StreamerError as exc:
+                if exc.retriable:
+                    raise
+                consumed[(topic, "undecodable")] += 1
+                letters.append(self._letter(msg, exc))
+                continue
+            consumed[(topic, event.type.value)] += 1
+            expected = self._topic_types.get(topic)
+            key = msg.key()
+            try:
+                key_text = key.decode("utf-8") if key is not None else None
+            except UnicodeDecodeError:
+                key_text = None
+            if expected is not None and event.type is not expected:
+                err: StreamerError = InvalidEvent(
+                    f"{event.type.value} on topic {topic}, which carries {expected.value}",
+                    reason="wrong_topic",
+                )
+                letters.append(self._letter(msg, err, event.sku))
+            elif key_text is None or key_text.strip() != event.sku:
+                shown = repr(key[:80]) if key is not None else "no key"
+                err = InvalidEvent(
+                    f"message key {shown} is not the event's SKU {event.sku!r} in UTF-8",
+                    reason="key_mismatch",
+                )
+                letters.append(self._letter(msg, err, event.sku))
+            else:
+                items.append(_Item(msg, event))
+        for (topic, event_type), n in consumed.items():
+            self.metrics.events_consumed.labels(topic, event_type).inc(n)
+        return items, letters
+
+    async def prepare(self, batch: Batch) -> _Prepared:
+        items, letters = self._decode(batch.messages)
+        by_sku: dict[str, list[_Item]] = defaultdict(list)
+        for item in items:
+            by_sku[item.event.sku].append(item)
+        states: dict[str, SkuState] = {}
+        seen: dict[str, SeenEvent] = {}
+        if by_sku:
+            started = time.perf_counter()
+            states, seen = await self.ctx.call(
+                "postgres",
+                lambda: self.repository.load(list(by_sku), {i.event.event_id for i in items}),
+            )
+            self.metrics.db_read_latency.observe(time.perf_counter() - started)
+        paths = set().union(
+            *(
+                keys_in_play(states[sku], [i.event for i in its], self.rules)
+                for sku, its in by_sku.items()
+            )
+        )
+        objects = await self._lookup(paths)
+        return _Prepared(len(batch), letters, dict(by_sku), states, seen, objects)
+
+    async def _lookup(self, paths: Collection[str]) -> dict[str, ObjectInfo | None]:
+        if not paths:
+            return {}
+        key_of = {p: s3_key(self.s3_prefix, p) for p in paths}
+        started = time.perf_counter()
+        found = await self.ctx.call("s3", lambda: self.etags.lookup(set(key_of.values())))
+        self.metrics.etag_batch_latency.observe(time.perf_counter() - started)
+        return {p: found.get(key) for p, key in key_of.items()}
+
+    # -- 2. fold and diff ------------------------------------------------------------------
+
+    async def plan(self, prepared: _Prepared) -> GalleryPlan:
+        results: dict[str, list[tuple[_Item, EventResult]]] = {}
+        diffs: dict[str, SkuDiff] = {}
+        finals: dict[str, SkuState] = {}
+        images: Counter[str] = Counter()
+        for sku, sku_items in prepared.by_sku.items():
+            kept, done = self._seen_before(sku_items, prepared.seen)
+            results[sku] = done
+            if not kept:
+                continue
+            state = prepared.states[sku]
+            folded = fold(state, [i.event for i in kept], prepared.objects, self.rules)
+            results[sku].extend(zip(kept, folded.results, strict=True))
+            images.update(folded.image_counts)
+            if folded.unknown_roles:
+                self.metrics.unknown_roles.inc(folded.unknown_roles)
+            d = diff(state, folded.state)
+            if not d.is_noop:
+                diffs[sku] = d
+                finals[sku] = folded.state
+        plan = GalleryPlan(
+            prepared.messages, prepared.decode_letters, results, diffs, finals, images
+        )
+        self._derive(plan)
+        return plan
+
+    @staticmethod
+    def _seen_before(
+        items: list[_Item], seen: Mapping[str, SeenEvent]
+    ) -> tuple[list[_Item], list[tuple[_Item, EventResult]]]:
+        """Events to fold, and those already applied in an earlier batch (duplicates, reused ids)."""
+        kept: list[_Item] = []
+        done: list[tuple[_Item, EventResult]] = []
+        for item in items:
+            prior = seen.get(item.event.event_id)
+            if prior is None or prior.outcome in _REPLAYABLE:
+                kept.append(item)
+            elif prior.fingerprint == fingerprint(item.event):
+                done.append((item, EventResult(item.event, EventOutcome.DUPLICATE)))
+            else:
+                done.append(
+                    (
+                        item,
+                        EventResult(
+                            item.event,
+                            EventOutcome.DEAD_LETTERED,
+                            reason="duplicate_event_id",
+                            message=f"event_id {item.event.event_id} was seen before "
+                            "with a different payload",
+                        ),
+                    )
+                )
+        return kept, done
+
+    def _derive(self, plan: GalleryPlan) -> None:
+        """Outcome rows, request counts, dead letters and the report, from the fold results."""
+        plan.letters = list(plan.decode_letters)
+        plan.outcome_rows = []
+        plan.request_counts = Counter()
+        plan.report = BatchReport(messages=plan.messages, images=Counter(plan.images))
+        plan.report.outcomes[EventOutcome.DEAD_LETTERED.value] += len(plan.decode_letters)
+        for sku_results in plan.results.values():
+            for item, result in sku_results:
+                event, outcome = item.event, result.outcome
+                plan.report.outcomes[outcome.value] += 1
+                if event.request_id:
+                    plan.request_counts[(event.request_id, outcome.value)] += 1
+                recordable = outcome in (EventOutcome.WRITTEN, EventOutcome.PARTIAL) or (
+                    # A reused event_id must not overwrite the row of the event that owns the id.
+                    outcome is EventOutcome.DEAD_LETTERED and result.reason != "duplicate_event_id"
+                )
+                if recordable:
+                    plan.outcome_rows.append(
+                        OutcomeRow(
+                            event_id=event.event_id,
+                            sku=event.sku,
+                            request_id=event.request_id,
+                            outcome=outcome.value,
+                            reason=result.reason,
+                            fingerprint=fingerprint(event),
+                            topic=item.msg.topic() or "",
+                            partition=item.msg.partition() or 0,
+                            offset=item.msg.offset() or 0,
+                        )
+                    )
+                if outcome in (EventOutcome.PARTIAL, EventOutcome.DEAD_LETTERED):
+                    reason = result.reason or "invalid_event"
+                    message = result.message or _describe_invalid(result)
+                    plan.letters.append(
+                        self._letter(item.msg, InvalidEvent(message, reason=reason), event.sku)
+                    )
+
+    def _reject(self, plan: GalleryPlan, bad: Mapping[str, DatabaseDataError]) -> None:
+        """The SKUs whose rows the database refused are dead-lettered instead (in place)."""
+        for sku, error in bad.items():
+            plan.results[sku] = [
+                (
+                    item,
+                    EventResult(
+                        item.event,
+                        EventOutcome.DEAD_LETTERED,
+                        reason=error.reason,
+                        message=error.message,
+                    ),
+                )
+                if r.outcome is not EventOutcome.DUPLICATE
+                else (item, r)
+                for item, r in plan.results[sku]
+            ]
+            plan.diffs.pop(sku, None)
+            plan.finals.pop(sku, None)
+        self._derive(plan)
+
+    # -- 3. write, inside the checkpoint's transaction -------------------------------------
+
+    async def write(self, tx: Transaction, plan: GalleryPlan) -> Output:
+        rows: list[RowCounts] = []
+
+        async def write_skus(skus: Collection[str]) -> None:
+            rows.append(await apply_diffs(tx.conn, [plan.diffs[s] for s in skus]))
+
+        bad = await tx.isolate(list(plan.diffs), write_skus)
+        if bad:
+            self._reject(plan, bad)
+        await record_outcomes(tx.conn, plan.outcome_rows, plan.request_counts)
+        plan.rows = sum(map(Counter, rows), Counter())
+        plan.report.rows_written = sum(plan.rows.values())
+        output = Output(letters=plan.letters, counts=Counter(plan.report.outcomes))
+        for sku, d in plan.diffs.items():
+            if not d.gallery_changed:
+                continue  # a product row alone (name, enabled, a first version) is no gallery change
+            applied = [
+                item.event
+                for item, r in plan.results.get(sku, [])
+                if r.outcome in (EventOutcome.WRITTEN, EventOutcome.PARTIAL)
+            ]
+            record = gallery_updated(d, plan.finals[sku], applied)
+            output.messages.append(
+                OutputMessage(
+                    topic=self.outcome_topic,
+                    value=self.codec.encode_outcome(record, topic=self.outcome_topic),
+                    key=sku.encode(),
+                    token=("outcome", record["event_id"]),
+                )
+            )
+        plan.report.outcome_events = len(output.messages)
+        return output
+
+    def committed(self, plan: GalleryPlan, output: Output) -> None:
+        report = plan.report
+        for letter in plan.letters:
+            report.dead_letters[letter.reason] += 1
+        for outcome, n in report.outcomes.items():
+            self.metrics.events_processed.labels(outcome).inc(n)
+        for result, n in report.images.items():
+            self.metrics.images.labels(result).inc(n)
+        for op, n in plan.rows.items():
+            if n:
+                self.metrics.db_rows_written.labels(op).inc(n)
+        self.metrics.outcome_events.inc(report.outcome_events)
+        self.report.add(report)
+
+
+def _describe_invalid(result: EventResult) -> str:
+    parts = [
+        f"{img.file_path}: {img.invalid_message or img.invalid_reason}"
+        for img in result.invalid_images
+    ]
+    return "; ".join(parts) or (result.reason or "event could not be applied")

@@ -1,0 +1,252 @@
+"""The gallery's tables: the state of a batch's SKUs in, the batch's writes out.
+
+Everything a batch needs crosses the connection a constant number of times: one
+SELECT for the SKUs' products, one for their images, one for the event ids seen
+before, and one statement per kind of row written, whatever the batch size
+(set-based ``unnest`` writes, arrays in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from streamer.gallery.diff import SkuDiff
+from streamer.gallery.state import SkuState, StoredImage
+from streamer.runtime.database import Database, converted
+
+__all__ = ["GalleryRepository", "OutcomeRow", "RowCounts", "SeenEvent"]
+
+RowCounts = dict[str, int]
+
+_SELECT_PRODUCTS = """
+SELECT sku, product_version, gallery_version, deleted, name, enabled
+FROM products WHERE sku = ANY($1::text[])
+"""
+_SELECT_IMAGES = """
+SELECT sku, file_path, etag, size_bytes, content_type, label, position, disabled, roles, content_version
+FROM gallery_images WHERE sku = ANY($1::text[])
+"""
+_SELECT_SEEN = """
+SELECT event_id::text AS event_id, fingerprint, outcome
+FROM event_outcomes WHERE event_id = ANY($1::uuid[])
+"""
+_UPSERT_PRODUCT = """
+INSERT INTO products (sku, product_version, gallery_version, deleted, name, enabled)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::text[], $6::bool[])
+ON CONFLICT (sku) DO UPDATE SET
+    product_version = EXCLUDED.product_version, gallery_version = EXCLUDED.gallery_version,
+    deleted = EXCLUDED.deleted, name = EXCLUDED.name, enabled = EXCLUDED.enabled,
+    row_version = products.row_version + 1, updated_at = now()
+"""
+# Roles travel comma-joined (managed role names never contain a comma): unnest
+# cannot take an array of variable-length arrays.
+_UPSERT_IMAGE = """
+INSERT INTO gallery_images
+    (sku, file_path, etag, size_bytes, content_type, label, position, disabled, roles, content_version)
+SELECT sku, file_path, etag, size_bytes, content_type, label, position, disabled,
+       string_to_array(roles, ','), content_version
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+            $7::int[], $8::bool[], $9::text[], $10::int[])
+    AS t(sku, file_path, etag, size_bytes, content_type, label, position, disabled, roles,
+         content_version)
+ON CONFLICT (sku, file_path) DO UPDATE SET
+    etag = EXCLUDED.etag, size_bytes = EXCLUDED.size_bytes, content_type = EXCLUDED.content_type,
+    label = EXCLUDED.label, position = EXCLUDED.position, disabled = EXCLUDED.disabled,
+    roles = EXCLUDED.roles, content_version = EXCLUDED.content_version,
+    row_version = gallery_images.row_version + 1, updated_at = now()
+"""
+_DELETE_IMAGES = """
+DELETE FROM gallery_images g
+USING unnest($1::text[], $2::text[]) AS t(sku, file_path)
+WHERE g.sku = t.sku AND g.file_path = t.file_path
+"""
+_INSERT_OUTCOME = """
+INSERT INTO event_outcomes
+    (event_id, sku, request_id, outcome, reason, fingerprint, topic, partition, "offset")
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::int[], $9::bigint[])
+ON CONFLICT (event_id) DO UPDATE SET
+    outcome = EXCLUDED.outcome, reason = EXCLUDED.reason, fingerprint = EXCLUDED.fingerprint,
+    topic = EXCLUDED.topic, partition = EXCLUDED.partition, "offset" = EXCLUDED."offset",
+    applications = event_outcomes.applications + 1, recorded_at = now()
+"""
+_COUNT_REQUESTS = """
+INSERT INTO request_outcomes (request_id, outcome, events)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+ON CONFLICT (request_id, outcome) DO UPDATE SET
+    events = request_outcomes.events + EXCLUDED.events, updated_at = now()
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SeenEvent:
+    fingerprint: str | None
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRow:
+    event_id: str
+    sku: str | None
+    request_id: str | None
+    outcome: str
+    reason: str | None
+    fingerprint: str | None
+    topic: str
+    partition: int
+    offset: int
+
+
+def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows to one array per column, for ``unnest``."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _image(row: Mapping[str, Any]) -> StoredImage:
+    return StoredImage(
+        file_path=row["file_path"],
+        etag=row["etag"],
+        size=row["size_bytes"],
+        content_type=row["content_type"],
+        label=row["label"],
+        position=row["position"],
+        disabled=row["disabled"],
+        roles=tuple(row["roles"]),
+        content_version=row["content_version"],
+    )
+
+
+class GalleryRepository:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def load(
+        self, skus: Collection[str], event_ids: Collection[str]
+    ) -> tuple[dict[str, SkuState], dict[str, SeenEvent]]:
+        """Stored state of every SKU (unknown SKUs get an empty state) and the event ids seen.
+
+        Two independent reads on two pooled connections, in parallel. If one fails the
+        other is cancelled, so the error surfaces as itself, not as a group.
+        """
+        states_task = asyncio.ensure_future(self.load_states(skus))
+        try:
+            seen = await self.seen_events(event_ids)
+            states = await states_task
+        finally:
+            if not states_task.done():
+                states_task.cancel()
+                await asyncio.gather(states_task, return_exceptions=True)
+        return states, seen
+
+    async def load_states(self, skus: Collection[str]) -> dict[str, SkuState]:
+        keys = list(skus)
+        async with self.database.acquire() as conn:
+            products = await conn.fetch(_SELECT_PRODUCTS, keys)
+            images = await conn.fetch(_SELECT_IMAGES, keys)
+        by_sku: dict[str, dict[str, StoredImage]] = {}
+        for row in images:
+            by_sku.setdefault(row["sku"], {})[row["file_path"]] = _image(row)
+        states = {sku: SkuState(sku=sku) for sku in keys}
+        for row in products:
+            sku = row["sku"]
+            states[sku] = SkuState(
+                sku=sku,
+                product_version=row["product_version"],
+                gallery_version=row["gallery_version"],
+                deleted=row["deleted"],
+                name=row["name"],
+                enabled=row["enabled"],
+                images=by_sku.get(sku, {}),
+                exists=True,
+            )
+        return states
+
+    async def seen_events(self, event_ids: Collection[str]) -> dict[str, SeenEvent]:
+        if not event_ids:
+            return {}
+        rows = await self.database.fetch(_SELECT_SEEN, list(event_ids))
+        return {r["event_id"]: SeenEvent(r["fingerprint"], r["outcome"]) for r in rows}
+
+
+async def apply_diffs(conn: asyncpg.Connection, diffs: Iterable[SkuDiff]) -> RowCounts:
+    """Write the diffs of a batch (or of one SKU, when the checkpoint isolates a data error)."""
+    products: list[tuple[Any, ...]] = []
+    images: list[tuple[Any, ...]] = []
+    deletes: list[tuple[str, str]] = []
+    counts = {"insert": 0, "update": 0, "delete": 0}
+    for d in diffs:
+        if d.product is not None:
+            p = d.product
+            products.append(
+                (p.sku, p.product_version, p.gallery_version, p.deleted, p.name, p.enabled)
+            )
+        for img in (*d.inserts, *d.content_changes, *d.metadata_changes):
+            images.append(
+                (
+                    d.sku,
+                    img.file_path,
+                    img.etag,
+                    img.size,
+                    img.content_type,
+                    img.label,
+                    img.position,
+                    img.disabled,
+                    ",".join(img.roles),
+                    img.content_version,
+                )
+            )
+        deletes.extend((d.sku, path) for path in d.removes)
+        counts["insert"] += len(d.inserts)
+        counts["update"] += len(d.content_changes) + len(d.metadata_changes)
+        counts["delete"] += len(d.removes)
+    async with converted():
+        if products:
+            await conn.execute(_UPSERT_PRODUCT, *_columns(products))
+        if deletes:
+            await conn.execute(_DELETE_IMAGES, *_columns(deletes))
+        if images:
+            await conn.execute(_UPSERT_IMAGE, *_columns(images))
+    return counts
+
+
+async def record_outcomes(
+    conn: asyncpg.Connection,
+    rows: Sequence[OutcomeRow],
+    request_counts: Mapping[tuple[str, str], int],
+) -> None:
+    async with converted():
+        if rows:
+            # Last row per event_id: one statement cannot upsert the same key twice.
+            latest = {r.event_id: r for r in rows}
+            await conn.execute(
+                _INSERT_OUTCOME,
+                *_columns(
+                    [
+                        (
+                            r.event_id,
+                            r.sku,
+                            r.request_id,
+                            r.outcome,
+                            r.reason,
+                            r.fingerprint,
+                            r.topic,
+                            r.partition,
+                            r.offset,
+                        )
+                        for r in latest.values()
+                    ]
+                ),
+            )
+        if request_counts:
+            keys = list(request_counts)
+            await conn.execute(
+                _COUNT_REQUESTS,
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [request_counts[k] for k in keys],
+            )

@@ -1,0 +1,1 @@
+"""Operations: what operators run beside the jobs (topics, schema, status)."""

@@ -1,0 +1,17 @@
+"""Every metric any streamer process can export, for checks of dashboards and alert rules."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from streamer.gallery.metrics import GalleryMetrics
+from streamer.runtime.metrics import RuntimeMetrics, new_registry
+
+__all__ = ["registry_with_every_metric"]
+
+
+def registry_with_every_metric() -> CollectorRegistry:
+    registry = new_registry()
+    RuntimeMetrics(registry)
+    GalleryMetrics(registry)
+    return registry

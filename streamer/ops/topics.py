@@ -1,0 +1,54 @@
+"""Creating the topics streamer uses; existing ones are reported, not an error."""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from streamer.errors import BrokerUnavailable, StreamerError
+from streamer.settings import Settings
+
+__all__ = ["create_topics", "topic_names"]
+
+
+def topic_names(settings: Settings) -> list[str]:
+    t = settings.topics
+    return [t.product_topic, t.media_topic, t.outcome_topic, settings.runtime.dlq_topic]
+
+
+def create_topics(
+    settings: Settings,
+    *,
+    partitions: int | None = None,
+    replication_factor: int | None = None,
+    timeout_s: float = 15.0,
+) -> dict[str, str]:
+    """topic -> "created" or "exists"."""
+    kafka = settings.kafka
+    admin = AdminClient(kafka.client_config())
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {kafka.kafka_bootstrap} within {timeout_s:.0f}s: {exc}"
+        ) from exc
+    new = [
+        NewTopic(
+            name,
+            num_partitions=partitions or kafka.topic_partitions,
+            replication_factor=replication_factor or kafka.topic_replication_factor,
+        )
+        for name in topic_names(settings)
+    ]
+    status: dict[str, str] = {}
+    for name, future in admin.create_topics(new, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+            status[name] = "created"
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                status[name] = "exists"
+            else:
+                raise StreamerError(f"could not create topic {name!r}: {exc}") from exc
+    return status

@@ -1,0 +1,248 @@
+"""Reading the dead-letter topic back, and replaying dead letters to their original topic.
+
+A replay sends the original message back to its topic with ``streamer.replay.*``
+headers (attempts so far, first failure, where it came from) and records the dead
+letter's position in PostgreSQL, so a second replay does not send it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import asyncpg
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from streamer.errors import BrokerUnavailable, ConfigError
+from streamer.runtime.database import connect
+from streamer.runtime.deadletters import REPLAY_PREFIX, DeadLetterRecord
+from streamer.runtime.publisher import Publisher
+from streamer.runtime.settings import DatabaseSettings, KafkaSettings
+
+__all__ = [
+    "DeadLetterFilter",
+    "ReplayResult",
+    "read_dead_letters",
+    "replay_dead_letters",
+    "replay_headers",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters a listing or a replay is about; unset fields match everything."""
+
+    reason: str | None = None
+    sku: str | None = None
+    topic: str | None = None
+    job: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def matches(self, record: DeadLetterRecord) -> bool:
+        if self.reason and record.reason != self.reason:
+            return False
+        key = record.key.decode("utf-8", "replace") if record.key is not None else None
+        if self.sku and record.sku != self.sku and key != self.sku:
+            return False
+        if self.topic and record.topic != self.topic:
+            return False
+        if self.job and record.job != self.job:
+            return False
+        when = record.last_failure_ms or 0
+        if self.since_ms is not None and when < self.since_ms:
+            return False
+        return not (self.until_ms is not None and when > self.until_ms)
+
+
+def read_dead_letters(
+    kafka: KafkaSettings, topic: str, *, timeout_s: float = 10.0, idle_s: float = 0.5
+) -> Iterator[DeadLetterRecord]:
+    """Every dead letter in the topic, from each partition's low watermark to its end.
+
+    A plain assigned consumer: no group membership, nothing committed. High
+    watermarks alone are not trusted as the end (the Tansu dev broker reports them
+    short when records share a batch), so reading goes on past them until the topic
+    stays quiet for ``idle_s``. ``timeout_s`` bounds the time without progress, not
+    the whole read, so a large topic is read to the end; a read that stalls short of
+    the watermarks stops with a warning naming the partitions left unread.
+    """
+    consumer = Consumer(
+        kafka.client_config(
+            **{
+                "group.id": f"streamer-dlq-reader-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "fetch.wait.max.ms": kafka.fetch_wait_max_ms,
+                "enable.partition.eof": False,
+            }
+        )
+    )
+    try:
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {kafka.kafka_bootstrap}: {exc}"
+            ) from exc
+        if meta is None or meta.error is not None:
+            return
+        ends: dict[int, int] = {}
+        positions: dict[int, int] = {}
+        for p in meta.partitions:
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=timeout_s
+                )
+            except KafkaException as exc:
+                raise BrokerUnavailable(f"cannot read the offsets of {topic}[{p}]: {exc}") from exc
+            ends[p] = high
+            positions[p] = max(low, 0)
+        assignment = [TopicPartition(topic, p, offset) for p, offset in positions.items()]
+        consumer.assign(assignment)
+        quiet_since = time.monotonic()
+        while True:
+            batch = consumer.consume(500, 0.1)
+            for msg in batch:
+                if msg.error() is not None:
+                    continue
+                positions[msg.partition() or 0] = (msg.offset() or 0) + 1
+                yield DeadLetterRecord.from_message(msg)
+            now = time.monotonic()
+            if batch:
+                quiet_since = now
+                continue
+            # The consumer's position also moves past records it never hands out
+            # (transaction markers), which message offsets alone would miss.
+            for tp in consumer.position(assignment):
+                if tp.offset >= 0:
+                    positions[tp.partition] = max(positions[tp.partition], tp.offset)
+            short = {p: (positions[p], end) for p, end in ends.items() if positions[p] < end}
+            if not short and now - quiet_since >= idle_s:
+                return
+            if now - quiet_since >= timeout_s:
+                log.warning(
+                    "reading %s stalled for %.0fs short of its end: %s",
+                    topic,
+                    timeout_s,
+                    ", ".join(f"[{p}] at {at} of {end}" for p, (at, end) in sorted(short.items())),
+                )
+                return
+    finally:
+        consumer.close()
+
+
+@dataclass
+class ReplayResult:
+    matched: int = 0
+    replayed: int = 0
+    already_replayed: int = 0
+    records: list[DeadLetterRecord] = field(default_factory=list)
+    end_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+def replay_headers(record: DeadLetterRecord) -> list[tuple[str, bytes]]:
+    """The original headers plus where the message comes from and how often it failed."""
+    return [
+        *((k, v) for k, v in record.original_headers if not k.startswith(REPLAY_PREFIX)),
+        (REPLAY_PREFIX + "attempts", str(record.attempts).encode()),
+        (REPLAY_PREFIX + "first_failure", str(record.first_failure_ms or "").encode()),
+        (REPLAY_PREFIX + "from", f"dlq:{record.dlq_partition}:{record.dlq_offset}".encode()),
+    ]
+
+
+_CLAIM = """
+INSERT INTO dead_letter_replays (dlq_topic, dlq_partition, dlq_offset, target_topic)
+SELECT $1, p, o, t FROM unnest($2::int[], $3::bigint[], $4::text[]) AS c(p, o, t)
+ON CONFLICT DO NOTHING
+RETURNING dlq_partition, dlq_offset
+"""
+
+
+async def replay_dead_letters(
+    kafka: KafkaSettings,
+    database: DatabaseSettings,
+    topic: str,
+    chosen: DeadLetterFilter | list[DeadLetterRecord],
+    *,
+    dry_run: bool = False,
+) -> ReplayResult:
+    """Send matching dead letters back to their original topic, each at most once.
+
+    ``chosen`` is a filter over the whole topic, or records already read (the
+    console replays a selection). The rows of ``dead_letter_replays`` are claimed
+    in a transaction that stays open until every replayed message is acknowledged
+    by the broker: a failed delivery rolls the claims back (the next run sends
+    them again), and a second replay running at the same time waits on the claimed
+    rows and then skips them.
+    """
+    loop = asyncio.get_running_loop()
+    if isinstance(chosen, DeadLetterFilter):
+        wanted = chosen
+        letters = await loop.run_in_executor(None, lambda: list(read_dead_letters(kafka, topic)))
+        records = [r for r in letters if wanted.matches(r)]
+    else:
+        records = chosen
+    result = ReplayResult(matched=len(records))
+    if not records:
+        return result
+    async with connect(database.dsn) as conn:
+        if dry_run:
+            async with _table_required():
+                done_rows = await conn.fetch(
+                    "SELECT dlq_partition, dlq_offset FROM dead_letter_replays"
+                    " WHERE dlq_topic = $1",
+                    topic,
+                )
+            done = {(r["dlq_partition"], r["dlq_offset"]) for r in done_rows}
+            result.records = [r for r in records if (r.dlq_partition, r.dlq_offset) not in done]
+            result.already_replayed = len(records) - len(result.records)
+            return result
+
+        def send(todo: list[DeadLetterRecord]) -> dict[tuple[str, int], int]:
+            with Publisher(kafka) as publisher:
+                for r in todo:
+                    publisher.produce(
+                        r.topic,
+                        r.value,
+                        key=r.key,
+                        headers=replay_headers(r),
+                        timestamp_ms=r.timestamp_ms,
+                    )
+                publisher.flush()
+                return dict(publisher.end_offsets)
+
+        async with _table_required(), conn.transaction():
+            claimed_rows = await conn.fetch(
+                _CLAIM,
+                topic,
+                [r.dlq_partition for r in records],
+                [r.dlq_offset for r in records],
+                [r.topic for r in records],
+            )
+            claimed = {(row["dlq_partition"], row["dlq_offset"]) for row in claimed_rows}
+            todo = [r for r in records if (r.dlq_partition, r.dlq_offset) in claimed]
+            if todo:
+                result.end_offsets = await loop.run_in_executor(None, send, todo)
+    result.records = todo
+    result.replayed = len(todo)
+    result.already_replayed = len(records) - len(todo)
+    return result
+
+
+@asynccontextmanager
+async def _table_required() -> AsyncIterator[None]:
+    try:
+        yield
+    except asyncpg.UndefinedTableError as exc:
+        raise ConfigError(
+            "table dead_letter_replays does not exist in this database; "
+            "run `streamer db migrate` first"
+        ) from exc

@@ -1,0 +1,97 @@
+"""Retries with exponential backoff and full jitter, bounded; only for errors that say they may pass."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from streamer.errors import StreamerError
+from streamer.runtime.settings import RuntimeSettings
+
+if TYPE_CHECKING:
+    from streamer.runtime.circuit import CircuitBreaker
+    from streamer.runtime.metrics import RuntimeMetrics
+
+__all__ = ["RetryPolicy", "retry_async"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    initial_backoff_ms: int = 300
+    max_backoff_ms: int = 30_000
+    max_attempts: int = 5
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.initial_backoff_ms < 0 or self.max_backoff_ms < 0:
+            raise ValueError(f"invalid retry policy {self!r}: attempts >= 1, backoffs >= 0")
+
+    @classmethod
+    def from_settings(cls, s: RuntimeSettings) -> RetryPolicy:
+        return cls(s.retry_initial_backoff_ms, s.retry_max_backoff_ms, s.retry_max_attempts)
+
+    def backoff_s(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Full jitter (AWS architecture blog): uniform over [0, min(cap, base * 2^(n-1))].
+
+        Full rather than equal jitter so that a consumer group's members, all hit by the
+        same outage, spread their retries instead of hammering the dependency in step.
+        """
+        ceiling_ms = min(self.max_backoff_ms, self.initial_backoff_ms * 2 ** max(0, attempt - 1))
+        return (rng or random).uniform(0, ceiling_ms) / 1000
+
+
+async def retry_async(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    dependency: str,
+    policy: RetryPolicy,
+    breaker: CircuitBreaker | None = None,
+    metrics: RuntimeMetrics | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """Call ``fn`` until it succeeds, a non-retriable error occurs, or retrying is pointless.
+
+    Only errors that say ``retriable`` are retried. A non-retriable ``StreamerError``
+    proves the dependency answered, so it counts as a success for the breaker (it
+    must not wedge a half-open probe). ``CircuitOpenError`` is raised without calling
+    ``fn`` when the breaker refuses; once the breaker opens during the retries, or
+    after ``policy.max_attempts`` calls, the last error is re-raised.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        if breaker is not None:
+            breaker.check()
+        try:
+            result = await fn()
+        except StreamerError as exc:
+            if not exc.retriable:
+                if breaker is not None:
+                    breaker.record_success()
+                raise
+            if breaker is not None and getattr(exc, "dependency", dependency) == dependency:
+                breaker.record_failure(exc.message)
+            if attempt >= policy.max_attempts or (breaker is not None and breaker.state == "open"):
+                raise
+            delay = policy.backoff_s(attempt)
+            if metrics is not None:
+                metrics.retries.labels(dependency).inc()
+            log.warning(
+                "%s failed (attempt %d of %d), retrying in %.2fs: %s",
+                dependency,
+                attempt,
+                policy.max_attempts,
+                delay,
+                exc,
+            )
+            await sleep(delay)
+            continue
+        if breaker is not None:
+            breaker.record_success()
+        return result

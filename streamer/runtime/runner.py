@@ -1,0 +1,459 @@
+"""The batch loop: one member of a job's consumer group, around the job's handler.
+
+Poll a batch (bounded by count and wait), keep what this worker owns, hand it to the
+handler and the checkpoint, mirror the committed offsets to Kafka. While a dependency
+is down the worker keeps the batch in hand, pauses every assigned partition and keeps
+polling (so it stays in the group), then retries the same batch when the circuit
+breaker lets a probe through or the error's retry-after has passed.
+
+SIGTERM/SIGINT (or ``stop``) start a drain bounded by ``STREAMER_SHUTDOWN_GRACE_S``
+from the moment of the signal: the batch in hand is finished and committed if it can
+be within the bound, otherwise abandoned uncommitted (its messages are redelivered);
+then the group is left, as far as the rest of the bound allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from confluent_kafka import Message
+from prometheus_client import CollectorRegistry
+
+from streamer.errors import DependencyUnavailable, FencedError, StreamerError
+from streamer.runtime.checkpoint import Checkpoint
+from streamer.runtime.circuit import CircuitBreaker
+from streamer.runtime.database import Database
+from streamer.runtime.handler import Batch, Handler, HandlerContext, Output
+from streamer.runtime.health import HealthServer, Readiness
+from streamer.runtime.kafka import ConsumerThread
+from streamer.runtime.logs import set_process_fields
+from streamer.runtime.metrics import RuntimeMetrics, new_registry
+from streamer.runtime.ownership import OffsetStore, Partitions
+from streamer.runtime.publisher import Publisher
+from streamer.runtime.retry import RetryPolicy, retry_async
+from streamer.runtime.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
+
+__all__ = ["Runner", "RunnerStats"]
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P")
+T = TypeVar("T")
+TP = tuple[str, int]
+# The runtime's own dependencies: offsets live in PostgreSQL, outputs go to Kafka.
+RUNTIME_DEPENDENCIES = ("postgres", "kafka")
+
+
+@dataclass
+class RunnerStats:
+    batches: int = 0
+    messages: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)
+    rebalances: int = 0
+    fenced_batches: int = 0
+    outage_waits: int = 0
+    abandoned_batches: int = 0
+
+
+class Runner(Generic[P]):
+    """``await run(stop)`` until ``stop`` is set or a signal arrives."""
+
+    def __init__(
+        self,
+        handler: Handler[Any, P],
+        *,
+        kafka: KafkaSettings,
+        database: DatabaseSettings,
+        runtime: RuntimeSettings,
+        registry: CollectorRegistry | None = None,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        self.handler = handler
+        self.kafka_settings = kafka
+        self.settings = runtime
+        self.registry = registry if registry is not None else new_registry()
+        dependencies = list(dict.fromkeys([*handler.dependencies, *RUNTIME_DEPENDENCIES]))
+        self.metrics = RuntimeMetrics(self.registry, dependencies)
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stats = RunnerStats()
+        self.health_port: int | None = None
+        self.database = Database(database)
+        self.offsets = OffsetStore(self.database, handler.group_id, self.owner)
+        self.publisher = Publisher(kafka)
+        self.partitions = Partitions()
+        self.policy = RetryPolicy.from_settings(runtime)
+        self.breakers = {
+            dep: CircuitBreaker(
+                dep,
+                failure_threshold=runtime.circuit_failure_threshold,
+                reset_timeout_s=runtime.circuit_reset_timeout_s,
+                metrics=self.metrics,
+            )
+            for dep in dependencies
+        }
+        self.checkpoint = Checkpoint(
+            self.offsets,
+            self.publisher,
+            dlq_topic=runtime.dlq_topic,
+            dlq_max_value_bytes=runtime.dlq_max_value_bytes,
+            delivery_timeout_s=kafka.delivery_timeout_ms / 1000,
+            call=self.call,
+        )
+        self.consumer = ConsumerThread(self._consumer_config(), self)
+        self._install_signals = install_signal_handlers
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._heartbeat = time.monotonic()
+        self._started = False
+
+    # -- what handlers and the checkpoint call -----------------------------------------
+
+    async def call(self, dependency: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """``fn`` with retries, counted by the dependency's circuit breaker."""
+        return await retry_async(
+            fn,
+            dependency=dependency,
+            policy=self.policy,
+            breaker=self.breakers.get(dependency),
+            metrics=self.metrics,
+        )
+
+    # -- ownership: called on the Kafka thread during consume() ------------------------
+
+    def _consumer_config(self) -> dict[str, Any]:
+        k = self.kafka_settings
+        return k.client_config(
+            **{
+                "group.id": self.handler.group_id,
+                "client.id": self.owner,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "fetch.wait.max.ms": k.fetch_wait_max_ms,
+                "session.timeout.ms": k.session_timeout_ms,
+                "heartbeat.interval.ms": max(100, k.session_timeout_ms // 6),
+                "max.poll.interval.ms": k.max_poll_interval_ms,
+                "enable.partition.eof": False,
+            }
+        )
+
+    def on_assign(self, partitions: list[TP]) -> dict[TP, int] | None:
+        """Claim in PostgreSQL (epoch + 1) and start each partition at its stored offset."""
+        assert self._loop is not None
+        self.metrics.rebalances.labels("assign").inc()
+        self.stats.rebalances += 1
+        deadline = time.monotonic() + max(5.0, self.kafka_settings.session_timeout_ms / 1000)
+        while True:
+            future = asyncio.run_coroutine_threadsafe(self.offsets.claim(partitions), self._loop)
+            try:
+                claims = future.result(timeout=self.database.timeout_s * 2)
+                break
+            except (StreamerError, TimeoutError) as exc:
+                future.cancel()
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "could not claim assigned partitions yet (%s); holding them paused", exc
+                    )
+                    self.partitions.unclaimed.update(partitions)
+                    self._update_partition_gauges()
+                    return None
+                log.warning("claiming partitions failed, retrying: %s", exc)
+                time.sleep(0.5)
+        for claim in claims:
+            self.partitions.own(claim)
+        self._update_partition_gauges()
+        return {(c.topic, c.partition): c.next_offset for c in claims}
+
+    def on_revoke(self, partitions: list[TP], kind: str) -> None:
+        self.metrics.rebalances.labels(kind).inc()
+        self.stats.rebalances += 1
+        self.partitions.drop(partitions)
+        for topic, partition in partitions:
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(topic, str(partition))
+        log.info("%s %s", kind, ", ".join(f"{t}[{p}]" for t, p in partitions))
+        self._update_partition_gauges()
+
+    async def _claim_late(self) -> None:
+        """Claim partitions whose claim failed during the rebalance, then seek and resume them."""
+        try:
+            claims = await self.offsets.claim(sorted(self.partitions.unclaimed))
+        except StreamerError as exc:
+            log.debug("late claim still failing: %s", exc)
+            return
+        starts = {}
+        for claim in claims:
+            if (claim.topic, claim.partition) in self.partitions.unclaimed:
+                self.partitions.own(claim)
+                starts[(claim.topic, claim.partition)] = claim.next_offset
+        await self.consumer.resume_claimed(starts)
+        self._update_partition_gauges()
+
+    def _update_partition_gauges(self) -> None:
+        owned = len(self.partitions.epochs)
+        self.metrics.assigned_partitions.set(owned)
+        self.metrics.paused_partitions.set(owned if self.consumer.paused else 0)
+
+    def _usable(self, message: Message) -> bool:
+        """Ours to apply: of a partition we own, and not applied before."""
+        tp = (message.topic() or "", message.partition() or 0)
+        return self.partitions.owns(tp, message.offset() or 0)
+
+    async def _set_paused(self, paused: bool) -> None:
+        await self.consumer.set_paused(list(self.partitions.epochs), paused)
+        self._update_partition_gauges()
+
+    # -- health ------------------------------------------------------------------------
+
+    def liveness(self) -> bool:
+        limit_s = max(60.0, self.kafka_settings.max_poll_interval_ms / 1000)
+        return time.monotonic() - self._heartbeat < limit_s
+
+    def readiness(self) -> Readiness:
+        reasons = []
+        if not self.consumer.started:
+            reasons.append("consumer not started")
+        elif not self.partitions.epochs:
+            reasons.append("no partitions assigned")
+        for dep, breaker in self.breakers.items():
+            if breaker.state == "open":
+                detail = f": {breaker.last_error}" if breaker.last_error else ""
+                reasons.append(f"circuit {dep} open{detail}")
+        return Readiness(ready=not reasons, reasons=tuple(reasons))
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, stop: asyncio.Event | None = None) -> RunnerStats:
+        """Consume until stopped; see the module docstring for how the stop is bounded."""
+        self._loop = asyncio.get_running_loop()
+        if stop is not None:
+            self._stop = stop
+        if self._install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self._stop.set)
+        set_process_fields(job=self.handler.name, group=self.handler.group_id)
+        health = self._start_health()
+        stop_deadline: float | None = None
+        try:
+            if not await self._start():
+                return self.stats
+            main = asyncio.create_task(self._consume_loop())
+            stopping = asyncio.create_task(self._stop.wait())
+            try:
+                await asyncio.wait({main, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+            if main.done():
+                main.result()
+            else:
+                stop_deadline = time.monotonic() + self.settings.shutdown_grace_s
+                await self._drain(main, stop_deadline)
+        finally:
+            await self._shutdown(stop_deadline, health)
+        return self.stats
+
+    def _start_health(self) -> HealthServer | None:
+        s = self.settings
+        if not s.metrics_port:
+            return None
+        health = HealthServer(
+            self.registry,
+            host=s.metrics_host,
+            port=s.metrics_port,
+            liveness=self.liveness,
+            readiness=self.readiness,
+        )
+        self.health_port = health.start()
+        return health
+
+    async def _start(self) -> bool:
+        """Database (waited for), publisher, handler, subscription; False if stopped meanwhile."""
+        while True:
+            try:
+                await self.database.start()
+                break
+            except DependencyUnavailable as exc:
+                log.warning("PostgreSQL not reachable yet, retrying: %s", exc)
+                try:
+                    await asyncio.wait_for(
+                        self._stop.wait(), timeout=self.settings.circuit_reset_timeout_s
+                    )
+                    return False
+                except TimeoutError:
+                    continue
+        self.publisher.start()
+        await self.handler.start(
+            HandlerContext(
+                job=self.handler.name,
+                group_id=self.handler.group_id,
+                registry=self.registry,
+                database=self.database,
+                call=self.call,
+            )
+        )
+        self._started = True
+        await self.consumer.start(self.handler.topics)
+        return True
+
+    async def _drain(self, main: asyncio.Task[None], deadline: float) -> None:
+        """Let the batch in hand finish within the bound; abandon it uncommitted otherwise."""
+        # Keep a fifth of the bound (at most 5 s) for leaving the group.
+        reserve = min(5.0, self.settings.shutdown_grace_s / 5)
+        done, _ = await asyncio.wait(
+            {main}, timeout=max(0.0, deadline - reserve - time.monotonic())
+        )
+        if done:
+            main.result()
+            return
+        self.stats.abandoned_batches += 1
+        log.warning(
+            "the batch in hand did not finish within the shutdown bound (%.0fs); "
+            "it is left uncommitted and will be consumed again",
+            self.settings.shutdown_grace_s,
+        )
+        main.cancel()
+        await asyncio.gather(main, return_exceptions=True)
+
+    async def _consume_loop(self) -> None:
+        s = self.settings
+        last_lag = 0.0
+        while not self._stop.is_set():
+            raw = await self.consumer.consume(s.batch_max_events, s.batch_max_wait_ms / 1000)
+            self._heartbeat = time.monotonic()
+            if self.partitions.unclaimed:
+                await self._claim_late()
+            batch = Batch(raw).keep(self._usable)
+            if batch.messages:
+                await self._handle(batch)
+            if time.monotonic() - last_lag >= s.lag_refresh_s:
+                last_lag = time.monotonic()
+                await self._refresh_lag()
+
+    async def _handle(self, batch: Batch) -> None:
+        """Process one batch, waiting out outages with partitions paused; gives up only on stop."""
+        started = time.perf_counter()
+        outage_started: float | None = None
+        consumed = Counter(m.topic() or "" for m in batch.messages)
+        for topic, n in consumed.items():
+            self.metrics.messages_consumed.labels(topic).inc(n)
+        while batch.messages:
+            try:
+                prepared = await self.handler.prepare(batch)
+                plan = await self.handler.plan(prepared)
+                epochs = dict(self.partitions.epochs)
+                commit = functools.partial(
+                    self.checkpoint.commit, batch, epochs, self.handler, plan
+                )
+                output: Output = await self.call("postgres", commit)
+            except FencedError as exc:
+                self.stats.fenced_batches += 1
+                self.metrics.fenced.inc()
+                log.warning("batch fenced, dropping partitions we no longer own: %s", exc)
+                self.partitions.drop(exc.partitions)
+                self._update_partition_gauges()
+                batch = batch.keep(self._usable)
+                continue
+            except DependencyUnavailable as exc:
+                if outage_started is None:
+                    outage_started = time.monotonic()
+                    self.stats.outage_waits += 1
+                    log.warning("dependency unavailable, pausing partitions: %s", exc)
+                    await self._set_paused(True)
+                if self._stop.is_set():
+                    log.warning("stopping during an outage: the batch in hand is left uncommitted")
+                    return
+                await self._idle(exc.retry_after_s or self.settings.circuit_reset_timeout_s)
+                batch = batch.keep(self._usable)
+                continue
+            if outage_started is not None:
+                log.info("dependency back after %.1fs, resuming", time.monotonic() - outage_started)
+            self._committed(batch, plan, output, started)
+            await self.consumer.mirror_commit(batch.next_offsets)
+            break
+        if self.consumer.paused:
+            await self._set_paused(False)
+
+    def _committed(self, batch: Batch, plan: P, output: Output, started: float) -> None:
+        self.partitions.passed(batch.next_offsets)
+        self.handler.committed(plan, output)
+        self.stats.batches += 1
+        self.stats.messages += len(batch)
+        self.stats.counts.update(output.counts)
+        for letter in output.letters:
+            self.stats.dead_letters[letter.reason] += 1
+            self.metrics.dead_letters.labels(letter.reason).inc()
+            log.info(
+                "dead-lettered: %s",
+                letter.message,
+                extra={
+                    "topic": letter.topic,
+                    "partition": letter.partition,
+                    "offset": letter.offset,
+                    "sku": letter.sku,
+                    "reason": letter.reason,
+                },
+            )
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_duration.observe(time.perf_counter() - started)
+        self.metrics.last_commit.set(time.time())
+
+    async def _idle(self, seconds: float) -> None:
+        """Keep polling (partitions paused) so the group keeps this member while we wait."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._stop.is_set():
+            stray = await self.consumer.consume(
+                100, min(0.2, max(0.01, deadline - time.monotonic()))
+            )
+            self._heartbeat = time.monotonic()
+            if stray:
+                log.debug(
+                    "%d messages arrived while paused; they will be fetched again", len(stray)
+                )
+                await self.consumer.seek_back(Batch(stray).keep(self._usable).messages)
+
+    async def _refresh_lag(self) -> None:
+        lags = await self.consumer.lag(list(self.partitions.epochs), dict(self.partitions.floors))
+        for (topic, partition), lag in lags.items():
+            self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+
+    async def _shutdown(self, deadline: float | None, health: HealthServer | None) -> None:
+        remaining = (
+            self.settings.shutdown_grace_s if deadline is None else deadline - time.monotonic()
+        )
+        await self.consumer.close(timeout_s=max(1.0, remaining))
+        try:
+            self.publisher.close(timeout_s=min(5.0, max(1.0, remaining)))
+        except StreamerError as exc:
+            log.warning("closing the publisher: %s", exc)
+        if self._started:
+            await self.handler.stop()
+        await self.database.stop()
+        if health is not None:
+            health.stop()
+        s = self.stats
+        log.info(
+            "worker %s stopped: %d batches, %d messages, %s, dead letters %s, rebalances %d",
+            self.owner,
+            s.batches,
+            s.messages,
+            dict(s.counts),
+            dict(s.dead_letters),
+            s.rebalances,
+        )

@@ -1,0 +1,81 @@
+"""The runtime's settings: Kafka, PostgreSQL, and how a consumer batches, retries and stops."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+
+from streamer.config import Section
+
+__all__ = ["DatabaseSettings", "KafkaSettings", "RuntimeSettings"]
+
+_SECRET_PROPERTIES = ("password", "secret", "key.password", "sasl.oauthbearer.config")
+
+
+class KafkaSettings(Section):
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    kafka: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="librdkafka properties passed through (SASL, TLS, ...)",
+    )
+    schema_registry_url: str | None = Field(
+        None, description="Schema Registry URL; unset means Avro single-object encoding"
+    )
+    topic_partitions: int = Field(12, ge=1)
+    topic_replication_factor: int = Field(1, ge=1)
+    fetch_wait_max_ms: int = Field(100, ge=1, description="10 against the Tansu dev broker")
+    session_timeout_ms: int = Field(45000, ge=1000)
+    max_poll_interval_ms: int = Field(300000, ge=1000)
+    delivery_timeout_ms: int = Field(30000, ge=1000)
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    def properties(self) -> dict[str, str]:
+        """Pass-through properties in librdkafka's dotted names (values are kept secret here)."""
+        return {
+            key.lower().replace("_", "."): value.get_secret_value()
+            for key, value in self.kafka.items()
+        }
+
+    def client_config(self, **extra: Any) -> dict[str, Any]:
+        """librdkafka configuration shared by producers, consumers and the admin client."""
+        config: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
+        config.update(self.properties())
+        config.update(extra)
+        return config
+
+
+class DatabaseSettings(Section):
+    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/streamer")
+    database_pool_size: int = Field(4, ge=1)
+    database_timeout_s: float = Field(10.0, gt=0)
+
+    @property
+    def dsn(self) -> str:
+        return self.database_url.get_secret_value()
+
+
+class RuntimeSettings(Section):
+    dlq_topic: str = "catalog.gallery.dlq"
+    dlq_max_value_bytes: int = Field(
+        900_000, ge=1024, description="larger originals are cut, with size and SHA-256 in headers"
+    )
+    batch_max_events: int = Field(2000, ge=1)
+    batch_max_wait_ms: int = Field(200, ge=0)
+    retry_initial_backoff_ms: int = Field(300, ge=1)
+    retry_max_backoff_ms: int = Field(30000, ge=1)
+    retry_max_attempts: int = Field(5, ge=1)
+    circuit_failure_threshold: int = Field(3, ge=1)
+    circuit_reset_timeout_s: float = Field(2.0, gt=0)
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the pod
+    metrics_port: int = Field(9400, ge=0, le=65535, description="0 disables the HTTP server")
+    lag_refresh_s: float = Field(5.0, gt=0)
+    shutdown_grace_s: float = Field(25.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
