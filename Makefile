@@ -25,6 +25,8 @@ demo: install
 lint: install
 	$(BIN)/ruff check streamer tests benchmarks
 	$(BIN)/ruff format --check streamer tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: install promtool lint
 	$(BIN)/pytest
