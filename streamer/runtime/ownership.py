@@ -11,15 +11,20 @@ first offset not yet applied.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from streamer.errors import FencedError
+from streamer.errors import FencedError, StreamerError
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.database import Database, converted
 
-__all__ = ["OffsetClaim", "OffsetStore", "Partitions", "TopicPartition"]
+__all__ = ["OffsetClaim", "OffsetStore", "Owner", "Partitions", "TopicPartition"]
+
+log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
 
@@ -137,3 +142,76 @@ class Partitions:
         for tp, offset in next_offsets.items():
             if tp in self.epochs:
                 self.floors[tp] = offset
+
+
+class Owner:
+    """Keeps ``Partitions`` true to what Kafka assigns: the runtime's rebalance listener.
+
+    ``on_assign`` and ``on_revoke`` run on the Kafka thread inside ``consume()``. A
+    claim runs on the event loop (the pool lives there) while the Kafka thread waits,
+    so a partition is never fetched from a position the database does not vouch for;
+    partitions whose claim fails are taken paused and claimed later (``claim_late``).
+    """
+
+    def __init__(
+        self,
+        store: OffsetStore,
+        *,
+        claim_timeout_s: float,
+        claim_deadline_s: float,
+        on_change: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.partitions = Partitions()
+        self.claim_timeout_s = claim_timeout_s
+        self.claim_deadline_s = claim_deadline_s
+        self.on_change = on_change  # called with "assign", "revoke" or "lost"
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def on_assign(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int] | None:
+        assert self.loop is not None, "Owner.loop is set before the consumer starts"
+        deadline = time.monotonic() + self.claim_deadline_s
+        while True:
+            future = asyncio.run_coroutine_threadsafe(self.store.claim(partitions), self.loop)
+            try:
+                claims = future.result(timeout=self.claim_timeout_s)
+                break
+            except (StreamerError, TimeoutError) as exc:
+                future.cancel()
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "could not claim assigned partitions yet (%s); holding them paused", exc
+                    )
+                    self.partitions.unclaimed.update(partitions)
+                    self.on_change("assign")
+                    return None
+                log.warning("claiming partitions failed, retrying: %s", exc)
+                time.sleep(0.5)
+        for claim in claims:
+            self.partitions.own(claim)
+        self.on_change("assign")
+        return {(c.topic, c.partition): c.next_offset for c in claims}
+
+    def on_revoke(self, partitions: list[TopicPartition], kind: str) -> None:
+        self.partitions.drop(partitions)
+        log.info("%s %s", kind, ", ".join(f"{t}[{p}]" for t, p in partitions))
+        self.on_change(kind)
+
+    def fenced(self, partitions: list[TopicPartition]) -> None:
+        """Another worker claimed these: treat them as revoked until the group says otherwise."""
+        self.partitions.drop(partitions)
+        self.on_change("fenced")
+
+    async def claim_late(self) -> dict[TopicPartition, int]:
+        """Claim partitions held paused since a failed claim; returns where to resume them."""
+        try:
+            claims = await self.store.claim(sorted(self.partitions.unclaimed))
+        except StreamerError as exc:
+            log.debug("late claim still failing: %s", exc)
+            return {}
+        starts = {}
+        for claim in claims:
+            if (claim.topic, claim.partition) in self.partitions.unclaimed:
+                self.partitions.own(claim)
+                starts[(claim.topic, claim.partition)] = claim.next_offset
+        return starts

@@ -40,7 +40,7 @@ from streamer.runtime.health import HealthServer, Readiness
 from streamer.runtime.kafka import ConsumerThread
 from streamer.runtime.logs import set_process_fields
 from streamer.runtime.metrics import RuntimeMetrics, new_registry
-from streamer.runtime.ownership import OffsetStore, Partitions
+from streamer.runtime.ownership import OffsetStore, Owner
 from streamer.runtime.publisher import Publisher
 from streamer.runtime.retry import RetryPolicy, retry_async
 from streamer.runtime.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
@@ -93,7 +93,14 @@ class Runner(Generic[P]):
         self.database = Database(database)
         self.offsets = OffsetStore(self.database, handler.group_id, self.owner)
         self.publisher = Publisher(kafka)
-        self.partitions = Partitions()
+        self.ownership = Owner(
+            self.offsets,
+            claim_timeout_s=database.database_timeout_s * 2,
+            claim_deadline_s=max(5.0, kafka.session_timeout_ms / 1000),
+            on_change=self._partitions_changed,
+        )
+        self.partitions = self.ownership.partitions
+        self._lag_series: set[TP] = set()
         self.policy = RetryPolicy.from_settings(runtime)
         self.breakers = {
             dep: CircuitBreaker(
@@ -112,7 +119,7 @@ class Runner(Generic[P]):
             delivery_timeout_s=kafka.delivery_timeout_ms / 1000,
             call=self.call,
         )
-        self.consumer = ConsumerThread(self._consumer_config(), self)
+        self.consumer = ConsumerThread(self._consumer_config(), self.ownership)
         self._install_signals = install_signal_handlers
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
@@ -131,7 +138,7 @@ class Runner(Generic[P]):
             metrics=self.metrics,
         )
 
-    # -- ownership: called on the Kafka thread during consume() ------------------------
+    # -- the Kafka side ------------------------------------------------------------------
 
     def _consumer_config(self) -> dict[str, Any]:
         k = self.kafka_settings
@@ -151,56 +158,15 @@ class Runner(Generic[P]):
             }
         )
 
-    def on_assign(self, partitions: list[TP]) -> dict[TP, int] | None:
-        """Claim in PostgreSQL (epoch + 1) and start each partition at its stored offset."""
-        assert self._loop is not None
-        self.metrics.rebalances.labels("assign").inc()
-        self.stats.rebalances += 1
-        deadline = time.monotonic() + max(5.0, self.kafka_settings.session_timeout_ms / 1000)
-        while True:
-            future = asyncio.run_coroutine_threadsafe(self.offsets.claim(partitions), self._loop)
-            try:
-                claims = future.result(timeout=self.database.timeout_s * 2)
-                break
-            except (StreamerError, TimeoutError) as exc:
-                future.cancel()
-                if time.monotonic() > deadline:
-                    log.warning(
-                        "could not claim assigned partitions yet (%s); holding them paused", exc
-                    )
-                    self.partitions.unclaimed.update(partitions)
-                    self._update_partition_gauges()
-                    return None
-                log.warning("claiming partitions failed, retrying: %s", exc)
-                time.sleep(0.5)
-        for claim in claims:
-            self.partitions.own(claim)
-        self._update_partition_gauges()
-        return {(c.topic, c.partition): c.next_offset for c in claims}
-
-    def on_revoke(self, partitions: list[TP], kind: str) -> None:
-        self.metrics.rebalances.labels(kind).inc()
-        self.stats.rebalances += 1
-        self.partitions.drop(partitions)
-        for topic, partition in partitions:
-            with contextlib.suppress(KeyError):
-                self.metrics.consumer_lag.remove(topic, str(partition))
-        log.info("%s %s", kind, ", ".join(f"{t}[{p}]" for t, p in partitions))
-        self._update_partition_gauges()
-
-    async def _claim_late(self) -> None:
-        """Claim partitions whose claim failed during the rebalance, then seek and resume them."""
-        try:
-            claims = await self.offsets.claim(sorted(self.partitions.unclaimed))
-        except StreamerError as exc:
-            log.debug("late claim still failing: %s", exc)
-            return
-        starts = {}
-        for claim in claims:
-            if (claim.topic, claim.partition) in self.partitions.unclaimed:
-                self.partitions.own(claim)
-                starts[(claim.topic, claim.partition)] = claim.next_offset
-        await self.consumer.resume_claimed(starts)
+    def _partitions_changed(self, kind: str) -> None:
+        if kind != "fenced":
+            self.metrics.rebalances.labels(kind).inc()
+            self.stats.rebalances += 1
+        if kind in ("revoke", "lost"):
+            for topic, partition in self._lag_series - set(self.partitions.epochs):
+                with contextlib.suppress(KeyError):
+                    self.metrics.consumer_lag.remove(topic, str(partition))
+            self._lag_series &= set(self.partitions.epochs)
         self._update_partition_gauges()
 
     def _update_partition_gauges(self) -> None:
@@ -243,6 +209,7 @@ class Runner(Generic[P]):
     async def run(self, stop: asyncio.Event | None = None) -> RunnerStats:
         """Consume until stopped; see the module docstring for how the stop is bounded."""
         self._loop = asyncio.get_running_loop()
+        self.ownership.loop = self._loop
         if stop is not None:
             self._stop = stop
         if self._install_signals:
@@ -338,7 +305,9 @@ class Runner(Generic[P]):
             raw = await self.consumer.consume(s.batch_max_events, s.batch_max_wait_ms / 1000)
             self._heartbeat = time.monotonic()
             if self.partitions.unclaimed:
-                await self._claim_late()
+                starts = await self.ownership.claim_late()
+                await self.consumer.resume_claimed(starts)
+                self._update_partition_gauges()
             batch = Batch(raw).keep(self._usable)
             if batch.messages:
                 await self._handle(batch)
@@ -366,8 +335,7 @@ class Runner(Generic[P]):
                 self.stats.fenced_batches += 1
                 self.metrics.fenced.inc()
                 log.warning("batch fenced, dropping partitions we no longer own: %s", exc)
-                self.partitions.drop(exc.partitions)
-                self._update_partition_gauges()
+                self.ownership.fenced(exc.partitions)
                 batch = batch.keep(self._usable)
                 continue
             except DependencyUnavailable as exc:
@@ -432,6 +400,7 @@ class Runner(Generic[P]):
         lags = await self.consumer.lag(list(self.partitions.epochs), dict(self.partitions.floors))
         for (topic, partition), lag in lags.items():
             self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+            self._lag_series.add((topic, partition))
 
     async def _shutdown(self, deadline: float | None, health: HealthServer | None) -> None:
         remaining = (
