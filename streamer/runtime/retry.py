@@ -57,7 +57,8 @@ async def retry_async(
 ) -> T:
     """Call ``fn`` until it succeeds, a non-retriable error occurs, or retrying is pointless.
 
-    Only errors that say ``retriable`` are retried. A non-retriable ``StreamerError``
+    Only errors that say ``retriable`` are retried, never sooner than their
+    ``retry_after_s`` when they carry one. A non-retriable ``StreamerError``
     proves the dependency answered, so it counts as a success for the breaker (it
     must not wedge a half-open probe). ``CircuitOpenError`` is raised without calling
     ``fn`` when the breaker refuses; once the breaker opens during the retries, or
@@ -79,7 +80,8 @@ async def retry_async(
                 breaker.record_failure(exc.message)
             if attempt >= policy.max_attempts or (breaker is not None and breaker.state == "open"):
                 raise
-            delay = policy.backoff_s(attempt)
+            # Never sooner than the dependency asked for (e.g. an HTTP Retry-After).
+            delay = max(policy.backoff_s(attempt), getattr(exc, "retry_after_s", None) or 0.0)
             if metrics is not None:
                 metrics.retries.labels(dependency).inc()
             log.warning(

@@ -201,3 +201,12 @@ async def test_errors_of_another_dependency_do_not_trip_this_breaker() -> None:
     # The PostgreSQL error did not count against S3; the unlabelled retriable one did.
     assert breaker.state == "open"
     assert call.calls == 2  # type: ignore[attr-defined]
+
+
+async def test_never_retries_sooner_than_the_dependency_asked(metrics: Metrics) -> None:
+    asked = ObjectStoreUnavailable("slow down", retry_after_s=2.5)
+    call = failing([asked, asked])
+    sleep = Recorder()
+    result = await retry_async(call, dependency="s3", policy=POLICY, metrics=metrics, sleep=sleep)
+    assert result == "ok"
+    assert sleep.delays == [2.5, 2.5], "the backoff (at most 0.6 s here) gives way to Retry-After"
