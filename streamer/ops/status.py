@@ -10,6 +10,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streamer.errors import BrokerUnavailable
+from streamer.runtime.connection import check_broker
 from streamer.runtime.database import connect
 from streamer.runtime.replay import read_dead_letters
 from streamer.runtime.settings import KafkaSettings
@@ -31,6 +32,7 @@ def group_lag(
     kafka: KafkaSettings, group_id: str, topics: list[str], *, timeout_s: float = 10.0
 ) -> list[PartitionLag]:
     """Committed offsets of the group against high watermarks, without joining the group."""
+    check_broker(kafka, timeout_s=timeout_s)
     consumer = Consumer(kafka.client_config(**{"group.id": group_id, "enable.auto.commit": False}))
     try:
         try:

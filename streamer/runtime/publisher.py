@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streamer.errors import BrokerUnavailable, DeliveryRefused, DeliveryUnavailable, TopicMissing
+from streamer.runtime.connection import check_broker
 from streamer.runtime.settings import KafkaSettings
 
 __all__ = ["DeliveryFailure", "Publisher"]
@@ -144,6 +145,7 @@ class Publisher:
     def check_topics(self, topics: Iterable[str], timeout_s: float = 5.0) -> None:
         """Fail fast, with a message a person can act on, before anything is produced."""
         started = time.monotonic()
+        check_broker(self.settings, timeout_s=timeout_s)
         try:
             metadata = self.producer.list_topics(timeout=timeout_s)
         except KafkaException as exc:

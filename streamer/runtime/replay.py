@@ -19,6 +19,7 @@ import asyncpg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streamer.errors import BrokerUnavailable, ConfigError
+from streamer.runtime.connection import check_broker
 from streamer.runtime.database import connect
 from streamer.runtime.deadletters import REPLAY_PREFIX, DeadLetterRecord
 from streamer.runtime.publisher import Publisher
@@ -74,6 +75,7 @@ def read_dead_letters(
     the whole read, so a large topic is read to the end; a read that stalls short of
     the watermarks stops with a warning naming the partitions left unread.
     """
+    check_broker(kafka, timeout_s=timeout_s)
     consumer = Consumer(
         kafka.client_config(
             **{
