@@ -293,7 +293,7 @@ async def test_topics_publish_consume_and_dlq_all_run_over_tls(
     assert worker.stats.batches >= 1
     galleries = {g["sku"]: g for g in await export_all(settings)}
     assert {sku: len(g["images"]) for sku, g in galleries.items()} == {
-        **{sku: 1 for sku in skus[:-1]},
+        **dict.fromkeys(skus[:-1], 1),
         skus[-1]: 0,  # its only image is missing: dead-lettered below, the gallery stays empty
     }
     assert [r.reason for r in dead_letters(settings)] == ["object_missing"]
