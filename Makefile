@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install promtool stunnel demo test test-unit test-integration lint format bench clean
+.PHONY: install promtool stunnel demo test chaos test-unit test-integration lint format bench clean
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ test-integration: install
 format: install
 	$(BIN)/ruff format streamer tests benchmarks
 	$(BIN)/ruff check --fix streamer tests benchmarks
+
+CHAOS_RUNS ?= 20
+CHAOS_SEED ?=
+chaos: install
+	$(BIN)/pytest tests/chaos -m chaos -p no:cacheprovider --chaos-runs $(CHAOS_RUNS) $(if $(CHAOS_SEED),--chaos-seed $(CHAOS_SEED))
 
 bench: install
 	$(BIN)/streamer bench
