@@ -108,11 +108,12 @@ class Dispatcher:
             raise self._left(left, state)
 
     def _stopping(self, state: _Pass) -> bool:
-        return (
-            self.disabled is not None
-            or state.failures_in_a_row >= self.failure_threshold
-            or self.pacer.hold_remaining_s() > 0
-        )
+        if self.disabled is not None or state.failures_in_a_row >= self.failure_threshold:
+            return True
+        if self.pacer.hold_remaining_s() > 0:
+            self.metrics.rate_limited.inc()  # held back by the receiver's Retry-After
+            return True
+        return False
 
     async def _send(self, delivery: Delivery, state: _Pass) -> None:
         started = self.ledger.started(delivery.webhook_id)
