@@ -43,7 +43,7 @@ def forward(
 
 
 @forward_app.command("test-connection")
-def test_connection(
+def connection_test(
     url: Annotated[
         str | None, typer.Option("--url", help="instead of STREAMER_WEBHOOK_URL")
     ] = None,

@@ -13,6 +13,7 @@ closing open keep-alive connections as a crashed server would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -99,10 +100,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def finish(self) -> None:
         self.server.receiver._connections.discard(self.connection)
-        try:
+        with contextlib.suppress(OSError):
             super().finish()
-        except OSError:
-            pass
 
     def log_message(self, format: str, *args: Any) -> None:
         return None
@@ -161,10 +160,8 @@ class Receiver:
         server.shutdown()
         server.server_close()
         for conn in list(self._connections):
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
 

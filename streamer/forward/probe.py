@@ -12,10 +12,10 @@ from streamer.forward.responses import Answer
 from streamer.forward.settings import ForwardSettings
 from streamer.forward.signing import SigningKeys
 
-__all__ = ["ProbeResult", "send_test_event", "test_event"]
+__all__ = ["ProbeResult", "probe_body", "send_test_event"]
 
 
-def test_event(now: datetime | None = None) -> bytes:
+def probe_body(now: datetime | None = None) -> bytes:
     """A body in the single-event shape, ``"type": "test"``, that changes nothing anywhere."""
     import json
 
@@ -58,5 +58,5 @@ async def send_test_event(settings: ForwardSettings) -> ProbeResult:
     keys = SigningKeys.from_setting(secret)
     webhook_id = "msg_test_" + uuid.uuid4().hex
     async with WebhookClient(settings, keys) as client:
-        answer = await client.post(webhook_id, test_event())
+        answer = await client.post(webhook_id, probe_body())
     return ProbeResult(webhook_id, answer)
