@@ -12,6 +12,7 @@ case a receiver echoes them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -66,6 +67,9 @@ class WebhookClient:
 
     async def start(self) -> None:
         if self._client is None:
+            # httpx logs every request with its full URL at INFO: too much, and the path or
+            # query may carry a token. The forwarder logs failures itself, by origin.
+            logging.getLogger("httpx").setLevel(logging.WARNING)
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout_s),
                 limits=self._limits,
