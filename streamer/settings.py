@@ -15,6 +15,7 @@ from pydantic.fields import FieldInfo
 
 from streamer.config import Section, default_env_file, load_section
 from streamer.contract.topics import TopicSettings
+from streamer.forward.settings import ForwardSettings
 from streamer.gallery.settings import GallerySettings
 from streamer.runtime.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
 from streamer.storage.settings import S3Settings
@@ -31,6 +32,7 @@ class Settings(BaseModel):
     topics: TopicSettings
     s3: S3Settings
     gallery: GallerySettings
+    forward: ForwardSettings
 
     @classmethod
     def sections(cls) -> dict[str, type[Section]]:

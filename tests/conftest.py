@@ -90,6 +90,7 @@ def make_settings(stack: StackState, _databases: list[str]) -> Callable[..., Set
             "outcome_topic": f"t{tag}.catalog.gallery.updated.v1",
             "dlq_topic": f"t{tag}.catalog.gallery.dlq",
             "group_id": f"g-{tag}",
+            "forward_group_id": f"fwd-{tag}",
             "topic_partitions": 4,
             "fetch_wait_max_ms": 10,
             "session_timeout_ms": 6000,

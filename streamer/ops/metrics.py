@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from streamer.forward.metrics import ForwardMetrics
 from streamer.gallery.metrics import GalleryMetrics
 from streamer.runtime.metrics import RuntimeMetrics, new_registry
 
@@ -14,4 +15,5 @@ def registry_with_every_metric() -> CollectorRegistry:
     registry = new_registry()
     RuntimeMetrics(registry)
     GalleryMetrics(registry)
+    ForwardMetrics(registry)
     return registry
