@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test test-unit test-integration lint format bench clean
+.PHONY: install demo test test-unit test-integration lint format bench clean promtool chromium
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ promtool:
 	  echo "installing promtool (Debian package prometheus)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
+# The console's browser tests drive Debian's Chromium through its ChromeDriver (selenium).
+chromium:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "installing chromium and chromium-driver (Debian packages) for the console tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
+
 demo: install
 	$(BIN)/streamer demo
 
@@ -28,13 +34,13 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: install promtool lint
+test: install promtool chromium lint
 	$(BIN)/pytest
 
 test-unit: install
 	$(BIN)/pytest -m unit
 
-test-integration: install
+test-integration: install chromium
 	$(BIN)/pytest -m integration
 
 format: install

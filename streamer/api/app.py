@@ -138,7 +138,7 @@ def create_app(
     app.state.registry = registry
     app.state.gallery = gallery
     app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
-    app.state.s3 = make_s3_client(settings.s3)
+    app.state.s3 = make_s3_client(settings.s3, max_pool_connections=4, signature_version="s3v4")
     app.add_middleware(_Metrics, metrics=api_metrics)
     app.include_router(v1.router)
     app.include_router(console.router)
