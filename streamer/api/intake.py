@@ -17,6 +17,7 @@ import asyncio
 import functools
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -79,7 +80,9 @@ def _items(acks: Sequence[Ack], event_ids: dict[int, str]) -> list[dict[str, Any
     out = []
     for ack in acks:
         item = ack.as_dict()
-        item["event_id"] = event_ids.get(ack.id) if ack.status == "accepted" else None
+        item["event_id"] = (
+            event_ids.get(ack.id) if ack.status in ("accepted", "undeliverable") else None
+        )
         out.append(item)
     return out
 
@@ -102,6 +105,7 @@ class Intake:
         self.codec = codec
         self.metrics = metrics
         self.publisher = Publisher(kafka)
+        self._renewing = threading.Lock()
         self.clock = VersionClock()
         self.delivery_wait_s = kafka.delivery_timeout_ms / 1000 + 5
         limit = kafka.properties().get("message.max.bytes")
@@ -235,16 +239,27 @@ class Intake:
             body["tracking_error"] = tracking_error
         self._count_items(ingested.acks)
         if failed:
+            went_out = (
+                f"the other {len(delivered)} were published and are tracked"
+                if delivered
+                else "none was published"
+            )
             body["message"] = (
                 f"{len(failed)} of {len(ready)} accepted items were not acknowledged by the broker "
-                f"(status undeliverable; sending them again is safe); the other {len(delivered)} "
-                "were published and are tracked"
+                f"(status undeliverable; sending them again is safe); {went_out}"
             )
             return IntakeReply(503, body, {"Retry-After": str(RETRY_AFTER_S)})
         return IntakeReply(202, body)
 
     def _publish(self, bulk_uuid: str, ready: Sequence[_Ready]) -> dict[int, str]:
-        """Produce every event and wait for each one's report; returns item id -> error."""
+        """Produce every event and wait for each one's report; returns item id -> error.
+
+        After a failed delivery the producer is replaced: an idempotent producer whose
+        requests timed out may be fenced by the broker for good (seen with Tansu), and a
+        new one starts with a new producer id. Requests still waiting on the old one get
+        their reports when it is closed.
+        """
+        publisher = self.publisher
         reports: dict[int, str | None] = {}
 
         def report(item_id: int, err: KafkaError | None, _msg: Any) -> None:
@@ -254,7 +269,7 @@ class Intake:
 
         for r in ready:
             try:
-                self.publisher.produce(
+                publisher.produce(
                     r.topic,
                     r.value,
                     key=r.event.sku.encode(),
@@ -265,14 +280,34 @@ class Intake:
                 reports[r.ack.id] = f"refused by the producer: {exc.message}"
         deadline = time.monotonic() + self.delivery_wait_s
         while len(reports) < len(ready) and time.monotonic() < deadline:
-            self.publisher.producer.poll(0.05)
+            publisher.producer.poll(0.05)
         failed = {item: error for item, error in reports.items() if error is not None}
         for r in ready:
             if r.ack.id not in reports:
                 failed[r.ack.id] = (
                     f"no delivery report within {self.delivery_wait_s:.0f}s; it may still arrive"
                 )
+        if failed:
+            self._renew(publisher)
         return failed
+
+    def _renew(self, broken: Publisher) -> None:
+        with self._renewing:
+            if self.publisher is not broken:
+                return  # another request renewed it already
+            fresh = Publisher(self.kafka)
+            fresh.start()
+            self.publisher = fresh
+        log.warning("deliveries failed: the intake's producer is replaced by a new one")
+        threading.Thread(
+            target=self._close, args=(broken,), name="close-producer", daemon=True
+        ).start()
+
+    def _close(self, publisher: Publisher) -> None:
+        try:
+            publisher.close(timeout_s=self.delivery_wait_s)
+        except StreamerError as exc:
+            log.info("the replaced producer closed with undelivered messages: %s", exc)
 
     async def _settle(
         self, bulk_uuid: str, delivered: list[int], failed: dict[int, str]

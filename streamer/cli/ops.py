@@ -235,6 +235,18 @@ def status(
         for outcome, n in report["request"]["outcomes"].items():
             req.add_row(outcome, str(n))
         console.print(req)
+        for bulk in report["request"]["bulks"]:
+            state = "complete" if bulk["complete"] else bulk["state"]
+            counts = ", ".join(f"{k} {v}" for k, v in bulk["counts"].items() if v)
+            console.print(
+                f"  bulk {bulk['bulk_uuid']}: {state}, {bulk['processed']}/{bulk['accepted']} "
+                f"processed ({counts or 'nothing yet'}), rejected {bulk['rejected']}"
+                + (
+                    f", completed {bulk['completed_at']:%Y-%m-%d %H:%M:%S}"
+                    if bulk["completed_at"]
+                    else ""
+                )
+            )
         for failed in report["request"]["failed"]:
             console.print(
                 f"  {failed['outcome']}: {failed['sku']} {failed['reason']} (event {failed['event_id']})"

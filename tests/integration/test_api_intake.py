@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from streamer.cli import app
 from streamer.contract.codec import Codec
 from streamer.tracking.model import tracked_item
 from tests.integration.api_support import READ_TOKEN, api_server, seed_payload
-from tests.integration.support import fetch, prepare, read_topic
+from tests.integration.support import fetch, prepare, read_topic, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +27,9 @@ def img(path: str, **extra: Any) -> dict[str, Any]:
     return {"file_path": path, **extra}
 
 
-async def test_seed_payload_is_published_acknowledged_and_tracked(make_settings, tmp_path) -> None:
+async def test_seed_payload_is_published_acknowledged_and_tracked(
+    make_settings, tmp_path, monkeypatch
+) -> None:
     settings = make_settings()
     prepare(settings)
     with api_server(settings, tmp_path) as server:
@@ -52,6 +57,18 @@ async def test_seed_payload_is_published_acknowledged_and_tracked(make_settings,
 
             by_request = await http.get("/v1/bulks", params={"request_id": "op-12345"})
             assert [b["bulk_uuid"] for b in by_request.json()["bulks"]] == [body["bulk_uuid"]]
+
+    # `streamer status --request-id` reads the same tracking.
+    for key, val in settings_env(settings).items():
+        if key.startswith("STREAMER_"):
+            monkeypatch.setenv(key, val)
+    result = await asyncio.to_thread(
+        CliRunner().invoke, app, ["status", "--request-id", "op-12345", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    (bulk,) = json.loads(result.stdout)["request"]["bulks"]
+    assert bulk["bulk_uuid"] == body["bulk_uuid"] and bulk["counts"]["pending"] == 2
+    assert bulk["complete"] is False and bulk["accepted"] == 2
 
     messages = read_topic(settings, settings.topics.media_topic)
     codec = Codec()
@@ -217,3 +234,71 @@ async def test_limits_malformed_json_and_tokens(make_settings, tmp_path) -> None
             )
             assert 'route="/v1/bulks",status="401"' in metrics
     assert read_topic(settings, settings.topics.media_topic) == []
+
+
+async def test_broker_down_means_503_and_the_answer_names_what_went_out(
+    make_settings, tmp_path
+) -> None:
+    from tests.integration.kafka_proxy import proxied_broker
+
+    with proxied_broker() as proxy:
+        settings = make_settings(
+            kafka_bootstrap=f"127.0.0.1:{proxy.port}", delivery_timeout_ms=3000
+        )
+        prepare(settings)
+        env = {"STREAMER_KAFKA__REQUEST_TIMEOUT_MS": "2000"}
+        with api_server(settings, tmp_path, extra_env=env) as server:
+            async with server.client() as http:
+                skus = [f"P-{i:04d}" for i in range(2000)]
+                # The produce path is down, metadata still answers: nothing goes out.
+                proxy.produce_allowed = 0
+                down = await http.post("/v1/galleries/bulk", json=seed_payload("down", skus[:5]))
+                assert down.status_code == 503, down.text
+                assert down.headers["retry-after"] == "5"
+                body = down.json()
+                assert {i["status"] for i in body["request_items"]} == {"undeliverable"}
+                assert all(i["event_id"] for i in body["request_items"])
+                assert body["message"].endswith("none was published")
+                status = (await http.get(f"/v1/bulks/{body['bulk_uuid']}")).json()
+                assert status["state"] == "failed" and status["undeliverable"] == 5
+
+                # One produce request gets through, the rest do not: a half-published
+                # request, and the answer says exactly which items went out.
+                proxy.produce_allowed = 1
+                half = await http.post("/v1/galleries/bulk", json=seed_payload("half", skus))
+                assert half.status_code == 503, half.text
+                items = half.json()["request_items"]
+                out = {i["event_id"] for i in items if i["status"] == "accepted"}
+                lost = {i["event_id"] for i in items if i["status"] == "undeliverable"}
+                assert out and lost and len(out) + len(lost) == len(skus), (
+                    len(out),
+                    len(lost),
+                    {i["error_message"] for i in items},
+                    server.output()[-3000:],
+                )
+                assert all(
+                    i["error_message"].startswith("not acknowledged by the broker")
+                    for i in items
+                    if i["status"] == "undeliverable"
+                )
+                assert f"the other {len(out)} were published" in half.json()["message"]
+                half_status = (await http.get(f"/v1/bulks/{half.json()['bulk_uuid']}")).json()
+                assert half_status["state"] == "partial"
+                assert half_status["accepted"] == len(out)
+
+                proxy.produce_allowed = None
+            published = {
+                str(Codec().decode_event(m.value()).event_id)
+                for m in read_topic(settings, settings.topics.media_topic)
+            }
+            assert published == out, "exactly the items called accepted are on the topic"
+            assert proxy.swallowed > 0
+
+        # The broker gone altogether: refused before anything is tracked or produced.
+        bulks_before = await fetch(settings, "SELECT count(*) AS n FROM bulks")
+    with api_server(settings, tmp_path, extra_env=env) as server:
+        async with server.client() as http:
+            gone = await http.post("/v1/galleries/bulk", json=seed_payload("gone", ["G-1"]))
+            assert gone.status_code == 503 and gone.headers["retry-after"] == "5"
+            assert "nothing was published" in gone.json()["detail"]
+    assert await fetch(settings, "SELECT count(*) AS n FROM bulks") == bulks_before
