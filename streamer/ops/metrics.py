@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from streamer.api.metrics import ApiMetrics
 from streamer.gallery.metrics import GalleryMetrics
 from streamer.runtime.metrics import RuntimeMetrics, new_registry
+from streamer.tracking.metrics import TrackingMetrics
 
 __all__ = ["registry_with_every_metric"]
 
@@ -14,4 +16,6 @@ def registry_with_every_metric() -> CollectorRegistry:
     registry = new_registry()
     RuntimeMetrics(registry)
     GalleryMetrics(registry)
+    ApiMetrics(registry)
+    TrackingMetrics(registry)
     return registry
