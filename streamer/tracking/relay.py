@@ -138,7 +138,7 @@ class CompletionRelay:
             wake = asyncio.Event()
             async with converted():
                 await conn.add_listener(NOTIFY_CHANNEL, lambda *_: wake.set())
-            await _wait(stop, self.fence_s)
+            await self._fence(conn, stop, wake)
             if stop.is_set():
                 return
             publisher = Publisher(
@@ -166,6 +166,17 @@ class CompletionRelay:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), timeout=5)
+
+    async def _fence(
+        self, conn: asyncpg.Connection, stop: asyncio.Event, wake: asyncio.Event
+    ) -> None:
+        """Wait out the fence; meanwhile bulks are still found complete (queued, not sent),
+        so the API shows them complete without waiting for the event."""
+        until = time.monotonic() + self.fence_s
+        while not stop.is_set() and (left := until - time.monotonic()) > 0:
+            wake.clear()
+            await find_completed(conn)
+            await _wait(stop, min(left, self.settings.completion_poll_interval_s), wake)
 
     async def _read_back(self, conn: asyncpg.Connection) -> None:
         """Mark what earlier leaders published but did not record, from the recorded positions."""
