@@ -142,7 +142,7 @@ UPDATE bulk_items i SET
                    AND t.outcome <> 'duplicate') THEN t.outcome ELSE i.outcome END,
     outcome_reason = CASE WHEN i.outcome IS NULL OR (i.outcome IN ('partial', 'dead_lettered')
                    AND t.outcome <> 'duplicate') THEN t.reason ELSE i.outcome_reason END,
-    processed_at = coalesce(i.processed_at, now())
+    processed_at = coalesce(i.processed_at, clock_timestamp())
 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[]) AS t(bulk_uuid, item_id, outcome, reason)
 WHERE i.bulk_uuid = t.bulk_uuid AND i.item_id = t.item_id
 """
