@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install promtool stunnel demo test chaos test-unit test-integration lint format bench clean
+.PHONY: install promtool stunnel chromium demo test chaos test-unit test-integration lint format bench clean
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ stunnel:
 	@command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || { \
 	  echo "installing stunnel (Debian package stunnel4: TLS in front of the test broker)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends stunnel4 >/dev/null; }
+# The console's browser tests drive Debian's Chromium through its ChromeDriver (selenium).
+chromium:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "installing chromium and chromium-driver (Debian packages) for the console tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
 demo: install
 	$(BIN)/streamer demo
@@ -33,13 +38,13 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: install promtool stunnel lint
+test: install promtool stunnel chromium lint
 	$(BIN)/pytest
 
 test-unit: install
 	$(BIN)/pytest -m unit
 
-test-integration: install
+test-integration: install chromium
 	$(BIN)/pytest -m integration
 
 format: install

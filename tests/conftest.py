@@ -88,6 +88,7 @@ def make_settings(stack: StackState, _databases: list[str]) -> Callable[..., Set
             "product_topic": f"t{tag}.catalog.product.v1",
             "media_topic": f"t{tag}.catalog.media.v1",
             "outcome_topic": f"t{tag}.catalog.gallery.updated.v1",
+            "import_completed_topic": f"t{tag}.catalog.import.completed.v1",
             "dlq_topic": f"t{tag}.catalog.gallery.dlq",
             "group_id": f"g-{tag}",
             "forward_group_id": f"fwd-{tag}",

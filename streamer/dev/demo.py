@@ -21,6 +21,7 @@ from rich.table import Table
 from streamer.contract.codec import Codec
 from streamer.contract.events import MediaGalleryChanged, ProductChanged
 from streamer.contract.publishing import EventPublisher
+from streamer.dev.demo_api import api_step
 from streamer.dev.demo_forward import show_forwarding
 from streamer.dev.stack import DevStack
 from streamer.gallery.worker import GalleryWorker
@@ -66,6 +67,7 @@ class Demo:
             product_topic=f"demo-{run}.catalog.product.v1",
             media_topic=f"demo-{run}.catalog.media.v1",
             outcome_topic=f"demo-{run}.catalog.gallery.updated.v1",
+            import_completed_topic=f"demo-{run}.catalog.import.completed.v1",
             dlq_topic=f"demo-{run}.catalog.gallery.dlq",
             group_id=f"streamer-demo-{run}",
             s3_prefix=f"demo-{run}/media/catalog/product",
@@ -406,6 +408,7 @@ class Demo:
         )
 
         await show_forwarding(self, 9)
+        await api_step(self, 10, skus)
 
 
 def run_demo(home: Path, database_url: str | None, console: Console | None = None) -> bool:

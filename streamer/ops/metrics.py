@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from streamer.api.metrics import ApiMetrics
 from streamer.forward.metrics import ForwardMetrics
 from streamer.gallery.metrics import GalleryMetrics
 from streamer.runtime.metrics import RuntimeMetrics, new_registry
+from streamer.tracking.metrics import TrackingMetrics
 
 __all__ = ["registry_with_every_metric"]
 
@@ -16,4 +18,6 @@ def registry_with_every_metric() -> CollectorRegistry:
     RuntimeMetrics(registry)
     GalleryMetrics(registry)
     ForwardMetrics(registry)
+    ApiMetrics(registry)
+    TrackingMetrics(registry)
     return registry

@@ -15,6 +15,7 @@ from streamer.runtime.database import connect
 from streamer.runtime.replay import read_dead_letters
 from streamer.runtime.settings import KafkaSettings
 from streamer.settings import Settings
+from streamer.tracking.store import latest_bulk_of_request, load_bulk
 
 __all__ = ["PartitionLag", "collect_status", "group_lag"]
 
@@ -81,10 +82,17 @@ async def _request(settings: Settings, request_id: str) -> dict[str, Any]:
             "WHERE request_id = $1 AND outcome IN ('partial', 'dead_lettered') ORDER BY recorded_at",
             request_id,
         )
+        # Bulks taken in by `streamer serve`: what GET /v1/bulks?request_id= shows.
+        bulks = [
+            b
+            for bulk_uuid in await latest_bulk_of_request(conn, request_id)
+            if (b := await load_bulk(conn, bulk_uuid)) is not None
+        ]
     return {
         "request_id": request_id,
         "outcomes": {r["outcome"]: r["events"] for r in counts},
         "failed": [dict(r) for r in failed],
+        "bulks": bulks,
     }
 
 

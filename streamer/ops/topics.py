@@ -14,7 +14,13 @@ __all__ = ["create_topics", "topic_names"]
 
 def topic_names(settings: Settings) -> list[str]:
     t = settings.topics
-    return [t.product_topic, t.media_topic, t.outcome_topic, settings.runtime.dlq_topic]
+    return [
+        t.product_topic,
+        t.media_topic,
+        t.outcome_topic,
+        t.import_completed_topic,
+        settings.runtime.dlq_topic,
+    ]
 
 
 def create_topics(

@@ -4,15 +4,19 @@ Keyed by SKU with the ``murmur2_random`` partitioner (Java-compatible placement)
 idempotent (``enable.idempotence``, ``acks=all``). Delivery reports are collected
 and ``flush`` raises a ``DeliveryError`` for any message the broker did not
 acknowledge: a failed delivery is an error the caller sees, never a log line.
-A full local queue is back-pressure (poll and retry), never a drop.
+A full local queue is back-pressure (poll and retry), never a drop. A caller that
+must know the fate of each message (the intake API, answering for every item of a
+request while other requests share the producer) passes ``on_delivery``: that
+message's report then goes to the caller instead of ``flush``'s account.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +26,7 @@ from streamer.errors import BrokerUnavailable, DeliveryRefused, DeliveryUnavaila
 from streamer.runtime.connection import check_broker
 from streamer.runtime.settings import KafkaSettings
 
-__all__ = ["DeliveryFailure", "Publisher"]
+__all__ = ["DeliveryFailure", "DeliveryReport", "Publisher"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,9 @@ class DeliveryFailure:
     key: bytes | None
     error: str
     retriable: bool
+
+
+DeliveryReport = Callable[[KafkaError | None, Any], None]
 
 
 class Publisher:
@@ -93,6 +100,14 @@ class Publisher:
                 DeliveryFailure(msg.topic(), msg.key(), err.str(), bool(err.retriable()))
             )
 
+    def _on_own_delivery(self, report: DeliveryReport, err: KafkaError | None, msg: Any) -> None:
+        with self._lock:
+            self._pending -= 1
+            if err is None:
+                tp = (msg.topic(), msg.partition())
+                self.end_offsets[tp] = max(self.end_offsets.get(tp, 0), msg.offset() + 1)
+        report(err, msg)
+
     def produce(
         self,
         topic: str,
@@ -101,8 +116,13 @@ class Publisher:
         key: bytes | None = None,
         headers: list[tuple[str, bytes]] | None = None,
         timestamp_ms: int | None = None,
+        on_delivery: DeliveryReport | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        kwargs: dict[str, Any] = {
+            "on_delivery": self._on_delivery
+            if on_delivery is None
+            else functools.partial(self._on_own_delivery, on_delivery)
+        }
         if headers:
             kwargs["headers"] = headers
         if timestamp_ms:
