@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install promtool stunnel chromium demo test chaos test-unit test-integration lint format bench clean
+.PHONY: install promtool stunnel chromium demo test chaos soak test-unit test-integration lint format bench clean
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ CHAOS_RUNS ?= 20
 CHAOS_SEED ?=
 chaos: install
 	$(BIN)/pytest tests/chaos -m chaos -p no:cacheprovider --chaos-runs $(CHAOS_RUNS) $(if $(CHAOS_SEED),--chaos-seed $(CHAOS_SEED))
+
+SOAK_MINUTES ?= 30
+soak: install
+	$(BIN)/python -m tests.soak.run --minutes $(SOAK_MINUTES)
 
 bench: install
 	$(BIN)/streamer bench
