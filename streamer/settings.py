@@ -16,6 +16,7 @@ from pydantic.fields import FieldInfo
 from streamer.config import Section, default_env_file, load_section
 from streamer.contract.topics import TopicSettings
 from streamer.gallery.settings import GallerySettings
+from streamer.replicate.settings import ReplicaSettings
 from streamer.runtime.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
 from streamer.storage.settings import S3Settings
 
@@ -31,6 +32,7 @@ class Settings(BaseModel):
     topics: TopicSettings
     s3: S3Settings
     gallery: GallerySettings
+    replica: ReplicaSettings
 
     @classmethod
     def sections(cls) -> dict[str, type[Section]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from streamer.gallery.metrics import GalleryMetrics
+from streamer.replicate.metrics import ReplicaMetrics
 from streamer.runtime.metrics import RuntimeMetrics, new_registry
 
 __all__ = ["registry_with_every_metric"]
@@ -14,4 +15,5 @@ def registry_with_every_metric() -> CollectorRegistry:
     registry = new_registry()
     RuntimeMetrics(registry)
     GalleryMetrics(registry)
+    ReplicaMetrics(registry)
     return registry
