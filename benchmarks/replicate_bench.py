@@ -75,8 +75,13 @@ async def drain(settings: Settings, ends: dict[tuple[str, int], int]) -> tuple[f
     registry = new_registry()
     worker = ReplicaWorker(settings, registry=registry, install_signal_handlers=False)
     stop = asyncio.Event()
-    cpu0, t0 = time.process_time(), time.perf_counter()
     task = asyncio.create_task(worker.run(stop))
+    # The clock starts once the group has assigned partitions: joining is not replication.
+    while not value(registry, "streamer_assigned_partitions"):
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    cpu0, t0 = time.process_time(), time.perf_counter()
     group = settings.replica.replica_group_id
     while True:
         if task.done():

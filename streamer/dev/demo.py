@@ -21,6 +21,7 @@ from rich.table import Table
 from streamer.contract.codec import Codec
 from streamer.contract.events import MediaGalleryChanged, ProductChanged
 from streamer.contract.publishing import EventPublisher
+from streamer.dev.demo_replicate import show_replication
 from streamer.dev.stack import DevStack
 from streamer.gallery.worker import GalleryWorker
 from streamer.ops.schema import migrate_all
@@ -403,6 +404,7 @@ class Demo:
             self.counter("streamer_events_processed_total", outcome="written") > 0,
             "metrics recorded the run",
         )
+        await show_replication(self, 9, skus)
 
 
 def run_demo(home: Path, database_url: str | None, console: Console | None = None) -> bool:

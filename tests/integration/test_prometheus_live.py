@@ -22,6 +22,7 @@ import yaml
 from streamer.dev.stack import free_port
 from tests.deploy.support import PROMETHEUS
 from tests.deploy.test_dashboard import as_promql, queries
+from tests.integration.replicate_support import replica_state, running_replicator, with_replica
 from tests.integration.support import Sender, drained_worker, media, prepare, put_image, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.deploy]
@@ -46,7 +47,7 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(target_port: int) -> int:
+    def start(*target_ports: int) -> int:
         shutil.copy(PROMETHEUS / "alerts.yml", tmp_path / "alerts.yml")
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -54,7 +55,7 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[Path, int]]:
             "scrape_configs": [
                 {
                     "job_name": "streamer",
-                    "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}],
+                    "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in target_ports]}],
                 }
             ],
         }
@@ -90,14 +91,27 @@ async def test_dashboard_queries_and_alert_rules_evaluate_on_a_live_worker(
     settings = make_settings(
         metrics_port=free_port(), metrics_host="127.0.0.1", lag_refresh_s=0.2, topic_partitions=2
     )
+    # A replicator beside the gallery worker, so that its dashboard row has data too.
+    replica = with_replica(settings).replace(metrics_port=free_port())
+    settings = replica.replace(metrics_port=settings.runtime.metrics_port)
     prepare(settings)
     put_image(s3_client, settings, "/p/1.jpg", b"one")
     sender = Sender(settings)
     sender.send([media(f"P-{i}", 1, [{"file_path": "/p/1.jpg"}]) for i in range(20)])
     sender.send([media("P-BAD", 1, [{"file_path": "/p/missing.jpg"}])])
 
-    async with drained_worker(settings, sender.ends, timeout_s=60):
-        port = prometheus(settings.runtime.metrics_port)
+    async with (
+        drained_worker(settings, sender.ends, timeout_s=60),
+        running_replicator(replica) as (_replicator, replicating),
+    ):
+
+        async def copied() -> bool:
+            if replicating.done():
+                replicating.result()
+            return bool(replica_state(replica))
+
+        await wait_for(copied, timeout_s=60, what="the replicator's first copy")
+        port = prometheus(settings.runtime.metrics_port, replica.runtime.metrics_port)
 
         def scraped() -> bool:
             try:
@@ -136,7 +150,8 @@ async def test_dashboard_queries_and_alert_rules_evaluate_on_a_live_worker(
 
         rules = await asyncio.to_thread(api, port, "rules")
         evaluated = [rule for group in rules["groups"] for rule in group["rules"]]
-        assert len(evaluated) == 9
+        alert_rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+        assert len(evaluated) == sum(len(g["rules"]) for g in alert_rules["groups"])
         assert all(rule["health"] == "ok" for rule in evaluated), [
             (r["name"], r.get("lastError")) for r in evaluated if r["health"] != "ok"
         ]
