@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test test-unit test-integration lint format bench clean
+.PHONY: install demo test test-unit test-integration lint format bench bench-replicate clean
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ format: install
 
 bench: install
 	$(BIN)/streamer bench
+
+bench-replicate: install
+	$(BIN)/streamer dev up >/dev/null
+	$(BIN)/python -m benchmarks.replicate_bench
 
 clean:
 	-$(BIN)/streamer dev down

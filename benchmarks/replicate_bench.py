@@ -105,6 +105,41 @@ def value(registry: Any, name: str, **labels: str) -> float:
     return float(registry.get_sample_value(name, labels) or 0.0)
 
 
+async def ceiling(settings: Settings, endpoint: str | None, n: int) -> None:
+    """The servers' own rate for what one changed image costs (HEAD source, HEAD replica, copy),
+    sent from a plain thread pool of the same size: what the replicator's figure stands beside."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    source = client(settings.s3.s3_endpoint_url)
+    replica = client(endpoint) if endpoint else source
+    bucket, r = settings.s3.s3_bucket, settings.replica
+
+    def one(i: int) -> None:
+        path = f"/b/{i:06d}.jpg"
+        key = s3_key(settings.s3.s3_prefix, path)
+        source.head_object(Bucket=bucket, Key=key)
+        replica.head_object(Bucket=r.replica_bucket, Key=s3_key(r.replica_prefix, path))
+        if endpoint is None:
+            replica.copy_object(
+                Bucket=r.replica_bucket,
+                Key=f"ceiling/{i}",
+                CopySource={"Bucket": bucket, "Key": key},
+            )
+        else:
+            body = source.get_object(Bucket=bucket, Key=key)["Body"].read()
+            replica.put_object(Bucket=r.replica_bucket, Key=f"ceiling/{i}", Body=body)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(r.replica_concurrency) as pool:
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: list(pool.map(one, range(n)))
+        )
+    wall = time.perf_counter() - t0
+    print(
+        f"{'':<15} ceiling: the same requests from {r.replica_concurrency} threads: {n / wall:.0f} images/s"
+    )
+
+
 async def case(base: Settings, name: str, endpoint: str | None, n: int, size: int) -> None:
     run = uuid.uuid4().hex[:6]
     settings = base.replace(
@@ -145,6 +180,7 @@ async def case(base: Settings, name: str, endpoint: str | None, n: int, size: in
         publisher.flush()
         ends = dict(publisher.end_offsets)
     wall, cpu, reg = await drain(settings, ends)
+    await ceiling(settings, endpoint, n)
     copied = sum(
         value(reg, "streamer_replica_copies_total", mode=m) for m in ("server_side", "streamed")
     )

@@ -27,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from streamer.errors import ObjectStoreUnavailable
 from streamer.replicate.errors import SourceChanged, replica_error
-from streamer.replicate.metrics import ReplicaMetrics
+from streamer.replicate.metrics import REQUESTS, ReplicaMetrics
 from streamer.replicate.rules import SOURCE_ETAG_KEY, ReplicaHead, is_identical
 from streamer.storage.errors import MISSING_CODES, error_code, object_store_error
 from streamer.storage.keys import s3_key
@@ -111,17 +111,7 @@ class Copier:
             max_concurrency=1,
             use_threads=False,
         )
-        self._requests = {
-            (t, op): metrics.requests.labels(t, op)
-            for t, op in (
-                ("source", "head"),
-                ("source", "get"),
-                ("replica", "head"),
-                ("replica", "copy"),
-                ("replica", "put"),
-                ("replica", "delete"),
-            )
-        }
+        self._requests = {(t, op): metrics.requests.labels(t, op) for t, op in REQUESTS}
 
     def source_key(self, path: str) -> str:
         return s3_key(self.source_prefix, path)

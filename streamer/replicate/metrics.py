@@ -6,7 +6,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streamer.runtime.metrics import LATENCY_BUCKETS_S
 
-__all__ = ["COPY_MODES", "EVENT_OUTCOMES", "FAILURE_REASONS", "IMAGE_RESULTS", "ReplicaMetrics"]
+__all__ = [
+    "COPY_MODES",
+    "EVENT_OUTCOMES",
+    "FAILURE_REASONS",
+    "IMAGE_RESULTS",
+    "REQUESTS",
+    "ReplicaMetrics",
+]
 
 # Bounded label values, created at zero so dashboards and alerts see them from the start.
 COPY_MODES = ("server_side", "streamed")
