@@ -137,11 +137,14 @@ class Copier:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix="replica")
-        self.metrics.in_flight.inc()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        finally:
-            self.metrics.in_flight.dec()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._counted, fn, *args
+        )
+
+    def _counted(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs on a pool thread: in flight means sent, not queued for a thread."""
+        with self.metrics.in_flight.track_inprogress():
+            return fn(*args)
 
     def close(self) -> None:
         if self._executor is not None:

@@ -107,7 +107,7 @@ async def verify_replica(
             async with db.acquire() as conn:
                 expected = await repo.expected(conn, path_prefix)
             report.expected = len(expected)
-            show("recorded galleries", len(expected), len(expected))
+            show("recorded paths", len(expected), len(expected))
             source = await _listed(copier.list_source, path_prefix, "source listed", show)
             held = await _listed(copier.list_replica, path_prefix, "destination listed", show)
             to_head: list[str] = []

@@ -33,6 +33,7 @@ from tests.integration.replicate_support import (
 )
 from tests.integration.support import (
     dead_letters,
+    fetch,
     media,
     prepare,
     put_image,
@@ -248,3 +249,50 @@ async def test_verify_reports_missing_stale_and_extra_and_repair_fixes_them(
     assert (
         code == 0 and clean["ok"] == 3 and clean["missing"] == clean["stale"] == clean["extra"] == 0
     )
+
+
+def churn() -> list[Any]:
+    """Galleries that share few paths and keep dropping and re-adding them."""
+    paths = [f"/c/{i}.jpg" for i in range(8)]
+    out = []
+    for version, offsets in ((1, (0, 1)), (2, (2,)), (3, (0, 3)), (4, (1, 3))):
+        for i in range(40):
+            chosen = [paths[(i + k) % len(paths)] for k in offsets]
+            out.append(
+                media(
+                    f"C-{i:02d}",
+                    version,
+                    [{"file_path": p, "position": n} for n, p in enumerate(chosen)],
+                    mode="REPLACE",
+                )
+            )
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+async def test_two_workers_sharing_paths_end_with_exactly_the_galleries_images(
+    make_settings, s3_client
+) -> None:
+    settings = with_replica(make_settings(topic_partitions=4, batch_max_events=5))
+    prepare(settings)
+    for i in range(8):
+        put_image(s3_client, settings, f"/c/{i}.jpg", f"shared {i}".encode() * 30)
+    await gallery_chain(settings, churn())
+    ends = outcome_ends(settings)
+    async with (
+        running_replicator(settings) as (_one, first),
+        running_replicator(settings) as (_two, second),
+    ):
+
+        async def done() -> bool:
+            for task in (first, second):
+                if task.done():
+                    task.result()
+            return await replicated(settings, ends)
+
+        await wait_for(done, timeout_s=180, what="two replicators to drain the outcome topic")
+    final = {f"/c/{(i + k) % 8}.jpg" for i in range(40) for k in (1, 3)}
+    assert set(replica_state(settings)) == final
+    refs = await fetch(settings, "SELECT count(DISTINCT file_path) AS n FROM replica_refs")
+    assert refs[0]["n"] == len(final)
