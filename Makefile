@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install promtool stunnel chromium demo test chaos soak test-unit test-integration lint format bench clean
+.PHONY: install promtool stunnel chromium demo test chaos soak test-unit test-integration lint format bench bench-replicate clean
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ soak: install
 
 bench: install
 	$(BIN)/streamer bench
+
+bench-replicate: install
+	$(BIN)/streamer dev up >/dev/null
+	$(BIN)/python -m benchmarks.replicate_bench
 
 clean:
 	-$(BIN)/streamer dev down

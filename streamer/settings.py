@@ -18,6 +18,7 @@ from streamer.config import Section, default_env_file, load_section
 from streamer.contract.topics import TopicSettings
 from streamer.forward.settings import ForwardSettings
 from streamer.gallery.settings import GallerySettings
+from streamer.replicate.settings import ReplicaSettings
 from streamer.runtime.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
 from streamer.storage.settings import S3Settings
 from streamer.tracking.settings import TrackingSettings
@@ -37,6 +38,7 @@ class Settings(BaseModel):
     forward: ForwardSettings
     tracking: TrackingSettings
     api: ApiSettings
+    replica: ReplicaSettings
 
     @classmethod
     def sections(cls) -> dict[str, type[Section]]:

@@ -23,6 +23,7 @@ from streamer.contract.events import MediaGalleryChanged, ProductChanged
 from streamer.contract.publishing import EventPublisher
 from streamer.dev.demo_api import api_step
 from streamer.dev.demo_forward import show_forwarding
+from streamer.dev.demo_replicate import show_replication
 from streamer.dev.stack import DevStack
 from streamer.gallery.worker import GalleryWorker
 from streamer.ops.schema import migrate_all
@@ -406,9 +407,9 @@ class Demo:
             self.counter("streamer_events_processed_total", outcome="written") > 0,
             "metrics recorded the run",
         )
-
-        await show_forwarding(self, 9)
-        await api_step(self, 10, skus)
+        await show_replication(self, 9, skus)
+        await show_forwarding(self, 10)
+        await api_step(self, 11, skus)
 
 
 def run_demo(home: Path, database_url: str | None, console: Console | None = None) -> bool:

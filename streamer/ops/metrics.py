@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry
 from streamer.api.metrics import ApiMetrics
 from streamer.forward.metrics import ForwardMetrics
 from streamer.gallery.metrics import GalleryMetrics
+from streamer.replicate.metrics import ReplicaMetrics
 from streamer.runtime.metrics import RuntimeMetrics, new_registry
 from streamer.tracking.metrics import TrackingMetrics
 
@@ -20,4 +21,5 @@ def registry_with_every_metric() -> CollectorRegistry:
     ForwardMetrics(registry)
     ApiMetrics(registry)
     TrackingMetrics(registry)
+    ReplicaMetrics(registry)
     return registry

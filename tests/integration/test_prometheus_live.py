@@ -28,6 +28,7 @@ from streamer.runtime.metrics import new_registry
 from tests.deploy.support import PROMETHEUS
 from tests.deploy.test_dashboard import as_promql, queries
 from tests.integration.forwarding import SECRET
+from tests.integration.replicate_support import replica_state, running_replicator, with_replica
 from tests.integration.support import Sender, drained_worker, media, prepare, put_image, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.deploy]
@@ -120,6 +121,9 @@ async def test_dashboard_queries_and_alert_rules_evaluate_on_a_live_worker(
     settings = make_settings(
         metrics_port=free_port(), metrics_host="127.0.0.1", lag_refresh_s=0.2, topic_partitions=2
     )
+    # A replicator beside the gallery worker, so that its dashboard row has data too.
+    replica = with_replica(settings).replace(metrics_port=free_port())
+    settings = replica.replace(metrics_port=settings.runtime.metrics_port)
     prepare(settings)
     put_image(s3_client, settings, "/p/1.jpg", b"one")
     sender = Sender(settings)
@@ -130,8 +134,18 @@ async def test_dashboard_queries_and_alert_rules_evaluate_on_a_live_worker(
         async with (
             drained_worker(settings, sender.ends, timeout_s=60),
             forwarding_job(settings, receiver) as forward_port,
+            running_replicator(replica) as (_replicator, replicating),
         ):
-            port = prometheus(settings.runtime.metrics_port, forward_port)
+
+            async def copied() -> bool:
+                if replicating.done():
+                    replicating.result()
+                return bool(replica_state(replica))
+
+            await wait_for(copied, timeout_s=60, what="the replicator's first copy")
+            port = prometheus(
+                settings.runtime.metrics_port, forward_port, replica.runtime.metrics_port
+            )
 
             def scraped() -> bool:
                 try:
@@ -170,7 +184,8 @@ async def test_dashboard_queries_and_alert_rules_evaluate_on_a_live_worker(
 
             rules = await asyncio.to_thread(api, port, "rules")
             evaluated = [rule for group in rules["groups"] for rule in group["rules"]]
-            assert len(evaluated) == 12
+            alert_rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+            assert len(evaluated) == sum(len(g["rules"]) for g in alert_rules["groups"])
             assert all(rule["health"] == "ok" for rule in evaluated), [
                 (r["name"], r.get("lastError")) for r in evaluated if r["health"] != "ok"
             ]
