@@ -93,8 +93,12 @@ class Publisher:
             self._pending -= 1
             if err is None:
                 self._acked += 1
-                tp = (msg.topic(), msg.partition())
-                self.end_offsets[tp] = max(self.end_offsets.get(tp, 0), msg.offset() + 1)
+                # A broker may acknowledge without an offset (seen from Tansu just after a
+                # restart): the message is delivered, only its position is unknown.
+                offset = msg.offset()
+                if offset is not None and offset >= 0:
+                    tp = (msg.topic(), msg.partition())
+                    self.end_offsets[tp] = max(self.end_offsets.get(tp, 0), offset + 1)
                 return
             self._failures.append(
                 DeliveryFailure(msg.topic(), msg.key(), err.str(), bool(err.retriable()))
