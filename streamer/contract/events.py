@@ -159,7 +159,7 @@ class Image(BaseModel):
         return self.invalid_reason is None
 
 
-def _utc(value: datetime) -> datetime:
+def utc_millis(value: datetime) -> datetime:
     """UTC, truncated to the millisecond the wire format carries, so a round trip is exact."""
     aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     return aware.replace(microsecond=aware.microsecond // 1000 * 1000)
@@ -202,7 +202,7 @@ class _EventBase(BaseModel):
     @field_validator("occurred_at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        return _utc(value)
+        return utc_millis(value)
 
 
 class ProductChanged(_EventBase):

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from confluent_kafka import Message
 
 from streamer.contract.codec import Codec
-from streamer.contract.events import EventType, MediaGalleryChanged, ProductChanged, fingerprint
+from streamer.contract.events import EventType
+from streamer.contract.lean import LeanEvent, lean_fingerprint
 from streamer.contract.topics import TopicSettings
 from streamer.errors import DatabaseDataError, InvalidEvent, StreamerError
 from streamer.gallery.diff import SkuDiff, diff
@@ -51,7 +52,7 @@ __all__ = ["BatchReport", "GalleryHandler", "GalleryPlan"]
 
 log = logging.getLogger(__name__)
 
-Event = ProductChanged | MediaGalleryChanged
+Event = LeanEvent
 # Outcomes after which the same event may come back from a dead-letter replay and be applied.
 _REPLAYABLE = {EventOutcome.PARTIAL.value, EventOutcome.DEAD_LETTERED.value}
 
@@ -166,7 +167,7 @@ class GalleryHandler:
         for msg in messages:
             topic = msg.topic() or ""
             try:
-                event = self.codec.decode_event(msg.value())
+                event = self.codec.decode_lean(msg.value())
             except StreamerError as exc:
                 if exc.retriable:
                     raise
@@ -270,7 +271,7 @@ class GalleryHandler:
             prior = seen.get(item.event.event_id)
             if prior is None or prior.outcome in _REPLAYABLE:
                 kept.append(item)
-            elif prior.fingerprint == fingerprint(item.event):
+            elif prior.fingerprint == lean_fingerprint(item.event):
                 done.append((item, EventResult(item.event, EventOutcome.DUPLICATE)))
             else:
                 done.append(
@@ -312,7 +313,7 @@ class GalleryHandler:
                             request_id=event.request_id,
                             outcome=outcome.value,
                             reason=result.reason,
-                            fingerprint=fingerprint(event),
+                            fingerprint=lean_fingerprint(event),
                             topic=item.msg.topic() or "",
                             partition=item.msg.partition() or 0,
                             offset=item.msg.offset() or 0,

@@ -46,14 +46,22 @@ class SkuState:
     images: Mapping[str, StoredImage] = field(default_factory=dict)
     exists: bool = False
 
-    def content(self) -> tuple[object, ...]:
-        """Everything but the version numbers: what decides whether an event changed anything."""
-        return (
-            self.deleted,
-            self.name,
-            self.enabled,
-            tuple(sorted((p, _image_key(i)) for p, i in self.images.items())),
-        )
+    def same_content(self, other: SkuState) -> bool:
+        """Equal in everything but the version numbers (and content versions, which follow
+        the ETags): whether an event changed anything."""
+        if (
+            self.exists != other.exists
+            or self.deleted != other.deleted
+            or self.name != other.name
+            or self.enabled != other.enabled
+        ):
+            return False
+        mine, theirs = self.images, other.images
+        if mine is theirs:
+            return True
+        if mine.keys() != theirs.keys():
+            return False
+        return all(_image_key(image) == _image_key(theirs[path]) for path, image in mine.items())
 
 
 def _image_key(image: StoredImage) -> tuple[object, ...]:
