@@ -7,6 +7,13 @@ The data path of a batch, top to bottom (the runtime's checkpoint commits it):
    before; look up the ETags of every distinct object still in play.
 2. ``plan``: fold each SKU's events in consume order onto its stored state and
    diff the result; derive the outcome rows, request counts and dead letters.
+
+The runtime prepares batch N+1 while batch N commits, so N+1's state read may
+predate N's commit. ``committed(N)`` keeps what N wrote (final states of the SKUs
+it changed, the outcomes it recorded) and ``plan(N+1)`` lays them over N+1's reads
+when those began before N committed: the fold always starts from what is stored.
+The ETags looked up from an older state are a superset of those needed (versions
+only grow, so an older state skips fewer events as stale), never too few.
 3. ``write`` (inside the checkpoint's transaction): the gallery rows of every
    changed SKU (a SKU whose rows the database refuses is dead-lettered alone),
    the event outcomes; returns the dead letters and ``GalleryUpdated`` events.
@@ -91,6 +98,15 @@ class _Prepared:
     states: dict[str, SkuState]
     seen: dict[str, SeenEvent]
     objects: dict[str, ObjectInfo | None]  # by file path
+    commits_before: int  # batches committed when the reads began
+
+
+@dataclass
+class _Committed:
+    """What the last committed batch wrote, for the batch prepared while it committed."""
+
+    finals: dict[str, SkuState] = field(default_factory=dict)
+    seen: dict[str, SeenEvent] = field(default_factory=dict)
 
 
 @dataclass
@@ -143,6 +159,8 @@ class GalleryHandler:
             topics.media_topic: EventType.MEDIA,
         }
         self.report = BatchReport()
+        self._commits = 0
+        self._last = _Committed()
 
     async def start(self, ctx: HandlerContext) -> None:
         self.ctx = ctx
@@ -201,6 +219,7 @@ class GalleryHandler:
         return items, letters
 
     async def prepare(self, batch: Batch) -> _Prepared:
+        commits_before = self._commits
         items, letters = self._decode(batch.messages)
         by_sku: dict[str, list[_Item]] = defaultdict(list)
         for item in items:
@@ -221,7 +240,7 @@ class GalleryHandler:
             )
         )
         objects = await self._lookup(paths)
-        return _Prepared(len(batch), letters, dict(by_sku), states, seen, objects)
+        return _Prepared(len(batch), letters, dict(by_sku), states, seen, objects, commits_before)
 
     async def _lookup(self, paths: Collection[str]) -> dict[str, ObjectInfo | None]:
         if not paths:
@@ -234,7 +253,25 @@ class GalleryHandler:
 
     # -- 2. fold and diff ------------------------------------------------------------------
 
+    def _catch_up(self, prepared: _Prepared) -> None:
+        """Lay the last committed batch's writes over reads that began before it committed."""
+        behind = self._commits - prepared.commits_before
+        if behind == 0:
+            return
+        if behind > 1:
+            raise RuntimeError(
+                f"a batch prepared {behind} commits ago cannot be planned: the runtime prepares "
+                "at most one batch ahead"
+            )
+        for sku, final in self._last.finals.items():
+            if sku in prepared.states:
+                prepared.states[sku] = final
+        for event_id, seen in self._last.seen.items():
+            prepared.seen[event_id] = seen
+        prepared.commits_before = self._commits
+
     async def plan(self, prepared: _Prepared) -> GalleryPlan:
+        self._catch_up(prepared)
         results: dict[str, list[tuple[_Item, EventResult]]] = {}
         diffs: dict[str, SkuDiff] = {}
         finals: dict[str, SkuState] = {}
@@ -395,6 +432,11 @@ class GalleryHandler:
                 self.metrics.db_rows_written.labels(op).inc(n)
         self.metrics.outcome_events.inc(report.outcome_events)
         self.report.add(report)
+        self._last = _Committed(
+            finals=dict(plan.finals),
+            seen={r.event_id: SeenEvent(r.fingerprint, r.outcome) for r in plan.outcome_rows},
+        )
+        self._commits += 1
 
 
 def _describe_invalid(result: EventResult) -> str:
