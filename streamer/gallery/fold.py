@@ -188,7 +188,7 @@ def _apply_media(
         listed_now = {image.file_path for image, _ in resolved}
         for p, i in images.items():
             if i.roles and p not in listed_now:
-                images[p] = replace(i, roles=())
+                images[p] = i._replace(roles=())
     for image, info in resolved:
         path = image.file_path
         old = state.images.get(path)
