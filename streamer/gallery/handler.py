@@ -4,7 +4,8 @@ The data path of a batch, top to bottom (the runtime's checkpoint commits it):
 
 1. ``prepare``: decode and validate every message (what cannot be read becomes a
    dead letter); load the stored state of the batch's SKUs and the event ids seen
-   before; look up the ETags of every distinct object still in play.
+   before and, at the same time, look up the ETags of every distinct object the
+   events name (as if nothing were stored: a superset of what the fold needs).
 2. ``plan``: fold each SKU's events in consume order onto its stored state and
    diff the result; derive the outcome rows, request counts and dead letters.
 
@@ -12,8 +13,7 @@ The runtime prepares batch N+1 while batch N commits, so N+1's state read may
 predate N's commit. ``committed(N)`` keeps what N wrote (final states of the SKUs
 it changed, the outcomes it recorded) and ``plan(N+1)`` lays them over N+1's reads
 when those began before N committed: the fold always starts from what is stored.
-The ETags looked up from an older state are a superset of those needed (versions
-only grow, so an older state skips fewer events as stale), never too few.
+The ETag look-up does not depend on the stored state at all, so it is never short.
 3. ``write`` (inside the checkpoint's transaction): the gallery rows of every
    changed SKU (a SKU whose rows the database refuses is dead-lettered alone),
    the event outcomes; returns the dead letters and ``GalleryUpdated`` events.
@@ -21,6 +21,7 @@ only grow, so an older state skips fewer events as stale), never too few.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
@@ -224,23 +225,37 @@ class GalleryHandler:
         by_sku: dict[str, list[_Item]] = defaultdict(list)
         for item in items:
             by_sku[item.event.sku].append(item)
-        states: dict[str, SkuState] = {}
-        seen: dict[str, SeenEvent] = {}
-        if by_sku:
-            started = time.perf_counter()
-            states, seen = await self.ctx.call(
-                "postgres",
-                lambda: self.repository.load(list(by_sku), {i.event.event_id for i in items}),
-            )
-            self.metrics.db_read_latency.observe(time.perf_counter() - started)
+        # The objects in play as if nothing were stored: a superset of those the fold will
+        # need (a stored version can only make events stale), so the ETag look-up runs
+        # beside the state read instead of after it.
         paths = set().union(
             *(
-                keys_in_play(states[sku], [i.event for i in its], self.rules)
+                keys_in_play(SkuState(sku), [i.event for i in its], self.rules)
                 for sku, its in by_sku.items()
             )
         )
-        objects = await self._lookup(paths)
+        lookup = asyncio.ensure_future(self._lookup(paths))
+        try:
+            states, seen = await self._load(by_sku, items)
+            objects = await lookup
+        finally:
+            if not lookup.done():
+                lookup.cancel()
+            await asyncio.gather(lookup, return_exceptions=True)
         return _Prepared(len(batch), letters, dict(by_sku), states, seen, objects, commits_before)
+
+    async def _load(
+        self, by_sku: Mapping[str, list[_Item]], items: list[_Item]
+    ) -> tuple[dict[str, SkuState], dict[str, SeenEvent]]:
+        if not by_sku:
+            return {}, {}
+        started = time.perf_counter()
+        states, seen = await self.ctx.call(
+            "postgres",
+            lambda: self.repository.load(list(by_sku), {i.event.event_id for i in items}),
+        )
+        self.metrics.db_read_latency.observe(time.perf_counter() - started)
+        return states, seen
 
     async def _lookup(self, paths: Collection[str]) -> dict[str, ObjectInfo | None]:
         if not paths:
