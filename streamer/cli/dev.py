@@ -98,36 +98,41 @@ def demo() -> None:
 
 
 def bench(
-    skus: Annotated[int, typer.Option("--skus", help="SKUs (one 5-image event each)")] = 5000,
+    skus: Annotated[int, typer.Option("--skus", help="SKUs (one gallery event each)")] = 5000,
     images: Annotated[int, typer.Option("--images", help="images per SKU")] = 5,
     objects: Annotated[int, typer.Option("--objects", help="distinct S3 objects")] = 2000,
-    etag_source: Annotated[str | None, typer.Option("--etag-source", help="head or list")] = None,
+    naive_events: Annotated[
+        int, typer.Option("--naive-events", help="events the naive consumer re-syncs (it is slow)")
+    ] = 300,
+    etag_source: Annotated[
+        str | None, typer.Option("--etag-source", help="auto, head or list")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
 ) -> None:
-    """Throughput benchmark on the configured stack: first sync, then a no-op re-sync."""
-    from streamer.dev.bench import run_benchmark, summary_rows
+    """Throughput benchmark on the configured stack: ceilings of the parts, then first sync,
+    no-op re-sync and the naive consumer's no-op re-sync, each beside what binds it."""
+    from streamer.dev.bench import format_table, run_benchmark
 
     settings = settings_from(etag_source=etag_source)
+    err_console.print(
+        f"streamer bench: {skus:,} SKUs x {images} images over {objects:,} objects, "
+        f"ETag source {settings.gallery.etag_source}"
+    )
     with fail_cleanly():
-        results = run(
+        result = run(
             run_benchmark(
                 settings,
                 n_skus=skus,
                 images_per_sku=images,
                 n_objects=objects,
-                log=lambda line: err_console.print(line),
+                naive_events=naive_events,
+                log=lambda line: err_console.print(line, markup=False, highlight=False),
             )
         )
-    rows = summary_rows(results)
     if json_out:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(result.as_json(), indent=2))
         return
-    table = Table(
-        *rows[0].keys(), title=f"streamer bench (ETag source: {settings.gallery.etag_source})"
-    )
-    for row in rows:
-        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
-    Console().print(table)
+    print(format_table(result))
 
 
 def _json_default(value: object) -> str:

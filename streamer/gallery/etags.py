@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Collection, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -76,6 +77,8 @@ class S3EtagSource:
         self.sizes = sizes if sizes is not None else FolderSizes()
         self._concurrency = concurrency
         self._page_keys = page_keys  # how many listed keys count as one request
+        # Plain totals, cheap to keep: what the benchmark reads beside the metrics.
+        self.totals: Counter[str] = Counter()
         self._limit: asyncio.Semaphore | None = None
         self._metrics = metrics
         # Children bound once: they count every HEAD and every LIST page.
@@ -123,6 +126,7 @@ class S3EtagSource:
             except _STORE_ERRORS as exc:
                 raise object_store_error(exc, f"HEAD {key}") from exc
             finally:
+                self.totals["head"] += 1
                 if self._metrics is not None:
                     self._metrics.head_latency.observe(time.perf_counter() - started)
                     self._requests["head"].inc()
@@ -157,6 +161,8 @@ class S3EtagSource:
             except _STORE_ERRORS as exc:
                 raise object_store_error(exc, f"LIST {folder}") from exc
             finally:
+                self.totals["list"] += max(1, pages)
+                self.totals["listed_keys"] += len(listed)
                 if self._requests:
                     self._requests["list"].inc(max(1, pages))
         self.sizes.learn(folder, len(listed), complete=complete)
