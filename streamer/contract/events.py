@@ -161,6 +161,8 @@ class Image(BaseModel):
 
 def utc_millis(value: datetime) -> datetime:
     """UTC, truncated to the millisecond the wire format carries, so a round trip is exact."""
+    if value.tzinfo is UTC and not value.microsecond % 1000:
+        return value  # as Avro's timestamp-millis decodes: already so
     aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     return aware.replace(microsecond=aware.microsecond // 1000 * 1000)
 

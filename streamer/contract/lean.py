@@ -19,9 +19,9 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from pydantic import TypeAdapter
+from pydantic_core import to_json
 
 from streamer.contract.events import (
     MAX_IMAGES_PER_EVENT,
@@ -54,9 +54,9 @@ __all__ = [
 _CONTROL = frozenset(chr(c) for c in (*range(0x20), *range(0x7F, 0xA0)))
 
 
-@dataclass(frozen=True, slots=True)
-class LeanImage:
-    """``events.Image``'s fields, in its order (the fingerprint's JSON depends on it)."""
+class LeanImage(NamedTuple):
+    """``events.Image``'s fields, in its order (the fingerprint's JSON depends on it). A named
+    tuple: an event carries several, and it builds in a third of a frozen dataclass's time."""
 
     file_path: str
     label: str | None = None
@@ -126,9 +126,11 @@ def lean_image(raw: Mapping[str, Any]) -> LeanImage:
         or (position is not None and type(position) is not int)
         or type(disabled) is not bool
         or (etag is not None and type(etag) is not str)
-        or not all(type(r) is str for r in roles)
     ):
         raise _Refused
+    for role in roles:
+        if type(role) is not str:
+            raise _Refused
     reason = message = None
     try:
         path = normalize_file_path(path)
@@ -260,13 +262,10 @@ def _lean_image_of(image: Image) -> LeanImage:
     )
 
 
-_JSON = {
-    LeanProduct: TypeAdapter(LeanProduct),
-    LeanMedia: TypeAdapter(LeanMedia),
-}
-
-
 def lean_fingerprint(event: LeanEvent) -> str:
-    """``events.fingerprint`` of the same event: the same JSON, so the same digest."""
-    body = _JSON[type(event)].dump_json(event)  # type: ignore[attr-defined]
-    return hashlib.sha256(body).hexdigest()[:32]
+    """``events.fingerprint`` of the same event: the model's JSON (its fields in its order,
+    serialised by pydantic-core), so the same digest."""
+    data: dict[str, Any] = {name: getattr(event, name) for name in event.__dataclass_fields__}
+    if isinstance(event, LeanMedia):
+        data["images"] = [image._asdict() for image in event.images]
+    return hashlib.sha256(to_json(data)).hexdigest()[:32]

@@ -97,14 +97,12 @@ def _resolve(
         return ObjectInfo(etag=image.etag or "", size=0)
     info = objects.get(image.file_path)
     if info is None:
-        return replace(
-            image,
+        return image._replace(
             invalid_reason="object_missing",
             invalid_message=f"{image.file_path}: no object in S3 (yet)",
         )
     if info.size > rules.max_image_bytes:
-        return replace(
-            image,
+        return image._replace(
             invalid_reason="object_too_large",
             invalid_message=f"{image.file_path}: {info.size} bytes, over the "
             f"{rules.max_image_bytes}-byte limit",
