@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test test-unit test-integration lint format bench clean
+.PHONY: install demo test test-unit test-integration lint format bench bench-1m clean
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ format: install
 
 bench: install
 	$(BIN)/streamer bench
+
+# A million SKUs through loadgen, publish and consume on the embedded stack (about an
+# hour on a 2-core machine): wall time, events/s and the worker's memory over time.
+bench-1m: install
+	$(BIN)/streamer dev up > /dev/null
+	$(BIN)/python benchmarks/million.py $(BENCH_1M_ARGS)
 
 clean:
 	-$(BIN)/streamer dev down

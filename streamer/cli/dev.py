@@ -146,16 +146,17 @@ def loadgen(
     images: Annotated[int, typer.Option("--images")] = 5,
     objects: Annotated[int, typer.Option("--objects", help="distinct object paths")] = 1000,
     upload: Annotated[bool, typer.Option("--upload", help="also put the objects in S3")] = False,
+    prefix: Annotated[str, typer.Option("--prefix", help="SKU prefix")] = "BENCH",
 ) -> None:
-    """Write a synthetic catalog as JSON lines for `streamer publish`."""
+    """Write a synthetic catalog as JSON lines for `streamer publish` (streamed: any size)."""
     from rich.progress import Progress
 
     from streamer.contract.codec import event_record
-    from streamer.dev.loadgen import generate_catalog, object_paths, upload_objects
+    from streamer.dev.loadgen import iter_catalog, object_paths, upload_objects
 
     paths = object_paths(objects)
-    events = generate_catalog(
-        skus, images, paths, version=int(time.time() * 1000), request_id="loadgen"
+    events = iter_catalog(
+        skus, images, paths, version=int(time.time() * 1000), request_id="loadgen", prefix=prefix
     )
     if upload:
         settings = settings_from()
@@ -170,4 +171,4 @@ def loadgen(
     finally:
         if out is not sys.stdout:
             out.close()
-    err_console.print(f"wrote {len(events)} events over {len(paths)} objects")
+    err_console.print(f"wrote {skus} events over {len(paths)} objects")
