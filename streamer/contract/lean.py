@@ -74,13 +74,19 @@ class LeanImage(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class LeanProduct:
+class _LeanCommon:
+    """The fields every event carries, in the models' order."""
+
     event_id: str
     sku: str
     version: int
     occurred_at: datetime
     source: str
     request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeanProduct(_LeanCommon):
     type: EventType = EventType.PRODUCT
     op: ProductOp = ProductOp.UPSERT
     name: str | None = None
@@ -88,13 +94,7 @@ class LeanProduct:
 
 
 @dataclass(frozen=True, slots=True)
-class LeanMedia:
-    event_id: str
-    sku: str
-    version: int
-    occurred_at: datetime
-    source: str
-    request_id: str | None = None
+class LeanMedia(_LeanCommon):
     type: EventType = EventType.MEDIA
     mode: GalleryMode = GalleryMode.UPSERT
     images: tuple[LeanImage, ...] = ()
