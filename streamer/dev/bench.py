@@ -492,18 +492,27 @@ def explain(result: BenchResult, log: Log) -> None:
         log(f"noop_resync is {noop.events_per_s / naive.events_per_s:,.1f}x naive_noop_resync")
 
 
+def _count(n: float) -> str:
+    """A count in at most 7 characters: 99,999, then 123.4k, then 12.35M."""
+    if n < 100_000:
+        return f"{n:,.0f}"
+    if n < 1_000_000:
+        return f"{n / 1000:.1f}k"
+    return f"{n / 1_000_000:.2f}M"
+
+
 def format_table(result: BenchResult) -> str:
-    """The phases in 80 columns, one line each, readable in a log."""
+    """The phases in at most 80 columns, one line each, readable in a log."""
     header = (
-        f"{'phase':<17}{'events':>10}{'seconds':>8}{'ev/s':>7}{'img/s':>8}"
-        f"{'µs/ev':>7}{'S3 req':>8}{'rows':>9}{'RSS MB':>7}"
+        f"{'phase':<18}{'events':>8}{'seconds':>8}{'ev/s':>7}{'img/s':>8}"
+        f"{'µs/ev':>7}{'S3 req':>8}{'rows':>8}{'RSS MB':>7}"
     )
     lines = [header]
-    for p in result.phases:
+    for p in result.phases:  # every figure fits its column (at most 7 characters)
         lines.append(
-            f"{p.name[:17]:<17}{p.events:>10,}{p.seconds:>8.1f}{p.events_per_s:>7,.0f}"
-            f"{p.images_per_s:>8,.0f}{p.cpu_us_per_event:>7,.0f}{p.s3_requests:>8,}"
-            f"{p.rows_written:>9,}{p.peak_rss_mb:>7,.0f}"
+            f"{p.name[:17]:<18}{_count(p.events):>8}{p.seconds:>8.1f}{_count(p.events_per_s):>7}"
+            f"{_count(p.images_per_s):>8}{_count(p.cpu_us_per_event):>7}{_count(p.s3_requests):>8}"
+            f"{_count(p.rows_written):>8}{p.peak_rss_mb:>7,.0f}"
         )
     c = result.ceilings
     lines += [
