@@ -50,7 +50,7 @@ class EtagSource(Protocol):
         Raises ``ObjectStoreUnavailable`` (retriable) when the store cannot answer."""
         ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 def _etag(value: str | None) -> str:
@@ -69,6 +69,7 @@ class S3EtagSource:
         metrics: GalleryMetrics | None = None,
         sizes: FolderSizes | None = None,
         page_keys: int = PAGE_KEYS,
+        timeout_s: float = 5.0,
     ) -> None:
         if mode not in ETAG_SOURCES:
             raise ValueError(f"unknown ETag source {mode!r}; one of {', '.join(ETAG_SOURCES)}")
@@ -79,6 +80,8 @@ class S3EtagSource:
         self._page_keys = page_keys  # how many listed keys count as one request
         # Plain totals, cheap to keep: what the benchmark reads beside the metrics.
         self.totals: Counter[str] = Counter()
+        self._timeout_s = timeout_s
+        self._last_activity = 0.0  # monotonic time a request last began or ended
         self._limit: asyncio.Semaphore | None = None
         self._metrics = metrics
         # Children bound once: they count every HEAD and every LIST page.
@@ -118,6 +121,7 @@ class S3EtagSource:
     async def _head(self, key: str) -> ObjectInfo | None:
         started = time.perf_counter()
         async with self._slot():
+            self._last_activity = time.monotonic()
             try:
                 # A GET that asks for no content is a HEAD that also returns the content type.
                 result = await obstore.get_async(self.store, key, options=_HEAD_ONLY)
@@ -126,6 +130,7 @@ class S3EtagSource:
             except _STORE_ERRORS as exc:
                 raise object_store_error(exc, f"HEAD {key}") from exc
             finally:
+                self._last_activity = time.monotonic()
                 self.totals["head"] += 1
                 if self._metrics is not None:
                     self._metrics.head_latency.observe(time.perf_counter() - started)
@@ -145,6 +150,7 @@ class S3EtagSource:
         listed: dict[str, Any] = {}
         pages, complete, last = 0, True, ""
         async with self._slot():
+            self._last_activity = time.monotonic()
             try:
                 stream = obstore.list(self.store, prefix=folder, chunk_size=self._page_keys)
                 async for chunk in stream:
@@ -161,6 +167,7 @@ class S3EtagSource:
             except _STORE_ERRORS as exc:
                 raise object_store_error(exc, f"LIST {folder}") from exc
             finally:
+                self._last_activity = time.monotonic()
                 self.totals["list"] += max(1, pages)
                 self.totals["listed_keys"] += len(listed)
                 if self._requests:
@@ -178,8 +185,23 @@ class S3EtagSource:
                 unresolved.append(key)
         return found, unresolved
 
-    def close(self) -> None:
-        return None
+    async def close(self) -> None:
+        """Let the store's threads finish what they were doing before the process exits.
+
+        obstore completes requests on its own (Rust) threads, which take the GIL to hand
+        results and drop Python objects. One that does so while the interpreter finalizes
+        is ended by CPython 3.11 mid-Rust-frame and aborts the whole process (SIGABRT,
+        no message): seen in about one exit in four right after a request, never after
+        a short quiet period. So the worker's stop waits for one, bounded by the
+        request timeout (a request cancelled on our side may still be in flight).
+        """
+        quiet_s = 0.25
+        deadline = time.monotonic() + self._timeout_s + quiet_s
+        while time.monotonic() < deadline:
+            idle_s = time.monotonic() - self._last_activity
+            if idle_s >= quiet_s:
+                return
+            await asyncio.sleep(quiet_s - idle_s)
 
 
 async def _all(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
@@ -196,5 +218,9 @@ def make_etag_source(
     s3: S3Settings, mode: str = "auto", metrics: GalleryMetrics | None = None
 ) -> EtagSource:
     return S3EtagSource(
-        make_object_store(s3), mode=mode, concurrency=s3.head_concurrency, metrics=metrics
+        make_object_store(s3),
+        mode=mode,
+        concurrency=s3.head_concurrency,
+        metrics=metrics,
+        timeout_s=s3.head_timeout_s,
     )

@@ -172,7 +172,7 @@ class GalleryHandler:
         )
 
     async def stop(self) -> None:
-        self.etags.close()
+        await self.etags.close()
 
     # -- 1. decode, state, ETags -------------------------------------------------------
 

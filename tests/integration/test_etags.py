@@ -50,7 +50,7 @@ async def test_lookup_returns_etag_size_and_missing(make_settings, s3_client, so
         ]
         found = await etags.lookup(keys + keys[:2])  # duplicates are looked up once
     finally:
-        etags.close()
+        await etags.close()
     assert set(found) == set(keys)
     for path, body in bodies.items():
         info = found[s3_key(settings.s3.s3_prefix, path)]
@@ -76,7 +76,7 @@ async def test_unreachable_endpoint_is_a_retriable_error(make_settings) -> None:
         with pytest.raises(ObjectStoreUnavailable) as info:
             await etags.lookup(["media/a.jpg"])
     finally:
-        etags.close()
+        await etags.close()
     assert info.value.retriable is True
 
 
