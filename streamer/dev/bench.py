@@ -314,6 +314,8 @@ async def s3_rates(ctx: BenchContext) -> tuple[float, float]:
     await lists.lookup(keys)
     list_s, list_cpu = time.perf_counter() - t0, _cpu_s() - cpu0
     listed = lists.totals["listed_keys"]
+    await heads.close()
+    await lists.close()
     ctx.log(
         f"S3 client CPU: {1000 * head_cpu / len(sample):.2f} ms per HEAD, "
         f"{1000 * list_cpu / max(1, listed):.4f} ms per listed key"
