@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test test-unit test-integration lint format bench bench-1m clean
+.PHONY: install promtool stunnel chromium demo test chaos soak test-unit test-integration lint format bench bench-1m bench-replicate clean
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,16 @@ promtool:
 	  echo "installing promtool (Debian package prometheus)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
+stunnel:
+	@command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || { \
+	  echo "installing stunnel (Debian package stunnel4: TLS in front of the test broker)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends stunnel4 >/dev/null; }
+# The console's browser tests drive Debian's Chromium through its ChromeDriver (selenium).
+chromium:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "installing chromium and chromium-driver (Debian packages) for the console tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
+
 demo: install
 	$(BIN)/streamer demo
 
@@ -28,21 +38,34 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: install promtool lint
+test: install promtool stunnel chromium lint
 	$(BIN)/pytest
 
 test-unit: install
 	$(BIN)/pytest -m unit
 
-test-integration: install
+test-integration: install chromium
 	$(BIN)/pytest -m integration
 
 format: install
 	$(BIN)/ruff format streamer tests benchmarks
 	$(BIN)/ruff check --fix streamer tests benchmarks
 
+CHAOS_RUNS ?= 20
+CHAOS_SEED ?=
+chaos: install
+	$(BIN)/pytest tests/chaos -m chaos -p no:cacheprovider --chaos-runs $(CHAOS_RUNS) $(if $(CHAOS_SEED),--chaos-seed $(CHAOS_SEED))
+
+SOAK_MINUTES ?= 30
+soak: install
+	$(BIN)/python -m tests.soak.run --minutes $(SOAK_MINUTES)
+
 bench: install
 	$(BIN)/streamer bench
+
+bench-replicate: install
+	$(BIN)/streamer dev up >/dev/null
+	$(BIN)/python -m benchmarks.replicate_bench
 
 # A million SKUs through loadgen, publish and consume on the embedded stack (about an
 # hour on a 2-core machine): wall time, events/s and the worker's memory over time.

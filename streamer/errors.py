@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "BrokerAccessDenied",
     "BrokerUnavailable",
     "ConfigError",
     "DatabaseDataError",
@@ -62,6 +63,12 @@ class NonRetriableError(StreamerError):
 
 class ConfigError(NonRetriableError):
     reason = "config"
+
+
+class BrokerAccessDenied(ConfigError):
+    """Kafka refused this client: wrong SASL credentials or an untrusted TLS certificate."""
+
+    reason = "broker_access_denied"
 
 
 class DecodeError(NonRetriableError):

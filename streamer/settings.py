@@ -13,11 +13,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from pydantic.fields import FieldInfo
 
+from streamer.api.settings import ApiSettings
 from streamer.config import Section, default_env_file, load_section
 from streamer.contract.topics import TopicSettings
+from streamer.forward.settings import ForwardSettings
 from streamer.gallery.settings import GallerySettings
+from streamer.replicate.settings import ReplicaSettings
 from streamer.runtime.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
 from streamer.storage.settings import S3Settings
+from streamer.tracking.settings import TrackingSettings
 
 __all__ = ["Settings", "load_settings"]
 
@@ -31,6 +35,10 @@ class Settings(BaseModel):
     topics: TopicSettings
     s3: S3Settings
     gallery: GallerySettings
+    forward: ForwardSettings
+    tracking: TrackingSettings
+    api: ApiSettings
+    replica: ReplicaSettings
 
     @classmethod
     def sections(cls) -> dict[str, type[Section]]:

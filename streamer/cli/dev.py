@@ -22,6 +22,7 @@ from streamer.cli._common import err_console, fail_cleanly, run, settings_from
 
 if TYPE_CHECKING:
     from streamer.dev.stack import DevStack
+    from streamer.settings import Settings
 
 __all__ = ["app", "bench", "demo", "home_dir", "loadgen"]
 
@@ -108,12 +109,20 @@ def bench(
         str | None, typer.Option("--etag-source", help="auto, head or list")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
+    forward: Annotated[
+        int | None,
+        typer.Option("--forward", help="instead: N events through the webhook forwarder"),
+    ] = None,
 ) -> None:
     """Throughput benchmark on the configured stack: ceilings of the parts, then first sync,
-    no-op re-sync and the naive consumer's no-op re-sync, each beside what binds it."""
+    no-op re-sync and the naive consumer's no-op re-sync, each beside what binds it (or, with
+    --forward N, webhook deliveries/s to a local receiver, single and batched)."""
     from streamer.dev.bench import format_table, run_benchmark
 
     settings = settings_from(etag_source=etag_source)
+    if forward is not None:
+        _bench_forward(settings, forward, json_out)
+        return
     err_console.print(
         f"streamer bench: {skus:,} SKUs x {images} images over {objects:,} objects, "
         f"ETag source {settings.gallery.etag_source}"
@@ -133,6 +142,25 @@ def bench(
         print(json.dumps(result.as_json(), indent=2))
         return
     print(format_table(result))
+
+
+def _bench_forward(settings: Settings, n_events: int, json_out: bool) -> None:
+    from streamer.dev.bench_forward import run_forward_benchmark
+
+    with fail_cleanly():
+        results = run(
+            run_forward_benchmark(
+                settings, n_events=n_events, log=lambda line: err_console.print(line)
+            )
+        )
+    rows = [r.row() for r in results]
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(*rows[0].keys(), title="streamer bench --forward (local verifying receiver)")
+    for row in rows:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
+    Console().print(table)
 
 
 def _json_default(value: object) -> str:

@@ -55,10 +55,6 @@ def migrate() -> None:
     )
 
 
-def _when(ms: int | None) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds") if ms else "-"
-
-
 def _ms(text: str | None, flag: str) -> int | None:
     if text is None:
         return None
@@ -75,6 +71,7 @@ def _ms(text: str | None, flag: str) -> int | None:
 @dlq_app.command("list")
 def dlq_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Dead letters counted by reason, by original topic and by job, with the oldest and newest."""
+    from streamer.ops.deadletters import when
     from streamer.runtime.replay import read_dead_letters
 
     settings = settings_from()
@@ -91,8 +88,8 @@ def dlq_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         "by_reason": dict(by_reason.most_common()),
         "by_topic": dict(by_topic.most_common()),
         "by_job": dict(by_job.most_common()),
-        "oldest": _when(min(times)) if times else None,
-        "newest": _when(max(times)) if times else None,
+        "oldest": when(min(times)) if times else None,
+        "newest": when(max(times)) if times else None,
     }
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -109,25 +106,6 @@ def dlq_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     console.print(f"  oldest {summary['oldest']}  newest {summary['newest']}")
 
 
-def _decoded(value: bytes | None) -> dict[str, Any]:
-    """The dead letter's event as the job read it, or why it could not be read."""
-    from streamer.contract.codec import Codec
-    from streamer.contract.events import EventType, parse_event
-    from streamer.errors import StreamerError
-
-    try:
-        decoded = Codec().decode(value)
-    except StreamerError as exc:
-        return {"decode_error": f"{exc.reason}: {exc}", "value_hex": (value or b"")[:64].hex()}
-    record: dict[str, Any] = json.loads(json.dumps(decoded.data, default=str))
-    if decoded.type_name not in (EventType.PRODUCT.value, EventType.MEDIA.value):
-        return {"type": decoded.type_name, **record}
-    try:
-        return parse_event(decoded.type_name, decoded.data).model_dump(mode="json")
-    except StreamerError as exc:
-        return {"type": decoded.type_name, **record, "invalid": f"{exc.reason}: {exc}"}
-
-
 @dlq_app.command("show")
 def dlq_show(
     reason: Annotated[str | None, typer.Option("--reason")] = None,
@@ -138,6 +116,7 @@ def dlq_show(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Dead letters with their error headers and decoded events, filtered."""
+    from streamer.ops.deadletters import dead_letter_view
     from streamer.runtime.replay import DeadLetterFilter, read_dead_letters
 
     settings = settings_from()
@@ -148,24 +127,7 @@ def dlq_show(
             for r in read_dead_letters(settings.kafka, settings.runtime.dlq_topic)
             if wanted.matches(r)
         ]
-    shown = [
-        {
-            "dlq": f"{r.dlq_partition}:{r.dlq_offset}",
-            "reason": r.reason,
-            "message": r.message,
-            "exception_class": r.exception_class,
-            "original": f"{r.topic}[{r.partition}]@{r.offset}",
-            "sku": r.sku,
-            "attempts": r.attempts,
-            "job": r.job,
-            "group": r.group_id,
-            "details": dict(r.details),
-            "first_failure": _when(r.first_failure_ms),
-            "last_failure": _when(r.last_failure_ms),
-            "event": _decoded(r.value),
-        }
-        for r in letters[:limit]
-    ]
+    shown = [dead_letter_view(r) for r in letters[:limit]]
     if as_json:
         print(json.dumps(shown, indent=2))
         return
@@ -273,6 +235,18 @@ def status(
         for outcome, n in report["request"]["outcomes"].items():
             req.add_row(outcome, str(n))
         console.print(req)
+        for bulk in report["request"]["bulks"]:
+            state = "complete" if bulk["complete"] else bulk["state"]
+            counts = ", ".join(f"{k} {v}" for k, v in bulk["counts"].items() if v)
+            console.print(
+                f"  bulk {bulk['bulk_uuid']}: {state}, {bulk['processed']}/{bulk['accepted']} "
+                f"processed ({counts or 'nothing yet'}), rejected {bulk['rejected']}"
+                + (
+                    f", completed {bulk['completed_at']:%Y-%m-%d %H:%M:%S}"
+                    if bulk["completed_at"]
+                    else ""
+                )
+            )
         for failed in report["request"]["failed"]:
             console.print(
                 f"  {failed['outcome']}: {failed['sku']} {failed['reason']} (event {failed['event_id']})"

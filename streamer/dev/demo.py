@@ -21,6 +21,9 @@ from rich.table import Table
 from streamer.contract.codec import Codec
 from streamer.contract.events import MediaGalleryChanged, ProductChanged
 from streamer.contract.publishing import EventPublisher
+from streamer.dev.demo_api import api_step
+from streamer.dev.demo_forward import show_forwarding
+from streamer.dev.demo_replicate import show_replication
 from streamer.dev.stack import DevStack
 from streamer.gallery.worker import GalleryWorker
 from streamer.ops.schema import migrate_all
@@ -65,6 +68,7 @@ class Demo:
             product_topic=f"demo-{run}.catalog.product.v1",
             media_topic=f"demo-{run}.catalog.media.v1",
             outcome_topic=f"demo-{run}.catalog.gallery.updated.v1",
+            import_completed_topic=f"demo-{run}.catalog.import.completed.v1",
             dlq_topic=f"demo-{run}.catalog.gallery.dlq",
             group_id=f"streamer-demo-{run}",
             s3_prefix=f"demo-{run}/media/catalog/product",
@@ -403,6 +407,9 @@ class Demo:
             self.counter("streamer_events_processed_total", outcome="written") > 0,
             "metrics recorded the run",
         )
+        await show_replication(self, 9, skus)
+        await show_forwarding(self, 10)
+        await api_step(self, 11, skus)
 
 
 def run_demo(home: Path, database_url: str | None, console: Console | None = None) -> bool:

@@ -395,8 +395,16 @@ class DevStack:
             time.sleep(0.05)
 
     def _write(self, state: StackState) -> None:
-        self.state_file.write_text(state.model_dump_json(indent=2))
-        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in state.env().items()))
+        """stack.json and dev.env hold credentials (the S3 secret, maybe a DSN's password):
+        readable by their owner only, from the moment they exist."""
+        for path, text in (
+            (self.state_file, state.model_dump_json(indent=2)),
+            (self.env_file, "".join(f"{k}={v}\n" for k, v in state.env().items())),
+        ):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+            path.chmod(0o600)  # an older file keeps its mode through O_CREAT
 
 
 def database_url_from_env() -> str | None:

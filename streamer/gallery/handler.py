@@ -27,6 +27,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Message
 
@@ -55,6 +56,8 @@ from streamer.runtime.deadletters import DeadLetter
 from streamer.runtime.handler import Batch, HandlerContext, Output, OutputMessage
 from streamer.storage.keys import s3_key
 from streamer.storage.settings import S3Settings
+from streamer.tracking.model import TrackedOutcome, tracked_item
+from streamer.tracking.store import record_outcomes as record_tracked
 
 __all__ = ["BatchReport", "GalleryHandler", "GalleryPlan"]
 
@@ -123,6 +126,7 @@ class GalleryPlan:
     letters: list[DeadLetter] = field(default_factory=list)
     outcome_rows: list[OutcomeRow] = field(default_factory=list)
     request_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    tracked: list[TrackedOutcome] = field(default_factory=list)  # items of intake bulks
     report: BatchReport = field(default_factory=BatchReport)
     rows: RowCounts = field(default_factory=dict)
 
@@ -345,14 +349,19 @@ class GalleryHandler:
         plan.letters = list(plan.decode_letters)
         plan.outcome_rows = []
         plan.request_counts = Counter()
+        plan.tracked = []
         plan.report = BatchReport(messages=plan.messages, images=Counter(plan.images))
         plan.report.outcomes[EventOutcome.DEAD_LETTERED.value] += len(plan.decode_letters)
+        for letter in plan.decode_letters:
+            self._track(plan, letter.headers, EventOutcome.DEAD_LETTERED.value, letter.reason)
         for sku_results in plan.results.values():
             for item, result in sku_results:
                 event, outcome = item.event, result.outcome
                 plan.report.outcomes[outcome.value] += 1
                 if event.request_id:
                     plan.request_counts[(event.request_id, outcome.value)] += 1
+                    # Only events with a request id can belong to an intake bulk.
+                    self._track(plan, item.msg.headers(), outcome.value, result.reason)
                 recordable = outcome in (EventOutcome.WRITTEN, EventOutcome.PARTIAL) or (
                     # A reused event_id must not overwrite the row of the event that owns the id.
                     outcome is EventOutcome.DEAD_LETTERED and result.reason != "duplicate_event_id"
@@ -377,6 +386,12 @@ class GalleryHandler:
                     plan.letters.append(
                         self._letter(item.msg, InvalidEvent(message, reason=reason), event.sku)
                     )
+
+    @staticmethod
+    def _track(plan: GalleryPlan, headers: Any, outcome: str, reason: str | None) -> None:
+        found = tracked_item(headers)
+        if found is not None:
+            plan.tracked.append(TrackedOutcome(found.bulk_uuid, found.item_id, outcome, reason))
 
     def _reject(self, plan: GalleryPlan, bad: Mapping[str, DatabaseDataError]) -> None:
         """The SKUs whose rows the database refused are dead-lettered instead (in place)."""
@@ -411,6 +426,8 @@ class GalleryHandler:
         if bad:
             self._reject(plan, bad)
         await record_outcomes(tx.conn, plan.outcome_rows, plan.request_counts)
+        if plan.tracked:
+            await record_tracked(tx.conn, plan.tracked)
         plan.rows = sum(map(Counter, rows), Counter())
         plan.report.rows_written = sum(plan.rows.values())
         output = Output(letters=plan.letters, counts=Counter(plan.report.outcomes))

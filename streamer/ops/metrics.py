@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from streamer.api.metrics import ApiMetrics
+from streamer.forward.metrics import ForwardMetrics
 from streamer.gallery.metrics import GalleryMetrics
+from streamer.replicate.metrics import ReplicaMetrics
 from streamer.runtime.metrics import RuntimeMetrics, new_registry
+from streamer.tracking.metrics import TrackingMetrics
 
 __all__ = ["registry_with_every_metric"]
 
@@ -14,4 +18,8 @@ def registry_with_every_metric() -> CollectorRegistry:
     registry = new_registry()
     RuntimeMetrics(registry)
     GalleryMetrics(registry)
+    ForwardMetrics(registry)
+    ApiMetrics(registry)
+    TrackingMetrics(registry)
+    ReplicaMetrics(registry)
     return registry

@@ -10,10 +10,12 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streamer.errors import BrokerUnavailable
+from streamer.runtime.connection import check_broker
 from streamer.runtime.database import connect
 from streamer.runtime.replay import read_dead_letters
 from streamer.runtime.settings import KafkaSettings
 from streamer.settings import Settings
+from streamer.tracking.store import latest_bulk_of_request, load_bulk
 
 __all__ = ["PartitionLag", "collect_status", "group_lag"]
 
@@ -31,6 +33,7 @@ def group_lag(
     kafka: KafkaSettings, group_id: str, topics: list[str], *, timeout_s: float = 10.0
 ) -> list[PartitionLag]:
     """Committed offsets of the group against high watermarks, without joining the group."""
+    check_broker(kafka, timeout_s=timeout_s)
     consumer = Consumer(kafka.client_config(**{"group.id": group_id, "enable.auto.commit": False}))
     try:
         try:
@@ -79,10 +82,17 @@ async def _request(settings: Settings, request_id: str) -> dict[str, Any]:
             "WHERE request_id = $1 AND outcome IN ('partial', 'dead_lettered') ORDER BY recorded_at",
             request_id,
         )
+        # Bulks taken in by `streamer serve`: what GET /v1/bulks?request_id= shows.
+        bulks = [
+            b
+            for bulk_uuid in await latest_bulk_of_request(conn, request_id)
+            if (b := await load_bulk(conn, bulk_uuid)) is not None
+        ]
     return {
         "request_id": request_id,
         "outcomes": {r["outcome"]: r["events"] for r in counts},
         "failed": [dict(r) for r in failed],
+        "bulks": bulks,
     }
 
 

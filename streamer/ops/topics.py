@@ -5,7 +5,8 @@ from __future__ import annotations
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from streamer.errors import BrokerUnavailable, StreamerError
+from streamer.errors import StreamerError
+from streamer.runtime.connection import check_broker
 from streamer.settings import Settings
 
 __all__ = ["create_topics", "topic_names"]
@@ -13,7 +14,13 @@ __all__ = ["create_topics", "topic_names"]
 
 def topic_names(settings: Settings) -> list[str]:
     t = settings.topics
-    return [t.product_topic, t.media_topic, t.outcome_topic, settings.runtime.dlq_topic]
+    return [
+        t.product_topic,
+        t.media_topic,
+        t.outcome_topic,
+        t.import_completed_topic,
+        settings.runtime.dlq_topic,
+    ]
 
 
 def create_topics(
@@ -25,13 +32,8 @@ def create_topics(
 ) -> dict[str, str]:
     """topic -> "created" or "exists"."""
     kafka = settings.kafka
+    check_broker(kafka, timeout_s=timeout_s)
     admin = AdminClient(kafka.client_config())
-    try:
-        admin.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise BrokerUnavailable(
-            f"cannot reach Kafka at {kafka.kafka_bootstrap} within {timeout_s:.0f}s: {exc}"
-        ) from exc
     new = [
         NewTopic(
             name,

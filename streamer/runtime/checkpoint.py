@@ -18,6 +18,7 @@ import asyncpg
 
 from streamer.errors import BrokerUnavailable, DatabaseDataError, DeliveryRefused
 from streamer.runtime.database import converted
+from streamer.runtime.faults import crash_point
 from streamer.runtime.handler import Batch, Handler, Output
 
 __all__ = ["Checkpoint", "Producer", "Transaction", "TransactionSource"]
@@ -139,8 +140,10 @@ class Checkpoint:
         offsets = {tp: (offset, epochs[tp]) for tp, offset in batch.next_offsets.items()}
         async with self.store.transaction() as tx:  # 1
             await self.store.advance(tx, offsets)  # 2
+            crash_point("after_offsets")
             output = await handler.write(tx, plan)  # 3
             await self._publish_acknowledged(output)  # 4
+            crash_point("after_publish")
         self._acked.clear()  # 5: committed on leaving the block
         return output
 

@@ -125,8 +125,9 @@ class ConsumerThread:
             for (t, p), offset in starts.items()
         ]
         consumer.incremental_assign(positioned)
-        if self.paused:
-            consumer.pause(positioned)
+        # librdkafka keeps a partition's pause across a revoke: one paused during an
+        # outage and assigned back later would never be fetched again. Say it each time.
+        (consumer.pause if self.paused else consumer.resume)(positioned)
         log.info(
             "assigned %s", ", ".join(f"{t.topic}[{t.partition}]@{t.offset}" for t in positioned)
         )

@@ -51,7 +51,13 @@ def configure_logging(
             structlog.processors.JSONRenderer(),
         ]
     else:
-        rendering = [structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)]
+        # Plain tracebacks: rich's would print local variables, and a local can be a DSN
+        # with its password.
+        rendering = [
+            structlog.dev.ConsoleRenderer(
+                colors=False, pad_event_to=0, exception_formatter=structlog.dev.plain_traceback
+            )
+        ]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=pre_chain,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],

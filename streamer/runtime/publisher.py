@@ -4,24 +4,29 @@ Keyed by SKU with the ``murmur2_random`` partitioner (Java-compatible placement)
 idempotent (``enable.idempotence``, ``acks=all``). Delivery reports are collected
 and ``flush`` raises a ``DeliveryError`` for any message the broker did not
 acknowledge: a failed delivery is an error the caller sees, never a log line.
-A full local queue is back-pressure (poll and retry), never a drop.
+A full local queue is back-pressure (poll and retry), never a drop. A caller that
+must know the fate of each message (the intake API, answering for every item of a
+request while other requests share the producer) passes ``on_delivery``: that
+message's report then goes to the caller instead of ``flush``'s account.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streamer.errors import BrokerUnavailable, DeliveryRefused, DeliveryUnavailable, TopicMissing
+from streamer.runtime.connection import check_broker
 from streamer.runtime.settings import KafkaSettings
 
-__all__ = ["DeliveryFailure", "Publisher"]
+__all__ = ["DeliveryFailure", "DeliveryReport", "Publisher"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,9 @@ class DeliveryFailure:
     key: bytes | None
     error: str
     retriable: bool
+
+
+DeliveryReport = Callable[[KafkaError | None, Any], None]
 
 
 class Publisher:
@@ -85,12 +93,24 @@ class Publisher:
             self._pending -= 1
             if err is None:
                 self._acked += 1
-                tp = (msg.topic(), msg.partition())
-                self.end_offsets[tp] = max(self.end_offsets.get(tp, 0), msg.offset() + 1)
+                # A broker may acknowledge without an offset (seen from Tansu just after a
+                # restart): the message is delivered, only its position is unknown.
+                offset = msg.offset()
+                if offset is not None and offset >= 0:
+                    tp = (msg.topic(), msg.partition())
+                    self.end_offsets[tp] = max(self.end_offsets.get(tp, 0), offset + 1)
                 return
             self._failures.append(
                 DeliveryFailure(msg.topic(), msg.key(), err.str(), bool(err.retriable()))
             )
+
+    def _on_own_delivery(self, report: DeliveryReport, err: KafkaError | None, msg: Any) -> None:
+        with self._lock:
+            self._pending -= 1
+            if err is None:
+                tp = (msg.topic(), msg.partition())
+                self.end_offsets[tp] = max(self.end_offsets.get(tp, 0), msg.offset() + 1)
+        report(err, msg)
 
     def produce(
         self,
@@ -100,8 +120,13 @@ class Publisher:
         key: bytes | None = None,
         headers: list[tuple[str, bytes]] | None = None,
         timestamp_ms: int | None = None,
+        on_delivery: DeliveryReport | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        kwargs: dict[str, Any] = {
+            "on_delivery": self._on_delivery
+            if on_delivery is None
+            else functools.partial(self._on_own_delivery, on_delivery)
+        }
         if headers:
             kwargs["headers"] = headers
         if timestamp_ms:
@@ -144,6 +169,7 @@ class Publisher:
     def check_topics(self, topics: Iterable[str], timeout_s: float = 5.0) -> None:
         """Fail fast, with a message a person can act on, before anything is produced."""
         started = time.monotonic()
+        check_broker(self.settings, timeout_s=timeout_s)
         try:
             metadata = self.producer.list_topics(timeout=timeout_s)
         except KafkaException as exc:

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import asyncpg
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from streamer.errors import BrokerUnavailable, ConfigError
+from streamer.errors import ConfigError
 from streamer.runtime.database import connect
 from streamer.runtime.deadletters import REPLAY_PREFIX, DeadLetterRecord
 from streamer.runtime.publisher import Publisher
+from streamer.runtime.readback import read_messages
 from streamer.runtime.settings import DatabaseSettings, KafkaSettings
 
 __all__ = [
@@ -65,78 +63,9 @@ class DeadLetterFilter:
 def read_dead_letters(
     kafka: KafkaSettings, topic: str, *, timeout_s: float = 10.0, idle_s: float = 0.5
 ) -> Iterator[DeadLetterRecord]:
-    """Every dead letter in the topic, from each partition's low watermark to its end.
-
-    A plain assigned consumer: no group membership, nothing committed. High
-    watermarks alone are not trusted as the end (the Tansu dev broker reports them
-    short when records share a batch), so reading goes on past them until the topic
-    stays quiet for ``idle_s``. ``timeout_s`` bounds the time without progress, not
-    the whole read, so a large topic is read to the end; a read that stalls short of
-    the watermarks stops with a warning naming the partitions left unread.
-    """
-    consumer = Consumer(
-        kafka.client_config(
-            **{
-                "group.id": f"streamer-dlq-reader-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "fetch.wait.max.ms": kafka.fetch_wait_max_ms,
-                "enable.partition.eof": False,
-            }
-        )
-    )
-    try:
-        try:
-            meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        except KafkaException as exc:
-            raise BrokerUnavailable(
-                f"cannot reach Kafka at {kafka.kafka_bootstrap}: {exc}"
-            ) from exc
-        if meta is None or meta.error is not None:
-            return
-        ends: dict[int, int] = {}
-        positions: dict[int, int] = {}
-        for p in meta.partitions:
-            try:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=timeout_s
-                )
-            except KafkaException as exc:
-                raise BrokerUnavailable(f"cannot read the offsets of {topic}[{p}]: {exc}") from exc
-            ends[p] = high
-            positions[p] = max(low, 0)
-        assignment = [TopicPartition(topic, p, offset) for p, offset in positions.items()]
-        consumer.assign(assignment)
-        quiet_since = time.monotonic()
-        while True:
-            batch = consumer.consume(500, 0.1)
-            for msg in batch:
-                if msg.error() is not None:
-                    continue
-                positions[msg.partition() or 0] = (msg.offset() or 0) + 1
-                yield DeadLetterRecord.from_message(msg)
-            now = time.monotonic()
-            if batch:
-                quiet_since = now
-                continue
-            # The consumer's position also moves past records it never hands out
-            # (transaction markers), which message offsets alone would miss.
-            for tp in consumer.position(assignment):
-                if tp.offset >= 0:
-                    positions[tp.partition] = max(positions[tp.partition], tp.offset)
-            short = {p: (positions[p], end) for p, end in ends.items() if positions[p] < end}
-            if not short and now - quiet_since >= idle_s:
-                return
-            if now - quiet_since >= timeout_s:
-                log.warning(
-                    "reading %s stalled for %.0fs short of its end: %s",
-                    topic,
-                    timeout_s,
-                    ", ".join(f"[{p}] at {at} of {end}" for p, (at, end) in sorted(short.items())),
-                )
-                return
-    finally:
-        consumer.close()
+    """Every dead letter in the topic (``read_messages``: to its end, past short watermarks)."""
+    for msg in read_messages(kafka, topic, timeout_s=timeout_s, idle_s=idle_s):
+        yield DeadLetterRecord.from_message(msg)
 
 
 @dataclass

@@ -58,7 +58,9 @@ async def retry_async(
     """Call ``fn`` until it succeeds, a non-retriable error occurs, or retrying is pointless.
 
     Only errors that say ``retriable`` are retried, never sooner than their
-    ``retry_after_s`` when they carry one. A non-retriable ``StreamerError``
+    ``retry_after_s`` when they carry one; a wait longer than the policy's largest
+    backoff is not slept here but re-raised, for the runner to wait out paused and
+    polling. A non-retriable ``StreamerError``
     proves the dependency answered, so it counts as a success for the breaker (it
     must not wedge a half-open probe). ``CircuitOpenError`` is raised without calling
     ``fn`` when the breaker refuses; once the breaker opens during the retries, or
@@ -81,7 +83,12 @@ async def retry_async(
             if attempt >= policy.max_attempts or (breaker is not None and breaker.state == "open"):
                 raise
             # Never sooner than the dependency asked for (e.g. an HTTP Retry-After).
-            delay = max(policy.backoff_s(attempt), getattr(exc, "retry_after_s", None) or 0.0)
+            asked_s = getattr(exc, "retry_after_s", None) or 0.0
+            if asked_s > policy.max_backoff_ms / 1000:
+                # A wait this long is the runner's: it pauses and keeps polling meanwhile,
+                # where sleeping here would outlast max.poll.interval.ms.
+                raise
+            delay = max(policy.backoff_s(attempt), asked_s)
             if metrics is not None:
                 metrics.retries.labels(dependency).inc()
             log.warning(

@@ -49,9 +49,10 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
-from streamer.errors import DependencyUnavailable, FencedError, StreamerError
+from streamer.errors import BrokerUnavailable, DependencyUnavailable, FencedError, StreamerError
 from streamer.runtime.checkpoint import Checkpoint
 from streamer.runtime.circuit import CircuitBreaker
+from streamer.runtime.connection import check_broker
 from streamer.runtime.database import Database
 from streamer.runtime.handler import Batch, Handler, HandlerContext, Output
 from streamer.runtime.health import HealthServer, Readiness
@@ -294,7 +295,15 @@ class Runner(Generic[P]):
         return health
 
     async def _start(self) -> bool:
-        """Database (waited for), publisher, handler, subscription; False if stopped meanwhile."""
+        """Kafka checked, database (waited for), publisher, handler, subscription; False if
+        stopped meanwhile. Refused credentials or certificates end the start with
+        ``BrokerAccessDenied``; a broker that does not answer yet is left to librdkafka."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: check_broker(self.kafka_settings)
+            )
+        except BrokerUnavailable as exc:
+            log.warning("%s; consuming starts when it answers", exc)
         while True:
             try:
                 await self.database.start()

@@ -32,9 +32,19 @@ def _as_sent(value: str) -> str:
     return value
 
 
-def make_s3_client(settings: S3Settings, *, max_pool_connections: int | None = None) -> Any:
-    """A boto3 client; streamer retries with its own backoff, so boto3 tries once."""
+def make_s3_client(
+    settings: S3Settings,
+    *,
+    max_pool_connections: int | None = None,
+    signature_version: str | None = None,
+) -> Any:
+    """A boto3 client; streamer retries with its own backoff, so boto3 tries once.
+
+    ``signature_version="s3v4"`` for presigned URLs: SigV4 is what every region and
+    S3-compatible store accepts, and its URLs carry their lifetime (``X-Amz-Expires``).
+    """
     config = Config(
+        signature_version=signature_version,
         max_pool_connections=max_pool_connections or settings.head_concurrency,
         connect_timeout=settings.head_timeout_s,
         read_timeout=settings.head_timeout_s,

@@ -40,9 +40,18 @@ def setting_names() -> set[str]:
     return {f"STREAMER_{name.upper()}" for name in Settings.fields()}
 
 
+def passthrough_prefixes() -> list[str]:
+    """``STREAMER_<FIELD>__``: settings that take named entries (librdkafka properties, headers)."""
+    return [
+        f"STREAMER_{name.upper()}__"
+        for name, info in Settings.fields().items()
+        if str(info.annotation).startswith("dict")
+    ]
+
+
 def valid_setting(name: str) -> bool:
-    return name in setting_names() or (
-        name.startswith(KAFKA_PASSTHROUGH) and len(name) > len(KAFKA_PASSTHROUGH)
+    return name in setting_names() or any(
+        name.startswith(prefix) and len(name) > len(prefix) for prefix in passthrough_prefixes()
     )
 
 
@@ -60,12 +69,19 @@ def services() -> dict[str, dict[str, Any]]:
     return compose()["services"]
 
 
+def _interpolated(value: str) -> str:
+    """Compose's ``${NAME:-default}`` as its default, ``${NAME:?message}`` (required from
+    the operator's .env) as a stand-in value long enough for any setting."""
+    value = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: m.group(2), value)
+    return re.sub(r"\$\{(\w+):\?[^}]*\}", lambda m: f"given-in-dotenv-{m.group(1).lower()}", value)
+
+
 def environment(service: dict[str, Any]) -> dict[str, str]:
     """A service's environment in either Compose form (mapping or KEY=VALUE list)."""
     env = service.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
-    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+    return {str(k): "" if v is None else _interpolated(str(v)) for k, v in env.items()}
 
 
 def built_images() -> set[str]:
@@ -194,7 +210,7 @@ def test_compose_runs_the_whole_stack() -> None:
     assert "local/catalog" in str(svc["minio-init"]["command"])
     assert svc["prometheus"]["image"].startswith("prom/prometheus")
     assert svc["grafana"]["image"].startswith("grafana/grafana")
-    assert {"init", "consumer"} <= set(streamer_services())
+    assert {"init", "consumer", "api"} <= set(streamer_services())
 
 
 def test_compose_streamer_services_use_only_real_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -294,7 +310,7 @@ def test_prometheus_in_compose_scrapes_every_consumer() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "streamer")
     sd = job["dns_sd_configs"][0]
-    assert sd["names"] == ["consumer"] and "consumer" in services()
+    assert "consumer" in sd["names"] and set(sd["names"]) <= set(services())
     assert sd["port"] == int(configured("metrics_port"))
     for rule_file in config.get("rule_files", []):
         assert (DEPLOY / "prometheus" / rule_file).is_file(), rule_file
@@ -383,7 +399,7 @@ def manifest_invocations() -> list[list[str]]:
             commands.append([w for w in command if not w.startswith("-")])
         else:
             commands.extend(streamer_invocations(" ".join(command)))
-    for file in ("deployment.yaml", "job-init.yaml"):
+    for file in ("deployment.yaml", "job-init.yaml", "api.yaml"):
         c = container(k8s_files()[file][0])
         if "command" in c:
             commands.extend(container_invocations(c))
@@ -392,7 +408,9 @@ def manifest_invocations() -> list[list[str]]:
     return commands
 
 
-@pytest.mark.parametrize("command", [["consume"], ["db", "migrate"], ["topics", "create"]])
+@pytest.mark.parametrize(
+    "command", [["consume"], ["db", "migrate"], ["topics", "create"], ["serve"]]
+)
 def test_commands_used_by_the_manifests_exist(command: list[str]) -> None:
     assert command in manifest_invocations(), f"`streamer {' '.join(command)}` is not used"
     result = CliRunner().invoke(app, [*command, "--help"])
@@ -423,6 +441,7 @@ def test_every_manifest_is_a_named_kubernetes_object() -> None:
         "scaledobject.yaml",
         "servicemonitor.yaml",
         "kustomization.yaml",
+        "api.yaml",
     } <= set(files)
     namespace = k8s("namespace.yaml", "Namespace")["metadata"]["name"]
     for name, docs in files.items():
@@ -605,3 +624,67 @@ def test_settings_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [n for n in sorted(setting_names()) if n not in readme and n != "STREAMER_KAFKA"]
     assert missing == [], f"settings missing from the README's configuration table: {missing}"
+
+
+# --- the API (`streamer serve`) ---------------------------------------------------------------
+
+
+def api_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    return settings_from({k: v for k, v in env.items() if k.startswith("STREAMER_")}, monkeypatch)
+
+
+def test_compose_api_serves_on_its_port_after_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = services()["api"]
+    env = environment(api)
+    assert api["command"] == ["serve"]
+    settings = api_settings(env, monkeypatch)
+    port = settings.api.api_port
+    assert settings.api.api_host == "0.0.0.0", "in a container it must listen beyond loopback"
+    assert settings.api.full_tokens(), "tokens come from the operator's .env"
+    assert "${STREAMER_API_TOKENS:?" in str(compose()["services"]["api"]["environment"]), (
+        "the token is required from outside, never written in the file"
+    )
+    assert f"{port}:{port}" in api["ports"]
+    assert f"{port}/healthz" in " ".join(api["healthcheck"]["test"])
+    deps = depends_on(api)
+    assert deps["init"]["condition"] == "service_completed_successfully"
+    assert duration_s(api["stop_grace_period"]) > settings.runtime.shutdown_grace_s
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "streamer-api")
+    assert job["static_configs"][0]["targets"] == [f"api:{port}"]
+
+
+def test_k8s_api_deployment_and_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    deployment = k8s("api.yaml", "Deployment")
+    service = k8s("api.yaml", "Service")
+    c = container(deployment)
+    consumer = container(k8s("deployment.yaml", "Deployment"))
+    assert c["args"] == ["serve"] and "command" not in c
+    assert c["image"] == consumer["image"] and c["envFrom"] == consumer["envFrom"]
+    env = {v["name"]: v["value"] for v in c["env"]}
+    settings = api_settings({**configmap_data(), **secret_data(), **env}, monkeypatch)
+    assert settings.api.api_host == "0.0.0.0"
+    declared = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert declared["http"] == settings.api.api_port
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert c[probe]["httpGet"] == {"path": path, "port": "http"}, probe
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == settings.api.api_port
+    assert "STREAMER_API_TOKENS" in secret_data() and "STREAMER_API_TOKENS" not in configmap_data()
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] in declared
+    consumer_labels = k8s("deployment.yaml", "Deployment")["spec"]["template"]["metadata"]["labels"]
+    for selector in (
+        k8s("service.yaml", "Service")["spec"]["selector"],
+        k8s("pdb.yaml", "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+    ):
+        assert not selector.items() <= pod_labels.items(), "consumer objects select API pods"
+        assert selector.items() <= consumer_labels.items()
+    monitor = k8s("servicemonitor.yaml", "ServiceMonitor")["spec"]["selector"]["matchLabels"]
+    assert not monitor.items() <= service["metadata"]["labels"].items()
+    spec = pod_spec(deployment)
+    assert spec["terminationGracePeriodSeconds"] > float(configured("shutdown_grace_s"))
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True

@@ -34,6 +34,7 @@ def create_topics(settings: Settings) -> None:
         settings.topics.product_topic,
         settings.topics.media_topic,
         settings.topics.outcome_topic,
+        settings.topics.import_completed_topic,
         settings.runtime.dlq_topic,
     ]
     futures = admin.create_topics(

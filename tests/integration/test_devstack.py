@@ -23,6 +23,9 @@ def test_up_twice_is_harmless_and_down_leaves_nothing_running(tmp_path: Path) ->
 
         second = dev.up()
         assert second == first
+        # dev.env and stack.json carry the S3 secret: their owner's only.
+        assert dev.env_file.stat().st_mode & 0o777 == 0o600
+        assert dev.state_file.stat().st_mode & 0o777 == 0o600
 
         settings = load_settings(env_file=dev.env_file)
         assert settings.kafka.kafka_bootstrap == first.kafka_bootstrap

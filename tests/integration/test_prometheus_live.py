@@ -12,16 +12,23 @@ import shutil
 import subprocess
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
 
+from streamer.dev.receiver import Receiver
 from streamer.dev.stack import free_port
+from streamer.forward.worker import ForwardWorker
+from streamer.runtime.metrics import new_registry
 from tests.deploy.support import PROMETHEUS
 from tests.deploy.test_dashboard import as_promql, queries
+from tests.integration.forwarding import SECRET
+from tests.integration.replicate_support import replica_state, running_replicator, with_replica
 from tests.integration.support import Sender, drained_worker, media, prepare, put_image, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.deploy]
@@ -46,7 +53,7 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(target_port: int) -> int:
+    def start(*target_ports: int) -> int:
         shutil.copy(PROMETHEUS / "alerts.yml", tmp_path / "alerts.yml")
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -54,7 +61,7 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[Path, int]]:
             "scrape_configs": [
                 {
                     "job_name": "streamer",
-                    "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}],
+                    "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in target_ports]}],
                 }
             ],
         }
@@ -84,65 +91,112 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[Path, int]]:
             proc.wait()
 
 
+@asynccontextmanager
+async def forwarding_job(settings: Any, receiver: Receiver) -> AsyncIterator[int]:
+    """A webhook forwarder delivering the gallery worker's outcomes, so the forwarder's
+    panels have data too; yields its metrics port once it delivered them."""
+    forward = settings.replace(
+        webhook_url=receiver.url, webhook_secret=SecretStr(SECRET), metrics_port=free_port()
+    )
+    worker = ForwardWorker(forward, registry=new_registry(), install_signal_handlers=False)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+
+    async def delivered() -> bool:
+        if task.done():
+            task.result()
+        return len(receiver.accepted()) >= 20
+
+    try:
+        await wait_for(delivered, timeout_s=60, what="the forwarder to deliver the outcomes")
+        yield forward.runtime.metrics_port
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
 async def test_dashboard_queries_and_alert_rules_evaluate_on_a_live_worker(
     make_settings, s3_client, prometheus
 ) -> None:
     settings = make_settings(
         metrics_port=free_port(), metrics_host="127.0.0.1", lag_refresh_s=0.2, topic_partitions=2
     )
+    # A replicator beside the gallery worker, so that its dashboard row has data too.
+    replica = with_replica(settings).replace(metrics_port=free_port())
+    settings = replica.replace(metrics_port=settings.runtime.metrics_port)
     prepare(settings)
     put_image(s3_client, settings, "/p/1.jpg", b"one")
     sender = Sender(settings)
     sender.send([media(f"P-{i}", 1, [{"file_path": "/p/1.jpg"}]) for i in range(20)])
     sender.send([media("P-BAD", 1, [{"file_path": "/p/missing.jpg"}])])
 
-    async with drained_worker(settings, sender.ends, timeout_s=60):
-        port = prometheus(settings.runtime.metrics_port)
+    with Receiver(SECRET) as receiver:
+        async with (
+            drained_worker(settings, sender.ends, timeout_s=60),
+            forwarding_job(settings, receiver) as forward_port,
+            running_replicator(replica) as (_replicator, replicating),
+        ):
 
-        def scraped() -> bool:
-            try:
-                result = api(
-                    port, "query", query='streamer_events_processed_total{outcome="written"}'
-                )
-            except OSError:
-                return False
-            return bool(result["result"]) and float(result["result"][0]["value"][1]) == 20
+            async def copied() -> bool:
+                if replicating.done():
+                    replicating.result()
+                return bool(replica_state(replica))
 
-        async def ingested() -> bool:
-            return await asyncio.to_thread(scraped)
+            await wait_for(copied, timeout_s=60, what="the replicator's first copy")
+            port = prometheus(
+                settings.runtime.metrics_port, forward_port, replica.runtime.metrics_port
+            )
 
-        await wait_for(ingested, timeout_s=60, what="Prometheus to scrape the worker")
+            def scraped() -> bool:
+                try:
+                    result = api(
+                        port, "query", query='streamer_events_processed_total{outcome="written"}'
+                    )
+                except OSError:
+                    return False
+                return bool(result["result"]) and float(result["result"][0]["value"][1]) == 20
 
-        async def enough_samples() -> bool:
-            # rate() needs two samples inside its window.
-            data = await asyncio.to_thread(api, port, "query", query="count_over_time(up[15s])")
-            return bool(data["result"]) and float(data["result"][0]["value"][1]) >= 3
+            async def ingested() -> bool:
+                return await asyncio.to_thread(scraped)
 
-        await wait_for(enough_samples, timeout_s=30, what="three scrapes")
+            await wait_for(ingested, timeout_s=60, what="Prometheus to scrape the worker")
 
-        empty = []
-        for panel, expr in queries():
-            promql = as_promql(expr).replace("[1m]", "[15s]").replace("[5m]", "[15s]")
-            data = await asyncio.to_thread(api, port, "query", query=promql)
-            if not data["result"]:
-                empty.append(panel["title"])
-        assert empty == [], f"panels with no data from a live worker: {empty}"
+            async def enough_samples() -> bool:
+                # rate() needs two samples inside its window.
+                data = await asyncio.to_thread(api, port, "query", query="count_over_time(up[15s])")
+                return bool(data["result"]) and float(data["result"][0]["value"][1]) >= 3
 
-        by_outcome = await asyncio.to_thread(
-            api, port, "query", query="sum by (outcome) (streamer_events_processed_total)"
-        )
-        outcomes = {r["metric"]["outcome"]: float(r["value"][1]) for r in by_outcome["result"]}
-        assert outcomes["written"] == 20 and outcomes["partial"] == 1
+            await wait_for(enough_samples, timeout_s=30, what="three scrapes")
 
-        rules = await asyncio.to_thread(api, port, "rules")
-        evaluated = [rule for group in rules["groups"] for rule in group["rules"]]
-        assert len(evaluated) == 9
-        assert all(rule["health"] == "ok" for rule in evaluated), [
-            (r["name"], r.get("lastError")) for r in evaluated if r["health"] != "ok"
-        ]
-        firing = {
-            a["labels"]["alertname"]
-            for a in (await asyncio.to_thread(api, port, "alerts"))["alerts"]
-        }
-        assert "StreamerDeadLetters" in firing
-        assert not firing & {"StreamerConsumerDown", "StreamerCircuitOpen", "StreamerAbsent"}
+            empty = []
+            for panel, expr in queries():
+                promql = as_promql(expr).replace("[1m]", "[15s]").replace("[5m]", "[15s]")
+                data = await asyncio.to_thread(api, port, "query", query=promql)
+                if not data["result"]:
+                    empty.append(panel["title"])
+            assert empty == [], f"panels with no data from a live worker: {empty}"
+
+            by_outcome = await asyncio.to_thread(
+                api, port, "query", query="sum by (outcome) (streamer_events_processed_total)"
+            )
+            outcomes = {r["metric"]["outcome"]: float(r["value"][1]) for r in by_outcome["result"]}
+            assert outcomes["written"] == 20 and outcomes["partial"] == 1
+
+            rules = await asyncio.to_thread(api, port, "rules")
+            evaluated = [rule for group in rules["groups"] for rule in group["rules"]]
+            alert_rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+            assert len(evaluated) == sum(len(g["rules"]) for g in alert_rules["groups"])
+            assert all(rule["health"] == "ok" for rule in evaluated), [
+                (r["name"], r.get("lastError")) for r in evaluated if r["health"] != "ok"
+            ]
+            firing = {
+                a["labels"]["alertname"]
+                for a in (await asyncio.to_thread(api, port, "alerts"))["alerts"]
+            }
+            assert "StreamerDeadLetters" in firing
+            assert not firing & {
+                "StreamerConsumerDown",
+                "StreamerCircuitOpen",
+                "StreamerAbsent",
+                "StreamerWebhookDisabled",
+            }

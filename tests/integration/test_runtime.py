@@ -228,3 +228,60 @@ async def test_a_stop_is_bounded_even_when_the_batch_in_hand_cannot_finish(make_
     assert await counts(settings) == {}
     stored = await stored_offsets(settings.replace(group_id="counter-s"))
     assert all(offset <= 0 for offset in stored.values()), "nothing committed past the batch"
+
+
+async def test_a_partition_paused_when_revoked_is_fetched_again_when_it_comes_back(
+    make_settings,
+) -> None:
+    """Found by the chaos campaign: librdkafka keeps a partition's pause across a revoke, so a
+    worker that paused for an outage and then got the partition back never fetched it."""
+    from streamer.runtime.kafka import ConsumerThread
+
+    settings = make_settings(topic_partitions=2)
+    prepare(settings)
+    topic = settings.topics.media_topic
+
+    class Listener:
+        def on_assign(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+            return dict.fromkeys(partitions, 0)
+
+        def on_revoke(self, partitions: list[tuple[str, int]], kind: str) -> None:
+            owned.difference_update(partitions)
+
+    owned: set[tuple[str, int]] = set()
+    config = runner(settings, CountPerKey("pause-g", topic, ledger_up=asyncio.Event()))
+    ours = ConsumerThread(config._consumer_config(), Listener())
+    other = ConsumerThread(config._consumer_config(), Listener())
+    sender = Sender(settings)
+    seen: dict[str, set[int]] = {"ours": set(), "other": set()}
+
+    async def poll(name: str, consumer: ConsumerThread) -> None:
+        while True:  # like the runner: keep polling, paused or not, to stay in the group
+            seen[name] |= {m.partition() for m in await consumer.consume(100, 0.1)}
+
+    async def until(condition: Any, what: str) -> None:
+        await wait_for(
+            lambda: asyncio.sleep(0, result=condition()), timeout_s=60, what=f"{what}: {seen}"
+        )
+
+    pollers: list[asyncio.Task[None]] = []
+    try:
+        await ours.start([topic])
+        pollers.append(asyncio.create_task(poll("ours", ours)))
+        send(sender, settings, [f"k{i}".encode() for i in range(40)])
+        await until(lambda: seen["ours"] == {0, 1}, "the first messages")
+        await ours.set_paused([(topic, 0), (topic, 1)], True)  # an outage: everything paused
+        await other.start([topic])  # a member joins: one partition moves away while paused
+        pollers.append(asyncio.create_task(poll("other", other)))
+        await until(lambda: len(seen["other"]) == 1, "the other member's partition")
+        await ours.set_paused([(topic, p) for p in {0, 1} - seen["other"]], False)  # outage over
+        pollers.pop().cancel()
+        await other.close(timeout_s=10)  # the member leaves: the partition comes back
+        seen["ours"].clear()
+        send(sender, settings, [f"k{i}".encode() for i in range(40)])
+        await until(lambda: seen["ours"] == {0, 1}, "both partitions again")  # paused one stuck?
+    finally:
+        for task in pollers:
+            task.cancel()
+        await asyncio.gather(*pollers, return_exceptions=True)
+        await ours.close(timeout_s=10)

@@ -210,3 +210,18 @@ async def test_never_retries_sooner_than_the_dependency_asked(metrics: Metrics) 
     result = await retry_async(call, dependency="s3", policy=POLICY, metrics=metrics, sleep=sleep)
     assert result == "ok"
     assert sleep.delays == [2.5, 2.5], "the backoff (at most 0.6 s here) gives way to Retry-After"
+
+
+async def test_a_wait_longer_than_the_largest_backoff_is_left_to_the_runner(
+    metrics: Metrics,
+) -> None:
+    """Sleeping an hour inside a call would outlast max.poll.interval.ms: the error goes up
+    at once, and the runner waits it out with its partitions paused, still polling."""
+    asked = ObjectStoreUnavailable("come back in an hour", retry_after_s=3600)
+    call = failing([asked])
+    sleep = Recorder()
+    with pytest.raises(ObjectStoreUnavailable) as info:
+        await retry_async(call, dependency="s3", policy=POLICY, metrics=metrics, sleep=sleep)
+    assert info.value.retry_after_s == 3600
+    assert sleep.delays == []
+    assert call.calls == 1  # type: ignore[attr-defined]

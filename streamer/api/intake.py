@@ -1,0 +1,358 @@
+"""The intake: a request's items validated, tracked, published and acknowledged, each one.
+
+Validation, de-duplication (last wins per SKU) and normalisation are the contract's
+ingest, exactly as ``streamer publish`` does them. Then, in this order:
+
+1. the broker is asked for the topics (down: 503, nothing published, nothing tracked);
+2. the bulk and every item are written to PostgreSQL (down: 503, nothing published);
+3. every accepted event is produced with a ``streamer.bulk.item`` header, and the
+   delivery report of each one is awaited;
+4. the bulk is settled: acknowledged items are tracked to completion, the others
+   are named in the answer (503 with ``Retry-After``), never silently half-published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError
+
+from streamer.api.metrics import ApiMetrics
+from streamer.api.settings import ApiSettings
+from streamer.contract.codec import Codec
+from streamer.contract.events import MediaGalleryChanged, ProductChanged
+from streamer.contract.ingest import Ack, Ingested, VersionClock, parse_bulk, parse_jsonl
+from streamer.contract.publishing import topic_for
+from streamer.contract.topics import TopicSettings
+from streamer.errors import (
+    DatabaseUnavailable,
+    DeliveryRefused,
+    DependencyUnavailable,
+    InvalidEvent,
+    StreamerError,
+    TopicMissing,
+)
+from streamer.runtime.database import Database
+from streamer.runtime.publisher import Publisher
+from streamer.runtime.settings import KafkaSettings
+from streamer.tracking.model import item_header
+from streamer.tracking.store import NewItem, create_bulk, settle_bulk
+
+__all__ = ["Intake", "IntakeReply", "RequestTooLarge", "parse_json"]
+
+log = logging.getLogger(__name__)
+
+Event = ProductChanged | MediaGalleryChanged
+RETRY_AFTER_S = 5
+_DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
+_FRAMING_BYTES = 512  # key, headers and batch overhead beside the value
+
+
+class RequestTooLarge(StreamerError):
+    reason = "too_many_items"
+
+
+@dataclass
+class IntakeReply:
+    status_code: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Ready:
+    ack: Ack
+    event: Event
+    topic: str
+    value: bytes
+
+
+def _items(acks: Sequence[Ack], event_ids: dict[int, str]) -> list[dict[str, Any]]:
+    out = []
+    for ack in acks:
+        item = ack.as_dict()
+        item["event_id"] = (
+            event_ids.get(ack.id) if ack.status in ("accepted", "undeliverable") else None
+        )
+        out.append(item)
+    return out
+
+
+class Intake:
+    def __init__(
+        self,
+        *,
+        kafka: KafkaSettings,
+        topics: TopicSettings,
+        api: ApiSettings,
+        database: Database,
+        codec: Codec,
+        metrics: ApiMetrics,
+    ) -> None:
+        self.kafka = kafka
+        self.topics = topics
+        self.api = api
+        self.database = database
+        self.codec = codec
+        self.metrics = metrics
+        self.publisher = Publisher(kafka)
+        self._renewing = threading.Lock()
+        self.clock = VersionClock()
+        self.delivery_wait_s = kafka.delivery_timeout_ms / 1000 + 5
+        limit = kafka.properties().get("message.max.bytes")
+        self.max_value_bytes = int(limit or _DEFAULT_MESSAGE_MAX_BYTES) - _FRAMING_BYTES
+
+    def start(self) -> None:
+        self.publisher.start()
+
+    def close(self) -> None:
+        try:
+            self.publisher.close(timeout_s=5.0)
+        except StreamerError as exc:
+            log.warning("closing the intake's producer: %s", exc)
+
+    # -- the two formats --------------------------------------------------------------
+
+    def _count(self, n: int, what: str) -> None:
+        if n > self.api.api_max_items:
+            raise RequestTooLarge(
+                f"{n} {what}, over the limit of {self.api.api_max_items} per request "
+                "(STREAMER_API_MAX_ITEMS); split the request"
+            )
+
+    async def bulk(self, payload: Any) -> IntakeReply:
+        """The gallery connector's bulk payload (``{"request": {"request_id", "items"}}``)."""
+        if not isinstance(payload, dict):
+            raise InvalidEvent(
+                f"the body must be a JSON object, got {type(payload).__name__}",
+                reason="malformed_bulk",
+            )
+        request = payload.get("request")
+        items = request.get("items") if isinstance(request, dict) else None
+        if isinstance(items, list):
+            self._count(len(items), "items")
+        loop = asyncio.get_running_loop()
+        ingested, ready = await loop.run_in_executor(
+            None, lambda: self._prepare(parse_bulk(payload, clock=self.clock, source="api"))
+        )
+        return await self._take("galleries", ingested, ready)
+
+    async def events(self, text: str, request_id: str | None) -> IntakeReply:
+        """JSON lines of events; events without a request id get the request's."""
+        lines = text.splitlines()
+        self._count(sum(1 for line in lines if line.strip()), "lines")
+
+        def parse() -> tuple[Ingested, list[_Ready]]:
+            ingested = parse_jsonl(lines, clock=self.clock, source="api")
+            rid = request_id or ingested.request_id or f"events-{uuid.uuid4()}"
+            ingested.request_id = rid
+            ingested.events = [
+                (ack, e if e.request_id else e.model_copy(update={"request_id": rid}))
+                for ack, e in ingested.events
+            ]
+            return self._prepare(ingested)
+
+        ingested, ready = await asyncio.get_running_loop().run_in_executor(None, parse)
+        return await self._take("events", ingested, ready)
+
+    def _prepare(self, ingested: Ingested) -> tuple[Ingested, list[_Ready]]:
+        """Encode every accepted event; one too large for the topic is rejected here."""
+        ready: list[_Ready] = []
+        for ack, event in ingested.events:
+            topic = topic_for(event, self.topics)
+            value = self.codec.encode(event, topic=topic)
+            if len(value) > self.max_value_bytes:
+                ack.status, ack.reason = "rejected", "too_large"
+                ack.error_message = (
+                    f"the encoded event is {len(value)} bytes, over the topic's limit of "
+                    f"{self.max_value_bytes}; send fewer images per item"
+                )
+                continue
+            ready.append(_Ready(ack, event, topic, value))
+        return ingested, ready
+
+    # -- track, publish, settle -----------------------------------------------------------
+
+    async def _take(self, kind: str, ingested: Ingested, ready: list[_Ready]) -> IntakeReply:
+        request_id = ingested.request_id or f"bulk-{uuid.uuid4()}"
+        event_ids = {r.ack.id: r.event.event_id for r in ready}
+        if not ready:
+            self._count_items(ingested.acks)
+            return IntakeReply(
+                422,
+                {
+                    "bulk_uuid": None,
+                    "request_id": request_id,
+                    "request_items": _items(ingested.acks, event_ids),
+                    "errors": True,
+                    "message": "no item was accepted: nothing was published",
+                },
+            )
+        loop = asyncio.get_running_loop()
+        topics = [self.topics.product_topic, self.topics.media_topic]
+        try:
+            await loop.run_in_executor(None, self.publisher.check_topics, topics)
+        except (DependencyUnavailable, TopicMissing) as exc:
+            return self._unavailable(f"{exc.message}; nothing was published")
+        bulk_uuid = str(uuid.uuid4())
+        new = [
+            NewItem(
+                a.id,
+                a.sku,
+                "publishing" if a.id in event_ids and a.status == "accepted" else a.status,
+                a.reason,
+                a.error_message,
+                event_ids.get(a.id) if a.status == "accepted" else None,
+            )
+            for a in ingested.acks
+        ]
+        try:
+            async with self.database.acquire() as conn:
+                await create_bulk(
+                    conn, bulk_uuid=bulk_uuid, request_id=request_id, kind=kind, items=new
+                )
+        except DatabaseUnavailable as exc:
+            return self._unavailable(f"{exc.message}; nothing was published")
+        failed = await loop.run_in_executor(None, self._publish, bulk_uuid, ready)
+        for r in ready:
+            if r.ack.id in failed:
+                r.ack.status, r.ack.reason = "undeliverable", "delivery_failed"
+                r.ack.error_message = failed[r.ack.id]
+        delivered = [r.ack.id for r in ready if r.ack.id not in failed]
+        body: dict[str, Any] = {
+            "bulk_uuid": bulk_uuid,
+            "request_id": request_id,
+            "request_items": _items(ingested.acks, event_ids),
+            "errors": ingested.errors,
+        }
+        tracking_error = await self._settle(bulk_uuid, delivered, failed)
+        if tracking_error:
+            body["tracking_error"] = tracking_error
+        self._count_items(ingested.acks)
+        if failed:
+            went_out = (
+                f"the other {len(delivered)} were published and are tracked"
+                if delivered
+                else "none was published"
+            )
+            body["message"] = (
+                f"{len(failed)} of {len(ready)} accepted items were not acknowledged by the broker "
+                f"(status undeliverable; sending them again is safe); {went_out}"
+            )
+            return IntakeReply(503, body, {"Retry-After": str(RETRY_AFTER_S)})
+        return IntakeReply(202, body)
+
+    def _publish(self, bulk_uuid: str, ready: Sequence[_Ready]) -> dict[int, str]:
+        """Produce every event and wait for each one's report; returns item id -> error.
+
+        After a failed delivery the producer is replaced: an idempotent producer whose
+        requests timed out may be fenced by the broker for good (seen with Tansu), and a
+        new one starts with a new producer id. Requests still waiting on the old one get
+        their reports when it is closed.
+        """
+        publisher = self.publisher
+        reports: dict[int, str | None] = {}
+
+        def report(item_id: int, err: KafkaError | None, _msg: Any) -> None:
+            reports[item_id] = (
+                None if err is None else f"not acknowledged by the broker: {err.str()}"
+            )
+
+        for r in ready:
+            try:
+                publisher.produce(
+                    r.topic,
+                    r.value,
+                    key=r.event.sku.encode(),
+                    headers=[item_header(bulk_uuid, r.ack.id)],
+                    on_delivery=functools.partial(report, r.ack.id),
+                )
+            except DeliveryRefused as exc:
+                reports[r.ack.id] = f"refused by the producer: {exc.message}"
+        deadline = time.monotonic() + self.delivery_wait_s
+        while len(reports) < len(ready) and time.monotonic() < deadline:
+            publisher.producer.poll(0.05)
+        failed = {item: error for item, error in reports.items() if error is not None}
+        for r in ready:
+            if r.ack.id not in reports:
+                failed[r.ack.id] = (
+                    f"no delivery report within {self.delivery_wait_s:.0f}s; it may still arrive"
+                )
+        if failed:
+            self._renew(publisher)
+        return failed
+
+    def _renew(self, broken: Publisher) -> None:
+        with self._renewing:
+            if self.publisher is not broken:
+                return  # another request renewed it already
+            fresh = Publisher(self.kafka)
+            fresh.start()
+            self.publisher = fresh
+        log.warning("deliveries failed: the intake's producer is replaced by a new one")
+        threading.Thread(
+            target=self._close, args=(broken,), name="close-producer", daemon=True
+        ).start()
+
+    def _close(self, publisher: Publisher) -> None:
+        try:
+            publisher.close(timeout_s=self.delivery_wait_s)
+        except StreamerError as exc:
+            log.info("the replaced producer closed with undelivered messages: %s", exc)
+
+    async def _settle(
+        self, bulk_uuid: str, delivered: list[int], failed: dict[int, str]
+    ) -> str | None:
+        """Record what went out; a few tries, since the events are out whatever happens here."""
+        for attempt in range(3):
+            try:
+                async with self.database.acquire() as conn:
+                    await settle_bulk(conn, bulk_uuid, delivered=delivered, undeliverable=failed)
+                return None
+            except DatabaseUnavailable as exc:
+                log.warning("settling bulk %s (attempt %d): %s", bulk_uuid, attempt + 1, exc)
+                await asyncio.sleep(0.5 * (attempt + 1))
+        return (
+            "the items were published but their tracking could not be recorded "
+            "(PostgreSQL unavailable): this bulk will not report completion"
+        )
+
+    def _count_items(self, acks: Sequence[Ack]) -> None:
+        counts: dict[str, int] = {}
+        for ack in acks:
+            counts[ack.status] = counts.get(ack.status, 0) + 1
+        for status, n in counts.items():
+            self.metrics.items.labels(status).inc(n)
+
+    @staticmethod
+    def _unavailable(message: str) -> IntakeReply:
+        return IntakeReply(
+            503,
+            {"detail": message, "retry_after_s": RETRY_AFTER_S},
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as JSON, or ``InvalidEvent`` naming where it breaks."""
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(
+            f"the body is not UTF-8: {exc.reason} at byte {exc.start}", reason="malformed_json"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent(
+            f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} "
+            f"(character {exc.pos})",
+            reason="malformed_json",
+        ) from exc

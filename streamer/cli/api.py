@@ -1,0 +1,39 @@
+"""``streamer serve``: the intake API, request tracking and the operator console."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from streamer.cli._common import err_console, fail_cleanly, settings_from
+
+__all__ = ["serve"]
+
+
+def serve(
+    host: Annotated[
+        str | None, typer.Option("--host", help="bind address (STREAMER_API_HOST, 127.0.0.1)")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="port (STREAMER_API_PORT, 8080)")
+    ] = None,
+) -> None:
+    """Serve /v1 (bulk intake, tracking), /ui/ (console), /docs, /healthz, /readyz, /metrics.
+
+    Tokens come from STREAMER_API_TOKENS (full access) and STREAMER_API_READ_TOKENS
+    (read-only), comma-separated; they are never printed. Also publishes one
+    ImportCompleted per finished bulk (one serve process leads; the others stand by).
+    """
+    from streamer.api.server import serve as run_server
+    from streamer.gallery.export import load_gallery
+
+    settings = settings_from(api_host=host, api_port=port)
+    if not settings.api.full_tokens():
+        err_console.print(
+            "[red]error:[/red] STREAMER_API_TOKENS is not set: every request would be refused. "
+            "Set one or more long random tokens (comma-separated)."
+        )
+        raise typer.Exit(2)
+    with fail_cleanly():
+        run_server(settings, gallery=load_gallery)

@@ -1,0 +1,1 @@
+"""The webhook forwarder: gallery changes delivered to external HTTP APIs, signed, idempotent."""

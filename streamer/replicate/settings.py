@@ -1,0 +1,76 @@
+"""The replicator's settings: its consumer group, the destination store and the seed's rules."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+
+from streamer.config import Section
+from streamer.errors import ConfigError
+from streamer.storage.settings import S3Settings
+
+__all__ = ["ReplicaSettings"]
+
+
+class ReplicaSettings(Section):
+    replica_group_id: str = "streamer-replicate"
+    replica_bucket: str | None = Field(None, description="Destination bucket; required to run")
+    replica_prefix: str = "media/catalog/product"
+    replica_endpoint_url: str | None = Field(
+        None, description="Unset: the source's endpoint and credentials (server-side copies)"
+    )
+    replica_region: str | None = None
+    replica_access_key_id: str | None = None
+    replica_secret_access_key: SecretStr | None = None
+    replica_image_limit: int | None = Field(
+        None, ge=0, description="0 = replication off, 1 = first image by position, N = first N"
+    )
+    replica_max_image_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    replica_concurrency: int = Field(16, ge=1, le=256, description="S3 requests in flight")
+    replica_part_size_bytes: int = Field(
+        8 * 1024 * 1024, ge=5 * 1024 * 1024, description="streamed copies buffer one part each"
+    )
+    replica_timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("replica_group_id")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @property
+    def server_side(self) -> bool:
+        """Same endpoint as the source: S3 copies the bytes itself (CopyObject)."""
+        return self.replica_endpoint_url is None
+
+    def bucket(self) -> str:
+        if not self.replica_bucket or not self.replica_bucket.strip():
+            raise ConfigError(
+                "STREAMER_REPLICA_BUCKET is not set: the replicator needs a destination bucket"
+            )
+        return self.replica_bucket.strip()
+
+    def destination(self, source: S3Settings) -> str:
+        """Names the destination in the replicator's tables: what it holds is per destination."""
+        endpoint = self.replica_endpoint_url or source.s3_endpoint_url or "aws"
+        return f"{endpoint.rstrip('/')}/{self.bucket()}/{self.replica_prefix.strip('/')}"
+
+    def store(self, source: S3Settings) -> S3Settings:
+        """The destination as S3 settings (client timeouts sized for copies, not HEADs)."""
+        if self.server_side:
+            return source.model_copy(
+                update={
+                    "head_timeout_s": self.replica_timeout_s,
+                    "head_concurrency": self.replica_concurrency,
+                }
+            )
+        return S3Settings(
+            s3_endpoint_url=self.replica_endpoint_url,
+            s3_bucket=self.bucket(),
+            s3_prefix=self.replica_prefix,
+            s3_region=self.replica_region or source.s3_region,
+            s3_access_key_id=self.replica_access_key_id,
+            s3_secret_access_key=self.replica_secret_access_key,
+            head_concurrency=self.replica_concurrency,
+            head_timeout_s=self.replica_timeout_s,
+        )

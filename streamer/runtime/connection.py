@@ -1,0 +1,67 @@
+"""Checking the way to Kafka before a command relies on it.
+
+librdkafka retries a refused TLS handshake or SASL login forever, so a worker with a
+wrong password or an untrusted certificate would look alive and do nothing. One
+bounded metadata request at start turns those into a clear error naming what to fix;
+a broker that merely does not answer is reported as unavailable (retriable).
+"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+
+from streamer.errors import BrokerAccessDenied, BrokerUnavailable
+from streamer.runtime.settings import KafkaSettings
+
+__all__ = ["check_broker"]
+
+_HINTS = {
+    KafkaError._AUTHENTICATION: (
+        "Kafka refused the SASL login",
+        "check STREAMER_KAFKA__SASL_MECHANISM, STREAMER_KAFKA__SASL_USERNAME and "
+        "STREAMER_KAFKA__SASL_PASSWORD",
+    ),
+    KafkaError._SSL: (
+        "the TLS handshake with Kafka failed",
+        "check STREAMER_KAFKA__SECURITY_PROTOCOL and STREAMER_KAFKA__SSL_CA_LOCATION "
+        "(the CA that signed the broker's certificate)",
+    ),
+}
+
+
+def check_broker(settings: KafkaSettings, *, timeout_s: float = 10.0) -> None:
+    """Raise ``BrokerAccessDenied`` or ``BrokerUnavailable`` unless Kafka answers this client."""
+    refusals: list[KafkaError] = []
+
+    def on_error(error: KafkaError) -> None:
+        if error.code() in _HINTS:
+            refusals.append(error)
+
+    admin = AdminClient(settings.client_config(error_cb=on_error))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            # Short slices, so a refusal ends the wait as soon as librdkafka reports it.
+            admin.list_topics(timeout=min(0.5, max(0.05, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            admin.poll(0)  # serves the error callbacks queued during the request
+            if refusals:
+                what, hint = _HINTS[refusals[0].code()]
+                raise BrokerAccessDenied(
+                    f"{what} at {settings.kafka_bootstrap}: {_cause(refusals[0])}; {hint}"
+                ) from exc
+            if time.monotonic() >= deadline:
+                raise BrokerUnavailable(
+                    f"cannot reach Kafka at {settings.kafka_bootstrap} within {timeout_s:.0f}s: "
+                    f"{exc}"
+                ) from exc
+
+
+def _cause(error: KafkaError) -> str:
+    """librdkafka's reason without its broker-state suffix, e.g. 'certificate verify failed'."""
+    text = error.str()
+    return text.split(": ", 1)[-1].split(" (after ", 1)[0]

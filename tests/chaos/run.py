@@ -1,0 +1,480 @@
+"""One seeded chaos run: a catalog published while faults hit the workers and the parts,
+then the final state held against the oracle.
+
+Phase 1 publishes wave 1 (some objects still missing) while faults happen; once drained,
+the late objects are uploaded, some objects overwritten, and the ``object_missing`` dead
+letters replayed; phase 2 publishes wave 2 under new faults. Everything random comes
+from the seed, so ``--chaos-seed N`` replays the same catalog and the same fault
+schedule (the exact interleaving with the workers still varies, which is the point:
+the result must not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamer.contract.codec import Codec
+from streamer.contract.events import parse_event
+from streamer.contract.publishing import EventPublisher
+from streamer.gallery.export import export_galleries
+from streamer.ops.schema import migrate_all
+from streamer.ops.topics import create_topics
+from streamer.runtime.database import connect
+from streamer.runtime.publisher import Publisher
+from streamer.runtime.replay import DeadLetterFilter, read_dead_letters, replay_dead_letters
+from streamer.settings import Settings
+from streamer.storage.keys import s3_key
+from tests.chaos.catalog import Catalog, etag, generate
+from tests.chaos.oracle import Obj, Oracle
+from tests.chaos.parts import Broker, CatalogS3, Postgres, Workers, _Moto
+from tests.integration.support import settings_env
+
+__all__ = ["RunResult", "chaos_run"]
+
+
+def _difference(want: dict[str, Any], got: dict[str, Any] | None) -> str:
+    if got is None:
+        return f"missing; expected {want}"
+    parts = [
+        f"{k}: expected {want[k]!r}, got {got.get(k)!r}"
+        for k in ("version", "deleted")
+        if want[k] != got.get(k)
+    ]
+    wanted = {i["file_path"]: i for i in want["images"]}
+    found = {i["file_path"]: i for i in got["images"]}
+    for path in sorted(set(wanted) | set(found)):
+        if wanted.get(path) != found.get(path):
+            parts.append(f"{path}: expected {wanted.get(path)}, got {found.get(path)}")
+    return "; ".join(parts)
+
+
+Log = Callable[[str], None]
+FAULTS = ("kill", "join", "leave", "s3", "postgres", "broker")
+
+
+@dataclass
+class RunResult:
+    seed: int
+    faults: list[str] = field(default_factory=list)
+    events: int = 0
+    crashes_in_commit: int = 0
+    mismatches: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Run:
+    def __init__(self, seed: int, workdir: Path, log: Log) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed * 7919)
+        self.workdir = workdir
+        self.log = log
+        self.result = RunResult(seed)
+        self.catalog: Catalog = generate(seed)
+        self.ends: dict[tuple[str, int], int] = {}
+        self._seen_exits = 0
+
+    # -- set-up -----------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        self.store = _Moto()
+        self.store.start()
+        self.s3 = CatalogS3()
+        self.s3.start()
+        self.broker = Broker(self.workdir, self.store, f"tansu-{self.seed}")
+        self.broker.start()
+        self.pg = await asyncio.to_thread(Postgres, self.workdir)
+        await self.pg.create()
+        self.settings = Settings.load(
+            None,
+            kafka_bootstrap=self.broker.bootstrap,
+            topic_partitions=6,
+            fetch_wait_max_ms=10,
+            session_timeout_ms=6000,
+            database_url=self.pg.dsn,
+            s3_endpoint_url=self.s3.url,
+            s3_bucket=f"catalog-{self.seed}",
+            s3_access_key_id="chaos",
+            s3_secret_access_key="chaos",
+            head_timeout_s=1.0,
+            group_id=f"chaos-{self.seed}",
+            etag_source="list",
+            batch_max_events=25,
+            batch_max_wait_ms=50,
+            retry_initial_backoff_ms=50,
+            retry_max_backoff_ms=500,
+            circuit_reset_timeout_s=0.5,
+            metrics_port=0,
+            shutdown_grace_s=10,
+            delivery_timeout_ms=60000,
+        )
+        await migrate_all(self.pg.dsn)
+        await asyncio.to_thread(create_topics, self.settings)
+        s3 = self.s3.client()
+        s3.create_bucket(Bucket=self.settings.s3.s3_bucket)
+        self._upload(self.catalog.objects)
+        self.workers = Workers(self.workdir, settings_env(self.settings))
+        self.publisher = Publisher(self.settings.kafka)
+        self.publisher.start()
+        self.events = EventPublisher(self.publisher, Codec(), self.settings.topics)
+
+    def _upload(self, objects: dict[str, bytes]) -> None:
+        s3 = self.s3.client()
+        for path, body in objects.items():
+            s3.put_object(
+                Bucket=self.settings.s3.s3_bucket,
+                Key=s3_key(self.settings.s3.s3_prefix, path),
+                Body=body,
+                ContentType="image/jpeg",
+            )
+
+    async def teardown(self) -> None:
+        self.workers.stop_all()
+        with contextlib.suppress(Exception):
+            self.publisher.close(timeout_s=5)
+        self.broker.kill()
+        await asyncio.to_thread(self.pg.destroy)
+        for moto in (self.s3, self.store):
+            if moto.up:
+                moto.stop()
+
+    # -- publishing and draining ------------------------------------------------------
+
+    async def publish(self, events: list[dict[str, Any]], duration_s: float) -> None:
+        """The wave in slices over ``duration_s``, so faults land while work is in progress."""
+        slices = 10
+        size = max(1, len(events) // slices + 1)
+        for start in range(0, len(events), size):
+            chunk = events[start : start + size]
+            await asyncio.to_thread(self._send, chunk)
+            await asyncio.sleep(duration_s / slices)
+
+    def _send(self, events: list[dict[str, Any]]) -> None:
+        for record in events:
+            data = {k: v for k, v in record.items() if k != "type"}
+            self.events.publish(parse_event(record["type"], data))
+        self.publisher.flush(timeout_s=120)
+        self._note_ends(self.publisher.end_offsets)
+
+    def _note_ends(self, ends: dict[tuple[str, int], int]) -> None:
+        for tp, end in ends.items():
+            self.ends[tp] = max(self.ends.get(tp, 0), end)
+
+    async def drained(self) -> bool:
+        try:
+            async with connect(self.pg.dsn, timeout_s=2) as conn:
+                rows = await conn.fetch(
+                    "SELECT topic, partition, next_offset FROM consumer_offsets"
+                    " WHERE group_id = $1",
+                    self.settings.gallery.group_id,
+                )
+        except Exception:
+            return False
+        stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+        return all(stored.get(tp, -1) >= end for tp, end in self.ends.items())
+
+    async def until_drained(self, timeout_s: float = 240) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._keep_workers(min_workers=1, crash_points=False)
+            if await self.drained():
+                return
+            await asyncio.sleep(0.25)
+        self.result.mismatches.append(f"not drained within {timeout_s:.0f}s")
+        raise TimeoutError(f"seed {self.seed}: not drained within {timeout_s:.0f}s")
+
+    # -- faults ------------------------------------------------------------------------
+
+    def _keep_workers(self, *, min_workers: int, crash_points: bool) -> None:
+        self.workers.alive()
+        for name, code, how in self.workers.exits[self._seen_exits :]:
+            if how == "died":
+                self.result.crashes_in_commit += code == -9
+                self.log(
+                    f"  {name} died (exit {code}): a crash point fired"
+                    if code == -9
+                    else f"  {name} died (exit {code})"
+                )
+                if code != -9:
+                    self.result.mismatches.append(f"{name} died with exit {code}")
+        self._seen_exits = len(self.workers.exits)
+        while len(self.workers.alive()) < min_workers:
+            self._start_worker(crash_points)
+
+    def _start_worker(self, crash_points: bool) -> str:
+        points = "after_offsets:0.04,after_publish:0.04" if crash_points else ""
+        return self.workers.add(crash_points=points, seed=self.rng.randint(0, 10**6))
+
+    def schedule(self, window_s: float) -> list[tuple[float, str]]:
+        count = self.rng.randint(3, 5)
+        return sorted(
+            (self.rng.uniform(0.5, window_s), self.rng.choice(FAULTS)) for _ in range(count)
+        )
+
+    async def fault(self, kind: str) -> None:
+        rng = self.rng
+        alive = self.workers.alive()
+        settled = [n for n in alive if self.workers.age_s(n) > 5]  # past its imports
+        if kind == "kill" and alive:
+            name = rng.choice(alive)
+            self.workers.kill(name)
+            self.log(f"  fault: SIGKILL {name}")
+        elif kind == "join":
+            name = self._start_worker(crash_points=False)
+            self.log(f"  fault: {name} joins")
+        elif kind == "leave" and len(alive) > 1 and settled:
+            name = rng.choice(settled)
+            code = await self.workers.leave(name)
+            self.log(f"  fault: {name} leaves (exit {code})")
+            if code != 0:
+                self.result.mismatches.append(f"{name} did not leave cleanly: exit {code}")
+        elif kind == "s3":
+            down = rng.uniform(1.0, 3.0)
+            self.log(f"  fault: S3 down for {down:.1f}s")
+            await asyncio.to_thread(self.s3.stop)
+            await asyncio.sleep(down)
+            await asyncio.to_thread(self.s3.start)
+        elif kind == "postgres":
+            down = rng.uniform(0.5, 2.0)
+            self.log(f"  fault: PostgreSQL restart ({down:.1f}s down)")
+            await asyncio.to_thread(self.pg.stop)
+            await asyncio.sleep(down)
+            await asyncio.to_thread(self.pg.start)
+        elif kind == "broker":
+            down = rng.uniform(0.5, 2.0)
+            self.log(f"  fault: broker killed, back after {down:.1f}s")
+            await asyncio.to_thread(self.broker.kill)
+            await asyncio.sleep(down)
+            await asyncio.to_thread(self.broker.start)
+        else:
+            return
+        self.result.faults.append(kind)
+
+    async def phase(self, name: str, work: Awaitable[None], window_s: float) -> None:
+        """``work`` (publishing) with the fault schedule running beside it, then a drain."""
+        self.log(f"{name}")
+        started = time.monotonic()
+        faults = self.schedule(window_s)
+
+        async def inject() -> None:
+            for at, kind in faults:
+                await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+                self._keep_workers(min_workers=2, crash_points=True)
+                await self.fault(kind)
+
+        async def keep() -> None:
+            while True:
+                self._keep_workers(min_workers=2, crash_points=True)
+                await asyncio.sleep(0.25)
+
+        keeper = asyncio.create_task(keep())
+        try:
+            await asyncio.gather(work, inject())
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        await self.until_drained()
+
+    # -- the story -----------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        started = time.monotonic()
+        catalog = self.catalog
+        self.result.events = len(catalog.wave1) + len(catalog.wave2)
+        self._start_worker(crash_points=True)
+        self._start_worker(crash_points=False)
+
+        async def wave1() -> None:
+            for sku, garbage in catalog.garbage:
+                self.publisher.produce(self.settings.topics.media_topic, garbage, key=sku.encode())
+            await self.publish(catalog.wave1, duration_s=12)
+
+        await self.phase("phase 1: wave 1 under faults", wave1(), window_s=14)
+        self._upload(catalog.late)
+        self._upload(catalog.overwritten)
+        replayed = await replay_dead_letters(
+            self.settings.kafka,
+            self.settings.database,
+            self.settings.runtime.dlq_topic,
+            DeadLetterFilter(reason="object_missing"),
+        )
+        self._note_ends(replayed.end_offsets)
+        self.log(f"replayed {replayed.replayed} object_missing dead letters")
+        await self.phase("phase 2: wave 2 under faults", self.publish(catalog.wave2, 12), 14)
+        for name in self.workers.alive():
+            code = await self.workers.leave(name)
+            if code != 0:
+                self.result.mismatches.append(f"{name} did not stop cleanly: exit {code}")
+        self.result.mismatches.extend(await self.compare(replayed.records))
+        self.result.seconds = time.monotonic() - started
+        return self.result
+
+    async def compare(self, replayed: list[Any]) -> list[str]:
+        """The final state exactly as the oracle has it; dead letters and applications
+        within what the contract allows.
+
+        What is exact: every gallery (images, ETags, metadata, roles, versions) and every
+        image's ``content_version``. What has bounds instead: a SKU's product and media
+        events travel on two topics, so a media event near the SKU's delete may be
+        partial or stale depending on which arrives first, and a duplicate of a partial
+        event is re-applied when it lands in a later batch but not in the same one; the
+        state is the same either way, the dead letters and ``applications`` are not.
+        """
+        oracle = self.expected(replayed)
+        problems: list[str] = []
+        suspects: set[str] = set()
+        actual = {g["sku"]: g async for g in export_galleries(self.pg.dsn)}
+        for want in oracle.export():
+            got = actual.pop(want["sku"], None)
+            if got != want:
+                problems.append(f"gallery {want['sku']}: {_difference(want, got)}")
+                suspects.add(want["sku"])
+        for sku, got in actual.items():
+            problems.append(f"gallery {sku}: not expected, got {got}")
+            suspects.add(sku)
+        async with connect(self.pg.dsn) as conn:
+            versions = {
+                (r["sku"], r["file_path"]): r["content_version"]
+                for r in await conn.fetch(
+                    "SELECT sku, file_path, content_version FROM gallery_images"
+                )
+            }
+            applications = {
+                r["event_id"]: r["applications"]
+                for r in await conn.fetch(
+                    "SELECT event_id::text AS event_id, applications FROM event_outcomes"
+                )
+            }
+        want_versions = oracle.content_versions()
+        if versions != want_versions:
+            diff = {
+                k: (want_versions.get(k), versions.get(k))
+                for k in set(want_versions) | set(versions)
+                if want_versions.get(k) != versions.get(k)
+            }
+            problems.append(f"content_version (expected, got): {dict(sorted(diff.items())[:10])}")
+            suspects |= {sku for sku, _ in diff}
+        deliveries = Counter(e["event_id"] for e in self.catalog.wave1 + self.catalog.wave2)
+        deliveries.update(self._replayed_ids)
+        over = {e: n for e, n in applications.items() if n > deliveries[e]}
+        if over:
+            problems.append(f"applied more often than delivered: {dict(list(over.items())[:10])}")
+            suspects |= {self.sku_of[e] for e in over if e in self.sku_of}
+        problems.extend(self.check_dead_letters(oracle, suspects))
+        for sku in sorted(suspects)[:4]:
+            problems.append(await self.explain(sku, oracle, applications))
+        return problems
+
+    def check_dead_letters(self, oracle: Oracle, suspects: set[str]) -> list[str]:
+        letters: Counter[tuple[str, str]] = Counter()
+        garbage = 0
+        codec = Codec()
+        for record in self.dead_letters():
+            try:
+                event_id = str(codec.decode(record.value).data["event_id"])
+            except Exception:
+                garbage += record.reason == "unknown_framing"
+                continue
+            letters[(event_id, record.reason)] += 1
+        problems = []
+        if garbage != len(self.catalog.garbage):
+            problems.append(
+                f"{garbage} undecodable messages dead-lettered, sent {len(self.catalog.garbage)}"
+            )
+        unexplained = {k: n for k, n in letters.items() if oracle.reasons.get(k[0]) != k[1]}
+        if unexplained:
+            problems.append(f"dead letters the oracle cannot explain: {unexplained}")
+            suspects |= {self.sku_of.get(e, "?") for e, _ in unexplained}
+        for event_id, outcomes in oracle.outcomes.items():
+            if outcomes[0] != "partial" or event_id in self._near_delete:
+                continue
+            if not letters[(event_id, oracle.reasons[event_id])]:
+                problems.append(
+                    f"no dead letter for partial event {event_id} ({oracle.reasons[event_id]})"
+                )
+                suspects.add(self.sku_of[event_id])
+        return problems
+
+    def dead_letters(self) -> list[Any]:
+        """Every dead letter, each original message once (a redelivered batch may send twice)."""
+        seen: dict[tuple[str, int, int], Any] = {}
+        for record in read_dead_letters(self.settings.kafka, self.settings.runtime.dlq_topic):
+            seen.setdefault((record.topic, record.partition, record.offset), record)
+        return list(seen.values())
+
+    def expected(self, replayed: list[Any]) -> Oracle:
+        catalog = self.catalog
+        oracle = Oracle()
+        self.sku_of = {e["event_id"]: e["sku"] for e in catalog.wave1 + catalog.wave2}
+        # Media events of a SKU deleted later in the same wave: partial or stale by arrival.
+        self._near_delete: set[str] = set()
+        for wave in (catalog.wave1, catalog.wave2):
+            deletes = {e["sku"]: e["version"] for e in wave if e.get("op") == "DELETE"}
+            self._near_delete |= {
+                e["event_id"] for e in wave if e["version"] < deletes.get(e["sku"], -1)
+            }
+        before = {p: Obj(etag(b), len(b)) for p, b in catalog.objects.items()}
+        after = {
+            **before,
+            **{p: Obj(etag(b), len(b)) for p, b in {**catalog.late, **catalog.overwritten}.items()},
+        }
+        for event in catalog.wave1:
+            oracle.apply(event, before)
+        by_id = {e["event_id"]: e for e in catalog.wave1}
+        codec = Codec()
+        self._replayed_ids = []
+        for record in replayed:  # in the order the replay sent them, per SKU the DLQ order
+            event_id = str(codec.decode(record.value).data["event_id"])
+            self._replayed_ids.append(event_id)
+            oracle.apply(by_id[event_id], after)
+        for event in catalog.wave2:
+            oracle.apply(event, after)
+        return oracle
+
+    async def explain(self, sku: str, oracle: Oracle, applications: dict[str, int]) -> str:
+        """The SKU's story: each event as published, the oracle's outcome and what was recorded."""
+        async with connect(self.pg.dsn) as conn:
+            rows = {
+                r["event_id"]: (r["outcome"], r["reason"])
+                for r in await conn.fetch(
+                    "SELECT event_id::text AS event_id, outcome, reason FROM event_outcomes"
+                    " WHERE sku = $1",
+                    sku,
+                )
+            }
+            product = await conn.fetchrow(
+                "SELECT product_version, gallery_version, deleted FROM products WHERE sku = $1", sku
+            )
+        lines = [f"story of {sku} (stored {dict(product) if product else None}):"]
+        for wave, events in (("1", self.catalog.wave1), ("2", self.catalog.wave2)):
+            for event in events:
+                if event["sku"] != sku:
+                    continue
+                images = [
+                    (i["file_path"], i.get("position"), tuple(i.get("roles") or ()))
+                    for i in event.get("images", [])
+                ]
+                lines.append(
+                    f"  w{wave} {event['event_id'][:8]} v{event['version']} {event['type'][:5]}"
+                    f" {event.get('mode') or event.get('op')} {images} -> oracle "
+                    f"{oracle.outcomes.get(event['event_id'])}, recorded {rows.get(event['event_id'])}"
+                    f" x{applications.get(event['event_id'], 0)}"
+                )
+        return "\n".join(lines)
+
+
+async def chaos_run(seed: int, workdir: Path, log: Log = print) -> RunResult:
+    run = Run(seed, workdir, log)
+    await run.setup()
+    try:
+        return await run.run()
+    finally:
+        await run.teardown()
