@@ -166,6 +166,47 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _thread_cpu_s() -> dict[str, float]:
+    """CPU seconds so far by kind of thread (Linux): the event loop (the main thread, where
+    decoding, folding and planning run), librdkafka's, obstore's (tokio) and the rest."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as stat:
+                raw = stat.read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if int(tid) == os.getpid():
+            kind = "event loop"
+        elif name.startswith("rdk:"):
+            kind = "librdkafka"
+        elif name.startswith("tokio"):
+            kind = "obstore"
+        else:
+            kind = "other threads"
+        out[kind] = out.get(kind, 0.0) + seconds
+    return out
+
+
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (Linux)."""
+    try:
+        with open("/proc/stat") as stat:
+            values = [int(v) for v in stat.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    idle = values[3] + values[4]
+    return float(sum(values) - idle), float(sum(values))
+
+
 def _rss_mb() -> float:
     try:
         with open("/proc/self/statm") as statm:
@@ -387,12 +428,24 @@ async def worker_phase(
         etags = worker.handler.etags
         before = dict(etags.totals) if isinstance(etags, S3EtagSource) else {}
         with peak_rss() as peak:
+            threads0, machine0 = _thread_cpu_s(), _machine_busy()
             cpu0, t0 = _cpu_s(), time.monotonic()
             await _drained(ctx.settings, ends, Progress(name, events, ctx.log), timeout_s)
             seconds, cpu = time.monotonic() - t0, _cpu_s() - cpu0
+            threads1, machine = _thread_cpu_s(), _machine_busy()
     finally:
         stop.set()
         await task
+    busy, total = machine[0] - machine0[0], machine[1] - machine0[1]
+    threads = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
+    ctx.log(
+        f"{name}: CPU per event by thread: "
+        + ", ".join(
+            f"{kind} {1e6 * s / events:,.0f} µs"
+            for kind, s in sorted(threads.items(), key=lambda kv: -kv[1])
+        )
+        + (f"; the machine was {100 * busy / total:.0f}% busy" if total else "")
+    )
     totals = etags.totals if isinstance(etags, S3EtagSource) else {}
     delta = {k: totals.get(k, 0) - before.get(k, 0) for k in ("head", "list", "listed_keys")}
     rows = sum(
