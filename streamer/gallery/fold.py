@@ -169,7 +169,17 @@ def _apply_media(
     if not invalid and _unchanged(state, event, resolved, rules):
         if resolved:
             counts["unchanged"] += len(resolved)
-        new = replace(state, gallery_version=event.version, deleted=False, exists=True)
+        # Built directly: dataclasses.replace costs twice as much, on every no-op event.
+        new = SkuState(
+            state.sku,
+            state.product_version,
+            event.version,
+            False,
+            state.name,
+            state.enabled,
+            state.images,
+            True,
+        )
         return new, invalid
 
     images = dict(state.images)

@@ -64,6 +64,8 @@ __all__ = ["BatchReport", "GalleryHandler", "GalleryPlan"]
 log = logging.getLogger(__name__)
 
 Event = LeanEvent
+# What keys_in_play starts from to name every object an event could need.
+_NOTHING_STORED = SkuState("")
 # Outcomes after which the same event may come back from a dead-letter replay and be applied.
 _REPLAYABLE = {EventOutcome.PARTIAL.value, EventOutcome.DEAD_LETTERED.value}
 
@@ -234,8 +236,8 @@ class GalleryHandler:
         # beside the state read instead of after it.
         paths = set().union(
             *(
-                keys_in_play(SkuState(sku), [i.event for i in its], self.rules)
-                for sku, its in by_sku.items()
+                keys_in_play(_NOTHING_STORED, [i.event for i in its], self.rules)
+                for its in by_sku.values()
             )
         )
         lookup = asyncio.ensure_future(self._lookup(paths))
