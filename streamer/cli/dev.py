@@ -99,44 +99,49 @@ def demo() -> None:
 
 
 def bench(
-    skus: Annotated[int, typer.Option("--skus", help="SKUs (one 5-image event each)")] = 5000,
+    skus: Annotated[int, typer.Option("--skus", help="SKUs (one gallery event each)")] = 5000,
     images: Annotated[int, typer.Option("--images", help="images per SKU")] = 5,
     objects: Annotated[int, typer.Option("--objects", help="distinct S3 objects")] = 2000,
-    etag_source: Annotated[str | None, typer.Option("--etag-source", help="head or list")] = None,
+    naive_events: Annotated[
+        int, typer.Option("--naive-events", help="events the naive consumer re-syncs (it is slow)")
+    ] = 300,
+    etag_source: Annotated[
+        str | None, typer.Option("--etag-source", help="auto, head or list")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
     forward: Annotated[
         int | None,
         typer.Option("--forward", help="instead: N events through the webhook forwarder"),
     ] = None,
 ) -> None:
-    """Throughput benchmark on the configured stack: first sync, then a no-op re-sync
-    (or, with --forward N, webhook deliveries/s to a local receiver, single and batched)."""
-    from streamer.dev.bench import run_benchmark, summary_rows
+    """Throughput benchmark on the configured stack: ceilings of the parts, then first sync,
+    no-op re-sync and the naive consumer's no-op re-sync, each beside what binds it (or, with
+    --forward N, webhook deliveries/s to a local receiver, single and batched)."""
+    from streamer.dev.bench import format_table, run_benchmark
 
     settings = settings_from(etag_source=etag_source)
     if forward is not None:
         _bench_forward(settings, forward, json_out)
         return
+    err_console.print(
+        f"streamer bench: {skus:,} SKUs x {images} images over {objects:,} objects, "
+        f"ETag source {settings.gallery.etag_source}"
+    )
     with fail_cleanly():
-        results = run(
+        result = run(
             run_benchmark(
                 settings,
                 n_skus=skus,
                 images_per_sku=images,
                 n_objects=objects,
-                log=lambda line: err_console.print(line),
+                naive_events=naive_events,
+                log=lambda line: err_console.print(line, markup=False, highlight=False),
             )
         )
-    rows = summary_rows(results)
     if json_out:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(result.as_json(), indent=2))
         return
-    table = Table(
-        *rows[0].keys(), title=f"streamer bench (ETag source: {settings.gallery.etag_source})"
-    )
-    for row in rows:
-        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
-    Console().print(table)
+    print(format_table(result))
 
 
 def _bench_forward(settings: Settings, n_events: int, json_out: bool) -> None:
@@ -169,16 +174,17 @@ def loadgen(
     images: Annotated[int, typer.Option("--images")] = 5,
     objects: Annotated[int, typer.Option("--objects", help="distinct object paths")] = 1000,
     upload: Annotated[bool, typer.Option("--upload", help="also put the objects in S3")] = False,
+    prefix: Annotated[str, typer.Option("--prefix", help="SKU prefix")] = "BENCH",
 ) -> None:
-    """Write a synthetic catalog as JSON lines for `streamer publish`."""
+    """Write a synthetic catalog as JSON lines for `streamer publish` (streamed: any size)."""
     from rich.progress import Progress
 
     from streamer.contract.codec import event_record
-    from streamer.dev.loadgen import generate_catalog, object_paths, upload_objects
+    from streamer.dev.loadgen import iter_catalog, object_paths, upload_objects
 
     paths = object_paths(objects)
-    events = generate_catalog(
-        skus, images, paths, version=int(time.time() * 1000), request_id="loadgen"
+    events = iter_catalog(
+        skus, images, paths, version=int(time.time() * 1000), request_id="loadgen", prefix=prefix
     )
     if upload:
         settings = settings_from()
@@ -193,4 +199,4 @@ def loadgen(
     finally:
         if out is not sys.stdout:
             out.close()
-    err_console.print(f"wrote {len(events)} events over {len(paths)} objects")
+    err_console.print(f"wrote {skus} events over {len(paths)} objects")

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from streamer.contract.events import EventType, MediaGalleryChanged, ProductChanged, parse_event
+from streamer.contract.lean import LeanEvent, lean_event
 from streamer.contract.schemas import KnownSchema, current_schemas, known_schemas
 from streamer.errors import DecodeError, SchemaRegistryUnavailable
 
@@ -196,8 +197,18 @@ class Codec:
             raise DecodeError(f"{name} did not decode to a record", reason="malformed_avro")
         return DecodedRecord(name, record, writer_id)
 
-    def decode_event(self, value: bytes | None) -> ProductChanged | MediaGalleryChanged:
+    def _source_event(self, value: bytes | None) -> DecodedRecord:
         decoded = self.decode(value)
         if decoded.type_name not in (EventType.PRODUCT.value, EventType.MEDIA.value):
             raise DecodeError(f"{decoded.type_name} is not a source event", reason="unknown_schema")
+        return decoded
+
+    def decode_event(self, value: bytes | None) -> ProductChanged | MediaGalleryChanged:
+        """The validated model of a message (tools, tests)."""
+        decoded = self._source_event(value)
         return parse_event(decoded.type_name, decoded.data)
+
+    def decode_lean(self, value: bytes | None) -> LeanEvent:
+        """The same event as ``decode_event``, as the consumer's hot path carries it."""
+        decoded = self._source_event(value)
+        return lean_event(decoded.type_name, decoded.data)

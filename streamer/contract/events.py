@@ -159,8 +159,10 @@ class Image(BaseModel):
         return self.invalid_reason is None
 
 
-def _utc(value: datetime) -> datetime:
+def utc_millis(value: datetime) -> datetime:
     """UTC, truncated to the millisecond the wire format carries, so a round trip is exact."""
+    if value.tzinfo is UTC and not value.microsecond % 1000:
+        return value  # as Avro's timestamp-millis decodes: already so
     aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     return aware.replace(microsecond=aware.microsecond // 1000 * 1000)
 
@@ -202,7 +204,7 @@ class _EventBase(BaseModel):
     @field_validator("occurred_at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        return _utc(value)
+        return utc_millis(value)
 
 
 class ProductChanged(_EventBase):

@@ -1,25 +1,44 @@
-"""The throughput benchmark.
+"""The throughput benchmark: every phase beside the ceilings of the parts it runs on.
 
-``run_benchmark`` publishes a synthetic catalog (``loadgen``), drains it with one
-in-process worker, re-publishes the same galleries with newer versions (the
-no-op re-sync that dominates real catalogs) and prints what each phase cost:
-events/s, images/s, ETag checks and consumer CPU per check, rows written.
+``run_benchmark`` uploads a pool of objects, publishes a synthetic catalog of N-image
+galleries (``loadgen``) and measures, in one run on the configured stack:
+
+- the ceilings: the broker's raw consume+decode rate, the S3 server's raw HEAD/s and
+  listed keys/s through streamer's own client at its own concurrency, and
+  PostgreSQL's raw upsert rows/s with the gallery's own statement;
+- the phases, in ``PHASES`` order: ``first_sync`` (one worker drains the catalog),
+  ``noop_resync`` (the same galleries again, newer versions: nothing to write) and
+  ``naive_noop_resync`` (the same re-sync through ``naive.run_naive``).
+
+Each phase reports events, seconds, events/s, images/s, the process's CPU per event
+(the consumer with its client threads: librdkafka, obstore, asyncpg), S3 requests,
+rows written and peak RSS; for streamer's own phases the log also says which ceiling
+binds and how close the phase came to it. A phase is a function registered in
+``PHASES``: a new one (say, a re-sync with another ETag source) is one more entry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
+import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
 
 from streamer.contract.codec import Codec
 from streamer.contract.events import MediaGalleryChanged
 from streamer.contract.publishing import EventPublisher
 from streamer.dev.loadgen import generate_catalog, object_paths, upload_objects
+from streamer.dev.naive import run_naive
+from streamer.gallery.etags import S3EtagSource
+from streamer.gallery.repository import _UPSERT_IMAGE
 from streamer.gallery.worker import GalleryWorker
 from streamer.ops.schema import migrate_all
 from streamer.ops.topics import create_topics
@@ -27,24 +46,46 @@ from streamer.runtime.database import connect
 from streamer.runtime.metrics import new_registry
 from streamer.runtime.publisher import Publisher
 from streamer.settings import Settings
+from streamer.storage.clients import make_object_store
+from streamer.storage.keys import s3_key
 
-__all__ = ["PhaseResult", "run_benchmark", "summary_rows"]
+__all__ = [
+    "PHASES",
+    "BenchContext",
+    "BenchResult",
+    "Ceilings",
+    "Phase",
+    "format_table",
+    "run_benchmark",
+]
+
+Log = Callable[[str], None]
+TP = tuple[str, int]
+_PROGRESS_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    broker_read_events_per_s: float
+    s3_head_per_s: float
+    s3_list_keys_per_s: float
+    pg_upsert_rows_per_s: float
 
 
 @dataclass
-class PhaseResult:
+class Phase:
+    """What one phase did; ``as_json`` is the object ``streamer bench --json`` prints."""
+
     name: str
     events: int
     images: int
     seconds: float
     cpu_s: float
-    etag_checks: float
-    rows_written: float
-    publish_seconds: float = 0.0
-
-    @property
-    def published_per_s(self) -> float:
-        return self.events / self.publish_seconds if self.publish_seconds else 0.0
+    s3_requests: int
+    rows_written: int
+    peak_rss_mb: float
+    heads: int = 0
+    listed_keys: int = 0
 
     @property
     def events_per_s(self) -> float:
@@ -55,8 +96,69 @@ class PhaseResult:
         return self.images / self.seconds if self.seconds else 0.0
 
     @property
-    def cpu_ms_per_check(self) -> float:
-        return 1000 * self.cpu_s / self.etag_checks if self.etag_checks else 0.0
+    def cpu_us_per_event(self) -> float:
+        return 1e6 * self.cpu_s / self.events if self.events else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "events": self.events,
+            "seconds": round(self.seconds, 3),
+            "events_per_s": round(self.events_per_s, 1),
+            "images_per_s": round(self.images_per_s, 1),
+            "consumer_cpu_us_per_event": round(self.cpu_us_per_event, 1),
+            "s3_requests": self.s3_requests,
+            "rows_written": self.rows_written,
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+        }
+
+
+@dataclass
+class BenchResult:
+    ceilings: Ceilings
+    phases: list[Phase] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        c = self.ceilings
+        return {
+            "ceilings": {
+                "broker_read_events_per_s": round(c.broker_read_events_per_s, 1),
+                "s3_head_per_s": round(c.s3_head_per_s, 1),
+                "s3_list_keys_per_s": round(c.s3_list_keys_per_s, 1),
+                "pg_upsert_rows_per_s": round(c.pg_upsert_rows_per_s, 1),
+            },
+            "phases": [p.as_json() for p in self.phases],
+        }
+
+
+@dataclass
+class BenchContext:
+    """What every phase shares: the run's settings (own topics and group), the object pool,
+    the catalog's shape and the log."""
+
+    settings: Settings
+    run: str
+    paths: list[str]
+    n_skus: int
+    images_per_sku: int
+    naive_events: int
+    log: Log
+    version: int = field(default_factory=lambda: int(time.time() * 1000))
+    published: dict[str, dict[TP, int]] = field(default_factory=dict)
+
+    def catalog(self) -> list[MediaGalleryChanged]:
+        """The catalog with a newer version each time: every re-sync is a re-sync."""
+        self.version += 1
+        return generate_catalog(
+            self.n_skus,
+            self.images_per_sku,
+            self.paths,
+            version=self.version,
+            prefix=f"B{self.run}",
+        )
+
+
+# -- measuring ----------------------------------------------------------------------------
 
 
 def _cpu_s() -> float:
@@ -64,43 +166,100 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _drained(settings: Settings, ends: dict[tuple[str, int], int], timeout_s: float) -> None:
-    async with connect(settings.database.dsn) as conn:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            rows = await conn.fetch(
-                "SELECT topic, partition, next_offset FROM consumer_offsets WHERE group_id = $1",
-                settings.gallery.group_id,
-            )
-            stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
-            if all(end == 0 or stored.get(tp, -1) >= end for tp, end in ends.items()):
-                return
-            await asyncio.sleep(0.05)
-    raise TimeoutError(f"not drained within {timeout_s:.0f}s")
+def _thread_cpu_s() -> dict[str, float]:
+    """CPU seconds so far by kind of thread (Linux): the event loop (the main thread, where
+    decoding, folding and planning run), librdkafka's, obstore's (tokio) and the rest."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as stat:
+                raw = stat.read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if int(tid) == os.getpid():
+            kind = "event loop"
+        elif name.startswith("rdk:"):
+            kind = "librdkafka"
+        elif name.startswith("tokio"):
+            kind = "obstore"
+        else:
+            kind = "other threads"
+        out[kind] = out.get(kind, 0.0) + seconds
+    return out
 
 
-def measure_codec(
-    settings: Settings, events: list[MediaGalleryChanged], log: Callable[[str], None]
-) -> tuple[float, float]:
-    """Encode and decode+validate rates of the codec alone, one core, no broker."""
-    codec = Codec.for_registry(settings.kafka.schema_registry_url)
-    t0 = time.perf_counter()
-    encoded = [codec.encode(event, topic=settings.topics.media_topic) for event in events]
-    encode_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for value in encoded:
-        codec.decode_event(value)
-    decode_s = time.perf_counter() - t0
-    n = len(events)
-    log(
-        f"codec: encode {n / encode_s:,.0f} events/s ({1e6 * encode_s / n:.1f} µs each), "
-        f"decode+validate {n / decode_s:,.0f} events/s ({1e6 * decode_s / n:.1f} µs each), "
-        f"{sum(map(len, encoded)) / n:.0f} bytes per event"
-    )
-    return n / encode_s, n / decode_s
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (Linux)."""
+    try:
+        with open("/proc/stat") as stat:
+            values = [int(v) for v in stat.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    idle = values[3] + values[4]
+    return float(sum(values) - idle), float(sum(values))
 
 
-def _publish(settings: Settings, events: list[MediaGalleryChanged]) -> dict[tuple[str, int], int]:
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: the process's lifetime peak is the best there is
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def peak_rss() -> Iterator[list[float]]:
+    """The process's peak resident memory (MB) while the block runs, sampled every 20 ms."""
+    peak = [_rss_mb()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], _rss_mb())
+
+    sampler = threading.Thread(target=sample, name="rss", daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+        peak[0] = max(peak[0], _rss_mb())
+
+
+class Progress:
+    """A line every couple of seconds while a long phase runs: done, total, rate."""
+
+    def __init__(self, name: str, total: int, log: Log) -> None:
+        self.name, self.total, self.log = name, total, log
+        self.started = self.last = time.monotonic()
+        self.done = 0
+
+    def advance(self, n: int) -> None:
+        self.update(self.done + n)
+
+    def update(self, done: int) -> None:
+        self.done = done
+        now = time.monotonic()
+        if now - self.last >= _PROGRESS_EVERY_S:
+            self.last = now
+            rate = done / (now - self.started) if now > self.started else 0.0
+            pct = 100 * done / self.total if self.total else 100.0
+            self.log(f"  {self.name}: {done:,}/{self.total:,} events ({pct:.0f}%), {rate:,.0f}/s")
+
+
+# -- setting up ---------------------------------------------------------------------------
+
+
+def _publish(settings: Settings, events: list[MediaGalleryChanged]) -> dict[TP, int]:
     codec = Codec.for_registry(settings.kafka.schema_registry_url)
     with Publisher(settings.kafka) as publisher:
         events_out = EventPublisher(publisher, codec, settings.topics)
@@ -110,16 +269,334 @@ def _publish(settings: Settings, events: list[MediaGalleryChanged]) -> dict[tupl
         return dict(publisher.end_offsets)
 
 
+def publish_catalog(ctx: BenchContext, phase: str) -> tuple[int, dict[TP, int]]:
+    """Publish the catalog again; keeps only counts (the events themselves would sit in the
+    measured process's heap during the phase)."""
+    events = ctx.catalog()
+    started = time.monotonic()
+    ends = _publish(ctx.settings, events)
+    seconds = time.monotonic() - started
+    ctx.log(
+        f"{phase}: published {len(events):,} events in {seconds:.1f}s "
+        f"({len(events) / seconds:,.0f}/s, acknowledged)"
+    )
+    ctx.published[phase] = ends
+    return len(events), ends
+
+
+async def _drained(
+    settings: Settings, ends: dict[TP, int], progress: Progress, timeout_s: float
+) -> None:
+    """Until every partition's stored offset reached its end (the producer's acknowledged
+    offsets: exact, where a dev broker's watermarks may run short). One connection, a
+    query every 100 ms: the watching costs the measured process next to nothing."""
+    deadline = time.monotonic() + timeout_s
+    base = sum(ends.values()) - progress.total
+    async with connect(settings.database.dsn) as conn:
+        while time.monotonic() < deadline:
+            rows = await conn.fetch(
+                "SELECT topic, partition, next_offset FROM consumer_offsets WHERE group_id = $1",
+                settings.gallery.group_id,
+            )
+            stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+            done = sum(min(max(stored.get(tp, 0), 0), end) for tp, end in ends.items())
+            progress.update(done - base)
+            if all(end == 0 or stored.get(tp, -1) >= end for tp, end in ends.items()):
+                return
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{progress.name}: not drained within {timeout_s:.0f}s")
+
+
+# -- ceilings -----------------------------------------------------------------------------
+
+
+def broker_read_rate(settings: Settings, ends: dict[TP, int]) -> float:
+    """Consume what ``ends`` covers from the start and decode it: events/s, one process."""
+    codec = Codec.for_registry(settings.kafka.schema_registry_url)
+    consumer = Consumer(
+        settings.kafka.client_config(
+            **{
+                "group.id": f"{settings.gallery.group_id}-ceiling",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": settings.kafka.fetch_wait_max_ms,
+            }
+        )
+    )
+    total = sum(ends.values())
+    consumer.assign([TopicPartition(t, p, 0) for (t, p) in ends])
+    read = 0
+    started = time.perf_counter()
+    try:
+        deadline = time.monotonic() + 120
+        while read < total and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=1000, timeout=1.0):
+                if msg.error() is None:
+                    codec.decode_lean(msg.value())
+                    read += 1
+        seconds = time.perf_counter() - started
+    finally:
+        consumer.close()
+    return read / seconds if seconds else 0.0
+
+
+async def s3_rates(ctx: BenchContext) -> tuple[float, float]:
+    """HEAD/s and listed keys/s of the S3 server through streamer's client (obstore) at
+    its concurrency; logs the client's CPU per request beside them."""
+    s = ctx.settings.s3
+    store = make_object_store(s)
+    keys = [s3_key(s.s3_prefix, p) for p in ctx.paths]
+    heads = S3EtagSource(store, mode="head", concurrency=s.head_concurrency)
+    sample = keys[: min(len(keys), 1000)]
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+    await heads.lookup(sample)
+    head_s, head_cpu = time.perf_counter() - t0, _cpu_s() - cpu0
+    lists = S3EtagSource(store, mode="list", concurrency=s.head_concurrency)
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+    await lists.lookup(keys)
+    list_s, list_cpu = time.perf_counter() - t0, _cpu_s() - cpu0
+    listed = lists.totals["listed_keys"]
+    await heads.close()
+    await lists.close()
+    ctx.log(
+        f"S3 client CPU: {1000 * head_cpu / len(sample):.2f} ms per HEAD, "
+        f"{1000 * list_cpu / max(1, listed):.4f} ms per listed key"
+    )
+    return len(sample) / head_s, listed / list_s
+
+
+async def pg_upsert_rate(ctx: BenchContext, rows: int) -> float:
+    """The gallery's own set-based upsert, into a scratch copy of its table, in the
+    worker's batch size: rows/s."""
+    per_tx = ctx.settings.runtime.batch_max_events * ctx.images_per_sku
+    statement = _UPSERT_IMAGE.replace("gallery_images", "bench_upsert")
+    async with connect(ctx.settings.database.dsn) as conn:
+        await conn.execute(
+            "CREATE TEMP TABLE bench_upsert (LIKE gallery_images INCLUDING ALL) ON COMMIT PRESERVE ROWS"
+        )
+        started = time.perf_counter()
+        for first in range(0, rows, per_tx):
+            chunk = range(first, min(rows, first + per_tx))
+            columns: list[list[Any]] = [
+                [f"U{i // ctx.images_per_sku:08d}" for i in chunk],
+                [f"/u/{i:08d}.jpg" for i in chunk],
+                ["0123456789abcdef0123456789abcdef"] * len(chunk),
+                [4096] * len(chunk),
+                ["image/jpeg"] * len(chunk),
+                [f"label {i}" for i in chunk],
+                [i % ctx.images_per_sku for i in chunk],
+                [False] * len(chunk),
+                ["image" if i % ctx.images_per_sku == 0 else "" for i in chunk],
+                [1] * len(chunk),
+            ]
+            async with conn.transaction():
+                await conn.execute(statement, *columns)
+        seconds = time.perf_counter() - started
+    return rows / seconds
+
+
+async def measure_ceilings(ctx: BenchContext, first_sync_ends: dict[TP, int]) -> Ceilings:
+    ctx.log("ceilings: broker read+decode, S3 HEAD and LIST, PostgreSQL upsert ...")
+    broker = await asyncio.to_thread(broker_read_rate, ctx.settings, first_sync_ends)
+    head, listed = await s3_rates(ctx)
+    rows = min(ctx.n_skus * ctx.images_per_sku, 50_000)
+    upsert = await pg_upsert_rate(ctx, rows)
+    ceilings = Ceilings(broker, head, listed, upsert)
+    ctx.log(
+        f"ceilings: broker {broker:,.0f} events/s, S3 HEAD {head:,.0f}/s, "
+        f"S3 LIST {listed:,.0f} keys/s, PostgreSQL upsert {upsert:,.0f} rows/s"
+    )
+    return ceilings
+
+
+# -- phases -------------------------------------------------------------------------------
+
+
+async def worker_phase(
+    ctx: BenchContext, name: str, ends: dict[TP, int], events: int, images: int, timeout_s: float
+) -> Phase:
+    """One in-process worker drains what was published; the clock starts once it owns its
+    partitions, so the group join is not counted."""
+    registry = new_registry()
+    worker = GalleryWorker(ctx.settings, registry=registry, install_signal_handlers=False)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        while not registry.get_sample_value("streamer_assigned_partitions"):
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        etags = worker.handler.etags
+        before = dict(etags.totals) if isinstance(etags, S3EtagSource) else {}
+        with peak_rss() as peak:
+            threads0, machine0 = _thread_cpu_s(), _machine_busy()
+            cpu0, t0 = _cpu_s(), time.monotonic()
+            await _drained(ctx.settings, ends, Progress(name, events, ctx.log), timeout_s)
+            seconds, cpu = time.monotonic() - t0, _cpu_s() - cpu0
+            threads1, machine = _thread_cpu_s(), _machine_busy()
+    finally:
+        stop.set()
+        await task
+    busy, total = machine[0] - machine0[0], machine[1] - machine0[1]
+    threads = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
+    ctx.log(
+        f"{name}: CPU per event by thread: "
+        + ", ".join(
+            f"{kind} {1e6 * s / events:,.0f} µs"
+            for kind, s in sorted(threads.items(), key=lambda kv: -kv[1])
+        )
+        + (f"; the machine was {100 * busy / total:.0f}% busy" if total else "")
+    )
+    totals = etags.totals if isinstance(etags, S3EtagSource) else {}
+    delta = {k: totals.get(k, 0) - before.get(k, 0) for k in ("head", "list", "listed_keys")}
+    rows = sum(
+        registry.get_sample_value("streamer_db_rows_written_total", {"operation": op}) or 0
+        for op in ("insert", "update", "delete")
+    )
+    return Phase(
+        name,
+        events,
+        images,
+        seconds,
+        cpu,
+        delta["head"] + delta["list"],
+        int(rows),
+        peak[0],
+        heads=delta["head"],
+        listed_keys=delta["listed_keys"],
+    )
+
+
+async def first_sync(ctx: BenchContext) -> Phase:
+    ends = ctx.published["first_sync"]  # published before the ceilings were measured
+    n = ctx.n_skus
+    return await worker_phase(ctx, "first_sync", ends, n, n * ctx.images_per_sku, 900)
+
+
+async def noop_resync(ctx: BenchContext) -> Phase:
+    n, ends = publish_catalog(ctx, "noop_resync")
+    return await worker_phase(ctx, "noop_resync", ends, n, n * ctx.images_per_sku, 900)
+
+
+async def naive_noop_resync(ctx: BenchContext) -> Phase:
+    """The no-op re-sync's own messages, through the naive consumer (a subset: it is slow)."""
+    limit = min(ctx.naive_events, ctx.n_skus)
+    progress = Progress("naive_noop_resync", limit, ctx.log)
+    with peak_rss() as peak:
+        cpu0, t0 = _cpu_s(), time.monotonic()
+        # From where the no-op re-sync's messages begin: the same messages, read again.
+        result = await run_naive(
+            ctx.settings, ctx.published["first_sync"], limit, progress=progress.advance
+        )
+        seconds, cpu = time.monotonic() - t0, _cpu_s() - cpu0
+    return Phase(
+        "naive_noop_resync",
+        result.events,
+        result.images,
+        seconds,
+        cpu,
+        result.heads,
+        result.rows_written,
+        peak[0],
+        heads=result.heads,
+    )
+
+
+PHASES: dict[str, Callable[[BenchContext], Awaitable[Phase]]] = {
+    "first_sync": first_sync,
+    "noop_resync": noop_resync,
+    "naive_noop_resync": naive_noop_resync,
+}
+
+
+# -- what binds ---------------------------------------------------------------------------
+
+
+def binding(phase: Phase, ceilings: Ceilings) -> tuple[str, float]:
+    """The ceiling that bounds a phase, in its events/s given what the phase asked of each
+    part per event (requests, listed keys, rows)."""
+    events = max(1, phase.events)
+    s3_s = 0.0
+    if phase.heads and ceilings.s3_head_per_s:
+        s3_s += phase.heads / events / ceilings.s3_head_per_s
+    if phase.listed_keys and ceilings.s3_list_keys_per_s:
+        s3_s += phase.listed_keys / events / ceilings.s3_list_keys_per_s
+    bounds = {"broker read+decode": ceilings.broker_read_events_per_s}
+    if s3_s:
+        bounds["S3 server"] = 1 / s3_s
+    if phase.rows_written and ceilings.pg_upsert_rows_per_s:
+        bounds["PostgreSQL upsert"] = ceilings.pg_upsert_rows_per_s * events / phase.rows_written
+    part = min(bounds, key=lambda k: bounds[k])
+    return part, bounds[part]
+
+
+def explain(result: BenchResult, log: Log) -> None:
+    for phase in result.phases:
+        if phase.name.startswith("naive"):
+            continue
+        part, limit = binding(phase, result.ceilings)
+        log(
+            f"{phase.name}: bound by {part} at {limit:,.0f} events/s; reached "
+            f"{phase.events_per_s / limit:.2f} of it "
+            f"({phase.heads / max(1, phase.events):.2f} HEADs, "
+            f"{phase.listed_keys / max(1, phase.events):.2f} listed keys, "
+            f"{phase.rows_written / max(1, phase.events):.2f} rows per event)"
+        )
+    by_name = {p.name: p for p in result.phases}
+    noop, naive = by_name.get("noop_resync"), by_name.get("naive_noop_resync")
+    if noop and naive and naive.events_per_s:
+        log(f"noop_resync is {noop.events_per_s / naive.events_per_s:,.1f}x naive_noop_resync")
+
+
+def _count(n: float) -> str:
+    """A count in at most 7 characters: 99,999, then 123.4k, then 12.35M."""
+    if n < 100_000:
+        return f"{n:,.0f}"
+    if n < 1_000_000:
+        return f"{n / 1000:.1f}k"
+    return f"{n / 1_000_000:.2f}M"
+
+
+def format_table(result: BenchResult) -> str:
+    """The phases in at most 80 columns, one line each, readable in a log."""
+    header = (
+        f"{'phase':<18}{'events':>8}{'seconds':>8}{'ev/s':>7}{'img/s':>8}"
+        f"{'µs/ev':>7}{'S3 req':>8}{'rows':>8}{'RSS MB':>7}"
+    )
+    lines = [header]
+    for p in result.phases:  # every figure fits its column (at most 7 characters)
+        lines.append(
+            f"{p.name[:17]:<18}{_count(p.events):>8}{p.seconds:>8.1f}{_count(p.events_per_s):>7}"
+            f"{_count(p.images_per_s):>8}{_count(p.cpu_us_per_event):>7}{_count(p.s3_requests):>8}"
+            f"{_count(p.rows_written):>8}{p.peak_rss_mb:>7,.0f}"
+        )
+    c = result.ceilings
+    lines += [
+        "",
+        f"ceilings: broker read+decode {c.broker_read_events_per_s:,.0f} events/s, "
+        f"S3 HEAD {c.s3_head_per_s:,.0f}/s,",
+        f"          S3 LIST {c.s3_list_keys_per_s:,.0f} keys/s, "
+        f"PostgreSQL upsert {c.pg_upsert_rows_per_s:,.0f} rows/s",
+    ]
+    return "\n".join(lines)
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
 async def run_benchmark(
     settings: Settings,
     *,
     n_skus: int,
     images_per_sku: int,
     n_objects: int,
-    log: Callable[[str], None] = print,
-    timeout_s: float = 900,
-) -> list[PhaseResult]:
-    """Publish first, then start the worker, so each phase measures draining a full backlog."""
+    naive_events: int = 300,
+    phases: list[str] | None = None,
+    log: Log = print,
+) -> BenchResult:
+    """Publish first, then start each phase's worker, so a phase measures draining a backlog."""
+    unknown = sorted(set(phases or []) - set(PHASES))
+    if unknown:
+        raise ValueError(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(PHASES)}")
     run = uuid.uuid4().hex[:6]
     s = settings.replace(
         product_topic=f"bench-{run}.catalog.product.v1",
@@ -131,94 +608,20 @@ async def run_benchmark(
     )
     create_topics(s)
     await migrate_all(s.database.dsn)
-    paths = object_paths(n_objects)
-    t0 = time.monotonic()
-    upload_objects(s.s3, paths)
-    log(f"uploaded {n_objects} objects in {time.monotonic() - t0:.1f}s")
-
-    results = []
-    version = int(time.time() * 1000)
-    for name in ("first sync", "no-op re-sync"):
-        version += 1
-        events = generate_catalog(n_skus, images_per_sku, paths, version=version, prefix=f"B{run}")
-        if name == "first sync":
-            measure_codec(s, events, log)
-        t0 = time.monotonic()
-        ends = _publish(s, events)
-        publish_s = time.monotonic() - t0
+    ctx = BenchContext(s, run, object_paths(n_objects), n_skus, images_per_sku, naive_events, log)
+    progress = Progress("upload", n_objects, lambda line: log(line.replace("events", "objects")))
+    started = time.monotonic()
+    await asyncio.to_thread(upload_objects, s.s3, ctx.paths, progress.advance)
+    log(f"uploaded {n_objects:,} objects in {time.monotonic() - started:.1f}s")
+    _, first_ends = publish_catalog(ctx, "first_sync")
+    result = BenchResult(await measure_ceilings(ctx, first_ends))
+    for name in phases or list(PHASES):
+        log(f"{name}: running ...")
+        phase = await PHASES[name](ctx)
+        result.phases.append(phase)
         log(
-            f"{name}: published {len(events)} events in {publish_s:.2f}s "
-            f"({len(events) / publish_s:,.0f} events/s, acknowledged by the broker)"
+            f"{name}: {phase.events:,} events in {phase.seconds:.1f}s, "
+            f"{phase.events_per_s:,.0f} events/s, {phase.cpu_us_per_event:,.0f} µs CPU per event"
         )
-        registry = new_registry()
-        worker = GalleryWorker(s, registry=registry, install_signal_handlers=False)
-        stop = asyncio.Event()
-        wall0 = time.monotonic()
-        task = asyncio.create_task(worker.run(stop))
-        # The clock starts once partitions are assigned, so the group join is not counted.
-        while not registry.get_sample_value("streamer_assigned_partitions"):
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        first_commit = time.monotonic()
-        cpu_start = _cpu_s()
-        await _drained(s, ends, timeout_s)
-        wall = time.monotonic() - wall0
-        cpu = _cpu_s() - cpu_start
-        stop.set()
-        await task
-        get = registry.get_sample_value
-        checks = sum(
-            get("streamer_etag_checks_total", {"result": r}) or 0 for r in ("found", "missing")
-        )
-        rows = sum(
-            get("streamer_db_rows_written_total", {"operation": op}) or 0
-            for op in ("insert", "update", "delete")
-        )
-        join_s = first_commit - wall0
-        split = {
-            label: get(f"streamer_{metric}_sum") or 0.0
-            for label, metric in (
-                ("batches", "batch_duration_seconds"),
-                ("ETag look-ups", "etag_lookup_duration_seconds"),
-                ("state reads", "db_read_duration_seconds"),
-                ("writes", "db_write_duration_seconds"),
-            )
-        }
-        log(f"{name}: wall time inside " + ", ".join(f"{k} {v:.2f}s" for k, v in split.items()))
-        result = PhaseResult(
-            name,
-            len(events),
-            len(events) * images_per_sku,
-            wall - join_s,
-            cpu,
-            checks,
-            rows,
-            publish_s,
-        )
-        results.append(result)
-        log(
-            f"{name}: {result.events} events, {result.images} images in {result.seconds:.2f}s "
-            f"(+{join_s:.1f}s group join) -> {result.events_per_s:,.0f} events/s, "
-            f"{result.images_per_s:,.0f} images/s; {checks:,.0f} ETag checks, "
-            f"{result.cpu_ms_per_check:.3f} ms consumer CPU per check; {rows:,.0f} rows written"
-        )
-    return results
-
-
-def summary_rows(results: list[PhaseResult]) -> list[dict[str, Any]]:
-    return [
-        {
-            "phase": r.name,
-            "events": r.events,
-            "images": r.images,
-            "seconds": round(r.seconds, 3),
-            "events_per_s": round(r.events_per_s),
-            "images_per_s": round(r.images_per_s),
-            "etag_checks": int(r.etag_checks),
-            "cpu_ms_per_check": round(r.cpu_ms_per_check, 3),
-            "rows_written": int(r.rows_written),
-            "published_per_s": round(r.published_per_s),
-        }
-        for r in results
-    ]
+    explain(result, log)
+    return result

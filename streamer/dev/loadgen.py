@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -12,11 +12,48 @@ from streamer.storage.clients import make_s3_client
 from streamer.storage.keys import s3_key
 from streamer.storage.settings import S3Settings
 
-__all__ = ["generate_catalog", "object_paths", "upload_objects"]
+__all__ = ["generate_catalog", "iter_catalog", "object_paths", "upload_objects"]
 
 
 def object_paths(n_objects: int) -> list[str]:
     return [f"/bench/{i // 500:03d}/img-{i:06d}.jpg" for i in range(n_objects)]
+
+
+def iter_catalog(
+    n_skus: int,
+    images_per_sku: int,
+    paths: list[str],
+    *,
+    version: int,
+    request_id: str | None = None,
+    prefix: str = "BENCH",
+) -> Iterator[MediaGalleryChanged]:
+    """One gallery event per SKU, made as it is consumed: a catalog of millions never sits
+    in memory whole."""
+    now = datetime.now(UTC)
+    for i in range(n_skus):
+        sku = f"{prefix}-{i:07d}"
+        chosen = [paths[(i * images_per_sku + k) % len(paths)] for k in range(images_per_sku)]
+        yield MediaGalleryChanged.model_validate(
+            {
+                "event_id": str(uuid.uuid4()),
+                "sku": sku,
+                "version": version,
+                "occurred_at": now,
+                "source": "bench",
+                "request_id": request_id,
+                "mode": "REPLACE",
+                "images": [
+                    {
+                        "file_path": p,
+                        "label": f"{sku} {k}",
+                        "position": k,
+                        "roles": ["base"] if k == 0 else [],
+                    }
+                    for k, p in enumerate(chosen)
+                ],
+            }
+        )
 
 
 def generate_catalog(
@@ -28,34 +65,11 @@ def generate_catalog(
     request_id: str | None = None,
     prefix: str = "BENCH",
 ) -> list[MediaGalleryChanged]:
-    now = datetime.now(UTC)
-    events = []
-    for i in range(n_skus):
-        sku = f"{prefix}-{i:07d}"
-        chosen = [paths[(i * images_per_sku + k) % len(paths)] for k in range(images_per_sku)]
-        events.append(
-            MediaGalleryChanged.model_validate(
-                {
-                    "event_id": str(uuid.uuid4()),
-                    "sku": sku,
-                    "version": version,
-                    "occurred_at": now,
-                    "source": "bench",
-                    "request_id": request_id,
-                    "mode": "REPLACE",
-                    "images": [
-                        {
-                            "file_path": p,
-                            "label": f"{sku} {k}",
-                            "position": k,
-                            "roles": ["base"] if k == 0 else [],
-                        }
-                        for k, p in enumerate(chosen)
-                    ],
-                }
-            )
+    return list(
+        iter_catalog(
+            n_skus, images_per_sku, paths, version=version, request_id=request_id, prefix=prefix
         )
-    return events
+    )
 
 
 def upload_objects(

@@ -39,19 +39,14 @@ class SkuDiff:
 
 def diff(stored: SkuState, folded: SkuState) -> SkuDiff:
     """Version-only changes are not written: a no-op must cost no database write at all."""
-    inserts, content, metadata = [], [], []
-    unchanged = 0
-    for path, image in folded.images.items():
-        old = stored.images.get(path)
-        if old is None:
-            inserts.append(image)
-        elif old.etag != image.etag:
-            content.append(image)
-        elif old == image:
-            unchanged += 1
-        else:
-            metadata.append(image)
-    removes = tuple(sorted(p for p in stored.images if p not in folded.images))
+    inserts: list[StoredImage] = []
+    content: list[StoredImage] = []
+    metadata: list[StoredImage] = []
+    removes: tuple[str, ...] = ()
+    if folded.images is not stored.images:  # else the fold kept them as they were
+        _compare(stored, folded, inserts, content, metadata)
+        removes = tuple(sorted(p for p in stored.images if p not in folded.images))
+    unchanged = len(folded.images) - len(inserts) - len(content) - len(metadata)
     images_change = bool(inserts or content or metadata or removes)
     product_change = (
         (folded.exists and not stored.exists)
@@ -69,6 +64,23 @@ def diff(stored: SkuState, folded: SkuState) -> SkuDiff:
         unchanged=unchanged,
         was_deleted=stored.deleted,
     )
+
+
+def _compare(
+    stored: SkuState,
+    folded: SkuState,
+    inserts: list[StoredImage],
+    content: list[StoredImage],
+    metadata: list[StoredImage],
+) -> None:
+    for path, image in folded.images.items():
+        old = stored.images.get(path)
+        if old is None:
+            inserts.append(image)
+        elif old.etag != image.etag:
+            content.append(image)
+        elif old != image:
+            metadata.append(image)
 
 
 def image_result_counts(d: SkuDiff) -> Counter[str]:

@@ -1,160 +1,226 @@
 """ETag look-ups: a batch of S3 keys in, their ETag/size/content type (or "missing") out.
 
-Two sources sit behind one interface. ``HeadEtagSource`` sends one HEAD per
-key, concurrently under a bound, through one shared boto3 client whose
-connection pool is sized to that bound. ``ListEtagSource`` lists the folders a
-batch touches with ListObjectsV2 (up to 1,000 ETags per request), which costs
-far less client CPU per key when a batch touches many keys of few folders.
-boto3 is blocking, so calls run in a thread pool owned by the source.
+The handler sees one small interface, ``EtagSource``; what stands behind it decides
+how each key is found. ``S3EtagSource`` asks S3 through obstore (Rust's
+``object_store``: signing, HTTP and parsing outside the GIL) and chooses per batch
+and per folder between a HEAD per key and a ListObjectsV2 of the folder (up to
+1,000 ETags per request), by expected cost (``etag_plan``); ``head`` and ``list``
+force one of them. Another source (an object index, say) can stand in front of it
+and ask it only for the keys it does not know.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from collections import Counter
+from collections.abc import Collection, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from botocore.exceptions import BotoCoreError, ClientError
+import obstore
+from obstore.exceptions import BaseError
 
+from streamer.gallery.etag_plan import KEY_COST, PAGE_KEYS, FolderSizes, plan_lookups
 from streamer.gallery.metrics import GalleryMetrics
 from streamer.gallery.state import ObjectInfo
-from streamer.storage.clients import make_s3_client
-from streamer.storage.errors import MISSING_CODES, error_code, object_store_error
+from streamer.storage.clients import make_object_store
+from streamer.storage.errors import object_store_error
 from streamer.storage.settings import S3Settings
 
-__all__ = ["EtagSource", "HeadEtagSource", "ListEtagSource", "make_etag_source"]
+if TYPE_CHECKING:
+    from obstore import GetOptions
+    from obstore.store import S3Store
+
+__all__ = ["ETAG_SOURCES", "EtagSource", "S3EtagSource", "make_etag_source"]
+
+T = TypeVar("T")
+ETAG_SOURCES = ("auto", "head", "list")
+_HEAD_ONLY: GetOptions = {"head": True}
+# What obstore raises when the store cannot answer (timeouts and refused connections are
+# OSErrors, a failing credential provider's error comes back as it was raised).
+_STORE_ERRORS = (BaseError, OSError, RuntimeError)
 
 
 class EtagSource(Protocol):
-    async def lookup(self, keys: Collection[str]) -> dict[str, ObjectInfo | None]: ...
+    """Where a batch's ETags come from."""
 
-    async def ping(self) -> None: ...
+    async def lookup(self, keys: Collection[str]) -> dict[str, ObjectInfo | None]:
+        """Every key of ``keys`` (duplicates allowed) -> what is known of it, None if missing.
 
-    def close(self) -> None: ...
+        Raises ``ObjectStoreUnavailable`` (retriable) when the store cannot answer."""
+        ...
+
+    async def close(self) -> None: ...
 
 
-class _ThreadedSource:
+def _etag(value: str | None) -> str:
+    return (value or "").strip('"')
+
+
+class S3EtagSource:
+    """HEADs and LISTs through one obstore store, at most ``concurrency`` requests in flight."""
+
     def __init__(
-        self, client: Any, bucket: str, concurrency: int, metrics: GalleryMetrics | None
+        self,
+        store: S3Store,
+        *,
+        mode: str = "auto",
+        concurrency: int = 32,
+        metrics: GalleryMetrics | None = None,
+        sizes: FolderSizes | None = None,
+        page_keys: int = PAGE_KEYS,
+        timeout_s: float = 5.0,
     ) -> None:
-        self._client = client
-        self._bucket = bucket
+        if mode not in ETAG_SOURCES:
+            raise ValueError(f"unknown ETag source {mode!r}; one of {', '.join(ETAG_SOURCES)}")
+        self.store = store
+        self.mode = mode
+        self.sizes = sizes if sizes is not None else FolderSizes()
         self._concurrency = concurrency
+        self._page_keys = page_keys  # how many listed keys count as one request
+        # Plain totals, cheap to keep: what the benchmark reads beside the metrics.
+        self.totals: Counter[str] = Counter()
+        self._timeout_s = timeout_s
+        self._last_activity = 0.0  # monotonic time a request last began or ended
+        self._limit: asyncio.Semaphore | None = None
         self._metrics = metrics
-        self._executor: ThreadPoolExecutor | None = None
-        # Children bound once: these count every HEAD or LIST page.
+        # Children bound once: they count every HEAD and every LIST page.
         self._requests = (
             {op: metrics.s3_requests.labels(op) for op in ("head", "list")} if metrics else {}
         )
-
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix="s3")
-        return self._executor
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool(), fn, *args)
-
-    async def ping(self) -> None:
-        """HEAD the bucket: the circuit breaker's probe."""
-        await self._run(self._head_bucket)
-
-    def _head_bucket(self) -> None:
-        try:
-            self._client.head_bucket(Bucket=self._bucket)
-        except (ClientError, BotoCoreError) as exc:
-            raise object_store_error(exc, f"HEAD bucket {self._bucket}") from exc
-
-    def _count(self, found: dict[str, ObjectInfo | None]) -> None:
-        if self._metrics is None:
-            return
-        hits = sum(1 for v in found.values() if v is not None)
-        self._metrics.etag_checks.labels("found").inc(hits)
-        self._metrics.etag_checks.labels("missing").inc(len(found) - hits)
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
-
-
-class HeadEtagSource(_ThreadedSource):
-    """One HEAD per distinct key, at most ``concurrency`` in flight."""
-
-    def _head(self, key: str) -> ObjectInfo | None:
-        started = time.perf_counter()
-        try:
-            resp = self._client.head_object(Bucket=self._bucket, Key=key)
-        except ClientError as exc:
-            if error_code(exc) in MISSING_CODES:
-                return None
-            raise object_store_error(exc, f"HEAD {key}") from exc
-        except BotoCoreError as exc:
-            raise object_store_error(exc, f"HEAD {key}") from exc
-        finally:
-            if self._metrics is not None:
-                self._metrics.head_latency.observe(time.perf_counter() - started)
-                self._requests["head"].inc()
-        return ObjectInfo(
-            etag=str(resp.get("ETag", "")).strip('"'),
-            size=int(resp.get("ContentLength", 0)),
-            content_type=resp.get("ContentType"),
+        self._checks = (
+            {r: metrics.etag_checks.labels(r) for r in ("found", "missing")} if metrics else {}
         )
+
+    def _slot(self) -> asyncio.Semaphore:
+        # Created on first use, inside the loop that uses it.
+        if self._limit is None:
+            self._limit = asyncio.Semaphore(self._concurrency)
+        return self._limit
 
     async def lookup(self, keys: Collection[str]) -> dict[str, ObjectInfo | None]:
-        unique = list(dict.fromkeys(keys))
-        if not unique:
-            return {}
-        results = await asyncio.gather(
-            *(self._run(self._head, k) for k in unique), return_exceptions=True
-        )
+        plan = plan_lookups(keys, self.sizes, self.mode)
         found: dict[str, ObjectInfo | None] = {}
-        for key, result in zip(unique, results, strict=True):
-            if isinstance(result, BaseException):
-                raise result
-            found[key] = result
-        self._count(found)
+        heads = list(plan.heads)
+        listings = [
+            self._list_folder(folder, wanted, budget)
+            for folder, (wanted, budget) in plan.lists.items()
+        ]
+        for part, unresolved in await _all(listings):
+            found.update(part)
+            heads.extend(unresolved)
+        if heads:
+            infos = await _all([self._head(k) for k in heads])
+            found.update(zip(heads, infos, strict=True))
+        if self._checks:
+            hits = sum(1 for v in found.values() if v is not None)
+            self._checks["found"].inc(hits)
+            self._checks["missing"].inc(len(found) - hits)
         return found
 
-
-class ListEtagSource(_ThreadedSource):
-    """ListObjectsV2 over the parent folder of each key: up to 1,000 ETags per request."""
-
-    def _list_folder(self, folder: str) -> dict[str, ObjectInfo]:
-        out: dict[str, ObjectInfo] = {}
-        kwargs: dict[str, Any] = {"Bucket": self._bucket, "Prefix": folder, "Delimiter": "/"}
-        while True:
+    async def _head(self, key: str) -> ObjectInfo | None:
+        started = time.perf_counter()
+        async with self._slot():
+            self._last_activity = time.monotonic()
             try:
-                resp = self._client.list_objects_v2(**kwargs)
-            except (ClientError, BotoCoreError) as exc:
-                raise object_store_error(exc, f"LIST {folder}") from exc
-            if self._metrics is not None:
-                self._requests["list"].inc()
-            for obj in resp.get("Contents", []):
-                out[obj["Key"]] = ObjectInfo(
-                    etag=str(obj.get("ETag", "")).strip('"'), size=int(obj.get("Size", 0))
-                )
-            if not resp.get("IsTruncated"):
-                return out
-            kwargs["ContinuationToken"] = resp["NextContinuationToken"]
+                # A GET that asks for no content is a HEAD that also returns the content type.
+                result = await obstore.get_async(self.store, key, options=_HEAD_ONLY)
+            except FileNotFoundError:
+                return None
+            except _STORE_ERRORS as exc:
+                raise object_store_error(exc, f"HEAD {key}") from exc
+            finally:
+                self._last_activity = time.monotonic()
+                self.totals["head"] += 1
+                if self._metrics is not None:
+                    self._metrics.head_latency.observe(time.perf_counter() - started)
+                    self._requests["head"].inc()
+        meta = result.meta
+        return ObjectInfo(
+            etag=_etag(meta["e_tag"]),
+            size=meta["size"],
+            content_type=result.attributes.get("Content-Type"),
+        )
 
-    async def lookup(self, keys: Collection[str]) -> dict[str, ObjectInfo | None]:
-        unique = list(dict.fromkeys(keys))
-        folders = sorted({k.rsplit("/", 1)[0] + "/" if "/" in k else "" for k in unique})
-        listed = await asyncio.gather(*(self._run(self._list_folder, f) for f in folders))
-        objects: dict[str, ObjectInfo] = {}
-        for part in listed:
-            objects.update(part)
-        found: dict[str, ObjectInfo | None] = {k: objects.get(k) for k in unique}
-        self._count(found)
-        return found
+    async def _list_folder(
+        self, folder: str, wanted: list[str], budget: float | None
+    ) -> tuple[dict[str, ObjectInfo | None], list[str]]:
+        """What a listing of ``folder`` says of the wanted keys, and the keys it left open
+        (a listing stopped at its budget says nothing of keys past its last one)."""
+        listed: dict[str, Any] = {}
+        pages, complete, last = 0, True, ""
+        async with self._slot():
+            self._last_activity = time.monotonic()
+            try:
+                stream = obstore.list(self.store, prefix=folder, chunk_size=self._page_keys)
+                async for chunk in stream:
+                    pages += 1
+                    for meta in chunk:
+                        listed[meta["path"]] = meta
+                    if chunk:
+                        last = chunk[-1]["path"]
+                    if budget is not None and pages + len(listed) * KEY_COST >= budget:
+                        complete = False
+                        break
+            except FileNotFoundError:
+                pass  # no such folder: every wanted key is missing
+            except _STORE_ERRORS as exc:
+                raise object_store_error(exc, f"LIST {folder}") from exc
+            finally:
+                self._last_activity = time.monotonic()
+                self.totals["list"] += max(1, pages)
+                self.totals["listed_keys"] += len(listed)
+                if self._requests:
+                    self._requests["list"].inc(max(1, pages))
+        self.sizes.learn(folder, len(listed), complete=complete)
+        found: dict[str, ObjectInfo | None] = {}
+        unresolved: list[str] = []
+        for key in wanted:
+            hit = listed.get(key)
+            if hit is not None:
+                found[key] = ObjectInfo(etag=_etag(hit["e_tag"]), size=hit["size"])
+            elif complete or key <= last:
+                found[key] = None  # listings are in key order: it would have been listed
+            else:
+                unresolved.append(key)
+        return found, unresolved
+
+    async def close(self) -> None:
+        """Let the store's threads finish what they were doing before the process exits.
+
+        obstore completes requests on its own (Rust) threads, which take the GIL to hand
+        results and drop Python objects. One that does so while the interpreter finalizes
+        is ended by CPython 3.11 mid-Rust-frame and aborts the whole process (SIGABRT,
+        no message): seen in about one exit in four right after a request, never after
+        a short quiet period. So the worker's stop waits for one, bounded by the
+        request timeout (a request cancelled on our side may still be in flight).
+        """
+        quiet_s = 0.25
+        deadline = time.monotonic() + self._timeout_s + quiet_s
+        while time.monotonic() < deadline:
+            idle_s = time.monotonic() - self._last_activity
+            if idle_s >= quiet_s:
+                return
+            await asyncio.sleep(quiet_s - idle_s)
+
+
+async def _all(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Every call's result; on failures, the first error, raised once every call has ended
+    (none is left running behind the batch that gave up on them)."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
 
 
 def make_etag_source(
-    s3: S3Settings, kind: str = "head", metrics: GalleryMetrics | None = None
+    s3: S3Settings, mode: str = "auto", metrics: GalleryMetrics | None = None
 ) -> EtagSource:
-    client = make_s3_client(s3)
-    source = ListEtagSource if kind == "list" else HeadEtagSource
-    return source(client, s3.s3_bucket, s3.head_concurrency, metrics)
+    return S3EtagSource(
+        make_object_store(s3),
+        mode=mode,
+        concurrency=s3.head_concurrency,
+        metrics=metrics,
+        timeout_s=s3.head_timeout_s,
+    )

@@ -3,6 +3,11 @@
 The fold is a left fold: folding a list in two halves, persisting the state
 between, gives the same final state as folding it whole. That is what makes
 batch boundaries (and so crashes and rebalances) invisible in the result.
+
+Most events of a re-sync change nothing. Such an event costs a comparison: when
+every image it lists resolves to the stored image as it is (same ETag, metadata
+and roles) and nothing stored would be removed or lose a role, the stored images
+are kept as they are (the same mapping) and nothing is rebuilt or sorted.
 """
 
 from __future__ import annotations
@@ -12,19 +17,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from streamer.contract.events import (
-    GalleryMode,
-    Image,
-    MediaGalleryChanged,
-    ProductChanged,
-    ProductOp,
-    fingerprint,
-)
+from streamer.contract.events import GalleryMode, ProductOp
+from streamer.contract.lean import LeanEvent, LeanImage, LeanMedia, LeanProduct, lean_fingerprint
 from streamer.gallery.state import ObjectInfo, SkuState, StoredImage, display_order
 
 __all__ = ["EventOutcome", "EventResult", "FoldResult", "FoldRules", "fold", "keys_in_play"]
 
-Event = ProductChanged | MediaGalleryChanged
+Event = LeanEvent
 
 
 class EventOutcome(StrEnum):
@@ -40,7 +39,7 @@ class EventOutcome(StrEnum):
 class EventResult:
     event: Event
     outcome: EventOutcome
-    invalid_images: tuple[Image, ...] = ()
+    invalid_images: tuple[LeanImage, ...] = ()
     reason: str | None = None
     message: str | None = None
 
@@ -60,7 +59,7 @@ class FoldRules:
     verify_producer_etag: bool = True
 
 
-def _trusted(image: Image, rules: FoldRules) -> bool:
+def _trusted(image: LeanImage, rules: FoldRules) -> bool:
     return not rules.verify_producer_etag and image.etag is not None
 
 
@@ -74,7 +73,7 @@ def keys_in_play(
     product_version, gallery_version = state.product_version, state.gallery_version
     paths: set[str] = set()
     for event in events:
-        if isinstance(event, ProductChanged):
+        if isinstance(event, LeanProduct):
             if event.version >= product_version:
                 product_version = event.version
                 if event.op is ProductOp.DELETE:
@@ -88,52 +87,100 @@ def keys_in_play(
 
 
 def _resolve(
-    image: Image, objects: Mapping[str, ObjectInfo | None], rules: FoldRules, counts: Counter[str]
-) -> ObjectInfo | Image:
+    image: LeanImage,
+    objects: Mapping[str, ObjectInfo | None],
+    rules: FoldRules,
+    counts: Counter[str],
+) -> ObjectInfo | LeanImage:
     """The object behind an image, or the image marked invalid with the reason."""
     if _trusted(image, rules) and image.file_path not in objects:
         return ObjectInfo(etag=image.etag or "", size=0)
     info = objects.get(image.file_path)
     if info is None:
-        return image.model_copy(
-            update={
-                "invalid_reason": "object_missing",
-                "invalid_message": f"{image.file_path}: no object in S3 (yet)",
-            }
+        return image._replace(
+            invalid_reason="object_missing",
+            invalid_message=f"{image.file_path}: no object in S3 (yet)",
         )
     if info.size > rules.max_image_bytes:
-        return image.model_copy(
-            update={
-                "invalid_reason": "object_too_large",
-                "invalid_message": f"{image.file_path}: {info.size} bytes, over the "
-                f"{rules.max_image_bytes}-byte limit",
-            }
+        return image._replace(
+            invalid_reason="object_too_large",
+            invalid_message=f"{image.file_path}: {info.size} bytes, over the "
+            f"{rules.max_image_bytes}-byte limit",
         )
     if image.etag is not None and image.etag != info.etag:
         counts["etag_mismatch"] += 1
     return info
 
 
+def _unchanged(
+    state: SkuState,
+    event: LeanMedia,
+    resolved: list[tuple[LeanImage, ObjectInfo]],
+    rules: FoldRules,
+) -> bool:
+    """Whether applying a fully valid media event keeps every stored image as it is."""
+    stored = state.images
+    if rules.image_limit is not None and len(stored) > rules.image_limit:
+        return False
+    owner: dict[str, str] = {}
+    for image, _ in resolved:
+        for role in image.roles:
+            owner[role] = image.file_path
+    listed = {image.file_path for image, _ in resolved}
+    for path, kept in stored.items():
+        if path not in listed and (event.mode is GalleryMode.REPLACE or kept.roles):
+            return False  # removed, or loses its roles to the payload
+    for image, info in resolved:
+        old = stored.get(image.file_path)
+        if (
+            old is None
+            or old.etag != info.etag
+            or (info.size and info.size != old.size)
+            or (info.content_type and info.content_type != old.content_type)
+            or old.label != image.label
+            or old.position != image.position
+            or old.disabled != image.disabled
+            or old.roles != tuple(sorted(r for r in image.roles if owner[r] == image.file_path))
+        ):
+            return False
+    return True
+
+
 def _apply_media(
     state: SkuState,
-    event: MediaGalleryChanged,
+    event: LeanMedia,
     objects: Mapping[str, ObjectInfo | None],
     rules: FoldRules,
     counts: Counter[str],
-) -> tuple[SkuState, list[Image]]:
-    invalid: list[Image] = []
-    resolved: list[tuple[Image, ObjectInfo]] = []
+) -> tuple[SkuState, list[LeanImage]]:
+    invalid: list[LeanImage] = []
+    resolved: list[tuple[LeanImage, ObjectInfo]] = []
     for image in event.images:
         if not image.valid:
             invalid.append(image)
             continue
         found = _resolve(image, objects, rules, counts)
-        if isinstance(found, Image):
+        if isinstance(found, LeanImage):
             invalid.append(found)
         else:
             resolved.append((image, found))
     for image in invalid:
         counts[image.invalid_reason or "invalid"] += 1
+    if not invalid and _unchanged(state, event, resolved, rules):
+        if resolved:
+            counts["unchanged"] += len(resolved)
+        # Built directly: dataclasses.replace costs twice as much, on every no-op event.
+        new = SkuState(
+            state.sku,
+            state.product_version,
+            event.version,
+            False,
+            state.name,
+            state.enabled,
+            state.images,
+            True,
+        )
+        return new, invalid
 
     images = dict(state.images)
     if event.mode is GalleryMode.REPLACE:
@@ -149,7 +196,7 @@ def _apply_media(
         listed_now = {image.file_path for image, _ in resolved}
         for p, i in images.items():
             if i.roles and p not in listed_now:
-                images[p] = replace(i, roles=())
+                images[p] = i._replace(roles=())
     for image, info in resolved:
         path = image.file_path
         old = state.images.get(path)
@@ -206,11 +253,10 @@ def fold(
     unknown_roles = 0
     seen: dict[str, Event] = {}
     current = state
-    current_content = (state.exists, *state.content())
     for event in events:
         first = seen.get(event.event_id)
         if first is not None:
-            if first is event or fingerprint(first) == fingerprint(event):
+            if first == event or lean_fingerprint(first) == lean_fingerprint(event):
                 results.append(EventResult(event, EventOutcome.DUPLICATE))
             else:
                 results.append(
@@ -224,7 +270,7 @@ def fold(
             continue
         seen[event.event_id] = event
 
-        if isinstance(event, ProductChanged):
+        if isinstance(event, LeanProduct):
             if event.version < current.product_version:
                 results.append(EventResult(event, EventOutcome.STALE))
                 continue
@@ -248,7 +294,7 @@ def fold(
                     deleted=False,
                     exists=True,
                 )
-            invalid: list[Image] = []
+            invalid: list[LeanImage] = []
         else:
             unknown_roles += sum(len(i.unknown_roles) for i in event.images)
             if event.version < current.gallery_version:
@@ -260,8 +306,7 @@ def fold(
                 continue
             new, invalid = _apply_media(current, event, objects, rules, counts)
 
-        new_content = (new.exists, *new.content())
-        changed = new_content != current_content
+        changed = not new.same_content(current)
         if invalid:
             results.append(
                 EventResult(
@@ -276,5 +321,5 @@ def fold(
             results.append(
                 EventResult(event, EventOutcome.WRITTEN if changed else EventOutcome.NOOP)
             )
-        current, current_content = new, new_content
+        current = new
     return FoldResult(current, results, counts, unknown_roles)

@@ -4,9 +4,16 @@ The data path of a batch, top to bottom (the runtime's checkpoint commits it):
 
 1. ``prepare``: decode and validate every message (what cannot be read becomes a
    dead letter); load the stored state of the batch's SKUs and the event ids seen
-   before; look up the ETags of every distinct object still in play.
+   before and, at the same time, look up the ETags of every distinct object the
+   events name (as if nothing were stored: a superset of what the fold needs).
 2. ``plan``: fold each SKU's events in consume order onto its stored state and
    diff the result; derive the outcome rows, request counts and dead letters.
+
+The runtime prepares batch N+1 while batch N commits, so N+1's state read may
+predate N's commit. ``committed(N)`` keeps what N wrote (final states of the SKUs
+it changed, the outcomes it recorded) and ``plan(N+1)`` lays them over N+1's reads
+when those began before N committed: the fold always starts from what is stored.
+The ETag look-up does not depend on the stored state at all, so it is never short.
 3. ``write`` (inside the checkpoint's transaction): the gallery rows of every
    changed SKU (a SKU whose rows the database refuses is dead-lettered alone),
    the event outcomes; returns the dead letters and ``GalleryUpdated`` events.
@@ -14,6 +21,7 @@ The data path of a batch, top to bottom (the runtime's checkpoint commits it):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
@@ -24,7 +32,8 @@ from typing import Any
 from confluent_kafka import Message
 
 from streamer.contract.codec import Codec
-from streamer.contract.events import EventType, MediaGalleryChanged, ProductChanged, fingerprint
+from streamer.contract.events import EventType
+from streamer.contract.lean import LeanEvent, lean_fingerprint
 from streamer.contract.topics import TopicSettings
 from streamer.errors import DatabaseDataError, InvalidEvent, StreamerError
 from streamer.gallery.diff import SkuDiff, diff
@@ -54,7 +63,9 @@ __all__ = ["BatchReport", "GalleryHandler", "GalleryPlan"]
 
 log = logging.getLogger(__name__)
 
-Event = ProductChanged | MediaGalleryChanged
+Event = LeanEvent
+# What keys_in_play starts from to name every object an event could need.
+_NOTHING_STORED = SkuState("")
 # Outcomes after which the same event may come back from a dead-letter replay and be applied.
 _REPLAYABLE = {EventOutcome.PARTIAL.value, EventOutcome.DEAD_LETTERED.value}
 
@@ -93,6 +104,15 @@ class _Prepared:
     states: dict[str, SkuState]
     seen: dict[str, SeenEvent]
     objects: dict[str, ObjectInfo | None]  # by file path
+    commits_before: int  # batches committed when the reads began
+
+
+@dataclass
+class _Committed:
+    """What the last committed batch wrote, for the batch prepared while it committed."""
+
+    finals: dict[str, SkuState] = field(default_factory=dict)
+    seen: dict[str, SeenEvent] = field(default_factory=dict)
 
 
 @dataclass
@@ -146,6 +166,8 @@ class GalleryHandler:
             topics.media_topic: EventType.MEDIA,
         }
         self.report = BatchReport()
+        self._commits = 0
+        self._last = _Committed()
 
     async def start(self, ctx: HandlerContext) -> None:
         self.ctx = ctx
@@ -156,7 +178,7 @@ class GalleryHandler:
         )
 
     async def stop(self) -> None:
-        self.etags.close()
+        await self.etags.close()
 
     # -- 1. decode, state, ETags -------------------------------------------------------
 
@@ -170,7 +192,7 @@ class GalleryHandler:
         for msg in messages:
             topic = msg.topic() or ""
             try:
-                event = self.codec.decode_event(msg.value())
+                event = self.codec.decode_lean(msg.value())
             except StreamerError as exc:
                 if exc.retriable:
                     raise
@@ -204,27 +226,42 @@ class GalleryHandler:
         return items, letters
 
     async def prepare(self, batch: Batch) -> _Prepared:
+        commits_before = self._commits
         items, letters = self._decode(batch.messages)
         by_sku: dict[str, list[_Item]] = defaultdict(list)
         for item in items:
             by_sku[item.event.sku].append(item)
-        states: dict[str, SkuState] = {}
-        seen: dict[str, SeenEvent] = {}
-        if by_sku:
-            started = time.perf_counter()
-            states, seen = await self.ctx.call(
-                "postgres",
-                lambda: self.repository.load(list(by_sku), {i.event.event_id for i in items}),
-            )
-            self.metrics.db_read_latency.observe(time.perf_counter() - started)
+        # The objects in play as if nothing were stored: a superset of those the fold will
+        # need (a stored version can only make events stale), so the ETag look-up runs
+        # beside the state read instead of after it.
         paths = set().union(
             *(
-                keys_in_play(states[sku], [i.event for i in its], self.rules)
-                for sku, its in by_sku.items()
+                keys_in_play(_NOTHING_STORED, [i.event for i in its], self.rules)
+                for its in by_sku.values()
             )
         )
-        objects = await self._lookup(paths)
-        return _Prepared(len(batch), letters, dict(by_sku), states, seen, objects)
+        lookup = asyncio.ensure_future(self._lookup(paths))
+        try:
+            states, seen = await self._load(by_sku, items)
+            objects = await lookup
+        finally:
+            if not lookup.done():
+                lookup.cancel()
+            await asyncio.gather(lookup, return_exceptions=True)
+        return _Prepared(len(batch), letters, dict(by_sku), states, seen, objects, commits_before)
+
+    async def _load(
+        self, by_sku: Mapping[str, list[_Item]], items: list[_Item]
+    ) -> tuple[dict[str, SkuState], dict[str, SeenEvent]]:
+        if not by_sku:
+            return {}, {}
+        started = time.perf_counter()
+        states, seen = await self.ctx.call(
+            "postgres",
+            lambda: self.repository.load(list(by_sku), {i.event.event_id for i in items}),
+        )
+        self.metrics.db_read_latency.observe(time.perf_counter() - started)
+        return states, seen
 
     async def _lookup(self, paths: Collection[str]) -> dict[str, ObjectInfo | None]:
         if not paths:
@@ -237,7 +274,25 @@ class GalleryHandler:
 
     # -- 2. fold and diff ------------------------------------------------------------------
 
+    def _catch_up(self, prepared: _Prepared) -> None:
+        """Lay the last committed batch's writes over reads that began before it committed."""
+        behind = self._commits - prepared.commits_before
+        if behind == 0:
+            return
+        if behind > 1:
+            raise RuntimeError(
+                f"a batch prepared {behind} commits ago cannot be planned: the runtime prepares "
+                "at most one batch ahead"
+            )
+        for sku, final in self._last.finals.items():
+            if sku in prepared.states:
+                prepared.states[sku] = final
+        for event_id, seen in self._last.seen.items():
+            prepared.seen[event_id] = seen
+        prepared.commits_before = self._commits
+
     async def plan(self, prepared: _Prepared) -> GalleryPlan:
+        self._catch_up(prepared)
         results: dict[str, list[tuple[_Item, EventResult]]] = {}
         diffs: dict[str, SkuDiff] = {}
         finals: dict[str, SkuState] = {}
@@ -274,7 +329,7 @@ class GalleryHandler:
             prior = seen.get(item.event.event_id)
             if prior is None or prior.outcome in _REPLAYABLE:
                 kept.append(item)
-            elif prior.fingerprint == fingerprint(item.event):
+            elif prior.fingerprint == lean_fingerprint(item.event):
                 done.append((item, EventResult(item.event, EventOutcome.DUPLICATE)))
             else:
                 done.append(
@@ -321,7 +376,7 @@ class GalleryHandler:
                             request_id=event.request_id,
                             outcome=outcome.value,
                             reason=result.reason,
-                            fingerprint=fingerprint(event),
+                            fingerprint=lean_fingerprint(event),
                             topic=item.msg.topic() or "",
                             partition=item.msg.partition() or 0,
                             offset=item.msg.offset() or 0,
@@ -411,6 +466,11 @@ class GalleryHandler:
                 self.metrics.db_rows_written.labels(op).inc(n)
         self.metrics.outcome_events.inc(report.outcome_events)
         self.report.add(report)
+        self._last = _Committed(
+            finals=dict(plan.finals),
+            seen={r.event_id: SeenEvent(r.fingerprint, r.outcome) for r in plan.outcome_rows},
+        )
+        self._commits += 1
 
 
 def _describe_invalid(result: EventResult) -> str:

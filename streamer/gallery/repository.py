@@ -27,8 +27,10 @@ _SELECT_PRODUCTS = """
 SELECT sku, product_version, gallery_version, deleted, name, enabled
 FROM products WHERE sku = ANY($1::text[])
 """
+# Roles come comma-joined (cheaper to decode than a text[]), columns in StoredImage's order.
 _SELECT_IMAGES = """
-SELECT sku, file_path, etag, size_bytes, content_type, label, position, disabled, roles, content_version
+SELECT sku, file_path, etag, size_bytes, content_type, label, position, disabled,
+       array_to_string(roles, ','), content_version
 FROM gallery_images WHERE sku = ANY($1::text[])
 """
 _SELECT_SEEN = """
@@ -107,20 +109,6 @@ def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-def _image(row: Mapping[str, Any]) -> StoredImage:
-    return StoredImage(
-        file_path=row["file_path"],
-        etag=row["etag"],
-        size=row["size_bytes"],
-        content_type=row["content_type"],
-        label=row["label"],
-        position=row["position"],
-        disabled=row["disabled"],
-        roles=tuple(row["roles"]),
-        content_version=row["content_version"],
-    )
-
-
 class GalleryRepository:
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -148,22 +136,23 @@ class GalleryRepository:
         async with self.database.acquire() as conn:
             products = await conn.fetch(_SELECT_PRODUCTS, keys)
             images = await conn.fetch(_SELECT_IMAGES, keys)
+        # Thousands of rows per batch: unpacked by position, built without keyword lookups.
         by_sku: dict[str, dict[str, StoredImage]] = {}
-        for row in images:
-            by_sku.setdefault(row["sku"], {})[row["file_path"]] = _image(row)
-        states = {sku: SkuState(sku=sku) for sku in keys}
-        for row in products:
-            sku = row["sku"]
+        for sku, path, etag, size, ctype, label, pos, disabled, roles, version in images:
+            by_sku.setdefault(sku, {})[path] = StoredImage(
+                path, etag, size, ctype, label, pos, disabled,
+                tuple(sorted(roles.split(","))) if roles else (),
+                version,
+            )  # fmt: skip
+        states: dict[str, SkuState] = {}
+        for sku, product_version, gallery_version, deleted, name, enabled in products:
+            images = by_sku.get(sku, {})
             states[sku] = SkuState(
-                sku=sku,
-                product_version=row["product_version"],
-                gallery_version=row["gallery_version"],
-                deleted=row["deleted"],
-                name=row["name"],
-                enabled=row["enabled"],
-                images=by_sku.get(sku, {}),
-                exists=True,
+                sku, product_version, gallery_version, deleted, name, enabled, images, True
             )
+        for sku in keys:
+            if sku not in states:
+                states[sku] = SkuState(sku)
         return states
 
     async def seen_events(self, event_ids: Collection[str]) -> dict[str, SeenEvent]:

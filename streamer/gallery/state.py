@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = ["ObjectInfo", "SkuState", "StoredImage", "display_order"]
 
@@ -17,8 +18,10 @@ class ObjectInfo:
     content_type: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class StoredImage:
+class StoredImage(NamedTuple):
+    """An image as stored. A named tuple: a batch reads thousands, and it builds in a third
+    of a frozen dataclass's time."""
+
     file_path: str
     etag: str
     size: int
@@ -46,14 +49,22 @@ class SkuState:
     images: Mapping[str, StoredImage] = field(default_factory=dict)
     exists: bool = False
 
-    def content(self) -> tuple[object, ...]:
-        """Everything but the version numbers: what decides whether an event changed anything."""
-        return (
-            self.deleted,
-            self.name,
-            self.enabled,
-            tuple(sorted((p, _image_key(i)) for p, i in self.images.items())),
-        )
+    def same_content(self, other: SkuState) -> bool:
+        """Equal in everything but the version numbers (and content versions, which follow
+        the ETags): whether an event changed anything."""
+        if (
+            self.exists != other.exists
+            or self.deleted != other.deleted
+            or self.name != other.name
+            or self.enabled != other.enabled
+        ):
+            return False
+        mine, theirs = self.images, other.images
+        if mine is theirs:
+            return True
+        if mine.keys() != theirs.keys():
+            return False
+        return all(_image_key(image) == _image_key(theirs[path]) for path, image in mine.items())
 
 
 def _image_key(image: StoredImage) -> tuple[object, ...]:

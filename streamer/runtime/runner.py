@@ -10,6 +10,23 @@ SIGTERM/SIGINT (or ``stop``) start a drain bounded by ``STREAMER_SHUTDOWN_GRACE_
 from the moment of the signal: the batch in hand is finished and committed if it can
 be within the bound, otherwise abandoned uncommitted (its messages are redelivered);
 then the group is left, as far as the rest of the bound allows.
+
+Overlap. While batch N is written and committed, the next batch N+1 is polled and
+``prepare(N+1)`` runs (for the gallery: decode, state read, ETag look-up); ``plan(N+1)``
+runs only after N committed and ``committed(N)`` was called. What keeps the order:
+
+- Offsets and writes still commit one batch at a time, in poll order: N+1's commit
+  starts after N's ended, so per-partition (and so per-key) order is unchanged.
+- ``prepare`` writes nothing, so running it early changes no state. It may read what
+  N has not committed yet; a handler whose plan depends on such reads corrects them in
+  ``plan`` from what it kept in ``committed(N)`` (the gallery overlays N's final states
+  and recorded outcomes; see ``GalleryHandler``).
+- N+1's early preparation is used only if N committed at its first attempt and the
+  partition ownership did not change meanwhile. If N's commit failed (an outage, a
+  fence) or a rebalance happened, N+1 is filtered again to the partitions still owned
+  and prepared afresh after N committed; an early preparation that failed is dropped
+  the same way (its error, if retriable, comes back when N+1 is prepared again).
+- On a stop, N+1 is dropped uncommitted (its messages are redelivered).
 """
 
 from __future__ import annotations
@@ -17,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import signal
@@ -55,6 +73,24 @@ T = TypeVar("T")
 TP = tuple[str, int]
 # The runtime's own dependencies: offsets live in PostgreSQL, outputs go to Kafka.
 RUNTIME_DEPENDENCIES = ("postgres", "kafka")
+
+
+@dataclass
+class _Ahead(Generic[T]):
+    """The next batch: polled, and being prepared, while the current one commits."""
+
+    polled: asyncio.Task[Batch]
+    generation: int  # the ownership generation when the poll started
+    prepared: asyncio.Task[T] | None = None
+    usable: bool = True  # False once the current batch's commit failed
+
+    async def drop(self) -> None:
+        """Forget the early preparation (and its error, if it failed)."""
+        if self.prepared is not None:
+            self.prepared.cancel()
+            await asyncio.gather(self.prepared, return_exceptions=True)
+            self.prepared = None
+        await asyncio.gather(self.polled, return_exceptions=True)
 
 
 @dataclass
@@ -126,6 +162,8 @@ class Runner(Generic[P]):
         self._stop = asyncio.Event()
         self._heartbeat = time.monotonic()
         self._started = False
+        # Bumped on every assignment change: an early preparation older than it is redone.
+        self._ownership_generation = 0
 
     # -- what handlers and the checkpoint call -----------------------------------------
 
@@ -160,6 +198,7 @@ class Runner(Generic[P]):
         )
 
     def _partitions_changed(self, kind: str) -> None:
+        self._ownership_generation += 1
         if kind != "fenced":
             self.metrics.rebalances.labels(kind).inc()
             self.stats.rebalances += 1
@@ -222,6 +261,10 @@ class Runner(Generic[P]):
         try:
             if not await self._start():
                 return self.stats
+            # What start-up built (modules, clients, botocore's service models) lives as long
+            # as the process: frozen, the collector's full passes walk only what batches
+            # allocate. Without it they walked it all, a fifth of a no-op re-sync's CPU.
+            gc.freeze()
             main = asyncio.create_task(self._consume_loop())
             stopping = asyncio.create_task(self._stop.wait())
             try:
@@ -307,65 +350,141 @@ class Runner(Generic[P]):
         main.cancel()
         await asyncio.gather(main, return_exceptions=True)
 
+    async def _poll(self) -> Batch:
+        """One poll, bounded by count and wait, kept to what this worker owns."""
+        s = self.settings
+        raw = await self.consumer.consume(s.batch_max_events, s.batch_max_wait_ms / 1000)
+        self._heartbeat = time.monotonic()
+        if self.partitions.unclaimed:
+            starts = await self.ownership.claim_late()
+            await self.consumer.resume_claimed(starts)
+            self._update_partition_gauges()
+        return Batch(raw).keep(self._usable)
+
     async def _consume_loop(self) -> None:
         s = self.settings
         last_lag = 0.0
-        while not self._stop.is_set():
-            raw = await self.consumer.consume(s.batch_max_events, s.batch_max_wait_ms / 1000)
-            self._heartbeat = time.monotonic()
-            if self.partitions.unclaimed:
-                starts = await self.ownership.claim_late()
-                await self.consumer.resume_claimed(starts)
-                self._update_partition_gauges()
-            batch = Batch(raw).keep(self._usable)
-            if batch.messages:
-                await self._handle(batch)
-            if time.monotonic() - last_lag >= s.lag_refresh_s:
-                last_lag = time.monotonic()
-                await self._refresh_lag()
+        ahead: _Ahead[Any] | None = None
+        try:
+            while not self._stop.is_set():
+                if ahead is None:
+                    batch, early = await self._poll(), None
+                else:
+                    batch, early = await self._take(ahead)
+                    ahead = None
+                if batch.messages:
+                    ahead = await self._handle(batch, early)
+                if time.monotonic() - last_lag >= s.lag_refresh_s:
+                    last_lag = time.monotonic()
+                    await self._refresh_lag()
+        finally:
+            if ahead is not None:
+                await ahead.drop()
 
-    async def _handle(self, batch: Batch) -> None:
-        """Process one batch, waiting out outages with partitions paused; gives up only on stop."""
+    async def _take(self, ahead: _Ahead[Any]) -> tuple[Batch, asyncio.Task[Any] | None]:
+        """The batch polled during the previous commit, with its early preparation if that
+        still holds (see the module docstring); otherwise filtered again, to prepare anew."""
+        batch = await ahead.polled
+        kept = batch.keep(self._usable)
+        if (
+            ahead.usable
+            and ahead.prepared is not None
+            and ahead.generation == self._ownership_generation
+            and len(kept) == len(batch)
+        ):
+            return batch, ahead.prepared
+        await ahead.drop()
+        return kept, None
+
+    async def _look_ahead(self) -> _Ahead[Any]:
+        """Poll the next batch and start preparing it, while the current one commits."""
+        generation = self._ownership_generation
+        polled = asyncio.ensure_future(self._poll())
+        ahead: _Ahead[Any] = _Ahead(polled, generation)
+
+        async def prepare_when_polled() -> Any:
+            batch = await polled
+            if not batch.messages:
+                return None
+            return await self.handler.prepare(batch)
+
+        ahead.prepared = asyncio.ensure_future(prepare_when_polled())
+        return ahead
+
+    async def _handle(
+        self, batch: Batch, early: asyncio.Task[Any] | None = None
+    ) -> _Ahead[Any] | None:
+        """Process one batch, waiting out outages with partitions paused; gives up only on stop.
+
+        ``early``: this batch's preparation, started while the previous batch committed.
+        Returns the next batch, polled (and being prepared) while this one committed.
+        """
         started = time.perf_counter()
         outage_started: float | None = None
         consumed = Counter(m.topic() or "" for m in batch.messages)
         for topic, n in consumed.items():
             self.metrics.messages_consumed.labels(topic).inc(n)
-        while batch.messages:
-            try:
-                prepared = await self.handler.prepare(batch)
-                plan = await self.handler.plan(prepared)
-                epochs = dict(self.partitions.epochs)
-                commit = functools.partial(
-                    self.checkpoint.commit, batch, epochs, self.handler, plan
-                )
-                output: Output = await self.call("postgres", commit)
-            except FencedError as exc:
-                self.stats.fenced_batches += 1
-                self.metrics.fenced.inc()
-                log.warning("batch fenced, dropping partitions we no longer own: %s", exc)
-                self.ownership.fenced(exc.partitions)
-                batch = batch.keep(self._usable)
-                continue
-            except DependencyUnavailable as exc:
-                if outage_started is None:
-                    outage_started = time.monotonic()
-                    self.stats.outage_waits += 1
-                    log.warning("dependency unavailable, pausing partitions: %s", exc)
-                    await self._set_paused(True)
-                if self._stop.is_set():
-                    log.warning("stopping during an outage: the batch in hand is left uncommitted")
-                    return
-                await self._idle(exc.retry_after_s or self.settings.circuit_reset_timeout_s)
-                batch = batch.keep(self._usable)
-                continue
-            if outage_started is not None:
-                log.info("dependency back after %.1fs, resuming", time.monotonic() - outage_started)
-            self._committed(batch, plan, output, started)
-            await self.consumer.mirror_commit(batch.next_offsets)
-            break
+        ahead: _Ahead[Any] | None = None
+        try:
+            while batch.messages:
+                try:
+                    if early is not None:
+                        task, early = early, None
+                        prepared = await task
+                    else:
+                        prepared = await self.handler.prepare(batch)
+                    plan = await self.handler.plan(prepared)
+                    epochs = dict(self.partitions.epochs)
+                    commit = functools.partial(
+                        self.checkpoint.commit, batch, epochs, self.handler, plan
+                    )
+                    committing = asyncio.ensure_future(self.call("postgres", commit))
+                    if ahead is None and not self._stop.is_set() and not self.consumer.paused:
+                        ahead = await self._look_ahead()
+                    output: Output = await committing
+                except FencedError as exc:
+                    self.stats.fenced_batches += 1
+                    self.metrics.fenced.inc()
+                    log.warning("batch fenced, dropping partitions we no longer own: %s", exc)
+                    self.ownership.fenced(exc.partitions)
+                    batch = batch.keep(self._usable)
+                    if ahead is not None:
+                        ahead.usable = False
+                    continue
+                except DependencyUnavailable as exc:
+                    if ahead is not None:
+                        ahead.usable = False
+                    if outage_started is None:
+                        outage_started = time.monotonic()
+                        self.stats.outage_waits += 1
+                        log.warning("dependency unavailable, pausing partitions: %s", exc)
+                        await self._set_paused(True)
+                    if self._stop.is_set():
+                        log.warning(
+                            "stopping during an outage: the batch in hand is left uncommitted"
+                        )
+                        return ahead
+                    await self._idle(exc.retry_after_s or self.settings.circuit_reset_timeout_s)
+                    batch = batch.keep(self._usable)
+                    continue
+                if outage_started is not None:
+                    log.info(
+                        "dependency back after %.1fs, resuming", time.monotonic() - outage_started
+                    )
+                self._committed(batch, plan, output, started)
+                await self.consumer.mirror_commit(batch.next_offsets)
+                break
+        except BaseException:
+            if ahead is not None:
+                await ahead.drop()
+            raise
+        finally:
+            if early is not None:
+                early.cancel()
+                await asyncio.gather(early, return_exceptions=True)
         if self.consumer.paused:
             await self._set_paused(False)
+        return ahead
 
     def _committed(self, batch: Batch, plan: P, output: Output, started: float) -> None:
         self.partitions.passed(batch.next_offsets)

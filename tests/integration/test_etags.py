@@ -1,4 +1,5 @@
-"""ETag look-ups against the S3 API server: HEAD and LIST agree, and a missing object is None."""
+"""ETag look-ups against the S3 API server: HEAD, LIST and the cost-based choice agree, a
+missing object is None, and a listing stopped at its budget leaves nothing unresolved."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import hashlib
 import pytest
 
 from streamer.errors import ObjectStoreUnavailable
-from streamer.gallery.etags import make_etag_source
+from streamer.gallery.etag_plan import FolderSizes
+from streamer.gallery.etags import S3EtagSource, make_etag_source
 from streamer.gallery.metrics import GalleryMetrics
 from streamer.runtime.metrics import new_registry
+from streamer.storage.clients import make_object_store
 from streamer.storage.keys import s3_key
 
 pytestmark = pytest.mark.integration
@@ -21,7 +24,14 @@ def test_s3_key_joins_prefix_and_normalised_path() -> None:
     assert s3_key("", "/a/b.jpg") == "a/b.jpg"
 
 
-@pytest.mark.parametrize("source", ["head", "list"])
+def requests(metrics: GalleryMetrics, operation: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "streamer_s3_requests_total", {"operation": operation}
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize("source", ["head", "list", "auto"])
 async def test_lookup_returns_etag_size_and_missing(make_settings, s3_client, source: str) -> None:
     settings = make_settings(etag_source=source)
     bodies = {f"/x/{i}.jpg": f"body {i}".encode() * (i + 1) for i in range(5)}
@@ -40,7 +50,7 @@ async def test_lookup_returns_etag_size_and_missing(make_settings, s3_client, so
         ]
         found = await etags.lookup(keys + keys[:2])  # duplicates are looked up once
     finally:
-        etags.close()
+        await etags.close()
     assert set(found) == set(keys)
     for path, body in bodies.items():
         info = found[s3_key(settings.s3.s3_prefix, path)]
@@ -53,16 +63,10 @@ async def test_lookup_returns_etag_size_and_missing(make_settings, s3_client, so
     assert (
         metrics.registry.get_sample_value("streamer_etag_checks_total", {"result": "missing"}) == 2
     )
-    if source == "head":
-        assert (
-            metrics.registry.get_sample_value("streamer_s3_requests_total", {"operation": "head"})
-            == 7
-        )
-    else:
-        assert (
-            metrics.registry.get_sample_value("streamer_s3_requests_total", {"operation": "list"})
-            == 2
-        )
+    if source == "list":
+        assert requests(metrics, "list") == 2 and requests(metrics, "head") == 0
+    else:  # auto: too few keys per folder to be worth a listing
+        assert requests(metrics, "head") == 7 and requests(metrics, "list") == 0
 
 
 async def test_unreachable_endpoint_is_a_retriable_error(make_settings) -> None:
@@ -72,5 +76,43 @@ async def test_unreachable_endpoint_is_a_retriable_error(make_settings) -> None:
         with pytest.raises(ObjectStoreUnavailable) as info:
             await etags.lookup(["media/a.jpg"])
     finally:
-        etags.close()
+        await etags.close()
     assert info.value.retriable is True
+
+
+async def test_auto_learns_folder_sizes_and_stops_a_listing_at_its_budget(
+    make_settings, s3_client
+) -> None:
+    settings = make_settings()
+    prefix = settings.s3.s3_prefix
+    bodies = {f"/f/{i:03d}.jpg": f"b{i}".encode() for i in range(150)}
+    for path, body in bodies.items():
+        s3_client.put_object(Bucket=settings.s3.s3_bucket, Key=s3_key(prefix, path), Body=body)
+    metrics = GalleryMetrics(new_registry())
+    sizes = FolderSizes()
+    # Ten keys count as one request here, so a listing of 150 keys crosses a budget of 16.
+    source = S3EtagSource(
+        make_object_store(settings.s3), metrics=metrics, sizes=sizes, page_keys=10
+    )
+    early = [f"/f/{i:03d}.jpg" for i in range(0, 40, 5)]
+    late = [f"/f/{i:03d}.jpg" for i in range(142, 150)]
+    missing = ["/f/000a-missing.jpg", "/f/zzz-missing.jpg"]
+    wanted = [s3_key(prefix, p) for p in [*early, *late, *missing]]
+    found = await source.lookup(wanted)
+    for path in [*early, *late]:
+        info = found[s3_key(prefix, path)]
+        assert info is not None and info.etag == hashlib.md5(bodies[path]).hexdigest()
+    assert all(found[s3_key(prefix, p)] is None for p in missing)
+    folder = s3_key(prefix, "/f/")
+    listed, complete = sizes.get(folder) or (0, True)
+    assert not complete and 0 < listed < 150, "the probe stopped before the end of the folder"
+    # Keys past the last listed one were asked one by one; the others came from the listing.
+    assert requests(metrics, "head") == len(late) + 1
+    assert requests(metrics, "list") >= 1
+
+    # A folder fully listed once is known: three keys are HEADs, not another listing.
+    sizes.learn(folder, 150, complete=True)
+    before = requests(metrics, "list")
+    again = await source.lookup([s3_key(prefix, p) for p in early[:3]])
+    assert all(v is not None for v in again.values())
+    assert requests(metrics, "list") == before

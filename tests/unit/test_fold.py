@@ -6,10 +6,15 @@ import random
 import uuid
 from datetime import UTC, datetime
 from typing import Any
+from unittest.mock import patch
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamer.contract.events import MediaGalleryChanged, ProductChanged
+from streamer.contract.lean import LeanEvent, lean_of
+from streamer.gallery import fold as fold_module
 from streamer.gallery.diff import diff, image_result_counts
 from streamer.gallery.fold import EventOutcome, FoldRules, fold, keys_in_play
 from streamer.gallery.state import ObjectInfo, SkuState, StoredImage
@@ -22,31 +27,36 @@ RULES = FoldRules(max_image_bytes=1000)
 
 def media(
     version: int, images: list[dict[str, Any]], mode: str = "UPSERT", event_id: str | None = None
-):
-    return MediaGalleryChanged.model_validate(
-        {
-            "event_id": event_id or str(uuid.uuid4()),
-            "sku": "S",
-            "version": version,
-            "occurred_at": NOW,
-            "source": "t",
-            "mode": mode,
-            "images": images,
-        }
+) -> LeanEvent:
+    """A media event as the consumer carries it (validated by the model, then made lean)."""
+    return lean_of(
+        MediaGalleryChanged.model_validate(
+            {
+                "event_id": event_id or str(uuid.uuid4()),
+                "sku": "S",
+                "version": version,
+                "occurred_at": NOW,
+                "source": "t",
+                "mode": mode,
+                "images": images,
+            }
+        )
     )
 
 
-def product(version: int, op: str = "UPSERT", name: str | None = "n"):
-    return ProductChanged.model_validate(
-        {
-            "event_id": str(uuid.uuid4()),
-            "sku": "S",
-            "version": version,
-            "occurred_at": NOW,
-            "source": "t",
-            "op": op,
-            "name": name,
-        }
+def product(version: int, op: str = "UPSERT", name: str | None = "n") -> LeanEvent:
+    return lean_of(
+        ProductChanged.model_validate(
+            {
+                "event_id": str(uuid.uuid4()),
+                "sku": "S",
+                "version": version,
+                "occurred_at": NOW,
+                "source": "t",
+                "op": op,
+                "name": name,
+            }
+        )
     )
 
 
@@ -326,3 +336,121 @@ def test_folding_in_two_halves_equals_folding_whole() -> None:
         assert [r.outcome for r in first.results + second.results] == [
             r.outcome for r in whole.results
         ]
+
+
+# -- the no-op fast path never changes a result ----------------------------------------------
+
+PATHS = ["/a.jpg", "/b.jpg", "/c.jpg"]
+ROLE_NAMES = ["image", "small_image", "thumbnail"]
+fast_objects = st.dictionaries(
+    st.sampled_from(PATHS),
+    st.builds(
+        ObjectInfo,
+        etag=st.sampled_from(["e1", "e2"]),
+        size=st.sampled_from([0, 10, 20]),
+        content_type=st.sampled_from([None, "image/jpeg", "image/png"]),
+    ),
+)
+stored_images = st.builds(
+    stored,
+    st.sampled_from(PATHS),
+    etag=st.sampled_from(["e1", "e2"]),
+    roles=st.lists(st.sampled_from(ROLE_NAMES), unique=True, max_size=2).map(
+        lambda r: tuple(sorted(r))
+    ),
+    label=st.sampled_from([None, "x"]),
+    position=st.sampled_from([None, 0, 1]),
+    size=st.sampled_from([10, 20]),
+)
+event_images = st.fixed_dictionaries(
+    {
+        "file_path": st.sampled_from([*PATHS, "/a/../x.jpg"]),
+        "label": st.sampled_from([None, "x"]),
+        "position": st.sampled_from([None, 0, 1]),
+        "roles": st.lists(st.sampled_from([*ROLE_NAMES, "base"]), max_size=2),
+        "disabled": st.booleans(),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(stored_images, max_size=3),
+    st.lists(
+        st.tuples(st.sampled_from(["UPSERT", "REPLACE"]), st.lists(event_images, max_size=3)),
+        min_size=1,
+        max_size=3,
+    ),
+    fast_objects,
+    st.sampled_from([None, 1, 2]),
+)
+def test_the_noop_fast_path_gives_the_full_folds_result(
+    start_images: list[StoredImage],
+    payloads: list[tuple[str, list[dict[str, Any]]]],
+    objects: dict[str, ObjectInfo],
+    limit: int | None,
+) -> None:
+    start = state(*start_images)
+    events = [media(2 + i, images, mode) for i, (mode, images) in enumerate(payloads)]
+    rules = FoldRules(max_image_bytes=15, image_limit=limit)
+    fast = fold(start, events, objects, rules)
+    with patch.object(fold_module, "_unchanged", return_value=False):
+        full = fold(start, events, objects, rules)
+    assert fast.state.same_content(full.state)
+    assert fast.state.gallery_version == full.state.gallery_version
+    assert dict(fast.state.images) == dict(full.state.images)
+    assert [r.outcome for r in fast.results] == [r.outcome for r in full.results]
+    assert fast.image_counts == full.image_counts
+    assert diff(start, fast.state) == diff(start, full.state)
+
+
+def _role_names(roles: tuple[str, ...]) -> list[str]:
+    return ["base" if r == "image" else r for r in roles]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(stored_images, min_size=1, max_size=3), st.data())
+def test_the_fast_path_on_re_syncs_that_echo_the_stored_state(
+    start_images: list[StoredImage], data: st.DataObject
+) -> None:
+    """Events that repeat the stored images, some of them nudged: the fast path's home ground."""
+    start = state(*start_images)
+    listed = data.draw(st.lists(st.sampled_from(list(start.images)), unique=True, min_size=1))
+    payload = []
+    for path in listed:
+        old = start.images[path]
+        image = {
+            "file_path": path,
+            "label": old.label,
+            "position": old.position,
+            "disabled": old.disabled,
+            "roles": _role_names(old.roles),
+        }
+        nudge = data.draw(st.sampled_from([None, None, "label", "position", "disabled", "roles"]))
+        if nudge == "label":
+            image["label"] = "other"
+        elif nudge == "position":
+            image["position"] = 9
+        elif nudge == "disabled":
+            image["disabled"] = not old.disabled
+        elif nudge == "roles":
+            image["roles"] = data.draw(st.lists(st.sampled_from(ROLE_NAMES), max_size=2))
+        payload.append(image)
+    objects = {
+        path: ObjectInfo(
+            etag=data.draw(st.sampled_from([img.etag, img.etag, "changed"])),
+            size=data.draw(st.sampled_from([img.size, img.size, 0, 999])),
+            content_type=data.draw(st.sampled_from([None, img.content_type, "image/png"])),
+        )
+        for path, img in start.images.items()
+    }
+    mode = data.draw(st.sampled_from(["UPSERT", "REPLACE"]))
+    rules = FoldRules(max_image_bytes=10_000, image_limit=data.draw(st.sampled_from([None, 1, 3])))
+    events = [media(5, payload, mode)]
+    fast = fold(start, events, objects, rules)
+    with patch.object(fold_module, "_unchanged", return_value=False):
+        full = fold(start, events, objects, rules)
+    assert dict(fast.state.images) == dict(full.state.images)
+    assert [r.outcome for r in fast.results] == [r.outcome for r in full.results]
+    assert fast.image_counts == full.image_counts
+    assert diff(start, fast.state) == diff(start, full.state)

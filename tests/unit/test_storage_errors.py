@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
+from obstore.exceptions import GenericError, PermissionDeniedError, UnauthenticatedError
 
 from streamer.runtime.circuit import CircuitBreaker
 from streamer.storage.errors import object_store_error
@@ -53,3 +54,30 @@ def test_the_open_circuit_carries_the_denial_for_the_readiness_probe() -> None:
     assert breaker.last_error is not None and "denied access" in breaker.last_error
     breaker.record_success()
     assert breaker.last_error is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionDeniedError("Permission denied\nDebug source: ..."),
+        UnauthenticatedError("The operation lacked valid authentication credentials\nDebug"),
+        PermissionError("no AWS credentials found"),
+    ],
+    ids=["obstore-denied", "obstore-unauthenticated", "no-credentials"],
+)
+def test_an_obstore_denial_is_named_without_its_debug_dump(error: Exception) -> None:
+    converted = object_store_error(error, "HEAD media/a.jpg")
+    assert converted.retriable is True
+    assert converted.reason == "access_denied"
+    assert "denied access to HEAD media/a.jpg" in converted.message
+    assert "Debug" not in converted.message
+
+
+def test_an_obstore_outage_is_retriable_and_not_a_denial() -> None:
+    converted = object_store_error(
+        GenericError("Generic S3 error: error sending request\nDebug source: {...}"), "LIST media/"
+    )
+    assert converted.retriable is True
+    assert converted.message == (
+        "S3 LIST media/ failed: GenericError: Generic S3 error: error sending request"
+    )

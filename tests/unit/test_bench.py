@@ -1,0 +1,91 @@
+"""The benchmark's report: the JSON object issue #11 describes, an 80-column table, and
+which ceiling binds a phase; without servers (no timing is asserted anywhere)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streamer.dev.bench import PHASES, BenchResult, Ceilings, Phase, binding, format_table
+
+pytestmark = pytest.mark.unit
+
+CEILINGS = Ceilings(
+    broker_read_events_per_s=40_000,
+    s3_head_per_s=150,
+    s3_list_keys_per_s=2_000,
+    pg_upsert_rows_per_s=50_000,
+)
+
+
+def phase(name: str, **kw: float) -> Phase:
+    values: dict[str, float] = {
+        "events": 1_000_000,
+        "images": 5_000_000,
+        "seconds": 1234.5,
+        "cpu_s": 95.0,
+        "s3_requests": 1_234_567,
+        "rows_written": 5_000_000,
+        "peak_rss_mb": 1234.0,
+    }
+    values.update(kw)
+    return Phase(name, **values)  # type: ignore[arg-type]
+
+
+def test_json_has_exactly_the_described_keys() -> None:
+    result = BenchResult(CEILINGS, [phase(name) for name in PHASES])
+    data = json.loads(json.dumps(result.as_json()))
+    assert set(data) == {"ceilings", "phases"}
+    assert set(data["ceilings"]) == {
+        "broker_read_events_per_s",
+        "s3_head_per_s",
+        "s3_list_keys_per_s",
+        "pg_upsert_rows_per_s",
+    }
+    assert [p["name"] for p in data["phases"]] == [
+        "first_sync",
+        "noop_resync",
+        "naive_noop_resync",
+    ]
+    for p in data["phases"]:
+        assert set(p) == {
+            "name",
+            "events",
+            "seconds",
+            "events_per_s",
+            "images_per_s",
+            "consumer_cpu_us_per_event",
+            "s3_requests",
+            "rows_written",
+            "peak_rss_mb",
+        }
+    first = data["phases"][0]
+    assert first["events_per_s"] == pytest.approx(1_000_000 / 1234.5, abs=0.1)
+    assert first["consumer_cpu_us_per_event"] == pytest.approx(95.0, abs=0.1)
+
+
+def test_the_table_fits_80_columns_even_with_large_figures() -> None:
+    phases = [phase(name) for name in [*PHASES, "noop_resync_index"]]
+    phases.append(phase("naive", events=300, seconds=1.5, cpu_s=950.0, images=1_500_000_000))
+    result = BenchResult(CEILINGS, phases)
+    table = format_table(result)
+    assert all(len(line) <= 80 for line in table.splitlines()), table
+    assert "noop_resync_index" in table and "1.00M" in table and "5.00M" in table
+
+
+@pytest.mark.parametrize(
+    ("kw", "bound"),
+    [
+        ({"heads": 0, "listed_keys": 1_000_000, "rows_written": 0}, "S3 server"),
+        ({"heads": 0, "listed_keys": 0, "rows_written": 0}, "broker read+decode"),
+        ({"heads": 0, "listed_keys": 10_000, "rows_written": 5_000_000}, "PostgreSQL upsert"),
+    ],
+)
+def test_the_binding_ceiling_is_the_lowest_rate_the_phase_could_reach(
+    kw: dict[str, int], bound: str
+) -> None:
+    part, limit = binding(phase("p", **kw), CEILINGS)
+    assert part == bound
+    if bound == "S3 server":
+        assert limit == pytest.approx(2_000)  # one listed key per event at 2,000 keys/s

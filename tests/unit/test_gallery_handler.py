@@ -1,0 +1,100 @@
+"""The gallery handler plans a batch prepared while the previous one committed from what
+that batch wrote, not from the older reads; without servers."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from streamer.contract.codec import Codec
+from streamer.contract.events import MediaGalleryChanged
+from streamer.contract.lean import lean_of
+from streamer.contract.topics import TopicSettings
+from streamer.gallery.fold import EventOutcome
+from streamer.gallery.handler import GalleryHandler, _Item, _Prepared
+from streamer.gallery.metrics import GalleryMetrics
+from streamer.gallery.repository import SeenEvent
+from streamer.gallery.settings import GallerySettings
+from streamer.gallery.state import ObjectInfo, SkuState
+from streamer.runtime.handler import Output
+from streamer.runtime.metrics import new_registry
+from streamer.storage.settings import S3Settings
+from tests.unit.test_checkpoint import Msg
+
+pytestmark = pytest.mark.unit
+
+OBJECTS: dict[str, ObjectInfo | None] = {"/a.jpg": ObjectInfo("e1", 10, "image/jpeg")}
+
+
+def handler() -> GalleryHandler:
+    h = GalleryHandler(GallerySettings(), TopicSettings(), S3Settings(), codec=Codec())
+    h.metrics = GalleryMetrics(new_registry())
+    return h
+
+
+def item(sku: str, version: int, offset: int, event_id: str | None = None) -> _Item:
+    event = MediaGalleryChanged.model_validate(
+        {
+            "event_id": event_id or str(uuid.uuid4()),
+            "sku": sku,
+            "version": version,
+            "occurred_at": datetime(2026, 11, 23, tzinfo=UTC),
+            "source": "t",
+            "mode": "REPLACE",
+            "images": [{"file_path": "/a.jpg", "position": 0, "roles": ["base"]}],
+        }
+    )
+    return _Item(Msg(sku.encode(), offset), lean_of(event))  # type: ignore[arg-type]
+
+
+def prepared(items: list[_Item], states: dict[str, SkuState], commits_before: int) -> _Prepared:
+    by_sku: dict[str, list[_Item]] = {}
+    for i in items:
+        by_sku.setdefault(i.event.sku, []).append(i)
+    seen: dict[str, SeenEvent] = {}
+    return _Prepared(len(items), [], by_sku, dict(states), seen, dict(OBJECTS), commits_before)
+
+
+def outcomes(plan: Any) -> dict[str, list[EventOutcome]]:
+    return {sku: [r.outcome for _, r in results] for sku, results in plan.results.items()}
+
+
+async def test_a_batch_read_before_the_previous_commit_is_planned_from_what_it_wrote() -> None:
+    h = handler()
+    first = item("A", 5, 0)
+    batch_n = await h.plan(prepared([first], {"A": SkuState("A")}, commits_before=0))
+    assert outcomes(batch_n) == {"A": [EventOutcome.WRITTEN]}
+    # Batch N+1 was read while N committed: it still sees A as unknown, and not N's event.
+    again = item("A", 6, 1)
+    redelivered = item("A", 5, 2, event_id=first.event.event_id)
+    early = prepared([again, redelivered], {"A": SkuState("A")}, commits_before=0)
+    h.committed(batch_n, Output())
+    batch_n1 = await h.plan(early)
+    # From N's final state, version 6 with the same image changes nothing, and N's own event
+    # is a duplicate: nothing is written twice.
+    assert outcomes(batch_n1) == {"A": [EventOutcome.DUPLICATE, EventOutcome.NOOP]}
+    assert batch_n1.diffs == {}
+
+
+async def test_a_batch_read_after_the_previous_commit_keeps_its_own_reads() -> None:
+    h = handler()
+    batch_n = await h.plan(prepared([item("A", 5, 0)], {"A": SkuState("A")}, commits_before=0))
+    h.committed(batch_n, Output())
+    # Read after N committed: what the database said wins (another worker may have written
+    # A since, after a rebalance), so N's state is not laid over it.
+    newer = SkuState("A", gallery_version=9, exists=True)
+    late = prepared([item("A", 7, 1)], {"A": newer}, commits_before=1)
+    batch_n1 = await h.plan(late)
+    assert outcomes(batch_n1) == {"A": [EventOutcome.STALE]}
+
+
+async def test_a_batch_prepared_two_commits_back_is_refused() -> None:
+    h = handler()
+    for offset in (0, 1):
+        plan = await h.plan(prepared([item("A", 5 + offset, offset)], {"A": SkuState("A")}, 0))
+        h.committed(plan, Output())
+    with pytest.raises(RuntimeError, match="at most one batch ahead"):
+        await h.plan(prepared([item("A", 9, 2)], {"A": SkuState("A")}, commits_before=0))
