@@ -30,6 +30,7 @@ __all__ = [
     "ObjectStoreUnavailable",
     "RetriableError",
     "SchemaRegistryUnavailable",
+    "StateChanged",
     "StreamerError",
     "TopicMissing",
 ]
@@ -108,6 +109,18 @@ class FencedError(NonRetriableError):
         names = ", ".join(f"{t}[{p}]" for t, p in partitions)
         super().__init__(f"partitions now owned by another worker: {names}")
         self.partitions = partitions
+
+
+class StateChanged(NonRetriableError):
+    """What a batch was planned on changed before it could commit (another writer got there
+    first, e.g. a worker holding the SKU's partition of the other topic): plan it again."""
+
+    reason = "state_changed"
+
+    def __init__(self, keys: list[str]) -> None:
+        shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        super().__init__(f"changed since this batch read them: {shown}")
+        self.keys = keys
 
 
 class DependencyUnavailable(RetriableError):

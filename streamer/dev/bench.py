@@ -450,7 +450,7 @@ async def worker_phase(
     delta = {k: totals.get(k, 0) - before.get(k, 0) for k in ("head", "list", "listed_keys")}
     rows = sum(
         registry.get_sample_value("streamer_db_rows_written_total", {"operation": op}) or 0
-        for op in ("insert", "update", "delete")
+        for op in ("insert", "update", "delete", "product")
     )
     return Phase(
         name,

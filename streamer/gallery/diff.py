@@ -20,6 +20,7 @@ class SkuDiff:
     removes: tuple[str, ...] = ()
     unchanged: int = 0
     was_deleted: bool = False
+    read_version: int = 0  # the products row's version when read; 0: there was none
 
     @property
     def images_changed(self) -> bool:
@@ -38,7 +39,13 @@ class SkuDiff:
 
 
 def diff(stored: SkuState, folded: SkuState) -> SkuDiff:
-    """Version-only changes are not written: a no-op must cost no database write at all."""
+    """The image rows that differ, and the products row when anything of it moved.
+
+    A version-only change (a re-sync, an event whose images were all missing) writes
+    no image row, but does write the products row: its versions are the watermark that
+    tells a late, older event it is stale. Without it, what counts as stale would
+    depend on where batches happen to split.
+    """
     inserts: list[StoredImage] = []
     content: list[StoredImage] = []
     metadata: list[StoredImage] = []
@@ -53,6 +60,8 @@ def diff(stored: SkuState, folded: SkuState) -> SkuDiff:
         or folded.deleted != stored.deleted
         or folded.name != stored.name
         or folded.enabled != stored.enabled
+        or folded.product_version != stored.product_version
+        or folded.gallery_version != stored.gallery_version
     )
     return SkuDiff(
         sku=folded.sku,
@@ -63,6 +72,7 @@ def diff(stored: SkuState, folded: SkuState) -> SkuDiff:
         removes=removes,
         unchanged=unchanged,
         was_deleted=stored.deleted,
+        read_version=stored.row_version,
     )
 
 

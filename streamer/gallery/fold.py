@@ -179,6 +179,7 @@ def _apply_media(
             state.enabled,
             state.images,
             True,
+            state.row_version,
         )
         return new, invalid
 

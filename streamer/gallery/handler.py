@@ -22,6 +22,7 @@ The ETag look-up does not depend on the stored state at all, so it is never shor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import Counter, defaultdict
@@ -311,7 +312,8 @@ class GalleryHandler:
             d = diff(state, folded.state)
             if not d.is_noop:
                 diffs[sku] = d
-                finals[sku] = folded.state
+                # As it will be stored: the overlay of the next batch reads this version.
+                finals[sku] = dataclasses.replace(folded.state, row_version=state.row_version + 1)
         plan = GalleryPlan(
             prepared.messages, prepared.decode_letters, results, diffs, finals, images
         )

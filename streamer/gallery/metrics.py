@@ -83,7 +83,7 @@ class GalleryMetrics:
         )
         self.db_rows_written = Counter(
             "streamer_db_rows_written_total",
-            "Gallery rows written, by operation (insert, update, delete)",
+            "Rows written: gallery images by operation (insert, update, delete), product rows (product)",
             ["operation"],
             registry=r,
         )

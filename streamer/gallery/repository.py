@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from streamer.errors import StateChanged
 from streamer.gallery.diff import SkuDiff
 from streamer.gallery.state import SkuState, StoredImage
 from streamer.runtime.database import Database, converted
@@ -24,7 +25,7 @@ __all__ = ["GalleryRepository", "OutcomeRow", "RowCounts", "SeenEvent"]
 RowCounts = dict[str, int]
 
 _SELECT_PRODUCTS = """
-SELECT sku, product_version, gallery_version, deleted, name, enabled
+SELECT sku, product_version, gallery_version, deleted, name, enabled, row_version
 FROM products WHERE sku = ANY($1::text[])
 """
 # Roles come comma-joined (cheaper to decode than a text[]), columns in StoredImage's order.
@@ -37,13 +38,24 @@ _SELECT_SEEN = """
 SELECT event_id::text AS event_id, fingerprint, outcome
 FROM event_outcomes WHERE event_id = ANY($1::uuid[])
 """
-_UPSERT_PRODUCT = """
+# Products rows are written compare-and-set on the row_version the batch read: a row
+# changed since (or created by someone else) is not matched, and the batch is planned again.
+_INSERT_PRODUCT = """
 INSERT INTO products (sku, product_version, gallery_version, deleted, name, enabled)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::text[], $6::bool[])
-ON CONFLICT (sku) DO UPDATE SET
-    product_version = EXCLUDED.product_version, gallery_version = EXCLUDED.gallery_version,
-    deleted = EXCLUDED.deleted, name = EXCLUDED.name, enabled = EXCLUDED.enabled,
-    row_version = products.row_version + 1, updated_at = now()
+ON CONFLICT (sku) DO NOTHING
+RETURNING sku
+"""
+_UPDATE_PRODUCT = """
+UPDATE products p SET
+    product_version = u.product_version, gallery_version = u.gallery_version,
+    deleted = u.deleted, name = u.name, enabled = u.enabled,
+    row_version = p.row_version + 1, updated_at = now()
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::text[], $6::bool[],
+            $7::bigint[])
+    AS u(sku, product_version, gallery_version, deleted, name, enabled, read_version)
+WHERE p.sku = u.sku AND p.row_version = u.read_version
+RETURNING p.sku
 """
 # Roles travel comma-joined (managed role names never contain a comma): unnest
 # cannot take an array of variable-length arrays.
@@ -145,10 +157,10 @@ class GalleryRepository:
                 version,
             )  # fmt: skip
         states: dict[str, SkuState] = {}
-        for sku, product_version, gallery_version, deleted, name, enabled in products:
+        for sku, product_version, gallery_version, deleted, name, enabled, rv in products:
             images = by_sku.get(sku, {})
             states[sku] = SkuState(
-                sku, product_version, gallery_version, deleted, name, enabled, images, True
+                sku, product_version, gallery_version, deleted, name, enabled, images, True, rv
             )
         for sku in keys:
             if sku not in states:
@@ -163,17 +175,25 @@ class GalleryRepository:
 
 
 async def apply_diffs(conn: asyncpg.Connection, diffs: Iterable[SkuDiff]) -> RowCounts:
-    """Write the diffs of a batch (or of one SKU, when the checkpoint isolates a data error)."""
-    products: list[tuple[Any, ...]] = []
+    """Write the diffs of a batch (or of one SKU, when the checkpoint isolates a data error).
+
+    The products rows first, each only if it still has the version the batch read (the
+    row lock then keeps any other writer of the SKU waiting until this commits); a SKU
+    changed since raises ``StateChanged`` before any of its image rows is touched.
+    """
+    created: list[tuple[Any, ...]] = []
+    updated: list[tuple[Any, ...]] = []
     images: list[tuple[Any, ...]] = []
     deletes: list[tuple[str, str]] = []
-    counts = {"insert": 0, "update": 0, "delete": 0}
+    counts = {"insert": 0, "update": 0, "delete": 0, "product": 0}
     for d in diffs:
         if d.product is not None:
             p = d.product
-            products.append(
-                (p.sku, p.product_version, p.gallery_version, p.deleted, p.name, p.enabled)
-            )
+            row = (p.sku, p.product_version, p.gallery_version, p.deleted, p.name, p.enabled)
+            if d.read_version:
+                updated.append((*row, d.read_version))
+            else:
+                created.append(row)
         for img in (*d.inserts, *d.content_changes, *d.metadata_changes):
             images.append(
                 (
@@ -194,8 +214,15 @@ async def apply_diffs(conn: asyncpg.Connection, diffs: Iterable[SkuDiff]) -> Row
         counts["update"] += len(d.content_changes) + len(d.metadata_changes)
         counts["delete"] += len(d.removes)
     async with converted():
-        if products:
-            await conn.execute(_UPSERT_PRODUCT, *_columns(products))
+        written: set[str] = set()
+        if created:
+            written.update(r[0] for r in await conn.fetch(_INSERT_PRODUCT, *_columns(created)))
+        if updated:
+            written.update(r[0] for r in await conn.fetch(_UPDATE_PRODUCT, *_columns(updated)))
+        changed = sorted({r[0] for r in (*created, *updated)} - written)
+        if changed:
+            raise StateChanged(changed)
+        counts["product"] = len(written)
         if deletes:
             await conn.execute(_DELETE_IMAGES, *_columns(deletes))
         if images:

@@ -48,6 +48,10 @@ class SkuState:
     enabled: bool = True
     images: Mapping[str, StoredImage] = field(default_factory=dict)
     exists: bool = False
+    # The products row's version when read (0: no row): its write is conditional on it, so
+    # a SKU written by someone else since this batch read it is planned again, never
+    # overwritten (its product and media partitions may belong to two workers).
+    row_version: int = 0
 
     def same_content(self, other: SkuState) -> bool:
         """Equal in everything but the version numbers (and content versions, which follow

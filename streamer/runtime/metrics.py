@@ -109,6 +109,11 @@ class RuntimeMetrics:
             "Batches refused because another worker owns the partition now",
             registry=r,
         )
+        self.replanned = Counter(
+            "streamer_replanned_batches_total",
+            "Batches planned again because what they read changed before they committed",
+            registry=r,
+        )
         self.last_commit = Gauge(
             "streamer_last_commit_timestamp_seconds",
             "Unix time of the last committed batch",

@@ -49,7 +49,13 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
-from streamer.errors import BrokerUnavailable, DependencyUnavailable, FencedError, StreamerError
+from streamer.errors import (
+    BrokerUnavailable,
+    DependencyUnavailable,
+    FencedError,
+    StateChanged,
+    StreamerError,
+)
 from streamer.runtime.checkpoint import Checkpoint
 from streamer.runtime.circuit import CircuitBreaker
 from streamer.runtime.connection import check_broker
@@ -101,6 +107,7 @@ class RunnerStats:
     counts: Counter[str] = field(default_factory=Counter)
     rebalances: int = 0
     fenced_batches: int = 0
+    replanned_batches: int = 0
     outage_waits: int = 0
     abandoned_batches: int = 0
 
@@ -442,6 +449,15 @@ class Runner(Generic[P]):
                     if ahead is None and not self._stop.is_set() and not self.consumer.paused:
                         ahead = await self._look_ahead()
                     output: Output = await committing
+                except StateChanged as exc:
+                    # Another writer committed to keys this batch read: read them again.
+                    self.stats.replanned_batches += 1
+                    self.metrics.replanned.inc()
+                    log.info("batch planned on stale state, planning it again: %s", exc)
+                    if ahead is not None:
+                        ahead.usable = False
+                    batch = batch.keep(self._usable)
+                    continue
                 except FencedError as exc:
                     self.stats.fenced_batches += 1
                     self.metrics.fenced.inc()

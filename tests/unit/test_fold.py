@@ -121,11 +121,16 @@ def test_identical_resend_is_a_noop_with_no_writes() -> None:
     assert d.is_noop
 
 
-def test_newer_version_same_content_writes_nothing() -> None:
+def test_newer_version_same_content_writes_no_image_only_the_version_watermark() -> None:
+    """A re-sync changes nothing visible, but its version must be stored: otherwise a late,
+    older event would be applied over it (found by the chaos campaign)."""
     start = state(stored("/a.jpg", roles=("image",)))
     result, d = run(start, [media(5, [{"file_path": "/a.jpg", "roles": ["image"]}])])
     assert result.results[0].outcome is EventOutcome.NOOP
-    assert d.is_noop
+    assert not d.images_changed and not d.gallery_changed
+    assert d.product is not None and d.product.gallery_version == 5
+    late, _ = run(result.state, [media(3, [{"file_path": "/b.jpg"}])])
+    assert late.results[0].outcome is EventOutcome.STALE
 
 
 def test_new_etag_is_a_content_change_and_bumps_content_version() -> None:

@@ -76,7 +76,10 @@ async def test_a_batch_read_before_the_previous_commit_is_planned_from_what_it_w
     # From N's final state, version 6 with the same image changes nothing, and N's own event
     # is a duplicate: nothing is written twice.
     assert outcomes(batch_n1) == {"A": [EventOutcome.DUPLICATE, EventOutcome.NOOP]}
-    assert batch_n1.diffs == {}
+    # Only version 6 is written (the watermark), conditional on the row N created.
+    assert list(batch_n1.diffs) == ["A"]
+    assert not batch_n1.diffs["A"].images_changed
+    assert batch_n1.diffs["A"].read_version == 1
 
 
 async def test_a_batch_read_after_the_previous_commit_keeps_its_own_reads() -> None:

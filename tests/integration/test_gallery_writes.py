@@ -1,0 +1,63 @@
+"""The gallery's products rows are written compare-and-set: a SKU whose product and media
+partitions belong to two workers is never overwritten with a state planned on an old read
+(found by the chaos campaign: a delete committed by one worker, then resurrected by the
+other's write)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from streamer.errors import StateChanged
+from streamer.gallery.diff import diff
+from streamer.gallery.repository import GalleryRepository, apply_diffs
+from streamer.runtime.database import Database, connect
+from tests.integration.support import fetch, prepare
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_row_changed_or_created_since_the_read_is_not_overwritten(make_settings) -> None:
+    settings = make_settings()
+    prepare(settings)
+    async with Database(settings.database) as database:
+        repository = GalleryRepository(database)
+        first = (await repository.load_states(["S"]))["S"]
+        assert first.row_version == 0
+        created = dataclasses.replace(first, exists=True, gallery_version=5, name="one")
+        async with connect(settings.database.dsn) as conn, conn.transaction():
+            await apply_diffs(conn, [diff(first, created)])
+        stored = (await repository.load_states(["S"]))["S"]
+        assert (stored.row_version, stored.gallery_version) == (1, 5)
+
+        # Another worker deletes the product after this batch read it.
+        async with connect(settings.database.dsn) as conn:
+            await conn.execute(
+                "UPDATE products SET deleted = true, row_version = row_version + 1 WHERE sku = 'S'"
+            )
+        planned = dataclasses.replace(stored, gallery_version=6, name="two")
+        async with connect(settings.database.dsn) as conn, conn.transaction():
+            with pytest.raises(StateChanged) as info:
+                await apply_diffs(conn, [diff(stored, planned)])
+        assert info.value.keys == ["S"] and not info.value.retriable
+        row = (await fetch(settings, "SELECT deleted, name, row_version FROM products"))[0]
+        assert (row["deleted"], row["name"], row["row_version"]) == (True, "one", 2)
+
+        # Planned on "no row yet" while another worker created it: not overwritten either.
+        async with connect(settings.database.dsn) as conn:
+            await conn.execute(
+                "INSERT INTO products (sku, product_version, gallery_version) VALUES ('T', 1, 1)"
+            )
+        unknown = dataclasses.replace(first, sku="T")
+        async with connect(settings.database.dsn) as conn, conn.transaction():
+            with pytest.raises(StateChanged):
+                await apply_diffs(conn, [diff(unknown, dataclasses.replace(unknown, exists=True))])
+
+        # A version-only change (a re-sync) writes the watermark and no image row.
+        fresh = (await repository.load_states(["S"]))["S"]
+        resync = dataclasses.replace(fresh, gallery_version=9)
+        async with connect(settings.database.dsn) as conn, conn.transaction():
+            counts = await apply_diffs(conn, [diff(fresh, resync)])
+        assert counts == {"insert": 0, "update": 0, "delete": 0, "product": 1}
+        assert (await repository.load_states(["S"]))["S"].gallery_version == 9
