@@ -194,6 +194,7 @@ class Workers:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.born: dict[str, float] = {}
         self.started = 0
+        self.changed = time.monotonic()  # the group's last membership change seen here
         # (name, exit code, how): "killed" by the run, "left" on SIGTERM, "died" by itself.
         self.exits: list[tuple[str, int, str]] = []
 
@@ -212,8 +213,13 @@ class Workers:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.born[name] = time.monotonic()
+        self.born[name] = self.changed = time.monotonic()
         return name
+
+    def quiet_s(self) -> float:
+        """Seconds since a worker of this job last started, died, was killed or left."""
+        self.alive()
+        return time.monotonic() - self.changed
 
     def age_s(self, name: str) -> float:
         return time.monotonic() - self.born.get(name, time.monotonic())
@@ -223,6 +229,7 @@ class Workers:
             if proc.poll() is not None:
                 self.exits.append((name, proc.returncode, "died"))
                 del self.procs[name]
+                self.changed = time.monotonic()
         return list(self.procs)
 
     def kill(self, name: str) -> None:
@@ -231,6 +238,7 @@ class Workers:
             proc.kill()
             proc.wait()
             self.exits.append((name, -9, "killed"))
+            self.changed = time.monotonic()
 
     async def leave(self, name: str, timeout_s: float = 60) -> int:
         """SIGTERM: the worker finishes its batch and leaves the group."""
@@ -240,6 +248,7 @@ class Workers:
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, timeout_s)
         self.exits.append((name, code, "left"))
+        self.changed = time.monotonic()
         return code
 
     def stop_all(self) -> None:

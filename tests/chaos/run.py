@@ -67,6 +67,10 @@ Log = Callable[[str], None]
 FAULTS = ("kill", "join", "leave", "s3", "postgres", "webhook")
 # Workers kept alive per job during a phase: the gallery sync, the forwarder, the replicator.
 JOBS = {"consume": 2, "forward": 2, "replicate": 2}
+# A group quiet this long has finished its rebalance (session timeout 6 s, two cooperative
+# rounds); a leave waits up to LEAVE_WAIT_S for that, or is skipped.
+SETTLE_S = 12.0
+LEAVE_WAIT_S = 30.0
 SECRET = "whsec_" + base64.b64encode(b"chaos campaign signing secret!!!").decode()
 
 
@@ -214,7 +218,8 @@ class Run:
             await asyncio.sleep(0.25)
         else:
             self.result.mismatches.append(
-                f"gallery not drained within {timeout_s:.0f}s: {await self._lagging()}"
+                f"gallery not drained within {timeout_s:.0f}s:"
+                f" {await self._lagging(self.settings.gallery.group_id, self.ends)}"
             )
             raise TimeoutError(f"seed {self.seed}: gallery not drained within {timeout_s:.0f}s")
         outcome_ends = await asyncio.to_thread(self._outcome_ends)
@@ -224,23 +229,27 @@ class Run:
             if all([await self._group_at(g, outcome_ends) for g in groups]):
                 return
             await asyncio.sleep(0.25)
-        self.result.mismatches.append(f"forwarder/replicator not drained within {timeout_s:.0f}s")
+        for group in groups:
+            if short := await self._lagging(group, outcome_ends):
+                self.result.mismatches.append(
+                    f"{group} not drained within {timeout_s:.0f}s: {short}"
+                )
         raise TimeoutError(f"seed {self.seed}: forwarder/replicator not drained")
 
-    async def _lagging(self) -> list[str]:
+    async def _lagging(self, group: str, ends: dict[tuple[str, int], int]) -> list[str]:
         """Partitions short of their end: where they stand, and which worker owns them."""
         async with connect(self.pg.dsn) as conn:
             rows = await conn.fetch(
                 "SELECT topic, partition, next_offset, epoch, owner FROM consumer_offsets"
                 " WHERE group_id = $1",
-                self.settings.gallery.group_id,
+                group,
             )
         at = {(r["topic"], r["partition"]): r for r in rows}
         return [
             f"{t}[{p}] at {at[(t, p)]['next_offset'] if (t, p) in at else None} of {end}"
             f" (epoch {at[(t, p)]['epoch'] if (t, p) in at else None},"
             f" owner {at[(t, p)]['owner'] if (t, p) in at else None})"
-            for (t, p), end in sorted(self.ends.items())
+            for (t, p), end in sorted(ends.items())
             if (t, p) not in at or at[(t, p)]["next_offset"] < end
         ]
 
@@ -315,6 +324,13 @@ class Run:
             name = self._start_worker(command, crash_points=False)
             self.log(f"  fault: {name} joins")
         elif kind == "leave" and len(alive) > 1 and settled:
+            if not await self._settled(workers):
+                self.log(f"  fault: leave of a {command} worker skipped, its group never settled")
+                return
+            alive = workers.alive()
+            settled = [n for n in alive if workers.age_s(n) > 5]
+            if len(alive) < 2 or not settled:
+                return
             name = rng.choice(settled)
             code = await workers.leave(name)
             self.log(f"  fault: {name} leaves (exit {code})")
@@ -347,6 +363,22 @@ class Run:
         else:
             return
         self.result.faults.append(kind)
+
+    async def _settled(self, workers: Workers) -> bool:
+        """Wait for the job's group to be quiet long enough to have finished rebalancing.
+
+        Tansu 0.6.0 never completes a rebalance in which a member leaves (LeaveGroup)
+        while another is joining: the joiner, and every later member, waits forever
+        (reproduced with plain confluent-kafka clients, no streamer code:
+        ``python -m tests.chaos.tansu_group_stall``). A real Kafka broker completes it,
+        so a leave is injected only once the group is quiet.
+        """
+        deadline = time.monotonic() + LEAVE_WAIT_S
+        while time.monotonic() < deadline:
+            if workers.quiet_s() >= SETTLE_S:
+                return True
+            await asyncio.sleep(0.25)
+        return False
 
     async def phase(self, name: str, work: Awaitable[None], window_s: float) -> None:
         """``work`` (publishing) with the fault schedule running beside it, then a drain."""
