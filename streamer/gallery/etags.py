@@ -44,9 +44,12 @@ _STORE_ERRORS = (BaseError, OSError, RuntimeError)
 class EtagSource(Protocol):
     """Where a batch's ETags come from."""
 
-    async def lookup(self, keys: Collection[str]) -> dict[str, ObjectInfo | None]:
+    async def lookup(
+        self, keys: Collection[str], *, fresh: Collection[str] = ()
+    ) -> dict[str, ObjectInfo | None]:
         """Every key of ``keys`` (duplicates allowed) -> what is known of it, None if missing.
 
+        ``fresh``: keys a source that remembers (an index) must ask the store about anew.
         Raises ``ObjectStoreUnavailable`` (retriable) when the store cannot answer."""
         ...
 
@@ -98,7 +101,9 @@ class S3EtagSource:
             self._limit = asyncio.Semaphore(self._concurrency)
         return self._limit
 
-    async def lookup(self, keys: Collection[str]) -> dict[str, ObjectInfo | None]:
+    async def lookup(
+        self, keys: Collection[str], *, fresh: Collection[str] = ()
+    ) -> dict[str, ObjectInfo | None]:
         plan = plan_lookups(keys, self.sizes, self.mode)
         found: dict[str, ObjectInfo | None] = {}
         heads = list(plan.heads)

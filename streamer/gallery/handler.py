@@ -34,7 +34,7 @@ from confluent_kafka import Message
 
 from streamer.contract.codec import Codec
 from streamer.contract.events import EventType
-from streamer.contract.lean import LeanEvent, lean_fingerprint
+from streamer.contract.lean import RECHECK, GalleryInput, LeanRecheck, lean_fingerprint
 from streamer.contract.topics import TopicSettings
 from streamer.errors import DatabaseDataError, InvalidEvent, StreamerError
 from streamer.gallery.diff import SkuDiff, diff
@@ -64,7 +64,7 @@ __all__ = ["BatchReport", "GalleryHandler", "GalleryPlan"]
 
 log = logging.getLogger(__name__)
 
-Event = LeanEvent
+Event = GalleryInput
 # What keys_in_play starts from to name every object an event could need.
 _NOTHING_STORED = SkuState("")
 # Outcomes after which the same event may come back from a dead-letter replay and be applied.
@@ -193,23 +193,26 @@ class GalleryHandler:
         for msg in messages:
             topic = msg.topic() or ""
             try:
-                event = self.codec.decode_lean(msg.value())
+                event = self.codec.decode_gallery_input(msg.value())
             except StreamerError as exc:
                 if exc.retriable:
                     raise
                 consumed[(topic, "undecodable")] += 1
                 letters.append(self._letter(msg, exc))
                 continue
-            consumed[(topic, event.type.value)] += 1
+            # A re-check travels on the media topic, beside the events it re-applies.
+            kind = EventType.MEDIA if isinstance(event, LeanRecheck) else event.type
+            type_name = RECHECK if isinstance(event, LeanRecheck) else event.type.value
+            consumed[(topic, type_name)] += 1
             expected = self._topic_types.get(topic)
             key = msg.key()
             try:
                 key_text = key.decode("utf-8") if key is not None else None
             except UnicodeDecodeError:
                 key_text = None
-            if expected is not None and event.type is not expected:
+            if expected is not None and kind is not expected:
                 err: StreamerError = InvalidEvent(
-                    f"{event.type.value} on topic {topic}, which carries {expected.value}",
+                    f"{type_name} on topic {topic}, which carries {expected.value}",
                     reason="wrong_topic",
                 )
                 letters.append(self._letter(msg, err, event.sku))
@@ -241,7 +244,9 @@ class GalleryHandler:
                 for its in by_sku.values()
             )
         )
-        lookup = asyncio.ensure_future(self._lookup(paths))
+        # Re-checked objects changed after the index may have been read: asked afresh.
+        fresh = {p for i in items if isinstance(i.event, LeanRecheck) for p in i.event.file_paths}
+        lookup = asyncio.ensure_future(self._lookup(paths, fresh))
         try:
             states, seen = await self._load(by_sku, items)
             objects = await lookup
@@ -264,12 +269,17 @@ class GalleryHandler:
         self.metrics.db_read_latency.observe(time.perf_counter() - started)
         return states, seen
 
-    async def _lookup(self, paths: Collection[str]) -> dict[str, ObjectInfo | None]:
+    async def _lookup(
+        self, paths: Collection[str], fresh: Collection[str] = ()
+    ) -> dict[str, ObjectInfo | None]:
         if not paths:
             return {}
         key_of = {p: s3_key(self.s3_prefix, p) for p in paths}
+        fresh_keys = {key_of[p] for p in fresh if p in key_of}
         started = time.perf_counter()
-        found = await self.ctx.call("s3", lambda: self.etags.lookup(set(key_of.values())))
+        found = await self.ctx.call(
+            "s3", lambda: self.etags.lookup(set(key_of.values()), fresh=fresh_keys)
+        )
         self.metrics.etag_batch_latency.observe(time.perf_counter() - started)
         return {p: found.get(key) for p, key in key_of.items()}
 
@@ -467,12 +477,24 @@ class GalleryHandler:
             if n:
                 self.metrics.db_rows_written.labels(op).inc(n)
         self.metrics.outcome_events.inc(report.outcome_events)
+        for sku_results in plan.results.values():
+            for _item, done in sku_results:
+                if isinstance(done.event, LeanRecheck):
+                    self.metrics.rechecks.labels(_recheck_result(done)).inc()
         self.report.add(report)
         self._last = _Committed(
             finals=dict(plan.finals),
             seen={r.event_id: SeenEvent(r.fingerprint, r.outcome) for r in plan.outcome_rows},
         )
         self._commits += 1
+
+
+def _recheck_result(result: EventResult) -> str:
+    if result.outcome is EventOutcome.WRITTEN:
+        return "changed"
+    if result.outcome in (EventOutcome.PARTIAL, EventOutcome.DEAD_LETTERED):
+        return result.reason if result.reason in ("object_missing",) else "invalid"
+    return result.outcome.value  # noop, duplicate
 
 
 def _describe_invalid(result: EventResult) -> str:
