@@ -175,7 +175,7 @@ class GalleryHandler:
         self.metrics = GalleryMetrics(ctx.registry)
         self.repository = GalleryRepository(ctx.database)
         self.etags = self._etags or make_etag_source(
-            self.s3, self.settings.etag_source, self.metrics
+            self.s3, self.settings.etag_source, self.metrics, database=ctx.database
         )
 
     async def stop(self) -> None:

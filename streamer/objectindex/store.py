@@ -8,7 +8,7 @@ so two writers of one key cannot step back each other's row).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +22,7 @@ __all__ = [
     "IndexedObject",
     "Upserted",
     "galleries_using",
+    "live_under",
     "read_objects",
     "upsert_changes",
 ]
@@ -50,6 +51,12 @@ WHERE CASE
     ELSE EXCLUDED.event_time >= o.event_time
 END
 RETURNING o.key
+"""
+_UNDER = """
+SELECT key, etag, size_bytes, content_type, deleted, sequencer, event_time
+FROM objects
+WHERE bucket = $1 AND starts_with(key, $2) AND NOT deleted AND key COLLATE "C" > $3
+ORDER BY key COLLATE "C" LIMIT $4
 """
 _GALLERIES = """
 SELECT file_path, sku, etag FROM gallery_images WHERE file_path = ANY($1::text[])
@@ -104,6 +111,21 @@ async def read_objects(
     async with converted():
         rows = await conn.fetch(_SELECT, bucket, list(keys))
     return {r["key"]: _row(r) for r in rows}
+
+
+async def live_under(
+    conn: asyncpg.Connection, bucket: str, prefix: str, *, page: int = 5000
+) -> AsyncIterator[IndexedObject]:
+    """Every key the index holds as present under ``prefix``, in key order, page by page."""
+    after = ""
+    while True:
+        async with converted():
+            rows = await conn.fetch(_UNDER, bucket, prefix, after, page)
+        for r in rows:
+            yield _row(r)
+        if len(rows) < page:
+            return
+        after = rows[-1]["key"]
 
 
 async def upsert_changes(
