@@ -34,11 +34,15 @@ from tests.integration.support import (
     fetch,
     media,
     prepare,
+    put_image,
     read_topic,
+    run_until_drained,
     wait_for,
 )
 
 pytestmark = pytest.mark.integration
+
+T_OLD = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def objects_settings(make_settings: Any, **overrides: Any) -> Settings:
@@ -343,7 +347,7 @@ async def test_reconcile_repairs_a_lost_notification_and_rechecks_its_galleries(
     bucket, prefix = settings.s3.s3_bucket, settings.s3.s3_prefix
     key_a, key_b = s3_key(prefix, "/r/a.jpg"), s3_key(prefix, "/r/b.jpg")
     s3_client.put_object(Bucket=bucket, Key=key_a, Body=b"new bytes")  # its notification: lost
-    old = datetime(2026, 1, 1, tzinfo=UTC)
+    old = T_OLD
     conn = await asyncpg.connect(settings.database.dsn)
     try:
         async with conn.transaction():
@@ -380,3 +384,56 @@ async def test_reconcile_repairs_a_lost_notification_and_rechecks_its_galleries(
     again = await reconcile(settings, make_handler(settings))
     assert (again.missing, again.stale, again.gone, again.rechecks) == ([], [], [], 0)
     assert again.listed == 1
+
+
+async def test_index_etag_source_asks_s3_only_for_misses_and_records_them(
+    make_settings, s3_client
+) -> None:
+    settings = objects_settings(make_settings, etag_source="index")
+    bucket, prefix = settings.s3.s3_bucket, settings.s3.s3_prefix
+    etag_a = put_image(s3_client, settings, "/i/a.jpg", b"a")
+    etag_b = put_image(s3_client, settings, "/i/b.jpg", b"b")
+    put_image(s3_client, settings, "/i/c.jpg", b"c")  # present in S3, deleted in the index
+    conn = await asyncpg.connect(settings.database.dsn)
+    try:
+        async with conn.transaction():
+            await upsert_changes(
+                conn,
+                [
+                    ObjectChange(bucket, s3_key(prefix, "/i/a.jpg"), False, etag_a, 1, T_OLD),
+                    ObjectChange(bucket, s3_key(prefix, "/i/c.jpg"), True, None, None, T_OLD),
+                ],
+                source="notification",
+            )
+    finally:
+        await conn.close()
+    sender = Sender(settings)
+    images = [{"file_path": p} for p in ("/i/a.jpg", "/i/b.jpg", "/i/c.jpg")]
+    sender.send([media("SKU-I", 1, images)])
+    registry = new_registry()
+    await run_until_drained(settings, sender.ends, registry=registry)
+
+    def sample(name: str, labels: dict[str, str]) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    assert sample("streamer_s3_requests_total", {"operation": "head"}) == 1  # b alone
+    assert sample("streamer_object_index_lookups_total", {"result": "hit"}) == 2
+    assert sample("streamer_object_index_lookups_total", {"result": "miss"}) == 1
+    stored = await fetch(settings, "SELECT file_path, etag FROM gallery_images ORDER BY 1")
+    assert [(r["file_path"], r["etag"]) for r in stored] == [
+        ("/i/a.jpg", etag_a),
+        ("/i/b.jpg", etag_b),
+    ]
+    assert [d.reason for d in dead_letters(settings)] == ["object_missing"]  # c, as the index says
+    indexed = await fetch(
+        settings, "SELECT etag, source FROM objects WHERE key = $1", s3_key(prefix, "/i/b.jpg")
+    )
+    assert [(r["etag"], r["source"]) for r in indexed] == [(etag_b, "lookup")]
+
+    # A re-sync of what is stored: every key a hit, no S3 request at all.
+    sender.send([media("SKU-I", 2, images[:2])])
+    again = new_registry()
+    await run_until_drained(settings, sender.ends, registry=again)
+    assert (again.get_sample_value("streamer_s3_requests_total", {"operation": "head"}) or 0) == 0
+    assert (again.get_sample_value("streamer_s3_requests_total", {"operation": "list"}) or 0) == 0
+    assert again.get_sample_value("streamer_object_index_lookups_total", {"result": "hit"}) == 2
