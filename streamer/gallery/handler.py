@@ -25,9 +25,11 @@ import asyncio
 import dataclasses
 import logging
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Message
@@ -52,6 +54,7 @@ from streamer.gallery.repository import (
 )
 from streamer.gallery.settings import GallerySettings
 from streamer.gallery.state import ObjectInfo, SkuState
+from streamer.objectindex.store import read_objects_locked
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.deadletters import DeadLetter
 from streamer.runtime.handler import Batch, HandlerContext, Output, OutputMessage
@@ -153,6 +156,7 @@ class GalleryHandler:
         self.group_id = settings.group_id
         self.topics = (topics.product_topic, topics.media_topic)
         self.outcome_topic = topics.outcome_topic
+        self.media_topic = topics.media_topic
         self.s3 = s3
         self.s3_prefix = s3.s3_prefix
         self.codec = codec
@@ -463,7 +467,58 @@ class GalleryHandler:
                 )
             )
         plan.report.outcome_events = len(output.messages)
+        if self.settings.etag_source == "index":
+            output.messages.extend(await self._behind_the_bucket(tx, plan))
         return output
+
+    async def _behind_the_bucket(self, tx: Transaction, plan: GalleryPlan) -> list[OutputMessage]:
+        """Re-checks of images this batch stores with bytes the index says are gone.
+
+        An object overwritten while this batch looked it up and wrote it: the objects job
+        may have looked for the galleries using it before this batch committed. The index
+        rows are read under a share lock (``read_objects_locked``), so either that job saw
+        this batch's rows, or this batch sees its newer row here and asks itself to look
+        again (from S3, in the SKU's partition order, like any re-check).
+        """
+        written: dict[str, dict[str, str]] = {}  # key -> sku -> etag written
+        paths: dict[str, str] = {}
+        for sku, d in plan.diffs.items():
+            for img in (*d.inserts, *d.content_changes):
+                key = s3_key(self.s3_prefix, img.file_path)
+                written.setdefault(key, {})[sku] = img.etag
+                paths[key] = img.file_path
+        if not written:
+            return []
+        rows = await read_objects_locked(tx.conn, self.s3.s3_bucket, written)
+        behind: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for key, row in rows.items():
+            for sku, etag in written[key].items():
+                if row.deleted or row.etag != etag:
+                    behind[sku].append((paths[key], row.etag or "deleted"))
+        out: list[OutputMessage] = []
+        for sku, hits in sorted(behind.items()):
+            marks = ",".join(f"{p}@{e}" for p, e in sorted(hits))
+            event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"streamer:behind:{sku}:{marks}"))
+            record = {
+                "event_id": event_id,
+                "sku": sku,
+                "occurred_at": datetime.now(UTC),
+                "source": "streamer-gallery",
+                "file_paths": sorted({p for p, _ in hits}),
+            }
+            out.append(
+                OutputMessage(
+                    topic=self.media_topic,
+                    value=self.codec.encode_record(
+                        record, type_name=RECHECK, topic=self.media_topic
+                    ),
+                    key=sku.encode(),
+                    token=("recheck", event_id),
+                )
+            )
+        if out:
+            log.info("%d galleries stored behind the bucket: re-checks published", len(out))
+        return out
 
     def committed(self, plan: GalleryPlan, output: Output) -> None:
         report = plan.report

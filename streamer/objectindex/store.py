@@ -24,6 +24,7 @@ __all__ = [
     "galleries_using",
     "live_under",
     "read_objects",
+    "read_objects_locked",
     "upsert_changes",
 ]
 
@@ -32,6 +33,7 @@ SELECT key, etag, size_bytes, content_type, deleted, sequencer, event_time
 FROM objects WHERE bucket = $1 AND key = ANY($2::text[])
 """
 _LOCK = _SELECT + " ORDER BY key FOR UPDATE"
+_SHARE = _SELECT + " ORDER BY key FOR SHARE"
 # The same order rule as records.newer, for a row someone else wrote after our read.
 _UPSERT = """
 INSERT INTO objects AS o
@@ -110,6 +112,23 @@ async def read_objects(
         return {}
     async with converted():
         rows = await conn.fetch(_SELECT, bucket, list(keys))
+    return {r["key"]: _row(r) for r in rows}
+
+
+async def read_objects_locked(
+    conn: asyncpg.Connection, bucket: str, keys: Collection[str]
+) -> dict[str, IndexedObject]:
+    """``read_objects`` holding a share lock on the rows until the transaction ends.
+
+    A gallery writing images takes it: an index write of the same keys (which locks them for
+    update, then looks for the galleries using them) either waits for the gallery's commit
+    and then sees its rows, or commits first and is seen here. Either way one side notices
+    a gallery stored with bytes the bucket no longer has.
+    """
+    if not keys:
+        return {}
+    async with converted():
+        rows = await conn.fetch(_SHARE, bucket, sorted(keys))
     return {r["key"]: _row(r) for r in rows}
 
 

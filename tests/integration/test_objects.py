@@ -437,3 +437,81 @@ async def test_index_etag_source_asks_s3_only_for_misses_and_records_them(
     assert (again.get_sample_value("streamer_s3_requests_total", {"operation": "head"}) or 0) == 0
     assert (again.get_sample_value("streamer_s3_requests_total", {"operation": "list"}) or 0) == 0
     assert again.get_sample_value("streamer_object_index_lookups_total", {"result": "hit"}) == 2
+
+
+class StaleThenIndexed:
+    """An ETag source that answers with the bytes the object had, while the index moves on
+    to the new ones (the objects job committing between this batch's look-up and its write,
+    too early to see the gallery's row)."""
+
+    def __init__(self, settings: Settings, key: str, old: str, new: str) -> None:
+        from streamer.gallery.etags import make_etag_source
+
+        self.settings, self.key, self.old, self.new = settings, key, old, new
+        self.s3 = make_etag_source(settings.s3)
+        self.fresh_calls = 0
+
+    async def lookup(self, keys: Any, *, fresh: Any = ()) -> dict[str, Any]:
+        from streamer.gallery.state import ObjectInfo
+
+        if fresh:
+            self.fresh_calls += 1
+            return await self.s3.lookup(keys)
+        conn = await asyncpg.connect(self.settings.database.dsn)
+        try:
+            async with conn.transaction():
+                await upsert_changes(
+                    conn,
+                    [
+                        ObjectChange(
+                            self.settings.s3.s3_bucket,
+                            self.key,
+                            False,
+                            self.new,
+                            3,
+                            datetime.now(UTC),
+                        )
+                    ],
+                    source="notification",
+                )
+        finally:
+            await conn.close()
+        return {k: ObjectInfo(self.old, 3) for k in keys}
+
+    async def close(self) -> None:
+        await self.s3.close()
+
+
+async def test_a_gallery_written_behind_the_index_rechecks_itself(make_settings, s3_client) -> None:
+    settings = objects_settings(make_settings, etag_source="index")
+    new = put_image(s3_client, settings, "/race/a.jpg", b"new")
+    key = s3_key(settings.s3.s3_prefix, "/race/a.jpg")
+    source = StaleThenIndexed(settings, key, "old-etag", new)
+    sender = Sender(settings)
+    sender.send([media("SKU-RACE", 1, [{"file_path": "/race/a.jpg"}])])
+    worker = GalleryWorker(
+        settings, registry=new_registry(), install_signal_handlers=False, etags=source
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+
+    async def caught_up() -> bool:
+        if task.done():
+            task.result()
+        rows = await fetch(settings, "SELECT etag, content_version FROM gallery_images")
+        return [(r["etag"], r["content_version"]) for r in rows] == [(new, 2)]
+
+    try:
+        await wait_for(caught_up, timeout_s=60, what="the gallery to re-check itself")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+    assert source.fresh_calls == 1
+    codec = Codec()
+    updates = [
+        codec.decode(m.value()).data for m in read_topic(settings, settings.topics.outcome_topic)
+    ]
+    assert [(u["content_changed"], u["images"][0]["etag"]) for u in updates] == [
+        (["/race/a.jpg"], "old-etag"),
+        (["/race/a.jpg"], new),
+    ]
