@@ -46,10 +46,8 @@ T_OLD = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def objects_settings(make_settings: Any, **overrides: Any) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    settings: Settings = make_settings(
-        objects_topic=f"t{tag}.catalog.objects.v1", objects_group_id=f"obj-{tag}", **overrides
-    )
+    """A test's settings (its own notification topic and group too), with every topic made."""
+    settings: Settings = make_settings(**overrides)
     prepare(settings)
     from confluent_kafka.admin import AdminClient, NewTopic
 
