@@ -87,7 +87,7 @@ def reconcile(
     if as_json:
         print(json.dumps({**summary, "keys": {k: v[:limit] for k, v in kinds.items()}}, indent=2))
         return
-    table = Table("kind", "keys", title=f"index of {settings.s3.s3_bucket} under {report.prefix!r}")
+    table = Table("kind", "keys", title=f"s3://{settings.s3.s3_bucket}/{report.prefix}")
     for name in ("listed", "missing", "stale", "gone", "repaired", "rechecks"):
         table.add_row(name, str(summary[name]))
     Console().print(table)
