@@ -18,7 +18,7 @@ from streamer.errors import DependencyUnavailable
 from streamer.gallery.etags import EtagSource
 from streamer.gallery.metrics import GalleryMetrics
 from streamer.gallery.state import ObjectInfo
-from streamer.objectindex.records import ObjectChange
+from streamer.objectindex.records import OBSERVATION_SKEW, ObjectChange
 from streamer.objectindex.store import read_objects, upsert_changes
 from streamer.runtime.database import Database
 
@@ -64,7 +64,7 @@ class IndexEtagSource:
             self._hits.inc(len(found))
             self._misses.inc(len(misses))
         if misses:
-            asked_at = datetime.now(UTC)
+            asked_at = datetime.now(UTC) - OBSERVATION_SKEW
             looked = await self.fallback.lookup(misses)
             found.update(looked)
             await self._record(looked, asked_at)

@@ -14,13 +14,14 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote_plus
 
 from streamer.errors import DecodeError
 
 __all__ = [
+    "OBSERVATION_SKEW",
     "ObjectChange",
     "Parsed",
     "latest_per_key",
@@ -29,6 +30,11 @@ __all__ = [
     "sequencer_key",
 ]
 
+# An observation of this host (a look-up, a key absent from a listing) is dated this much
+# earlier than its own clock says: S3's clock (the notifications' event time) and this host's
+# may differ, and a notification of a change near the observation must win over it.
+OBSERVATION_SKEW = timedelta(minutes=5)
+_MAX_SIZE = 2**63 - 1
 _R2_CREATED = frozenset({"PutObject", "CopyObject", "CompleteMultipartUpload"})
 _R2_DELETED = frozenset({"DeleteObject", "LifecycleDeletion"})
 
@@ -98,7 +104,7 @@ def _etag(value: Any) -> str | None:
 def _size(value: Any) -> int | None:
     if value is None:
         return None
-    if type(value) is not int or value < 0:
+    if type(value) is not int or not 0 <= value <= _MAX_SIZE:
         raise _bad(f"size {value!r} is not a byte count")
     return value
 
@@ -113,6 +119,12 @@ def _sequencer(value: Any) -> str | None:
     except ValueError:
         raise _bad(f"sequencer {value!r} is not hexadecimal") from None
     return value.upper()
+
+
+def _key(key: str) -> str:
+    if "\x00" in key:  # PostgreSQL text cannot hold it; no gallery path can name it either
+        raise _bad(f"object key {key[:80]!r} contains a NUL character")
+    return key
 
 
 def _s3_record(record: Any, parsed: Parsed) -> None:
@@ -142,7 +154,7 @@ def _s3_record(record: Any, parsed: Parsed) -> None:
     parsed.changes.append(
         ObjectChange(
             bucket=bucket_name,
-            key=unquote_plus(raw_key),
+            key=_key(unquote_plus(raw_key)),
             deleted=deleted,
             etag=etag,
             size=None if deleted else _size(obj.get("size")),
@@ -176,7 +188,7 @@ def _r2_message(body: Mapping[str, Any], parsed: Parsed) -> None:
     parsed.changes.append(
         ObjectChange(
             bucket=bucket,
-            key=key,  # R2 sends keys as they are
+            key=_key(key),  # R2 sends keys as they are
             deleted=deleted,
             etag=etag,
             size=None if deleted else _size(obj.get("size")),

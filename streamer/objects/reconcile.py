@@ -2,8 +2,9 @@
 were lost, and the galleries that use a repaired object re-checked.
 
 Safe beside running consumers: a listed object is recorded with its LastModified as
-event time and an object the index holds but the listing does not as deleted at the
-time the listing began, through the same newer-only rule as notifications. So a
+event time and an object the index holds but the listing does not as deleted a few minutes
+before the listing began (``OBSERVATION_SKEW``: this host's clock is not S3's), through the
+same newer-only rule as notifications. So a
 notification of a change made during the listing wins over what the listing saw.
 The index's keys under the prefix are held in memory during the run: ``--prefix``
 bounds a run over a very large bucket.
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from streamer.objectindex.records import ObjectChange
+from streamer.objectindex.records import OBSERVATION_SKEW, ObjectChange
 from streamer.objectindex.store import live_under, read_objects
 from streamer.objects.handler import ObjectsHandler, ObjectsPlan
 from streamer.runtime.checkpoint import Transaction
@@ -72,7 +73,7 @@ async def reconcile(
         base = settings.s3.s3_prefix.strip("/")
         prefix = f"{base}/" if base else ""
     report = ReconcileReport(prefix)
-    started = datetime.now(UTC)
+    started = datetime.now(UTC) - OBSERVATION_SKEW
     client = make_s3_client(settings.s3)
     database = Database(settings.database)
     publisher = Publisher(settings.kafka)

@@ -108,6 +108,8 @@ def test_r2_queue_message() -> None:
         (json.dumps({"Records": [s3_record(sequencer="xyz")]}).encode(), "invalid_notification"),
         (json.dumps({"Records": [s3_record(when="yesterday")]}).encode(), "invalid_notification"),
         (json.dumps({"Records": [s3_record(size=-1)]}).encode(), "invalid_notification"),
+        (json.dumps({"Records": [s3_record(size=2**64)]}).encode(), "invalid_notification"),
+        (json.dumps({"Records": [s3_record(key="a%00b.jpg")]}).encode(), "invalid_notification"),
         (json.dumps({"hello": 1}).encode(), "invalid_notification"),
         (None, "null_value"),
     ],
