@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from streamer.cli import app
 from streamer.errors import ConfigError
+from streamer.ops.metrics import registry_with_every_metric
 from streamer.settings import Settings, load_settings
 from tests.deploy.support import DEPLOY, ROOT
 
@@ -688,3 +689,14 @@ def test_k8s_api_deployment_and_service(monkeypatch: pytest.MonkeyPatch) -> None
     assert spec["terminationGracePeriodSeconds"] > float(configured("shutdown_grace_s"))
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_metrics_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    names = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in registry_with_every_metric().collect()
+        if family.name.startswith("streamer_")
+    }
+    missing = sorted(n for n in names if f"| `{n}` |" not in readme)
+    assert missing == [], f"metrics missing from the README's metrics reference: {missing}"
