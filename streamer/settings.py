@@ -18,6 +18,7 @@ from streamer.config import Section, default_env_file, load_section
 from streamer.contract.topics import TopicSettings
 from streamer.forward.settings import ForwardSettings
 from streamer.gallery.settings import GallerySettings
+from streamer.objects.settings import ObjectsSettings
 from streamer.replicate.settings import ReplicaSettings
 from streamer.runtime.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
 from streamer.storage.settings import S3Settings
@@ -39,6 +40,7 @@ class Settings(BaseModel):
     tracking: TrackingSettings
     api: ApiSettings
     replica: ReplicaSettings
+    objects: ObjectsSettings
 
     @classmethod
     def sections(cls) -> dict[str, type[Section]]:

@@ -90,6 +90,8 @@ def make_settings(stack: StackState, _databases: list[str]) -> Callable[..., Set
             "outcome_topic": f"t{tag}.catalog.gallery.updated.v1",
             "import_completed_topic": f"t{tag}.catalog.import.completed.v1",
             "dlq_topic": f"t{tag}.catalog.gallery.dlq",
+            "objects_topic": f"t{tag}.catalog.objects.v1",
+            "objects_group_id": f"obj-{tag}",
             "group_id": f"g-{tag}",
             "forward_group_id": f"fwd-{tag}",
             "topic_partitions": 4,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from streamer.cli import api, dev, forward, gallery, ops, publish, replicate
+from streamer.cli import api, dev, forward, gallery, objects, ops, publish, replicate
 
 __all__ = ["app", "main"]
 
@@ -22,6 +22,7 @@ app.command("serve")(api.serve)
 app.add_typer(gallery.gallery_app, name="gallery")
 app.add_typer(forward.forward_app, name="forward")
 app.add_typer(replicate.replicate_app, name="replicate")
+app.add_typer(objects.objects_app, name="objects")
 app.add_typer(ops.dlq_app, name="dlq")
 app.command("status")(ops.status)
 app.add_typer(ops.topics_app, name="topics")

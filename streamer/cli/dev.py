@@ -109,13 +109,22 @@ def bench(
         str | None, typer.Option("--etag-source", help="auto, head or list")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
+    phase: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--phase",
+            help="run only these phases (repeatable): first_sync, noop_resync, "
+            "noop_resync_index, naive_noop_resync",
+        ),
+    ] = None,
     forward: Annotated[
         int | None,
         typer.Option("--forward", help="instead: N events through the webhook forwarder"),
     ] = None,
 ) -> None:
     """Throughput benchmark on the configured stack: ceilings of the parts, then first sync,
-    no-op re-sync and the naive consumer's no-op re-sync, each beside what binds it (or, with
+    no-op re-sync (S3 look-ups, then the object index) and the naive consumer's no-op re-sync,
+    each beside what binds it (or, with
     --forward N, webhook deliveries/s to a local receiver, single and batched)."""
     from streamer.dev.bench import format_table, run_benchmark
 
@@ -135,6 +144,7 @@ def bench(
                 images_per_sku=images,
                 n_objects=objects,
                 naive_events=naive_events,
+                phases=phase or None,
                 log=lambda line: err_console.print(line, markup=False, highlight=False),
             )
         )

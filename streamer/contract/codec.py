@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from streamer.contract.events import EventType, MediaGalleryChanged, ProductChanged, parse_event
-from streamer.contract.lean import LeanEvent, lean_event
+from streamer.contract.lean import RECHECK, GalleryInput, LeanEvent, lean_event, lean_recheck
 from streamer.contract.schemas import KnownSchema, current_schemas, known_schemas
 from streamer.errors import DecodeError, SchemaRegistryUnavailable
 
@@ -207,6 +207,15 @@ class Codec:
         """The validated model of a message (tools, tests)."""
         decoded = self._source_event(value)
         return parse_event(decoded.type_name, decoded.data)
+
+    def decode_gallery_input(self, value: bytes | None) -> GalleryInput:
+        """What the gallery job consumes: a source event, or a re-check of a gallery's objects."""
+        decoded = self.decode(value)
+        if decoded.type_name == RECHECK:
+            return lean_recheck(decoded.data)
+        if decoded.type_name not in (EventType.PRODUCT.value, EventType.MEDIA.value):
+            raise DecodeError(f"{decoded.type_name} is not a source event", reason="unknown_schema")
+        return lean_event(decoded.type_name, decoded.data)
 
     def decode_lean(self, value: bytes | None) -> LeanEvent:
         """The same event as ``decode_event``, as the consumer's hot path carries it."""

@@ -38,17 +38,21 @@ from streamer.contract.events import (
     parse_event,
     utc_millis,
 )
-from streamer.errors import ImageInvalid
+from streamer.errors import ImageInvalid, InvalidEvent
 
 __all__ = [
+    "RECHECK",
+    "GalleryInput",
     "LeanEvent",
     "LeanImage",
     "LeanMedia",
     "LeanProduct",
+    "LeanRecheck",
     "lean_event",
     "lean_fingerprint",
     "lean_image",
     "lean_of",
+    "lean_recheck",
 ]
 
 _CONTROL = frozenset(chr(c) for c in (*range(0x20), *range(0x7F, 0xA0)))
@@ -101,6 +105,24 @@ class LeanMedia(_LeanCommon):
 
 
 LeanEvent = LeanProduct | LeanMedia
+
+RECHECK = "GalleryRecheck"
+
+
+@dataclass(frozen=True, slots=True)
+class LeanRecheck:
+    """A re-check of a stored gallery's objects (``GalleryRecheck``): no version of its own,
+    no request; it changes what the objects say, never the gallery's versions."""
+
+    event_id: str
+    sku: str
+    occurred_at: datetime
+    source: str
+    file_paths: tuple[str, ...]
+    request_id: None = None
+
+
+GalleryInput = LeanProduct | LeanMedia | LeanRecheck
 
 _PRODUCT_FIELDS = frozenset(f for f in LeanProduct.__dataclass_fields__ if f != "type")
 _MEDIA_FIELDS = frozenset(f for f in LeanMedia.__dataclass_fields__ if f != "type")
@@ -222,6 +244,32 @@ def lean_event(type_name: str, record: Mapping[str, Any]) -> LeanEvent:
         return lean_of(parse_event(type_name, dict(record)))
 
 
+def lean_recheck(record: Mapping[str, Any]) -> LeanRecheck:
+    """The re-check of a decoded ``GalleryRecheck`` record, or ``InvalidEvent``."""
+    try:
+        paths = record["file_paths"]
+        if type(paths) is not list or not 1 <= len(paths) <= MAX_IMAGES_PER_EVENT:
+            raise _Refused
+        source = record["source"]
+        if type(source) is not str or not 1 <= len(source) <= 255:
+            raise _Refused
+        occurred_at = record["occurred_at"]
+        if not isinstance(occurred_at, datetime):
+            raise _Refused
+        return LeanRecheck(
+            _event_id(record["event_id"]),
+            _sku(record["sku"]),
+            utc_millis(occurred_at),
+            source,
+            tuple(dict.fromkeys(normalize_file_path(p) for p in paths)),
+        )
+    except (_Refused, KeyError, TypeError, ImageInvalid) as exc:
+        raise InvalidEvent(
+            f"GalleryRecheck is invalid: {getattr(exc, 'message', None) or type(exc).__name__}",
+            reason="invalid_recheck",
+        ) from None
+
+
 def lean_of(event: ProductChanged | MediaGalleryChanged) -> LeanEvent:
     """The lean value of a validated model (JSON input, tests)."""
     if isinstance(event, ProductChanged):
@@ -262,7 +310,7 @@ def _lean_image_of(image: Image) -> LeanImage:
     )
 
 
-def lean_fingerprint(event: LeanEvent) -> str:
+def lean_fingerprint(event: GalleryInput) -> str:
     """``events.fingerprint`` of the same event: the model's JSON (its fields in its order,
     serialised by pydantic-core), so the same digest."""
     data: dict[str, Any] = {name: getattr(event, name) for name in event.__dataclass_fields__}

@@ -18,7 +18,13 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 __all__ = ["KnownSchema", "current_schemas", "known_schemas", "schema_dir"]
 
 NAMESPACE = "io.streamer.catalog"
-EVENT_TYPES = ("ProductChanged", "MediaGalleryChanged", "GalleryUpdated", "ImportCompleted")
+EVENT_TYPES = (
+    "ProductChanged",
+    "MediaGalleryChanged",
+    "GalleryUpdated",
+    "ImportCompleted",
+    "GalleryRecheck",
+)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ galleries (``loadgen``) and measures, in one run on the configured stack:
   listed keys/s through streamer's own client at its own concurrency, and
   PostgreSQL's raw upsert rows/s with the gallery's own statement;
 - the phases, in ``PHASES`` order: ``first_sync`` (one worker drains the catalog),
-  ``noop_resync`` (the same galleries again, newer versions: nothing to write) and
+  ``noop_resync`` (the same galleries again, newer versions: nothing to write),
+  ``noop_resync_index`` (the same again with ``STREAMER_ETAG_SOURCE=index``, the object
+  index filled beforehand as ``objects reconcile`` fills it: no S3 request) and
   ``naive_noop_resync`` (the same re-sync through ``naive.run_naive``).
 
 Each phase reports events, seconds, events/s, images/s, the process's CPU per event
@@ -37,9 +39,11 @@ from streamer.contract.events import MediaGalleryChanged
 from streamer.contract.publishing import EventPublisher
 from streamer.dev.loadgen import generate_catalog, object_paths, upload_objects
 from streamer.dev.naive import run_naive
-from streamer.gallery.etags import S3EtagSource
+from streamer.gallery.etags import EtagSource, S3EtagSource
 from streamer.gallery.repository import _UPSERT_IMAGE
 from streamer.gallery.worker import GalleryWorker
+from streamer.objects.reconcile import reconcile
+from streamer.objects.worker import make_handler
 from streamer.ops.schema import migrate_all
 from streamer.ops.topics import create_topics
 from streamer.runtime.database import connect
@@ -411,13 +415,27 @@ async def measure_ceilings(ctx: BenchContext, first_sync_ends: dict[TP, int]) ->
 # -- phases -------------------------------------------------------------------------------
 
 
+def _s3_source(etags: EtagSource) -> EtagSource:
+    """The S3 look-up behind a source (the index's fallback, or the source itself)."""
+    fallback: EtagSource = getattr(etags, "fallback", etags)
+    return fallback
+
+
 async def worker_phase(
-    ctx: BenchContext, name: str, ends: dict[TP, int], events: int, images: int, timeout_s: float
+    ctx: BenchContext,
+    name: str,
+    ends: dict[TP, int],
+    events: int,
+    images: int,
+    timeout_s: float,
+    settings: Settings | None = None,
 ) -> Phase:
     """One in-process worker drains what was published; the clock starts once it owns its
     partitions, so the group join is not counted."""
     registry = new_registry()
-    worker = GalleryWorker(ctx.settings, registry=registry, install_signal_handlers=False)
+    worker = GalleryWorker(
+        settings or ctx.settings, registry=registry, install_signal_handlers=False
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -425,7 +443,7 @@ async def worker_phase(
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
-        etags = worker.handler.etags
+        etags = _s3_source(worker.handler.etags)
         before = dict(etags.totals) if isinstance(etags, S3EtagSource) else {}
         with peak_rss() as peak:
             threads0, machine0 = _thread_cpu_s(), _machine_busy()
@@ -477,6 +495,23 @@ async def noop_resync(ctx: BenchContext) -> Phase:
     return await worker_phase(ctx, "noop_resync", ends, n, n * ctx.images_per_sku, 900)
 
 
+async def noop_resync_index(ctx: BenchContext) -> Phase:
+    """The no-op re-sync with ETags from the object index (filled first, as ``objects
+    reconcile`` fills it, not measured): every key a hit, no S3 request."""
+    started = time.monotonic()
+    s = ctx.settings
+    report = await reconcile(s, make_handler(s), prefix=s3_key(s.s3.s3_prefix, "/"))
+    ctx.log(
+        f"noop_resync_index: index filled with {report.repaired:,} objects in "
+        f"{time.monotonic() - started:.1f}s ({report.rechecks} re-checks)"
+    )
+    n, ends = publish_catalog(ctx, "noop_resync_index")
+    indexed = ctx.settings.replace(etag_source="index")
+    return await worker_phase(
+        ctx, "noop_resync_index", ends, n, n * ctx.images_per_sku, 900, settings=indexed
+    )
+
+
 async def naive_noop_resync(ctx: BenchContext) -> Phase:
     """The no-op re-sync's own messages, through the naive consumer (a subset: it is slow)."""
     limit = min(ctx.naive_events, ctx.n_skus)
@@ -504,6 +539,7 @@ async def naive_noop_resync(ctx: BenchContext) -> Phase:
 PHASES: dict[str, Callable[[BenchContext], Awaitable[Phase]]] = {
     "first_sync": first_sync,
     "noop_resync": noop_resync,
+    "noop_resync_index": noop_resync_index,
     "naive_noop_resync": naive_noop_resync,
 }
 
@@ -603,6 +639,7 @@ async def run_benchmark(
         media_topic=f"bench-{run}.catalog.media.v1",
         outcome_topic=f"bench-{run}.catalog.gallery.updated.v1",
         dlq_topic=f"bench-{run}.catalog.gallery.dlq",
+        objects_topic=f"bench-{run}.catalog.objects.v1",
         group_id=f"streamer-bench-{run}",
         metrics_port=0,
     )

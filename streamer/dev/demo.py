@@ -23,6 +23,7 @@ from streamer.contract.events import MediaGalleryChanged, ProductChanged
 from streamer.contract.publishing import EventPublisher
 from streamer.dev.demo_api import api_step
 from streamer.dev.demo_forward import show_forwarding
+from streamer.dev.demo_objects import show_objects
 from streamer.dev.demo_replicate import show_replication
 from streamer.dev.stack import DevStack
 from streamer.gallery.worker import GalleryWorker
@@ -410,6 +411,7 @@ class Demo:
         await show_replication(self, 9, skus)
         await show_forwarding(self, 10)
         await api_step(self, 11, skus)
+        await show_objects(self, 12, skus)
 
 
 def run_demo(home: Path, database_url: str | None, console: Console | None = None) -> bool:

@@ -58,10 +58,14 @@ class StackState(BaseModel):
     s3_bucket: str
     components: dict[str, ComponentState]
     pg_data_dir: str | None = None
+    # The SQS queue moto's bucket notifies of every put and delete (``objects consume``).
+    objects_sqs_url: str | None = None
 
     def env(self) -> dict[str, str]:
         """The settings other commands read (``streamer.config`` loads them from dev.env)."""
+        queue = {"STREAMER_OBJECTS_SQS_URL": self.objects_sqs_url} if self.objects_sqs_url else {}
         return {
+            **queue,
             "STREAMER_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "STREAMER_DATABASE_URL": self.database_url,
             "STREAMER_S3_ENDPOINT_URL": self.s3_endpoint_url,
@@ -191,6 +195,8 @@ class DevStack:
         self.home.mkdir(parents=True, exist_ok=True)
         previous = self.load()
         if previous is not None and all(self._healthy(c) for c in previous.components.values()):
+            if previous.objects_sqs_url is None:  # a stack started before notifications
+                previous.objects_sqs_url = self._notify_queue(previous.s3_endpoint_url)
             self._write(previous)
             return previous
         if previous is not None:
@@ -203,6 +209,7 @@ class DevStack:
             components["postgres"], pg_data_dir, admin_dsn = self._start_postgres()
             asyncio.run(ensure_database(admin_dsn, self.database))
             self._create_bucket(components["s3"].url)
+            queue_url = self._notify_queue(components["s3"].url)
         except BaseException:
             self._stop_components_list(list(components.values()), None)
             raise
@@ -213,6 +220,7 @@ class DevStack:
             s3_bucket=self.bucket,
             components=components,
             pg_data_dir=pg_data_dir,
+            objects_sqs_url=queue_url,
         )
         self._write(state)
         return state
@@ -328,16 +336,39 @@ class DevStack:
             admin,
         )
 
-    def _create_bucket(self, endpoint: str) -> None:
+    @staticmethod
+    def _client(service: str, endpoint: str) -> Any:
         import boto3
 
-        client = boto3.client(
-            "s3",
+        return boto3.client(  # type: ignore[call-overload]
+            service,
             endpoint_url=endpoint,
             region_name="us-east-1",
             aws_access_key_id="streamer-dev",
             aws_secret_access_key="streamer-dev",  # noqa: S106 - moto accepts any key
         )
+
+    def _notify_queue(self, endpoint: str) -> str:
+        """An SQS queue on moto (which serves SQS beside S3) that the bucket notifies of every
+        put and delete, as S3 notifies SQS on AWS: what ``streamer objects consume`` reads."""
+        sqs = self._client("sqs", endpoint)
+        url: str = sqs.create_queue(QueueName=f"{self.bucket}-objects")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        self._client("s3", endpoint).put_bucket_notification_configuration(
+            Bucket=self.bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {
+                        "QueueArn": arn["Attributes"]["QueueArn"],
+                        "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+                    }
+                ]
+            },
+        )
+        return url
+
+    def _create_bucket(self, endpoint: str) -> None:
+        client = self._client("s3", endpoint)
         existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
         if self.bucket not in existing:
             client.create_bucket(Bucket=self.bucket)

@@ -31,10 +31,12 @@ if TYPE_CHECKING:
     from obstore import GetOptions
     from obstore.store import S3Store
 
+    from streamer.runtime.database import Database
+
 __all__ = ["ETAG_SOURCES", "EtagSource", "S3EtagSource", "make_etag_source"]
 
 T = TypeVar("T")
-ETAG_SOURCES = ("auto", "head", "list")
+ETAG_SOURCES = ("auto", "head", "list")  # what S3EtagSource does; "index" stands in front
 _HEAD_ONLY: GetOptions = {"head": True}
 # What obstore raises when the store cannot answer (timeouts and refused connections are
 # OSErrors, a failing credential provider's error comes back as it was raised).
@@ -44,9 +46,12 @@ _STORE_ERRORS = (BaseError, OSError, RuntimeError)
 class EtagSource(Protocol):
     """Where a batch's ETags come from."""
 
-    async def lookup(self, keys: Collection[str]) -> dict[str, ObjectInfo | None]:
+    async def lookup(
+        self, keys: Collection[str], *, fresh: Collection[str] = ()
+    ) -> dict[str, ObjectInfo | None]:
         """Every key of ``keys`` (duplicates allowed) -> what is known of it, None if missing.
 
+        ``fresh``: keys a source that remembers (an index) must ask the store about anew.
         Raises ``ObjectStoreUnavailable`` (retriable) when the store cannot answer."""
         ...
 
@@ -98,7 +103,9 @@ class S3EtagSource:
             self._limit = asyncio.Semaphore(self._concurrency)
         return self._limit
 
-    async def lookup(self, keys: Collection[str]) -> dict[str, ObjectInfo | None]:
+    async def lookup(
+        self, keys: Collection[str], *, fresh: Collection[str] = ()
+    ) -> dict[str, ObjectInfo | None]:
         plan = plan_lookups(keys, self.sizes, self.mode)
         found: dict[str, ObjectInfo | None] = {}
         heads = list(plan.heads)
@@ -215,8 +222,19 @@ async def _all(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
 
 
 def make_etag_source(
-    s3: S3Settings, mode: str = "auto", metrics: GalleryMetrics | None = None
+    s3: S3Settings,
+    mode: str = "auto",
+    metrics: GalleryMetrics | None = None,
+    *,
+    database: Database | None = None,
 ) -> EtagSource:
+    if mode == "index":
+        from streamer.gallery.index_etags import IndexEtagSource
+
+        if database is None:
+            raise ValueError("the index ETag source reads the object index: it needs the database")
+        fallback = make_etag_source(s3, "auto", metrics)
+        return IndexEtagSource(database, s3.s3_bucket, fallback, metrics=metrics)
     return S3EtagSource(
         make_object_store(s3),
         mode=mode,

@@ -18,12 +18,19 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from streamer.contract.events import GalleryMode, ProductOp
-from streamer.contract.lean import LeanEvent, LeanImage, LeanMedia, LeanProduct, lean_fingerprint
+from streamer.contract.lean import (
+    GalleryInput,
+    LeanImage,
+    LeanMedia,
+    LeanProduct,
+    LeanRecheck,
+    lean_fingerprint,
+)
 from streamer.gallery.state import ObjectInfo, SkuState, StoredImage, display_order
 
 __all__ = ["EventOutcome", "EventResult", "FoldResult", "FoldRules", "fold", "keys_in_play"]
 
-Event = LeanEvent
+Event = GalleryInput
 
 
 class EventOutcome(StrEnum):
@@ -78,6 +85,9 @@ def keys_in_play(
                 product_version = event.version
                 if event.op is ProductOp.DELETE:
                     gallery_version = max(gallery_version, event.version)
+            continue
+        if isinstance(event, LeanRecheck):
+            paths.update(event.file_paths)
             continue
         if event.version < gallery_version:
             continue
@@ -242,6 +252,60 @@ def _apply_media(
     return new, invalid
 
 
+def _apply_recheck(
+    state: SkuState,
+    event: LeanRecheck,
+    objects: Mapping[str, ObjectInfo | None],
+    rules: FoldRules,
+    counts: Counter[str],
+) -> tuple[SkuState, list[LeanImage]]:
+    """The stored images of the re-checked paths, with what the objects say now. Paths the
+    gallery no longer holds are ignored; versions, metadata and roles stay as they are."""
+    images: dict[str, StoredImage] | None = None
+    invalid: list[LeanImage] = []
+    for path in event.file_paths:
+        old = state.images.get(path)
+        if old is None:
+            continue
+        info = objects.get(path)
+        if info is None:
+            invalid.append(
+                LeanImage(
+                    path,
+                    invalid_reason="object_missing",
+                    invalid_message=f"{path}: no object in S3 (deleted since it was stored)",
+                )
+            )
+            continue
+        if info.size > rules.max_image_bytes:
+            invalid.append(
+                LeanImage(
+                    path,
+                    invalid_reason="object_too_large",
+                    invalid_message=f"{path}: {info.size} bytes, over the "
+                    f"{rules.max_image_bytes}-byte limit",
+                )
+            )
+            continue
+        same_bytes = info.etag == old.etag
+        now = old._replace(
+            etag=info.etag,
+            size=info.size or (old.size if same_bytes else 0),
+            content_type=info.content_type or (old.content_type if same_bytes else None),
+            content_version=old.content_version + (0 if same_bytes else 1),
+        )
+        if now == old:
+            counts["unchanged"] += 1
+            continue
+        counts["metadata_changed" if same_bytes else "content_changed"] += 1
+        if images is None:
+            images = dict(state.images)
+        images[path] = now
+    for image in invalid:
+        counts[image.invalid_reason or "invalid"] += 1
+    return (state if images is None else replace(state, images=images)), invalid
+
+
 def fold(
     state: SkuState,
     events: Sequence[Event],
@@ -296,6 +360,11 @@ def fold(
                     exists=True,
                 )
             invalid: list[LeanImage] = []
+        elif isinstance(event, LeanRecheck):
+            if rules.image_limit == 0:
+                results.append(EventResult(event, EventOutcome.NOOP))
+                continue
+            new, invalid = _apply_recheck(current, event, objects, rules, counts)
         else:
             unknown_roles += sum(len(i.unknown_roles) for i in event.images)
             if event.version < current.gallery_version:

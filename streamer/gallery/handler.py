@@ -25,16 +25,18 @@ import asyncio
 import dataclasses
 import logging
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Message
 
 from streamer.contract.codec import Codec
 from streamer.contract.events import EventType
-from streamer.contract.lean import LeanEvent, lean_fingerprint
+from streamer.contract.lean import RECHECK, GalleryInput, LeanRecheck, lean_fingerprint
 from streamer.contract.topics import TopicSettings
 from streamer.errors import DatabaseDataError, InvalidEvent, StreamerError
 from streamer.gallery.diff import SkuDiff, diff
@@ -52,6 +54,7 @@ from streamer.gallery.repository import (
 )
 from streamer.gallery.settings import GallerySettings
 from streamer.gallery.state import ObjectInfo, SkuState
+from streamer.objectindex.store import read_objects_locked
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.deadletters import DeadLetter
 from streamer.runtime.handler import Batch, HandlerContext, Output, OutputMessage
@@ -64,7 +67,7 @@ __all__ = ["BatchReport", "GalleryHandler", "GalleryPlan"]
 
 log = logging.getLogger(__name__)
 
-Event = LeanEvent
+Event = GalleryInput
 # What keys_in_play starts from to name every object an event could need.
 _NOTHING_STORED = SkuState("")
 # Outcomes after which the same event may come back from a dead-letter replay and be applied.
@@ -153,6 +156,7 @@ class GalleryHandler:
         self.group_id = settings.group_id
         self.topics = (topics.product_topic, topics.media_topic)
         self.outcome_topic = topics.outcome_topic
+        self.media_topic = topics.media_topic
         self.s3 = s3
         self.s3_prefix = s3.s3_prefix
         self.codec = codec
@@ -175,7 +179,7 @@ class GalleryHandler:
         self.metrics = GalleryMetrics(ctx.registry)
         self.repository = GalleryRepository(ctx.database)
         self.etags = self._etags or make_etag_source(
-            self.s3, self.settings.etag_source, self.metrics
+            self.s3, self.settings.etag_source, self.metrics, database=ctx.database
         )
 
     async def stop(self) -> None:
@@ -193,23 +197,26 @@ class GalleryHandler:
         for msg in messages:
             topic = msg.topic() or ""
             try:
-                event = self.codec.decode_lean(msg.value())
+                event = self.codec.decode_gallery_input(msg.value())
             except StreamerError as exc:
                 if exc.retriable:
                     raise
                 consumed[(topic, "undecodable")] += 1
                 letters.append(self._letter(msg, exc))
                 continue
-            consumed[(topic, event.type.value)] += 1
+            # A re-check travels on the media topic, beside the events it re-applies.
+            kind = EventType.MEDIA if isinstance(event, LeanRecheck) else event.type
+            type_name = RECHECK if isinstance(event, LeanRecheck) else event.type.value
+            consumed[(topic, type_name)] += 1
             expected = self._topic_types.get(topic)
             key = msg.key()
             try:
                 key_text = key.decode("utf-8") if key is not None else None
             except UnicodeDecodeError:
                 key_text = None
-            if expected is not None and event.type is not expected:
+            if expected is not None and kind is not expected:
                 err: StreamerError = InvalidEvent(
-                    f"{event.type.value} on topic {topic}, which carries {expected.value}",
+                    f"{type_name} on topic {topic}, which carries {expected.value}",
                     reason="wrong_topic",
                 )
                 letters.append(self._letter(msg, err, event.sku))
@@ -241,7 +248,9 @@ class GalleryHandler:
                 for its in by_sku.values()
             )
         )
-        lookup = asyncio.ensure_future(self._lookup(paths))
+        # Re-checked objects changed after the index may have been read: asked afresh.
+        fresh = {p for i in items if isinstance(i.event, LeanRecheck) for p in i.event.file_paths}
+        lookup = asyncio.ensure_future(self._lookup(paths, fresh))
         try:
             states, seen = await self._load(by_sku, items)
             objects = await lookup
@@ -264,12 +273,17 @@ class GalleryHandler:
         self.metrics.db_read_latency.observe(time.perf_counter() - started)
         return states, seen
 
-    async def _lookup(self, paths: Collection[str]) -> dict[str, ObjectInfo | None]:
+    async def _lookup(
+        self, paths: Collection[str], fresh: Collection[str] = ()
+    ) -> dict[str, ObjectInfo | None]:
         if not paths:
             return {}
         key_of = {p: s3_key(self.s3_prefix, p) for p in paths}
+        fresh_keys = {key_of[p] for p in fresh if p in key_of}
         started = time.perf_counter()
-        found = await self.ctx.call("s3", lambda: self.etags.lookup(set(key_of.values())))
+        found = await self.ctx.call(
+            "s3", lambda: self.etags.lookup(set(key_of.values()), fresh=fresh_keys)
+        )
         self.metrics.etag_batch_latency.observe(time.perf_counter() - started)
         return {p: found.get(key) for p, key in key_of.items()}
 
@@ -453,7 +467,58 @@ class GalleryHandler:
                 )
             )
         plan.report.outcome_events = len(output.messages)
+        if self.settings.etag_source == "index":
+            output.messages.extend(await self._behind_the_bucket(tx, plan))
         return output
+
+    async def _behind_the_bucket(self, tx: Transaction, plan: GalleryPlan) -> list[OutputMessage]:
+        """Re-checks of images this batch stores with bytes the index says are gone.
+
+        An object overwritten while this batch looked it up and wrote it: the objects job
+        may have looked for the galleries using it before this batch committed. The index
+        rows are read under a share lock (``read_objects_locked``), so either that job saw
+        this batch's rows, or this batch sees its newer row here and asks itself to look
+        again (from S3, in the SKU's partition order, like any re-check).
+        """
+        written: dict[str, dict[str, str]] = {}  # key -> sku -> etag written
+        paths: dict[str, str] = {}
+        for sku, d in plan.diffs.items():
+            for img in (*d.inserts, *d.content_changes):
+                key = s3_key(self.s3_prefix, img.file_path)
+                written.setdefault(key, {})[sku] = img.etag
+                paths[key] = img.file_path
+        if not written:
+            return []
+        rows = await read_objects_locked(tx.conn, self.s3.s3_bucket, written)
+        behind: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for key, row in rows.items():
+            for sku, etag in written[key].items():
+                if row.deleted or row.etag != etag:
+                    behind[sku].append((paths[key], row.etag or "deleted"))
+        out: list[OutputMessage] = []
+        for sku, hits in sorted(behind.items()):
+            marks = ",".join(f"{p}@{e}" for p, e in sorted(hits))
+            event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"streamer:behind:{sku}:{marks}"))
+            record = {
+                "event_id": event_id,
+                "sku": sku,
+                "occurred_at": datetime.now(UTC),
+                "source": "streamer-gallery",
+                "file_paths": sorted({p for p, _ in hits}),
+            }
+            out.append(
+                OutputMessage(
+                    topic=self.media_topic,
+                    value=self.codec.encode_record(
+                        record, type_name=RECHECK, topic=self.media_topic
+                    ),
+                    key=sku.encode(),
+                    token=("recheck", event_id),
+                )
+            )
+        if out:
+            log.info("%d galleries stored behind the bucket: re-checks published", len(out))
+        return out
 
     def committed(self, plan: GalleryPlan, output: Output) -> None:
         report = plan.report
@@ -467,12 +532,24 @@ class GalleryHandler:
             if n:
                 self.metrics.db_rows_written.labels(op).inc(n)
         self.metrics.outcome_events.inc(report.outcome_events)
+        for sku_results in plan.results.values():
+            for _item, done in sku_results:
+                if isinstance(done.event, LeanRecheck):
+                    self.metrics.rechecks.labels(_recheck_result(done)).inc()
         self.report.add(report)
         self._last = _Committed(
             finals=dict(plan.finals),
             seen={r.event_id: SeenEvent(r.fingerprint, r.outcome) for r in plan.outcome_rows},
         )
         self._commits += 1
+
+
+def _recheck_result(result: EventResult) -> str:
+    if result.outcome is EventOutcome.WRITTEN:
+        return "changed"
+    if result.outcome in (EventOutcome.PARTIAL, EventOutcome.DEAD_LETTERED):
+        return result.reason if result.reason in ("object_missing",) else "invalid"
+    return result.outcome.value  # noop, duplicate
 
 
 def _describe_invalid(result: EventResult) -> str:

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from streamer.runtime.metrics import LATENCY_BUCKETS_S
 
-__all__ = ["EVENT_OUTCOMES", "IMAGE_RESULTS", "GalleryMetrics"]
+__all__ = ["EVENT_OUTCOMES", "IMAGE_RESULTS", "INDEX_RESULTS", "RECHECK_RESULTS", "GalleryMetrics"]
 
 # Bounded label values, listed so dashboards and tests can rely on them.
 EVENT_OUTCOMES = ("written", "noop", "stale", "duplicate", "partial", "dead_lettered")
@@ -22,6 +22,9 @@ IMAGE_RESULTS = (
     "object_missing",
     "object_too_large",
 )
+
+RECHECK_RESULTS = ("changed", "noop", "duplicate", "object_missing", "invalid")
+INDEX_RESULTS = ("hit", "miss")
 
 
 class GalleryMetrics:
@@ -92,5 +95,22 @@ class GalleryMetrics:
             "GalleryUpdated events published to the outcome topic",
             registry=r,
         )
+        self.rechecks = Counter(
+            "streamer_gallery_rechecks_total",
+            "Galleries re-checked because objects they use changed in the bucket, by result "
+            "(changed: a new content_version and a GalleryUpdated; object_missing: deleted)",
+            ["result"],
+            registry=r,
+        )
+        self.index_lookups = Counter(
+            "streamer_object_index_lookups_total",
+            "ETag look-ups answered by the object index (hit) or passed on to S3 (miss)",
+            ["result"],
+            registry=r,
+        )
         for outcome in EVENT_OUTCOMES:
             self.events_processed.labels(outcome)
+        for result in RECHECK_RESULTS:
+            self.rechecks.labels(result)
+        for result in INDEX_RESULTS:
+            self.index_lookups.labels(result)

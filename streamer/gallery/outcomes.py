@@ -7,14 +7,14 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from streamer.contract.lean import LeanEvent
+from streamer.contract.lean import GalleryInput
 from streamer.gallery.diff import SkuDiff
 from streamer.gallery.state import SkuState, display_order
 
 __all__ = ["gallery_updated"]
 
 
-def gallery_updated(d: SkuDiff, final: SkuState, applied: Iterable[LeanEvent]) -> dict[str, Any]:
+def gallery_updated(d: SkuDiff, final: SkuState, applied: Iterable[GalleryInput]) -> dict[str, Any]:
     """The Avro record for ``d``; its event_id is derived from the applied source events,
     so a batch committed twice (at least once) publishes the same id twice."""
     applied = list(applied)

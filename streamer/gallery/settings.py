@@ -13,7 +13,7 @@ __all__ = ["GallerySettings"]
 
 class GallerySettings(Section):
     group_id: str = "streamer"
-    etag_source: Literal["auto", "head", "list"] = "auto"
+    etag_source: Literal["auto", "head", "list", "index"] = "auto"
     verify_producer_etag: bool = True
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1)
     image_limit: int | None = Field(None, ge=0, description="0 = gallery sync off, N = keep N")

@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry
 from streamer.api.metrics import ApiMetrics
 from streamer.forward.metrics import ForwardMetrics
 from streamer.gallery.metrics import GalleryMetrics
+from streamer.objects.metrics import ObjectsMetrics
 from streamer.replicate.metrics import ReplicaMetrics
 from streamer.runtime.metrics import RuntimeMetrics, new_registry
 from streamer.tracking.metrics import TrackingMetrics
@@ -22,4 +23,5 @@ def registry_with_every_metric() -> CollectorRegistry:
     ApiMetrics(registry)
     TrackingMetrics(registry)
     ReplicaMetrics(registry)
+    ObjectsMetrics(registry)
     return registry

@@ -7,7 +7,12 @@ from streamer.runtime.migrations import migrate
 __all__ = ["JOB_MIGRATIONS", "migrate_all"]
 
 # The runtime's own tables come first (``migrate`` applies them); then each job's.
-JOB_MIGRATIONS = ("streamer.gallery.sql", "streamer.tracking.sql", "streamer.replicate.sql")
+JOB_MIGRATIONS = (
+    "streamer.gallery.sql",
+    "streamer.tracking.sql",
+    "streamer.replicate.sql",
+    "streamer.objectindex.sql",
+)
 
 
 async def migrate_all(dsn: str) -> list[str]:

@@ -19,6 +19,7 @@ def topic_names(settings: Settings) -> list[str]:
         t.media_topic,
         t.outcome_topic,
         t.import_completed_topic,
+        settings.objects.objects_topic,
         settings.runtime.dlq_topic,
     ]
 

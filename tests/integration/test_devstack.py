@@ -31,6 +31,9 @@ def test_up_twice_is_harmless_and_down_leaves_nothing_running(tmp_path: Path) ->
         assert settings.kafka.kafka_bootstrap == first.kafka_bootstrap
         assert settings.s3.s3_endpoint_url == first.s3_endpoint_url
         assert settings.kafka.fetch_wait_max_ms == 10
+        # The bucket notifies a queue on moto: `streamer objects consume` reads it.
+        assert first.objects_sqs_url is not None
+        assert settings.objects.objects_sqs_url == first.objects_sqs_url
     finally:
         stopped = dev.down()
     assert sorted(stopped) == ["kafka", "postgres", "s3"]

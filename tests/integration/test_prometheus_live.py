@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from streamer.dev.receiver import Receiver
 from streamer.dev.stack import free_port
 from streamer.forward.worker import ForwardWorker
+from streamer.objects.worker import ObjectsWorker
 from streamer.runtime.metrics import new_registry
 from tests.deploy.support import PROMETHEUS
 from tests.deploy.test_dashboard import as_promql, queries
@@ -92,6 +93,38 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[Path, int]]:
 
 
 @asynccontextmanager
+async def objects_job(settings: Any) -> AsyncIterator[int]:
+    """An objects worker on a notification topic of its own, so the object index's panels
+    have series too; yields its metrics port once it serves them."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    tag = settings.topics.media_topic.split(".")[0]
+    objects = settings.replace(
+        objects_topic=f"{tag}.catalog.objects.v1",
+        objects_group_id=f"objects-{tag}",
+        metrics_port=free_port(),
+    )
+    admin = AdminClient(objects.kafka.client_config())
+    for future in admin.create_topics([NewTopic(objects.objects.objects_topic, 1, 1)]).values():
+        future.result(timeout=30)
+    worker = ObjectsWorker(objects, registry=new_registry(), install_signal_handlers=False)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+
+    async def serving() -> bool:
+        if task.done():
+            task.result()
+        return worker.health_port is not None
+
+    try:
+        await wait_for(serving, timeout_s=60, what="the objects worker's metrics")
+        yield objects.runtime.metrics_port
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+@asynccontextmanager
 async def forwarding_job(settings: Any, receiver: Receiver) -> AsyncIterator[int]:
     """A webhook forwarder delivering the gallery worker's outcomes, so the forwarder's
     panels have data too; yields its metrics port once it delivered them."""
@@ -135,6 +168,7 @@ async def test_dashboard_queries_and_alert_rules_evaluate_on_a_live_worker(
             drained_worker(settings, sender.ends, timeout_s=60),
             forwarding_job(settings, receiver) as forward_port,
             running_replicator(replica) as (_replicator, replicating),
+            objects_job(settings) as objects_port,
         ):
 
             async def copied() -> bool:
@@ -144,7 +178,10 @@ async def test_dashboard_queries_and_alert_rules_evaluate_on_a_live_worker(
 
             await wait_for(copied, timeout_s=60, what="the replicator's first copy")
             port = prometheus(
-                settings.runtime.metrics_port, forward_port, replica.runtime.metrics_port
+                settings.runtime.metrics_port,
+                forward_port,
+                replica.runtime.metrics_port,
+                objects_port,
             )
 
             def scraped() -> bool:

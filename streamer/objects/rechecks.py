@@ -1,0 +1,88 @@
+"""Which galleries an object change concerns, and the re-check each gets. Pure: no I/O.
+
+A gallery is re-checked when an object it uses now differs from what it stored: a new
+ETag, or no object at all. Comparing with the gallery's stored ETag (not with what the
+index held before) also catches a change whose earlier notifications the index never
+saw, and asks nothing of galleries already up to date (a late duplicate, say).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from streamer.objectindex.records import ObjectChange
+
+__all__ = ["Recheck", "file_path_of", "plan_rechecks", "recheck_record"]
+
+SOURCE = "streamer-objects"
+
+
+def file_path_of(prefix: str, key: str) -> str | None:
+    """The gallery file path of an object key under ``prefix`` (the inverse of ``s3_key``),
+    None for keys outside it."""
+    prefix = prefix.strip("/")
+    if not prefix:
+        return "/" + key
+    if not key.startswith(prefix + "/"):
+        return None
+    return key[len(prefix) :]
+
+
+@dataclass(frozen=True)
+class Recheck:
+    sku: str
+    file_paths: tuple[str, ...]
+    occurred_at: datetime
+    event_id: str
+
+
+def _mark(change: ObjectChange) -> str:
+    order = change.sequencer or change.event_time.isoformat()
+    return f"{change.bucket}/{change.key}@{change.etag or 'deleted'}@{order}"
+
+
+def plan_rechecks(
+    changes: Iterable[ObjectChange],
+    galleries: Mapping[str, list[tuple[str, str]]],
+    prefix: str,
+) -> list[Recheck]:
+    """One re-check per SKU whose stored images differ from the changed objects.
+
+    ``galleries``: file path -> [(sku, stored etag)]. The event id is derived from the SKU
+    and the changes, so the same notification re-delivered asks the same re-check.
+    """
+    by_sku: dict[str, list[tuple[str, ObjectChange]]] = {}
+    for change in changes:
+        path = file_path_of(prefix, change.key)
+        if path is None:
+            continue
+        for sku, stored_etag in galleries.get(path, ()):
+            if change.deleted or change.etag != stored_etag:
+                by_sku.setdefault(sku, []).append((path, change))
+    out: list[Recheck] = []
+    for sku, hits in sorted(by_sku.items()):
+        marks = ",".join(sorted(_mark(c) for _, c in hits))
+        out.append(
+            Recheck(
+                sku=sku,
+                file_paths=tuple(sorted({p for p, _ in hits})),
+                occurred_at=max(c.event_time for _, c in hits),
+                event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"streamer:recheck:{sku}:{marks}")),
+            )
+        )
+    return out
+
+
+def recheck_record(r: Recheck) -> dict[str, Any]:
+    """The ``GalleryRecheck`` Avro record."""
+    return {
+        "event_id": r.event_id,
+        "sku": r.sku,
+        "occurred_at": r.occurred_at,
+        "source": SOURCE,
+        "file_paths": list(r.file_paths),
+    }
