@@ -269,7 +269,6 @@ def fold(
                     )
                 )
             continue
-        seen[event.event_id] = event
 
         if isinstance(event, LeanProduct):
             if event.version < current.product_version:
@@ -322,5 +321,10 @@ def fold(
             results.append(
                 EventResult(event, EventOutcome.WRITTEN if changed else EventOutcome.NOOP)
             )
+            if changed:
+                # Remembered as the store remembers it (an outcome row): a duplicate of a
+                # no-op, stale or partial event is folded again, in this batch as in a later
+                # one, so where batches split never changes the result.
+                seen[event.event_id] = event
         current = new
     return FoldResult(current, results, counts, unknown_roles)
