@@ -4,6 +4,7 @@ goes on with the good events behind it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,7 @@ async def test_a_megabyte_of_headers_and_a_100_kb_key_are_dead_lettered_with_the
     assert stored == {"BEFORE", "HDR-OK", "AFTER"}
 
 
-async def test_a_bulk_of_100_000_items_is_refused_naming_the_limit(
+async def test_the_intake_refuses_100_000_items_and_numbers_beyond_the_wire_types(
     make_settings, tmp_path: Path
 ) -> None:
     settings = make_settings()
@@ -77,6 +78,20 @@ async def test_a_bulk_of_100_000_items_is_refused_naming_the_limit(
             refused = await http.post("/v1/galleries/bulk", json=payload)
             assert refused.status_code == 422, refused.text
             assert "100000 items, over the limit of 20000" in refused.json()["detail"]
+            # numbers beyond the wire types: rejected by item (they crashed the encoder)
+            lines = "\n".join(
+                json.dumps({"type": "media", "sku": sku, **fields})
+                for sku, fields in (
+                    ("V-1", {"version": 2**64, "images": [{"file_path": "a.jpg"}]}),
+                    ("P-1", {"images": [{"file_path": "a.jpg", "position": 2**40}]}),
+                )
+            )
+            events = await http.post("/v1/events", content=lines)
+            assert events.status_code == 422, events.text  # nothing accepted
+            assert [(i["status"], i["reason"]) for i in events.json()["request_items"]] == [
+                ("rejected", "invalid_event"),
+                ("rejected", "invalid_event"),
+            ]
             alive = await http.post("/v1/galleries/bulk", json=seed_payload("small", ["S-1"]))
             assert alive.status_code in (200, 202), alive.text
     assert {m.key() for m in read_topic(settings, settings.topics.media_topic)} == {b"S-1"}
