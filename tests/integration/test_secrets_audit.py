@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 
 from streamer.cli import app
 from streamer.dev.receiver import Receiver, Record, Reply
-from streamer.dev.stack import DevStack, StackState, free_port
+from streamer.dev.stack import ComponentState, DevStack, StackState, free_port
 from tests.integration.api_support import FULL_TOKEN, READ_TOKEN, api_server, seed_payload
 from tests.integration.forwarding import forward_drained
 from tests.integration.support import (
@@ -366,3 +366,28 @@ def test_the_session_stacks_dev_env_is_readable_by_its_owner_only(stack) -> None
     env_file = Path(log).parent.parent / "dev.env"
     assert "STREAMER_S3_SECRET_ACCESS_KEY" in env_file.read_text()
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+
+
+def test_dev_status_shows_an_external_databases_url_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: ``streamer dev status`` (and ``dev up``, ``demo``) printed an external
+    database's URL as given, password included."""
+    dsn = f"postgresql://streamer:{SECRETS['database password']}@127.0.0.1:{free_port()}/x"
+    state = StackState(
+        kafka_bootstrap="127.0.0.1:1",
+        database_url=dsn,
+        s3_endpoint_url="http://127.0.0.1:1",
+        s3_bucket="b",
+        components={
+            "postgres": ComponentState(name="postgres", url=dsn, owned=False),
+            "kafka": ComponentState(name="kafka", url="127.0.0.1:1", owned=False),
+        },
+    )
+    DevStack(tmp_path)._write(state)
+    monkeypatch.setenv("STREAMER_HOME", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "200")
+    result = CliRunner().invoke(app, ["dev", "status"])
+    assert result.exit_code == 1  # nothing answers
+    assert "streamer:***@127.0.0.1" in result.output
+    assert leaks("streamer dev status", result.output) == []
