@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,14 +18,17 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from typer.testing import CliRunner
 
 from streamer.cli import app
+from streamer.config import load_section
 from streamer.contract.codec import SINGLE_OBJECT_MAGIC, Codec, event_record
 from streamer.contract.events import MAX_IMAGES_PER_EVENT, MAX_VERSION, parse_event
 from streamer.contract.ingest import VersionClock, parse_bulk, parse_jsonl
 from streamer.contract.lean import lean_event, lean_of
 from streamer.contract.schemas import schema_dir
-from streamer.errors import DecodeError, InvalidEvent
+from streamer.errors import ConfigError, DecodeError, InvalidEvent
 from streamer.gallery.fold import EventOutcome, FoldRules, fold
 from streamer.gallery.state import ObjectInfo, SkuState
+from streamer.replicate.settings import ReplicaSettings
+from streamer.storage.settings import S3Settings
 
 pytestmark = pytest.mark.unit
 
@@ -324,3 +328,39 @@ def test_bulk_items_with_bad_numbers_are_rejected_one_by_one() -> None:
         ("rejected", "invalid_event"),
         ("accepted", None),
     ]
+
+
+# -- configuration: half of a key pair -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "variable"),
+    [
+        (
+            S3Settings,
+            {"s3_secret_access_key": "s3sk-half-pair-91"},
+            "STREAMER_S3_SECRET_ACCESS_KEY",
+        ),
+        (S3Settings, {"s3_access_key_id": "AKIAHALF"}, "STREAMER_S3_SECRET_ACCESS_KEY"),
+        (
+            ReplicaSettings,
+            {"replica_secret_access_key": "replsk-half-pair-91"},
+            "STREAMER_REPLICA_SECRET_ACCESS_KEY",
+        ),
+    ],
+)
+def test_half_of_a_key_pair_is_a_configuration_error_that_hides_the_secret(
+    section: Any, values: dict[str, str], variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a secret key without its key id (or the reverse) loaded fine and failed
+    later, inside botocore, as a PartialCredentialsError traceback."""
+    for name in list(os.environ):
+        if name.startswith("STREAMER_"):
+            monkeypatch.delenv(name)
+    with pytest.raises(ConfigError) as info:
+        load_section(section, None, values)
+    assert variable in info.value.message and "or leave both unset" in info.value.message
+    assert "half-pair" not in info.value.message
+    both = {"s3_access_key_id": "AKIA", "s3_secret_access_key": "s"}
+    assert load_section(S3Settings, None, both).s3_access_key_id == "AKIA"
+    assert load_section(S3Settings, None, {}).s3_secret_access_key is None
