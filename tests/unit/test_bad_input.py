@@ -25,9 +25,11 @@ from streamer.contract.ingest import VersionClock, parse_bulk, parse_jsonl
 from streamer.contract.lean import lean_event, lean_of
 from streamer.contract.schemas import schema_dir
 from streamer.errors import ConfigError, DecodeError, InvalidEvent
+from streamer.forward.settings import ForwardSettings
 from streamer.gallery.fold import EventOutcome, FoldRules, fold
 from streamer.gallery.state import ObjectInfo, SkuState
 from streamer.replicate.settings import ReplicaSettings
+from streamer.runtime.settings import KafkaSettings
 from streamer.storage.settings import S3Settings
 
 pytestmark = pytest.mark.unit
@@ -364,3 +366,19 @@ def test_half_of_a_key_pair_is_a_configuration_error_that_hides_the_secret(
     both = {"s3_access_key_id": "AKIA", "s3_secret_access_key": "s"}
     assert load_section(S3Settings, None, both).s3_access_key_id == "AKIA"
     assert load_section(S3Settings, None, {}).s3_secret_access_key is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "section"),
+    [("STREAMER_WEBHOOK_HEADERS", ForwardSettings), ("STREAMER_KAFKA", KafkaSettings)],
+)
+def test_a_dict_setting_that_is_not_json_is_a_configuration_error_without_its_value(
+    variable: str, section: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: pydantic-settings' SettingsError escaped as a traceback."""
+    monkeypatch.setenv(variable, "{not json: bearer-tok-93a1")
+    with pytest.raises(ConfigError) as info:
+        load_section(section, None, {})
+    assert "not valid JSON" in info.value.message
+    assert variable.removeprefix("STREAMER_").lower() in info.value.message
+    assert "bearer-tok-93a1" not in info.value.message
