@@ -64,6 +64,8 @@ def _shown(err: Any) -> str:
     if not err["loc"]:
         return "values that are not shown"  # the whole section, secrets included
     name = "_".join(str(p) for p in err["loc"]).lower()
-    if any(word in name for word in ("password", "secret", "token", "url", "key")):
+    if any(
+        word in name for word in ("password", "secret", "token", "url", "key", "header", "kafka")
+    ):
         return "a value that is not shown"
     return repr(err.get("input"))

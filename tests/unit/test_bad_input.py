@@ -3,6 +3,7 @@ or as an error naming its reason, never as another exception."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -25,7 +26,9 @@ from streamer.contract.ingest import VersionClock, parse_bulk, parse_jsonl
 from streamer.contract.lean import lean_event, lean_of
 from streamer.contract.schemas import schema_dir
 from streamer.errors import ConfigError, DecodeError, InvalidEvent
+from streamer.forward.client import WebhookClient
 from streamer.forward.settings import ForwardSettings
+from streamer.forward.signing import SigningKeys
 from streamer.gallery.fold import EventOutcome, FoldRules, fold
 from streamer.gallery.state import ObjectInfo, SkuState
 from streamer.replicate.settings import ReplicaSettings
@@ -382,3 +385,33 @@ def test_a_dict_setting_that_is_not_json_is_a_configuration_error_without_its_va
     assert "not valid JSON" in info.value.message
     assert variable.removeprefix("STREAMER_").lower() in info.value.message
     assert "bearer-tok-93a1" not in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("AUTHORIZATION", "Bearer tok-83kd\r\nX-Evil: y"),
+        ("X_KEY", "tok-83kd\x00"),
+        ("BAD NAME", "v"),
+    ],
+)
+def test_a_static_header_that_http_cannot_send_is_refused_at_start_without_its_value(
+    header: str, value: str
+) -> None:
+    """Regression: a header value with a line break loaded fine; the first request then failed
+    in h11, whose error quotes the value, and ``forward test-connection`` printed the token."""
+    with pytest.raises(ConfigError) as info:
+        load_section(ForwardSettings, None, {"webhook_headers": {header: value}})
+    assert "STREAMER_WEBHOOK_HEADERS" in info.value.message
+    assert "tok-83kd" not in info.value.message
+
+
+def test_the_webhook_client_redacts_a_secret_also_as_a_repr_quotes_it() -> None:
+    secret = "whsec_" + base64.b64encode(b"redaction-test-key-0001").decode()
+    settings = ForwardSettings(
+        webhook_url="http://127.0.0.1:1/x", webhook_headers={"AUTHORIZATION": "Bearer tok-83kd-é"}
+    )
+    client = WebhookClient(settings, SigningKeys.from_setting(secret))
+    token = "Bearer tok-83kd-é"
+    for text in (token, repr(token), repr(token.encode())):
+        assert "tok-83kd" not in client._redacted(f"Illegal header value {text}")
