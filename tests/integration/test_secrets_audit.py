@@ -80,6 +80,7 @@ def secret_env() -> dict[str, str]:
         "STREAMER_WEBHOOK_HEADERS__AUTHORIZATION": f"Bearer {SECRETS['webhook header']}",
         "STREAMER_API_TOKENS": FULL_TOKEN,
         "STREAMER_API_READ_TOKENS": READ_TOKEN,
+        "STREAMER_REPLICA_ACCESS_KEY_ID": "audit-replica-key-id",
         "STREAMER_REPLICA_SECRET_ACCESS_KEY": SECRETS["replica secret key"],
     }
 
