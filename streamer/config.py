@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from streamer.errors import ConfigError
 
@@ -53,11 +53,18 @@ def load_section(cls: type[S], env_file: Path | None, values: dict[str, Any]) ->
             f"{variable_name(err['loc'])}: {err['msg']} (got {_shown(err)})" for err in exc.errors()
         ]
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc
+    except SettingsError as exc:
+        # A value that is not the JSON a dict setting needs; the message names the field, never
+        # the value.
+        raise ConfigError(f"invalid configuration: {exc} (not valid JSON)") from exc
 
 
 def _shown(err: Any) -> str:
     """The bad value as given, unless it belongs to a secret."""
+    if not err["loc"]:
+        return "values that are not shown"  # the whole section, secrets included
     name = "_".join(str(p) for p in err["loc"]).lower()
-    if any(word in name for word in ("password", "secret", "token", "url", "key")):
+    passthrough = err["loc"][0] in ("kafka", "webhook_headers")  # dicts of secrets
+    if passthrough or any(w in name for w in ("password", "secret", "token", "url", "key")):
         return "a value that is not shown"
     return repr(err.get("input"))

@@ -45,7 +45,7 @@ def _stack() -> DevStack:
 @app.command()
 def up() -> None:
     """Start the stack (idempotent) and print its settings as export lines."""
-    from streamer.dev.stack import StackError
+    from streamer.dev.stack import StackError, shown_url
 
     dev = _stack()
     try:
@@ -55,7 +55,8 @@ def up() -> None:
         raise typer.Exit(1) from exc
     for component in state.components.values():
         origin = "started" if component.owned else "external"
-        err_console.print(f"[green]✓[/green] {component.name:<9} {component.url}  ({origin})")
+        shown = shown_url(component.url)
+        err_console.print(f"[green]✓[/green] {component.name:<9} {shown}  ({origin})")
     err_console.print(
         f"settings written to {dev.env_file} (read by every streamer command run from here)"
     )
@@ -73,6 +74,8 @@ def down() -> None:
 @app.command()
 def status() -> None:
     """Show whether each part of the stack answers."""
+    from streamer.dev.stack import shown_url
+
     dev = _stack()
     state = dev.load()
     if state is None:
@@ -81,7 +84,9 @@ def status() -> None:
     health = dev.status()
     table = Table("component", "url", "owned", "healthy")
     for name, component in state.components.items():
-        table.add_row(name, component.url, str(component.owned), "yes" if health[name] else "NO")
+        table.add_row(
+            name, shown_url(component.url), str(component.owned), "yes" if health[name] else "NO"
+        )
     Console().print(table)
     if not all(health.values()):
         raise typer.Exit(1)

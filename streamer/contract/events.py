@@ -28,6 +28,8 @@ __all__ = [
     "MAX_LABEL_CHARS",
     "MAX_PATH_BYTES",
     "MAX_SKU_CHARS",
+    "MAX_VERSION",
+    "POSITION_RANGE",
     "ROLE_ALIASES",
     "Event",
     "EventType",
@@ -48,6 +50,8 @@ MAX_SKU_CHARS = 64  # Magento's catalog_product_entity.sku is varchar(64)
 MAX_PATH_BYTES = 255
 MAX_LABEL_CHARS = 255
 MAX_IMAGES_PER_EVENT = 1000
+MAX_VERSION = 2**63 - 1  # Avro long, PostgreSQL bigint
+POSITION_RANGE = (-(2**31), 2**31 - 1)  # Avro int, PostgreSQL integer
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
 
 
@@ -120,7 +124,7 @@ class Image(BaseModel):
 
     file_path: str
     label: str | None = None
-    position: int | None = None
+    position: int | None = Field(None, ge=POSITION_RANGE[0], le=POSITION_RANGE[1])
     disabled: bool = False
     roles: tuple[str, ...] = ()
     unknown_roles: tuple[str, ...] = ()
@@ -172,7 +176,7 @@ class _EventBase(BaseModel):
 
     event_id: str
     sku: str
-    version: int = Field(ge=0)
+    version: int = Field(ge=0, le=MAX_VERSION)
     occurred_at: datetime
     source: str = Field(min_length=1, max_length=255)
     request_id: str | None = Field(None, max_length=255)

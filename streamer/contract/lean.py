@@ -27,6 +27,8 @@ from streamer.contract.events import (
     MAX_IMAGES_PER_EVENT,
     MAX_LABEL_CHARS,
     MAX_SKU_CHARS,
+    MAX_VERSION,
+    POSITION_RANGE,
     EventType,
     GalleryMode,
     Image,
@@ -145,7 +147,12 @@ def lean_image(raw: Mapping[str, Any]) -> LeanImage:
     if (
         type(path) is not str
         or (label is not None and type(label) is not str)
-        or (position is not None and type(position) is not int)
+        or (
+            position is not None
+            and (
+                type(position) is not int or not POSITION_RANGE[0] <= position <= POSITION_RANGE[1]
+            )
+        )
         or type(disabled) is not bool
         or (etag is not None and type(etag) is not str)
     ):
@@ -195,7 +202,7 @@ def _common(record: Mapping[str, Any]) -> tuple[str, str, int, datetime, str, st
     request_id = record.get("request_id")
     if (
         type(version) is not int
-        or version < 0
+        or not 0 <= version <= MAX_VERSION
         or not isinstance(occurred_at, datetime)
         or type(source) is not str
         or not 1 <= len(source) <= 255

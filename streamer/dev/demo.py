@@ -25,7 +25,7 @@ from streamer.dev.demo_api import api_step
 from streamer.dev.demo_forward import show_forwarding
 from streamer.dev.demo_objects import show_objects
 from streamer.dev.demo_replicate import show_replication
-from streamer.dev.stack import DevStack
+from streamer.dev.stack import DevStack, shown_url
 from streamer.gallery.worker import GalleryWorker
 from streamer.ops.schema import migrate_all
 from streamer.ops.topics import create_topics
@@ -420,6 +420,6 @@ def run_demo(home: Path, database_url: str | None, console: Console | None = Non
     console.rule("[bold]streamer demo")
     state = dev.up()
     for component in state.components.values():
-        console.print(f"  {component.name:<9} {component.url}")
+        console.print(f"  {component.name:<9} {shown_url(component.url)}")
     settings = load_settings(env_file=dev.env_file)
     return asyncio.run(Demo(settings, console).run())

@@ -22,13 +22,14 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
 from streamer.errors import ConfigError, StreamerError
 from streamer.runtime.database import connect
 
-__all__ = ["ComponentState", "DevStack", "StackError", "StackState", "free_port"]
+__all__ = ["ComponentState", "DevStack", "StackError", "StackState", "free_port", "shown_url"]
 
 DEFAULT_BUCKET = "streamer-catalog"
 _START_TIMEOUT_S = 30.0
@@ -77,6 +78,15 @@ class StackState(BaseModel):
             "STREAMER_FETCH_WAIT_MAX_MS": "10",
             "STREAMER_SESSION_TIMEOUT_MS": "6000",
         }
+
+
+def shown_url(url: str) -> str:
+    """The URL as a person may see it: an external database's password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _import_pgserver() -> Any:

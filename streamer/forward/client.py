@@ -97,7 +97,9 @@ class WebhookClient:
 
     def _redacted(self, text: str) -> str:
         for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
+            # as given, and as a repr of the str or bytes quotes it (h11 names bad values so)
+            for form in (secret, repr(secret)[1:-1], repr(secret.encode())[2:-1]):
+                text = text.replace(form, "[redacted]")
         return text
 
     async def post(self, webhook_id: str, body: bytes) -> Answer:

@@ -8,6 +8,7 @@ every other command loads settings without them.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -15,6 +16,9 @@ from pydantic import Field, SecretStr, field_validator
 from streamer.config import Section
 
 __all__ = ["ForwardSettings"]
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^`|~0-9A-Za-z_-]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # a tab is allowed
 
 
 class ForwardSettings(Section):
@@ -59,6 +63,18 @@ class ForwardSettings(Section):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
         return value.strip()
+
+    @field_validator("webhook_headers")
+    @classmethod
+    def _sendable(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        """Refused here rather than by the HTTP library at the first request, whose error
+        quotes the value: a header value is typically a bearer token."""
+        for name, secret in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"header name {name!r} is not an HTTP token")
+            if _CONTROL.search(secret.get_secret_value()):
+                raise ValueError(f"the value of header {name} contains a control character")
+        return value
 
     @property
     def origin(self) -> str:

@@ -122,6 +122,12 @@ def _resolve(
     return info
 
 
+def _owned(owner: Mapping[str, str], path: str) -> tuple[str, ...]:
+    """The roles whose last claim is ``path``'s: a path listed twice keeps what either claimed
+    last (and its other fields from its last listing)."""
+    return tuple(sorted(role for role, claimant in owner.items() if claimant == path))
+
+
 def _unchanged(
     state: SkuState,
     event: LeanMedia,
@@ -150,7 +156,7 @@ def _unchanged(
             or old.label != image.label
             or old.position != image.position
             or old.disabled != image.disabled
-            or old.roles != tuple(sorted(r for r in image.roles if owner[r] == image.file_path))
+            or old.roles != _owned(owner, image.file_path)
         ):
             return False
     return True
@@ -178,7 +184,7 @@ def _apply_media(
         counts[image.invalid_reason or "invalid"] += 1
     if not invalid and _unchanged(state, event, resolved, rules):
         if resolved:
-            counts["unchanged"] += len(resolved)
+            counts["unchanged"] += len({image.file_path for image, _ in resolved})
         # Built directly: dataclasses.replace costs twice as much, on every no-op event.
         new = SkuState(
             state.sku,
@@ -212,10 +218,8 @@ def _apply_media(
         path = image.file_path
         old = state.images.get(path)
         same_bytes = old is not None and old.etag == info.etag
-        if owns_roles:
-            roles = tuple(sorted(r for r in image.roles if owner[r] == path))
-        else:
-            roles = old.roles if old is not None else ()
+        kept_roles = old.roles if old is not None else ()
+        roles = _owned(owner, path) if owns_roles else kept_roles
         images[path] = StoredImage(
             file_path=path,
             etag=info.etag,
@@ -233,8 +237,8 @@ def _apply_media(
         ordered = sorted(images.values(), key=display_order)
         counts["dropped_limit"] += len(ordered) - rules.image_limit
         images = {i.file_path: i for i in ordered[: rules.image_limit]}
-    for image, _ in resolved:
-        before, after = state.images.get(image.file_path), images.get(image.file_path)
+    for path in dict.fromkeys(image.file_path for image, _ in resolved):
+        before, after = state.images.get(path), images.get(path)
         if after is None:
             continue  # dropped by the image limit, counted above
         if before is None:
@@ -333,7 +337,6 @@ def fold(
                     )
                 )
             continue
-        seen[event.event_id] = event
 
         if isinstance(event, LeanProduct):
             if event.version < current.product_version:
@@ -391,5 +394,10 @@ def fold(
             results.append(
                 EventResult(event, EventOutcome.WRITTEN if changed else EventOutcome.NOOP)
             )
+            if changed:
+                # Remembered as the store remembers it (an outcome row): a duplicate of a
+                # no-op, stale or partial event is folded again, in this batch as in a later
+                # one, so where batches split never changes the result.
+                seen[event.event_id] = event
         current = new
     return FoldResult(current, results, counts, unknown_roles)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from streamer.config import Section
 from streamer.errors import ConfigError
@@ -20,7 +20,7 @@ class ReplicaSettings(Section):
     )
     replica_region: str | None = None
     replica_access_key_id: str | None = None
-    replica_secret_access_key: SecretStr | None = None
+    replica_secret_access_key: SecretStr | None = Field(None, validate_default=True)
     replica_image_limit: int | None = Field(
         None, ge=0, description="0 = replication off, 1 = first image by position, N = first N"
     )
@@ -30,6 +30,16 @@ class ReplicaSettings(Section):
         8 * 1024 * 1024, ge=5 * 1024 * 1024, description="streamed copies buffer one part each"
     )
     replica_timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("replica_secret_access_key")
+    @classmethod
+    def _paired(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """Both halves of a key or neither: one alone fails late, in botocore, as a traceback."""
+        if bool(info.data.get("replica_access_key_id")) != bool(value and value.get_secret_value()):
+            raise ValueError(
+                "set together with STREAMER_REPLICA_ACCESS_KEY_ID, or leave both unset"
+            )
+        return value
 
     @field_validator("replica_group_id")
     @classmethod

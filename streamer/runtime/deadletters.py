@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
 HEADER_PREFIX = "streamer.error."
 REPLAY_PREFIX = "streamer.replay."
 _MAX_MESSAGE_BYTES = 4096
+_KEPT_BYTES = 1024  # what is kept of an oversized value or key
 
 
 def _truncated_utf8(text: str, max_bytes: int) -> bytes:
@@ -78,6 +80,9 @@ class DeadLetter:
     truncated_from: int | None = None
     value_sha256: str | None = None
     details: tuple[tuple[str, str], ...] = ()
+    key_truncated_from: int | None = None
+    key_sha256: str | None = None
+    headers_dropped: tuple[tuple[str, int], ...] = ()  # original headers left out, with sizes
 
     @property
     def token(self) -> tuple[str, str, int, int]:
@@ -89,14 +94,59 @@ class DeadLetter:
 
         An oversized original is cut to its first KiB, with its size and SHA-256 in the
         headers: the reason still reaches the topic instead of failing the batch forever.
+        The broker bounds the whole record, so the original's key and headers count too:
+        when together they do not fit, a key over 1 KiB is cut the same way and original
+        headers over 1 KiB are left out (their names and sizes in a header), then the value
+        is cut, then every original header is left out.
         """
-        if self.value is None or len(self.value) <= max_value_bytes:
-            return self
+        letter = self
+        if letter.value is not None and len(letter.value) > max_value_bytes:
+            letter = letter._value_cut()
+        if letter._original_bytes() <= max_value_bytes:
+            return letter
+        if letter.key is not None and len(letter.key) > _KEPT_BYTES:
+            letter = replace(
+                letter,
+                key=letter.key[:_KEPT_BYTES],
+                key_truncated_from=len(letter.key),
+                key_sha256=hashlib.sha256(letter.key).hexdigest(),
+            )
+        letter = letter._headers_left_out(lambda size: size > _KEPT_BYTES)
+        if (
+            letter._original_bytes() > max_value_bytes
+            and letter.truncated_from is None
+            and len(letter.value or b"") > _KEPT_BYTES
+        ):
+            letter = letter._value_cut()
+        if letter._original_bytes() > max_value_bytes:
+            letter = letter._headers_left_out(lambda size: True)
+        return letter
+
+    def _value_cut(self) -> DeadLetter:
+        value = self.value or b""
         return replace(
             self,
-            value=self.value[:1024],
-            truncated_from=len(self.value),
-            value_sha256=hashlib.sha256(self.value).hexdigest(),
+            value=value[:_KEPT_BYTES],
+            truncated_from=len(value),
+            value_sha256=hashlib.sha256(value).hexdigest(),
+        )
+
+    def _headers_left_out(self, left_out: Callable[[int], bool]) -> DeadLetter:
+        kept: list[tuple[str, bytes]] = []
+        dropped = list(self.headers_dropped)
+        for name, value in self.headers:
+            size = len(name.encode("utf-8")) + len(value or b"")
+            if left_out(size):
+                dropped.append((name, len(value or b"")))
+            else:
+                kept.append((name, value))
+        return replace(self, headers=kept, headers_dropped=tuple(dropped))
+
+    def _original_bytes(self) -> int:
+        return (
+            len(self.key or b"")
+            + len(self.value or b"")
+            + sum(len(k.encode("utf-8")) + len(v or b"") for k, v in self.headers)
         )
 
     @classmethod
@@ -167,6 +217,12 @@ class DeadLetter:
         if self.truncated_from is not None:
             error["value.truncated_from"] = str(self.truncated_from)
             error["value.sha256"] = self.value_sha256 or ""
+        if self.key_truncated_from is not None:
+            error["key.truncated_from"] = str(self.key_truncated_from)
+            error["key.sha256"] = self.key_sha256 or ""
+        if self.headers_dropped:
+            listed = ",".join(f"{name}={size}" for name, size in self.headers_dropped)
+            error["headers.dropped"] = _truncated_utf8(listed, _MAX_MESSAGE_BYTES)
         for name, value in self.details:
             error.setdefault(name, _truncated_utf8(value, _MAX_MESSAGE_BYTES))
         return kept + [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -55,6 +56,21 @@ class DatabaseSettings(Section):
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/streamer")
     database_pool_size: int = Field(4, ge=1)
     database_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        """A malformed URL is named here, once, instead of failing deep inside asyncpg with a
+        traceback. The messages never repeat the URL: it may carry a password."""
+        try:
+            parts = urlsplit(value.get_secret_value())
+            if "," not in parts.netloc:  # several hosts (libpq's failover list) parse apart
+                _ = parts.port  # raises on a port that is not a number or out of range
+        except ValueError as exc:
+            raise ValueError(f"not a PostgreSQL URL: {exc}") from None
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        return value
 
     @property
     def dsn(self) -> str:

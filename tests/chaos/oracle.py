@@ -174,9 +174,8 @@ class Oracle:
         for path, image, obj in resolved:
             old = sku.images.get(path)
             if owns_roles:
-                roles = tuple(
-                    sorted(r for r in managed_roles(image.get("roles") or []) if owner[r] == path)
-                )
+                # A path listed twice owns what either listing claimed last.
+                roles = tuple(sorted(r for r, claimant in owner.items() if claimant == path))
             else:
                 roles = old.roles if old is not None else ()
             version = 1 if old is None else old.content_version + (old.etag != obj.etag)

@@ -224,3 +224,49 @@ def test_oversized_value_is_cut_with_its_size_and_hash() -> None:
     assert headers[HEADER_PREFIX + "value.sha256"] == hashlib.sha256(big).hexdigest().encode()
     small = letter_for(original())
     assert small.fitted(2048) is small
+
+
+def _record_bytes(letter: DeadLetter) -> int:
+    return (
+        len(letter.key or b"")
+        + len(letter.value or b"")
+        + sum(len(k) + len(v or b"") for k, v in letter.kafka_headers())
+    )
+
+
+def test_a_megabyte_of_headers_is_left_out_named_with_sizes_and_small_headers_kept() -> None:
+    """Regression: only the value was bounded. A message carrying 1 MB of headers gave a dead
+    letter the broker refused (MSG_SIZE_TOO_LARGE), and its partition stayed paused for good."""
+    headers = [
+        ("trace", b"t" * 600_000),
+        ("traceparent", b"00-abc-01"),
+        ("baggage", b"b" * 500_000),
+    ]
+    letter = letter_for(original(headers=headers)).fitted(900_000)
+    assert letter.headers == [("traceparent", b"00-abc-01")]
+    assert letter.value == b"\xc3\x01avro-bytes" and letter.key == b"SKU-1"
+    out = dict(letter.kafka_headers())
+    assert out[HEADER_PREFIX + "headers.dropped"] == b"trace=600000,baggage=500000"
+    assert _record_bytes(letter) < 20_000
+    record = DeadLetterRecord.from_message(on_dlq(letter))
+    assert record.reason == "object_missing"
+    assert dict(record.details)["headers.dropped"] == "trace=600000,baggage=500000"
+
+
+def test_a_large_key_is_cut_with_its_size_and_hash_when_the_letter_would_not_fit() -> None:
+    key = b"K" * 950_000
+    letter = letter_for(original(key=key)).fitted(900_000)
+    assert letter.key == key[:1024]
+    out = dict(letter.kafka_headers())
+    assert out[HEADER_PREFIX + "key.truncated_from"] == b"950000"
+    assert out[HEADER_PREFIX + "key.sha256"] == hashlib.sha256(key).hexdigest().encode()
+    fits = letter_for(original(key=b"K" * 100 * 1024))
+    assert fits.fitted(900_000) is fits  # 100 KB fits: kept whole, replayable as it was
+
+
+def test_many_small_headers_that_do_not_fit_together_are_all_left_out() -> None:
+    headers = [(f"h{i}", b"v" * 1000) for i in range(1200)]
+    letter = letter_for(original(headers=headers, value=b"x" * 800_000)).fitted(900_000)
+    assert letter.headers == [] and len(letter.headers_dropped) == 1200
+    assert _record_bytes(letter) < 900_000
+    assert len(dict(letter.kafka_headers())[HEADER_PREFIX + "headers.dropped"]) <= 4096

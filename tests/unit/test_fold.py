@@ -459,3 +459,23 @@ def test_the_fast_path_on_re_syncs_that_echo_the_stored_state(
     assert [r.outcome for r in fast.results] == [r.outcome for r in full.results]
     assert fast.image_counts == full.image_counts
     assert diff(start, fast.state) == diff(start, full.state)
+
+
+def test_a_duplicate_of_a_no_op_event_is_folded_again_wherever_the_batch_splits() -> None:
+    """Regression: the fold remembered every event id of its batch, the store only those that
+    wrote. A duplicate of a no-op event after an out-of-order delete then resurrected the
+    gallery or not depending on whether both copies fell into one batch."""
+    start = state(stored("/a.jpg"), version=1)
+    resync = media(4, [{"file_path": "/a.jpg"}])
+    events = [resync, product(3, "DELETE"), resync]
+    whole = fold(start, events, OBJECTS, RULES)
+    assert [r.outcome for r in whole.results] == [
+        EventOutcome.NOOP,
+        EventOutcome.WRITTEN,
+        EventOutcome.WRITTEN,
+    ]
+    for cut in (1, 2):
+        first = fold(start, events[:cut], OBJECTS, RULES)
+        second = fold(first.state, events[cut:], OBJECTS, RULES)
+        assert second.state == whole.state
+    assert not whole.state.deleted and set(whole.state.images) == {"/a.jpg"}

@@ -161,6 +161,7 @@ def test_settings_name_the_destination_and_require_a_bucket() -> None:
     other = ReplicaSettings(
         replica_bucket="cdn",
         replica_endpoint_url="http://r2/",
+        replica_access_key_id="r2-key",
         replica_secret_access_key="s3cr3t-value",
     )
     assert not other.server_side

@@ -1,0 +1,97 @@
+"""Bad input that needs the broker or the API: 1 MB of headers, a 100 KB key, a bulk of 100,000
+items. Each ends with a clear reason (a dead letter, a 4xx naming the limit) and the worker
+goes on with the good events behind it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.integration.api_support import api_server, seed_payload
+from tests.integration.support import (
+    Sender,
+    dead_letters,
+    fetch,
+    media,
+    prepare,
+    put_image,
+    read_topic,
+    run_until_drained,
+)
+
+pytestmark = pytest.mark.integration
+
+MB = 1024 * 1024
+
+
+async def test_a_megabyte_of_headers_and_a_100_kb_key_are_dead_lettered_with_their_reason(
+    make_settings, s3_client
+) -> None:
+    settings = make_settings(topic_partitions=1)
+    prepare(settings)
+    put_image(s3_client, settings, "/big/a.jpg", b"fine")
+    sender = Sender(settings)
+    codec, topic = sender.codec, settings.topics.media_topic
+    heavy = [("trace", b"h" * (MB // 2)), ("baggage", b"b" * (MB // 2))]
+    sender.send([media("BEFORE", 1, [{"file_path": "/big/a.jpg"}])])
+    # undecodable, carrying 1 MB of headers
+    sender.raw(topic, b"HDR-BAD", b"not avro", headers=heavy)
+    # valid, carrying 1 MB of headers: applied, headers and all
+    ok = media("HDR-OK", 1, [{"file_path": "/big/a.jpg"}])
+    sender.raw(topic, b"HDR-OK", codec.encode(ok, topic=topic), headers=heavy)
+    # a valid event under a 100 KB key that is not its SKU
+    keyed = media("KEYED", 1, [{"file_path": "/big/a.jpg"}])
+    sender.raw(topic, b"K" * 100 * 1024, codec.encode(keyed, topic=topic))
+    sender.flush()
+    sender.send([media("AFTER", 1, [{"file_path": "/big/a.jpg"}])])
+
+    await run_until_drained(settings, sender.ends)
+
+    letters = {letter.offset: letter for letter in dead_letters(settings)}
+    assert {o: letter.reason for o, letter in letters.items()} == {
+        1: "unknown_framing",
+        3: "key_mismatch",
+    }
+    bad = letters[1]
+    assert bad.value == b"not avro" and bad.exception_class.startswith("streamer.errors.")
+    assert "unknown framing" in bad.message
+    # the headers did not fit the dead-letter topic: left out, named with their sizes
+    assert bad.original_headers == []
+    assert dict(bad.details)["headers.dropped"] == f"trace={MB // 2},baggage={MB // 2}"
+    keyed_letter = letters[3]
+    assert keyed_letter.sku == "KEYED" and "is not the event's SKU" in keyed_letter.message
+    assert len(keyed_letter.message) < 1000  # the key is quoted cut short, not in full
+    stored = {r["sku"] for r in await fetch(settings, "SELECT DISTINCT sku FROM gallery_images")}
+    assert stored == {"BEFORE", "HDR-OK", "AFTER"}
+
+
+async def test_the_intake_refuses_100_000_items_and_numbers_beyond_the_wire_types(
+    make_settings, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    prepare(settings)
+    payload = seed_payload("huge", [f"SKU-{i}" for i in range(100_000)])
+    with api_server(settings, tmp_path) as server:
+        async with server.client() as http:
+            refused = await http.post("/v1/galleries/bulk", json=payload)
+            assert refused.status_code == 422, refused.text
+            assert "100000 items, over the limit of 20000" in refused.json()["detail"]
+            # numbers beyond the wire types: rejected by item (they crashed the encoder)
+            lines = "\n".join(
+                json.dumps({"type": "media", "sku": sku, **fields})
+                for sku, fields in (
+                    ("V-1", {"version": 2**64, "images": [{"file_path": "a.jpg"}]}),
+                    ("P-1", {"images": [{"file_path": "a.jpg", "position": 2**40}]}),
+                )
+            )
+            events = await http.post("/v1/events", content=lines)
+            assert events.status_code == 422, events.text  # nothing accepted
+            assert [(i["status"], i["reason"]) for i in events.json()["request_items"]] == [
+                ("rejected", "invalid_event"),
+                ("rejected", "invalid_event"),
+            ]
+            alive = await http.post("/v1/galleries/bulk", json=seed_payload("small", ["S-1"]))
+            assert alive.status_code in (200, 202), alive.text
+    assert {m.key() for m in read_topic(settings, settings.topics.media_topic)} == {b"S-1"}
