@@ -81,7 +81,9 @@ def keys_in_play(
     paths: set[str] = set()
     for event in events:
         if isinstance(event, LeanProduct):
-            if event.version >= product_version:
+            if event.version >= product_version and not (
+                event.op is ProductOp.DELETE and event.version < gallery_version
+            ):
                 product_version = event.version
                 if event.op is ProductOp.DELETE:
                     gallery_version = max(gallery_version, event.version)
@@ -339,7 +341,10 @@ def fold(
             continue
 
         if isinstance(event, LeanProduct):
-            if event.version < current.product_version:
+            # A DELETE removes the gallery too, so it must be as new as the gallery.
+            if event.version < current.product_version or (
+                event.op is ProductOp.DELETE and event.version < current.gallery_version
+            ):
                 results.append(EventResult(event, EventOutcome.STALE))
                 continue
             if event.op is ProductOp.DELETE:

@@ -118,8 +118,11 @@ class Oracle:
         return outcome
 
     def _product(self, sku: Sku, event: Mapping[str, Any]) -> str:
-        if event["version"] < sku.product_version:
-            return "stale"
+        deleting = event.get("op", "UPSERT") == "DELETE"
+        if event["version"] < sku.product_version or (
+            deleting and event["version"] < sku.gallery_version
+        ):
+            return "stale"  # a DELETE removes the gallery: it must be as new as the gallery
         before = _content(sku)
         sku.product_version = event["version"]
         sku.exists = True

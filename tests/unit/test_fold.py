@@ -467,7 +467,7 @@ def test_a_duplicate_of_a_no_op_event_is_folded_again_wherever_the_batch_splits(
     gallery or not depending on whether both copies fell into one batch."""
     start = state(stored("/a.jpg"), version=1)
     resync = media(4, [{"file_path": "/a.jpg"}])
-    events = [resync, product(3, "DELETE"), resync]
+    events = [resync, product(4, "DELETE"), resync]
     whole = fold(start, events, OBJECTS, RULES)
     assert [r.outcome for r in whole.results] == [
         EventOutcome.NOOP,

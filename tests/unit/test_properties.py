@@ -255,13 +255,9 @@ def test_with_growing_versions_redeliveries_and_duplicates_change_nothing(
     assert content_versions(again.states) == content_versions(once.states)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a product DELETE is stale only against the product version: replayed after a "
-    "newer media event, a DELETE that was a no-op the first time (not remembered) removes "
-    "the newer gallery. The oracle has the same rule; changing it is a design decision.",
-)
 def test_a_replayed_no_op_delete_does_not_remove_a_newer_gallery() -> None:
+    """A DELETE removes the gallery too, so it is stale against the gallery's version as
+    well as the product's: replayed after a newer media event it changes nothing."""
     def event(version: int, **body: Any) -> dict[str, Any]:
         return {"event_id": str(uuid.uuid4()), "sku": "S1", "version": version, **body}
 
