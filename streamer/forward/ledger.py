@@ -2,10 +2,12 @@
 
 A batch's deliveries are retried until each is delivered (2xx) or refused (4xx, dead
 letter). A delivery that keeps failing retriably is given up (dead-lettered as
-``webhook_failing``) only after ``max_attempts`` attempts *and* only if the receiver
-accepted another delivery since this one's first attempt started: that proves the
-endpoint works and this payload is what fails. While nothing gets through, it is an
-outage: the batch waits (circuit open, partitions paused) and nothing is dead-lettered.
+``webhook_failing``) only after ``max_attempts`` attempts that the receiver answered
+(a status or a timeout: attempts that could not connect say the endpoint is down, not
+that this payload fails) *and* only if the receiver accepted another delivery since this
+one's first attempt started: that proves the endpoint works and this payload is what
+fails. While nothing gets through, it is an outage: the batch waits (circuit open,
+partitions paused) and nothing is dead-lettered.
 
 Entries live until the batch commits (``clear``), so a batch retried after a pause,
 a failed commit or a fencing does not send again what already got a 2xx.
@@ -28,6 +30,7 @@ Final = Literal["delivered", "refused", "failing"]
 @dataclass
 class Attempts:
     count: int = 0
+    answered: int = 0  # attempts that reached the receiver (not connection failures)
     first_started: float = 0.0  # monotonic, for the give-up rule
     first_wall_ms: int = 0
     last_wall_ms: int = 0
@@ -75,6 +78,7 @@ class Ledger:
     def record(self, webhook_id: str, answer: Answer, started: float) -> Attempts:
         entry = self._entries.setdefault(webhook_id, Attempts(first_started=started))
         entry.count += 1
+        entry.answered += answer.result != "network"
         entry.last = answer
         entry.last_wall_ms = self._wall_ms()
         if entry.first_wall_ms == 0:
@@ -89,7 +93,7 @@ class Ledger:
         return entry
 
     def gives_up(self, entry: Attempts) -> bool:
-        return entry.count >= self.max_attempts and self.last_success >= entry.first_started
+        return entry.answered >= self.max_attempts and self.last_success >= entry.first_started
 
     def clear(self) -> None:
         self._entries.clear()

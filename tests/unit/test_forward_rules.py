@@ -213,6 +213,24 @@ def test_a_failing_delivery_is_given_up_only_while_others_get_through() -> None:
     assert entry.final == "failing"
 
 
+def test_a_receiver_that_cannot_be_reached_is_an_outage_not_a_failing_delivery() -> None:
+    """Regression (chaos campaign): the receiver went down for 1.7 s after accepting other
+    deliveries; one delivery's 8 refused connections gave it up as ``webhook_failing``."""
+    clock = Clock()
+    ledger = Ledger(3, clock=clock)
+    started = ledger.started("a")
+    ledger.record("b", classify(204), ledger.started("b"))
+    down = no_answer("network", "ConnectError: All connection attempts failed", 0.0)
+    for _ in range(10):
+        clock.now += 1
+        entry = ledger.record("a", down, started)
+        started = ledger.started("a")
+    assert entry.final is None and entry.answered == 0, "cannot connect: an outage"
+    for _ in range(3):
+        entry = ledger.record("a", classify(500), ledger.started("a"))
+    assert entry.final == "failing", "answered failures while others got through"
+
+
 def test_refusals_finish_at_once_and_timeouts_never_refuse() -> None:
     ledger = Ledger(1)
     assert ledger.record("a", classify(400), ledger.started("a")).final == "refused"
