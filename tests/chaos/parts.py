@@ -7,7 +7,8 @@
   (The Tansu build of the dev stack has no PostgreSQL storage; see README.)
 - PostgreSQL: a server of its own from the ``pgserver`` wheel, so a restart touches
   no other test.
-- Workers: ``streamer consume`` processes, killed, stopped and added at will.
+- Workers: processes of one job (``streamer consume``, ``forward``, ``replicate``,
+  ``objects consume``), killed, stopped and added at will.
 """
 
 from __future__ import annotations
@@ -71,7 +72,42 @@ class _Moto:
 
 
 class CatalogS3(_Moto):
-    """Where the catalog's images live; the S3 outage fault stops and starts it."""
+    """Where the catalog's images live; the S3 outage fault stops and starts it. moto serves
+    SQS on the same port, so the bucket's notification queue goes down with it."""
+
+    def sqs(self) -> Any:
+        return boto3.client("sqs", endpoint_url=self.url, region_name="us-east-1", **_KEYS)
+
+    def notify_queue(self, bucket: str) -> str:
+        """A queue the bucket notifies of every put and delete (as S3 notifies SQS on AWS,
+        and as the dev stack wires it): what ``streamer objects consume`` reads."""
+        sqs = self.sqs()
+        url: str = sqs.create_queue(QueueName=f"{bucket}-objects")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        self.client().put_bucket_notification_configuration(
+            Bucket=bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {
+                        "QueueArn": arn["Attributes"]["QueueArn"],
+                        "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+                    }
+                ]
+            },
+        )
+        return url
+
+    def queued(self, url: str) -> int:
+        """Messages in the queue, visible or received and not yet deleted."""
+        attrs = self.sqs().get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        )["Attributes"]
+        return sum(int(v) for v in attrs.values())
 
 
 class BrokerStore:
@@ -185,12 +221,20 @@ class Postgres:
 
 
 class Workers:
-    """Worker processes of one job (``streamer consume``, ``forward``, ``replicate``)."""
+    """Worker processes of one job (``streamer consume``, ``forward``, ``replicate``,
+    ``objects consume``): ``command`` names them, ``argv`` (default: the command) runs them."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], command: str = "consume") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        env: dict[str, str],
+        command: str = "consume",
+        argv: tuple[str, ...] = (),
+    ) -> None:
         self.workdir = workdir
         self.env = env
         self.command = command
+        self.argv = argv or (command,)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.born: dict[str, float] = {}
         self.started = 0
@@ -207,7 +251,7 @@ class Workers:
             env["STREAMER_TEST_CRASH_SEED"] = str(seed)
         log = (self.workdir / f"{name}.log").open("wb")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "streamer", self.command],
+            [sys.executable, "-m", "streamer", *self.argv],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
