@@ -205,7 +205,8 @@ class Oracle:
         carrying the old ETag is either re-checked first (+1, and the event that touches it
         later sees the same ETag: +0) or touched first by an event (+1, and the re-check
         then finds nothing to change); an image a REPLACE or a delete removes is gone either
-        way. So the oracle applies them at one point, after the overwrite.
+        way. So the oracle applies them at one point, after the overwrite (the run's
+        ``compare`` bounds what an overwrite made during wave 2 adds to this).
         """
         changed: list[tuple[str, str]] = []
         wanted = set(paths)
