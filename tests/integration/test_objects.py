@@ -475,6 +475,36 @@ async def test_a_replay_after_uploading_a_missing_object_does_not_trust_the_cach
     assert [(r["etag"], r["deleted"]) for r in indexed] == [(etag, False)]
 
 
+async def test_the_sqs_source_waits_for_postgresql_at_start(make_settings, stack) -> None:
+    """A worker started while PostgreSQL restarts waits for it, as the Kafka runner does,
+    instead of exiting 1 (found by the chaos campaign: workers replaced during a restart
+    died)."""
+    from streamer.dev.stack import free_port
+
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=stack.s3_endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="streamer-dev",
+        aws_secret_access_key="streamer-dev",
+    )
+    url = sqs.create_queue(QueueName=f"objects-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    settings = make_settings(
+        objects_sqs_url=url,
+        objects_sqs_wait_s=0,
+        database_url=f"postgresql://nobody:x@127.0.0.1:{free_port()}/none",
+        circuit_reset_timeout_s=0.1,
+    )
+    source = SqsSource(settings, make_handler(settings), install_signal_handlers=False)
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(stop))
+    await asyncio.sleep(1.0)  # several attempts at 0.1 s apart
+    assert not task.done(), task.exception() if task.done() else None
+    stop.set()
+    stats = await asyncio.wait_for(task, timeout=10)
+    assert stats.rounds == 0
+
+
 class StaleThenIndexed:
     """An ETag source that answers with the bytes the object had, while the index moves on
     to the new ones (the objects job committing between this batch's look-up and its write,
