@@ -22,7 +22,7 @@ async def test_final_state_matches_the_oracle_whatever_the_faults(
         print(
             f"\nseed {seed}: {result.events} events, faults {result.faults}, "
             f"crash points fired {result.crashes_in_commit}, re-checks {result.rechecks} "
-            f"(old bytes first {result.lag_bumps}), "
+            f"(extra content changes {result.lag_bumps}), "
             f"{result.seconds:.0f}s"
         )
     assert result.mismatches == [], "\n".join(
