@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,23 @@ class Postgres:
         shutil.rmtree(self.pgdata.parent, ignore_errors=True)
 
 
+_WAITS = (b"not reachable yet, retrying", b"consuming starts when it answers")
+
+
+def _last_wait(log: Path) -> float | None:
+    """When the worker last logged that it waits for a dependency before joining (epoch s)."""
+    try:
+        lines = log.read_bytes().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if any(w in line for w in _WAITS):
+            with contextlib.suppress(ValueError):
+                stamp = line.split(b" ", 1)[0].decode().rstrip("Z")
+                return datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp()
+    return None
+
+
 class Workers:
     """Worker processes of one job (``streamer consume``, ``forward``, ``replicate``,
     ``objects consume``): ``command`` names them, ``argv`` (default: the command) runs them."""
@@ -261,9 +279,16 @@ class Workers:
         return name
 
     def quiet_s(self) -> float:
-        """Seconds since a worker of this job last started, died, was killed or left."""
+        """Seconds since a worker of this job last started, died, was killed or left, or
+        last waited for PostgreSQL or the broker at its start: such a worker joins its group
+        only once they answer, well after its process started."""
         self.alive()
-        return time.monotonic() - self.changed
+        quiet = time.monotonic() - self.changed
+        for name in self.procs:
+            waited = _last_wait(self.workdir / f"{name}.log")
+            if waited is not None:
+                quiet = min(quiet, time.time() - waited)
+        return quiet
 
     def age_s(self, name: str) -> float:
         return time.monotonic() - self.born.get(name, time.monotonic())
