@@ -4,8 +4,13 @@ The index (kept current from bucket notifications by ``streamer objects consume`
 beside the batch's state read, one statement for every key of the batch. Keys it does not
 know, and keys a re-check asks about afresh, go to the S3 look-up (``auto``); what S3
 said is recorded into the index, timed at the moment the look-up began, so a notification
-of a later change still wins and an earlier one delivered late does not. An entry marked
-deleted is a missing object, as a HEAD's 404 is.
+of a later change still wins and an earlier one delivered late does not.
+
+An entry marked deleted is a miss too: absence is confirmed with S3. The index learns of an
+upload only when its notification is taken, and an upload re-checks no gallery when none
+holds the path (an event whose object was missing stored no image), so trusting a recorded
+404 would dead-letter a replay made right after uploading the missing objects again, and
+the image would never be stored. Missing objects are the exception, so asking costs little.
 """
 
 from __future__ import annotations
@@ -53,9 +58,7 @@ class IndexEtagSource:
             rows = await read_objects(conn, self.bucket, wanted - fresh_keys)
         found: dict[str, ObjectInfo | None] = {}
         for key, row in rows.items():
-            if row.deleted or row.etag is None:
-                found[key] = None
-            else:
+            if not row.deleted and row.etag is not None:
                 found[key] = ObjectInfo(row.etag, row.size or 0, row.content_type)
         misses = wanted - found.keys()
         self.hits += len(found)

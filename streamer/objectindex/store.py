@@ -61,7 +61,7 @@ WHERE bucket = $1 AND starts_with(key, $2) AND NOT deleted AND key COLLATE "C" >
 ORDER BY key COLLATE "C" LIMIT $4
 """
 _GALLERIES = """
-SELECT file_path, sku, etag FROM gallery_images WHERE file_path = ANY($1::text[])
+SELECT file_path, sku, etag, content_version FROM gallery_images WHERE file_path = ANY($1::text[])
 """
 
 
@@ -203,8 +203,9 @@ def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
 
 async def galleries_using(
     conn: asyncpg.Connection, paths: Collection[str]
-) -> dict[str, list[tuple[str, str]]]:
-    """file path -> [(sku, stored etag)] of the galleries that hold it (by index, no scan).
+) -> dict[str, list[tuple[str, str, int]]]:
+    """file path -> [(sku, stored etag, content_version)] of the galleries that hold it (by
+    index, no scan).
 
     Reads the gallery's table without writing it: the gallery job stays its only writer.
     """
@@ -212,7 +213,7 @@ async def galleries_using(
         return {}
     async with converted():
         rows = await conn.fetch(_GALLERIES, list(paths))
-    out: dict[str, list[tuple[str, str]]] = {}
-    for path, sku, etag in rows:
-        out.setdefault(path, []).append((sku, etag))
+    out: dict[str, list[tuple[str, str, int]]] = {}
+    for path, sku, etag, content_version in rows:
+        out.setdefault(path, []).append((sku, etag, content_version))
     return out

@@ -40,37 +40,46 @@ class Recheck:
     event_id: str
 
 
-def _mark(change: ObjectChange) -> str:
+def _mark(change: ObjectChange, stored_etag: str, content_version: int) -> str:
     order = change.sequencer or change.event_time.isoformat()
-    return f"{change.bucket}/{change.key}@{change.etag or 'deleted'}@{order}"
+    return (
+        f"{change.bucket}/{change.key}@{change.etag or 'deleted'}@{order}"
+        f" over {stored_etag}#{content_version}"
+    )
 
 
 def plan_rechecks(
     changes: Iterable[ObjectChange],
-    galleries: Mapping[str, list[tuple[str, str]]],
+    galleries: Mapping[str, list[tuple[str, str, int]]],
     prefix: str,
 ) -> list[Recheck]:
     """One re-check per SKU whose stored images differ from the changed objects.
 
-    ``galleries``: file path -> [(sku, stored etag)]. The event id is derived from the SKU
-    and the changes, so the same notification re-delivered asks the same re-check.
+    ``galleries``: file path -> [(sku, stored etag, content_version)]. The event id is
+    derived from the SKU, the changes and the stored images they differ from, so the same
+    notification re-delivered to an unchanged gallery asks the same re-check (applied once),
+    but one re-delivered after the gallery moved asks a new one. Without the stored image
+    in the id, a notification whose first attempt published its re-check and then rolled
+    back (a crash before COMMIT) came back after the gallery, re-checked once, had stored
+    the old bytes again from the index that rollback left behind; the same id was a
+    duplicate, and the gallery kept bytes no longer in the bucket.
     """
-    by_sku: dict[str, list[tuple[str, ObjectChange]]] = {}
+    by_sku: dict[str, list[tuple[str, ObjectChange, str, int]]] = {}
     for change in changes:
         path = file_path_of(prefix, change.key)
         if path is None:
             continue
-        for sku, stored_etag in galleries.get(path, ()):
+        for sku, stored_etag, content_version in galleries.get(path, ()):
             if change.deleted or change.etag != stored_etag:
-                by_sku.setdefault(sku, []).append((path, change))
+                by_sku.setdefault(sku, []).append((path, change, stored_etag, content_version))
     out: list[Recheck] = []
     for sku, hits in sorted(by_sku.items()):
-        marks = ",".join(sorted(_mark(c) for _, c in hits))
+        marks = ",".join(sorted(_mark(c, e, v) for _, c, e, v in hits))
         out.append(
             Recheck(
                 sku=sku,
-                file_paths=tuple(sorted({p for p, _ in hits})),
-                occurred_at=max(c.event_time for _, c in hits),
+                file_paths=tuple(sorted({p for p, _, _, _ in hits})),
+                occurred_at=max(c.event_time for _, c, _, _ in hits),
                 event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"streamer:recheck:{sku}:{marks}")),
             )
         )

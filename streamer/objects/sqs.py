@@ -175,7 +175,10 @@ class SqsSource:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
         health = self._start_health()
-        await self.database.start()
+        if not await self._database_started(stop):
+            if health is not None:
+                health.stop()
+            return self.stats
         self.publisher.start()
         await self.handler.start(
             HandlerContext(
@@ -207,6 +210,22 @@ class SqsSource:
             if health is not None:
                 health.stop()
         return self.stats
+
+    async def _database_started(self, stop: asyncio.Event) -> bool:
+        """Wait for PostgreSQL as the Kafka runner does: a worker started while it restarts
+        waits for it instead of exiting (False: stopped before it answered)."""
+        while not stop.is_set():
+            try:
+                await self.database.start()
+                return True
+            except DependencyUnavailable as exc:
+                self._healthy = False
+                log.warning("PostgreSQL not reachable yet, retrying: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        stop.wait(), timeout=self.settings.runtime.circuit_reset_timeout_s
+                    )
+        return False
 
     async def round(self, stop: asyncio.Event | None = None) -> int:
         """Receive, apply and delete one batch; returns how many messages it held."""

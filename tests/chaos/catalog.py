@@ -2,8 +2,9 @@
 
 Wave 1 is published against the first version of the objects, some of which are
 still missing ("late": uploaded after wave 1, their events dead-lettered and then
-replayed). Between the waves some objects are overwritten with new bytes, so
-wave 2 changes content (``content_version`` goes up exactly once per change).
+replayed). Some objects are overwritten with new bytes (the run does half between the
+waves, half while wave 2 is applied), so wave 2 changes content, and the object indexer's
+re-checks carry the new bytes to galleries wave 2 does not touch.
 Each SKU's versions grow at the source, but events are published out of order
 (stale ones), re-sent (duplicates with the same id), re-synced unchanged with a
 newer version (no-ops), deleted at the end of a wave and resurrected in the next; a
@@ -30,7 +31,7 @@ class Catalog:
     skus: list[str]
     objects: dict[str, bytes]  # uploaded before wave 1
     late: dict[str, bytes]  # missing during wave 1, uploaded after it
-    overwritten: dict[str, bytes]  # new bytes for some objects, after wave 1
+    overwritten: dict[str, bytes]  # new bytes for some objects, after wave 1 or during wave 2
     wave1: list[dict[str, Any]] = field(default_factory=list)
     wave2: list[dict[str, Any]] = field(default_factory=list)
     garbage: list[tuple[str, bytes]] = field(

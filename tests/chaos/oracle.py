@@ -196,6 +196,34 @@ class Oracle:
             return "partial"
         return "written" if _content(sku) != before else "noop"
 
+    def recheck(self, objects: Mapping[str, Obj], paths: Iterable[str]) -> list[tuple[str, str]]:
+        """What the object index's re-checks do once ``paths`` were overwritten in S3: every
+        stored image of those paths takes the object's ETag now, ``content_version`` + 1
+        where the bytes changed; versions, metadata and roles stay. Returns the (SKU, path)
+        pairs it changed.
+
+        Where a re-check lands among a SKU's later events does not change the final state,
+        as long as every event after the overwrite sees the new objects: an image still
+        carrying the old ETag is either re-checked first (+1, and the event that touches it
+        later sees the same ETag: +0) or touched first by an event (+1, and the re-check
+        then finds nothing to change); an image a REPLACE or a delete removes is gone either
+        way. So the oracle applies them at one point, after the overwrite (the run's
+        ``compare`` bounds what an overwrite made during wave 2 adds to this).
+        """
+        changed: list[tuple[str, str]] = []
+        wanted = set(paths)
+        for name, state in self.states.items():
+            for path, img in list(state.images.items()):
+                obj = objects.get(path)
+                if path not in wanted or obj is None or obj.etag == img.etag:
+                    continue
+                state.images[path] = Img(
+                    obj.etag, img.label, img.position, img.disabled, img.roles,
+                    img.content_version + 1,
+                )  # fmt: skip
+                changed.append((name, path))
+        return changed
+
     def export(self) -> list[dict[str, Any]]:
         """What ``streamer gallery export`` prints for the same state."""
         out = []

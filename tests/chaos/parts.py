@@ -7,7 +7,8 @@
   (The Tansu build of the dev stack has no PostgreSQL storage; see README.)
 - PostgreSQL: a server of its own from the ``pgserver`` wheel, so a restart touches
   no other test.
-- Workers: ``streamer consume`` processes, killed, stopped and added at will.
+- Workers: processes of one job (``streamer consume``, ``forward``, ``replicate``,
+  ``objects consume``), killed, stopped and added at will.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +73,42 @@ class _Moto:
 
 
 class CatalogS3(_Moto):
-    """Where the catalog's images live; the S3 outage fault stops and starts it."""
+    """Where the catalog's images live; the S3 outage fault stops and starts it. moto serves
+    SQS on the same port, so the bucket's notification queue goes down with it."""
+
+    def sqs(self) -> Any:
+        return boto3.client("sqs", endpoint_url=self.url, region_name="us-east-1", **_KEYS)
+
+    def notify_queue(self, bucket: str) -> str:
+        """A queue the bucket notifies of every put and delete (as S3 notifies SQS on AWS,
+        and as the dev stack wires it): what ``streamer objects consume`` reads."""
+        sqs = self.sqs()
+        url: str = sqs.create_queue(QueueName=f"{bucket}-objects")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        self.client().put_bucket_notification_configuration(
+            Bucket=bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {
+                        "QueueArn": arn["Attributes"]["QueueArn"],
+                        "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+                    }
+                ]
+            },
+        )
+        return url
+
+    def queued(self, url: str) -> int:
+        """Messages in the queue, visible or received and not yet deleted."""
+        attrs = self.sqs().get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        )["Attributes"]
+        return sum(int(v) for v in attrs.values())
 
 
 class BrokerStore:
@@ -184,13 +221,38 @@ class Postgres:
         shutil.rmtree(self.pgdata.parent, ignore_errors=True)
 
 
-class Workers:
-    """Worker processes of one job (``streamer consume``, ``forward``, ``replicate``)."""
+_WAITS = (b"not reachable yet, retrying", b"consuming starts when it answers")
 
-    def __init__(self, workdir: Path, env: dict[str, str], command: str = "consume") -> None:
+
+def _last_wait(log: Path) -> float | None:
+    """When the worker last logged that it waits for a dependency before joining (epoch s)."""
+    try:
+        lines = log.read_bytes().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if any(w in line for w in _WAITS):
+            with contextlib.suppress(ValueError):
+                stamp = line.split(b" ", 1)[0].decode().rstrip("Z")
+                return datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp()
+    return None
+
+
+class Workers:
+    """Worker processes of one job (``streamer consume``, ``forward``, ``replicate``,
+    ``objects consume``): ``command`` names them, ``argv`` (default: the command) runs them."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        env: dict[str, str],
+        command: str = "consume",
+        argv: tuple[str, ...] = (),
+    ) -> None:
         self.workdir = workdir
         self.env = env
         self.command = command
+        self.argv = argv or (command,)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.born: dict[str, float] = {}
         self.started = 0
@@ -207,7 +269,7 @@ class Workers:
             env["STREAMER_TEST_CRASH_SEED"] = str(seed)
         log = (self.workdir / f"{name}.log").open("wb")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "streamer", self.command],
+            [sys.executable, "-m", "streamer", *self.argv],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -217,9 +279,16 @@ class Workers:
         return name
 
     def quiet_s(self) -> float:
-        """Seconds since a worker of this job last started, died, was killed or left."""
+        """Seconds since a worker of this job last started, died, was killed or left, or
+        last waited for PostgreSQL or the broker at its start: such a worker joins its group
+        only once they answer, well after its process started."""
         self.alive()
-        return time.monotonic() - self.changed
+        quiet = time.monotonic() - self.changed
+        for name in self.procs:
+            waited = _last_wait(self.workdir / f"{name}.log")
+            if waited is not None:
+                quiet = min(quiet, time.time() - waited)
+        return quiet
 
     def age_s(self, name: str) -> float:
         return time.monotonic() - self.born.get(name, time.monotonic())

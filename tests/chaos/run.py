@@ -3,7 +3,10 @@ then the final state held against the oracle.
 
 Phase 1 publishes wave 1 (some objects still missing) while faults happen; once drained,
 the late objects are uploaded, some objects overwritten, and the ``object_missing`` dead
-letters replayed; phase 2 publishes wave 2 under new faults. Everything random comes
+letters replayed; phase 2 publishes wave 2 under new faults. All along, the bucket notifies
+an SQS queue (moto serves SQS beside S3) of every put, which the object indexer
+(``streamer objects consume``) keeps as the ``objects`` index; an overwrite sends a
+``GalleryRecheck`` to every gallery still holding the old ETag. Everything random comes
 from the seed, so ``--chaos-seed N`` replays the same catalog and the same fault
 schedule (the exact interleaving with the workers still varies, which is the point:
 the result must not).
@@ -65,8 +68,11 @@ Log = Callable[[str], None]
 # S3 storage, stopped while producers write (SIGKILL or SIGINT alike), acknowledged records
 # under the same offset twice and then served none of the partition (measured).
 FAULTS = ("kill", "join", "leave", "s3", "postgres", "webhook")
-# Workers kept alive per job during a phase: the gallery sync, the forwarder, the replicator.
-JOBS = {"consume": 2, "forward": 2, "replicate": 2}
+# Workers kept alive per job during a phase: the gallery sync, the forwarder, the replicator,
+# the object indexer (on the bucket's SQS queue: no consumer group, so joins and leaves
+# churn no group of its own, only the queue's in-flight messages).
+JOBS = {"consume": 2, "forward": 2, "replicate": 2, "objects": 2}
+ARGV = {"objects": ("objects", "consume")}
 # A group quiet this long has finished its rebalance (session timeout 6 s, two cooperative
 # rounds); a leave waits up to LEAVE_WAIT_S for that, or is skipped.
 SETTLE_S = 12.0
@@ -80,6 +86,8 @@ class RunResult:
     faults: list[str] = field(default_factory=list)
     events: int = 0
     crashes_in_commit: int = 0
+    rechecks: int = 0  # GalleryRecheck events the gallery recorded
+    lag_bumps: int = 0  # extra content changes of overwritten objects' images (old bytes stored)
     mismatches: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -107,6 +115,11 @@ class Run:
         self.receiver = Receiver(SECRET).up()
         self.pg = await asyncio.to_thread(Postgres, self.workdir)
         await self.pg.create()
+        bucket = f"catalog-{self.seed}"
+        s3 = self.s3.client()
+        s3.create_bucket(Bucket=bucket)
+        s3.create_bucket(Bucket=f"replica-{self.seed}")
+        self.queue_url = self.s3.notify_queue(bucket)
         self.settings = Settings.load(
             None,
             kafka_bootstrap=self.broker.bootstrap,
@@ -115,12 +128,12 @@ class Run:
             session_timeout_ms=6000,
             database_url=self.pg.dsn,
             s3_endpoint_url=self.s3.url,
-            s3_bucket=f"catalog-{self.seed}",
+            s3_bucket=bucket,
             s3_access_key_id="chaos",
             s3_secret_access_key="chaos",
             head_timeout_s=1.0,
             group_id=f"chaos-{self.seed}",
-            etag_source="list",
+            etag_source="index",
             batch_max_events=25,
             batch_max_wait_ms=50,
             retry_initial_backoff_ms=50,
@@ -137,16 +150,19 @@ class Run:
             replica_group_id=f"chaos-{self.seed}-replicate",
             replica_bucket=f"replica-{self.seed}",
             replica_prefix="replica",
+            objects_group_id=f"chaos-{self.seed}-objects",
+            objects_sqs_url=self.queue_url,
+            objects_sqs_wait_s=1,  # a leave waits out at most one long poll
+            objects_sqs_visibility_s=10,  # a killed worker's messages come back soon
         )
         await migrate_all(self.pg.dsn)
         await asyncio.to_thread(create_topics, self.settings)
-        s3 = self.s3.client()
-        s3.create_bucket(Bucket=self.settings.s3.s3_bucket)
-        s3.create_bucket(Bucket=f"replica-{self.seed}")
         self._upload(self.catalog.objects)
         env = settings_env(self.settings)
         env["STREAMER_WEBHOOK_SECRET"] = SECRET
-        self.jobs = {command: Workers(self.workdir, env, command) for command in JOBS}
+        self.jobs = {
+            command: Workers(self.workdir, env, command, ARGV.get(command, ())) for command in JOBS
+        }
         self.publisher = Publisher(self.settings.kafka)
         self.publisher.start()
         self.events = EventPublisher(self.publisher, Codec(), self.settings.topics)
@@ -160,6 +176,21 @@ class Run:
                 Body=body,
                 ContentType="image/jpeg",
             )
+
+    async def _overwrite_later(self, objects: dict[str, bytes], window_s: float) -> None:
+        """``objects`` overwritten one by one at seeded times inside the window, each retried
+        until S3 takes it (an S3 outage may be under way)."""
+        times = sorted(self.rng.uniform(0.5, window_s) for _ in objects)
+        started = time.monotonic()
+        for at, (path, body) in zip(times, sorted(objects.items()), strict=True):
+            await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+            while True:
+                try:
+                    await asyncio.to_thread(self._upload, {path: body})
+                    break
+                except Exception:
+                    await asyncio.sleep(0.25)
+        self.log(f"  overwrote {len(objects)} objects during the phase")
 
     async def teardown(self) -> None:
         for workers in self.jobs.values():
@@ -209,19 +240,26 @@ class Run:
         return all(stored.get(tp, -1) >= end for tp, end in self.ends.items())
 
     async def until_drained(self, timeout_s: float = 240) -> None:
-        """The gallery drained, then the forwarder and replicator past every outcome."""
+        """The gallery drained; the object indexer past every notification, and the gallery
+        past the re-checks it published; then the forwarder and replicator past every
+        outcome."""
         deadline = time.monotonic() + timeout_s
+        await self._gallery_drained(deadline, timeout_s)
         while time.monotonic() < deadline:
             self._keep_workers(min_workers=1, crash_points=False)
-            if await self.drained():
-                break
+            with contextlib.suppress(Exception):
+                if await asyncio.to_thread(self.s3.queued, self.queue_url) == 0:
+                    break
             await asyncio.sleep(0.25)
         else:
+            left = await asyncio.to_thread(self.s3.queued, self.queue_url)
             self.result.mismatches.append(
-                f"gallery not drained within {timeout_s:.0f}s:"
-                f" {await self._lagging(self.settings.gallery.group_id, self.ends)}"
+                f"object notifications not drained within {timeout_s:.0f}s: {left} in the queue"
             )
-            raise TimeoutError(f"seed {self.seed}: gallery not drained within {timeout_s:.0f}s")
+            raise TimeoutError(f"seed {self.seed}: object notifications not drained")
+        # The re-checks the indexer published are on the media topic: the gallery past them.
+        self._note_ends(await asyncio.to_thread(self._topic_ends, self.settings.topics.media_topic))
+        await self._gallery_drained(deadline, timeout_s)
         outcome_ends = await asyncio.to_thread(self._outcome_ends)
         groups = (self.settings.forward.forward_group_id, self.settings.replica.replica_group_id)
         while time.monotonic() < deadline:
@@ -235,6 +273,19 @@ class Run:
                     f"{group} not drained within {timeout_s:.0f}s: {short}"
                 )
         raise TimeoutError(f"seed {self.seed}: forwarder/replicator not drained")
+
+    async def _gallery_drained(self, deadline: float, timeout_s: float) -> None:
+        while time.monotonic() < deadline:
+            self._keep_workers(min_workers=1, crash_points=False)
+            if await self.drained():
+                break
+            await asyncio.sleep(0.25)
+        else:
+            self.result.mismatches.append(
+                f"gallery not drained within {timeout_s:.0f}s:"
+                f" {await self._lagging(self.settings.gallery.group_id, self.ends)}"
+            )
+            raise TimeoutError(f"seed {self.seed}: gallery not drained within {timeout_s:.0f}s")
 
     async def _lagging(self, group: str, ends: dict[tuple[str, int], int]) -> list[str]:
         """Partitions short of their end: where they stand, and which worker owns them."""
@@ -252,6 +303,14 @@ class Run:
             for (t, p), end in sorted(ends.items())
             if (t, p) not in at or at[(t, p)]["next_offset"] < end
         ]
+
+    def _topic_ends(self, topic: str) -> dict[tuple[str, int], int]:
+        """Exact ends of a topic, from the messages themselves (not watermarks)."""
+        ends: dict[tuple[str, int], int] = {}
+        for msg in read_messages(self.settings.kafka, topic, timeout_s=120, strict=True):
+            tp = (msg.topic() or "", msg.partition() or 0)
+            ends[tp] = max(ends.get(tp, 0), (msg.offset() or 0) + 1)
+        return ends
 
     def _outcome_ends(self) -> dict[tuple[str, int], int]:
         """Exact ends of the outcome topic, from the messages themselves (not watermarks)."""
@@ -362,7 +421,9 @@ class Run:
             await asyncio.to_thread(self.broker.start)
         else:
             return
-        self.result.faults.append(kind)
+        self.result.faults.append(
+            kind if kind in ("s3", "postgres", "webhook", "broker") else f"{kind}:{command}"
+        )
 
     async def _settled(self, workers: Workers) -> bool:
         """Wait for the job's group to be quiet long enough to have finished rebalancing.
@@ -429,7 +490,11 @@ class Run:
         await asyncio.to_thread(self.broker.start)
         self.result.faults.append("broker")
         self._upload(catalog.late)
-        self._upload(catalog.overwritten)
+        # Half the overwrites between the phases; the other half while wave 2 is applied and
+        # faults happen, so the indexer's re-checks race the gallery's own writes.
+        between = dict(sorted(catalog.overwritten.items())[::2])
+        during = {p: b for p, b in catalog.overwritten.items() if p not in between}
+        self._upload(between)
         replayed = await replay_dead_letters(
             self.settings.kafka,
             self.settings.database,
@@ -438,10 +503,18 @@ class Run:
         )
         self._note_ends(replayed.end_offsets)
         self.log(f"replayed {replayed.replayed} object_missing dead letters")
-        await self.phase("phase 2: wave 2 under faults", self.publish(catalog.wave2, 12), 14)
+
+        async def wave2() -> None:
+            await asyncio.gather(
+                self.publish(catalog.wave2, 12), self._overwrite_later(during, window_s=10)
+            )
+
+        await self.phase("phase 2: wave 2 under faults", wave2(), 14)
         self.result.mismatches.extend(await self.compare(replayed.records))
         self.result.mismatches.extend(self.check_forwarded())
         self.result.mismatches.extend(await self.check_replica())
+        self.result.mismatches.extend(await self.check_index())
+        self.result.mismatches.extend(await self.check_overwritten())
         for workers in self.jobs.values():
             for name in workers.alive():
                 code = await workers.leave(name)
@@ -460,6 +533,27 @@ class Run:
         partial or stale depending on which arrives first, and a duplicate of a partial
         event is re-applied when it lands in a later batch but not in the same one; the
         state is the same either way, the dead letters and ``applications`` are not.
+
+        One more bound, for the images of overwritten objects. The oracle lets every event
+        after wave 1 see the new objects. In the run, half the objects are overwritten while
+        wave 2 is applied, and with ``STREAMER_ETAG_SOURCE=index`` an event applied after an
+        overwrite but before the indexer took its notification reads the old ETag from the
+        index. An image such an event adds (``content_version`` 1) carries the old bytes
+        until the re-check (asked by the indexer, or by the batch itself when it saw the
+        newer index row) moves it to the new ones: 2 where the oracle has 1. The old bytes
+        can even come back after a re-check stored the new ones: the indexer publishes its
+        re-checks before it commits the index row, so a re-check applied before that commit
+        (or before a crash rolled it back and the notification came back) leaves the index
+        on the old ETag for the next event to read, and the next re-check moves the image
+        forward again: new, old, new, two more. Each extra count is a real change of the
+        stored bytes between the old and the new ETag, and how many there are depends on
+        the timing of the indexer's commits, so for an overwritten object's image the bound
+        is ``content_version`` at least the oracle's (never fewer changes than the bytes
+        made). Every ETag is exact (the new one:
+        the index source's cross-check between the batch and the indexer promises it; the
+        ``list`` source has no such check, which is why the run reads from the index), and
+        every other ``content_version`` is exact. Re-checks are each applied at most once
+        (their ids derive from the change).
         """
         oracle = self.expected(replayed)
         problems: list[str] = []
@@ -487,6 +581,13 @@ class Run:
                 )
             }
         want_versions = oracle.content_versions()
+        lagged = {
+            k
+            for k, n in versions.items()
+            if k[1] in self.catalog.overwritten and k in want_versions and n > want_versions[k]
+        }
+        self.result.lag_bumps = sum(versions[k] - want_versions[k] for k in lagged)
+        want_versions = {**want_versions, **{k: versions[k] for k in lagged}}
         if versions != want_versions:
             diff = {
                 k: (want_versions.get(k), versions.get(k))
@@ -497,7 +598,13 @@ class Run:
             suspects |= {sku for sku, _ in diff}
         deliveries = Counter(e["event_id"] for e in self.catalog.wave1 + self.catalog.wave2)
         deliveries.update(self._replayed_ids)
-        over = {e: n for e, n in applications.items() if n > deliveries[e]}
+        # Ids the catalog never sent are the indexer's re-checks: derived from the change,
+        # so a redelivered notification asks the same one, applied at most once.
+        rechecks = set(applications) - set(deliveries)
+        self.result.rechecks = len(rechecks)
+        over = {
+            e: n for e, n in applications.items() if n > (1 if e in rechecks else deliveries[e])
+        }
         if over:
             problems.append(f"applied more often than delivered: {dict(list(over.items())[:10])}")
             suspects |= {self.sku_of[e] for e in over if e in self.sku_of}
@@ -548,6 +655,45 @@ class Run:
         extra = sorted(set(got) - set(wanted))
         stale = sorted(p for p in set(wanted) & set(got) if wanted[p] != got[p])
         return [f"replica: missing {missing[:5]}, extra {extra[:5]}, stale {stale[:5]}"]
+
+    async def check_index(self) -> list[str]:
+        """The ``objects`` index ends exactly as the bucket lists: every key with its ETag,
+        and no other live row. No run deletes an object, so no row is marked deleted either
+        (a deleted row would be a notification or a look-up the bucket never had)."""
+        bucket = self.settings.s3.s3_bucket
+        listed: dict[str, str] = {}
+        for page in self.s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                listed[obj["Key"]] = obj["ETag"].strip('"')
+        async with connect(self.pg.dsn) as conn:
+            rows = await conn.fetch(
+                "SELECT key, etag, deleted FROM objects WHERE bucket = $1", bucket
+            )
+        indexed = {r["key"]: r["etag"] for r in rows if not r["deleted"]}
+        deleted = sorted(r["key"] for r in rows if r["deleted"])
+        if indexed == listed and not deleted:
+            return []
+        missing = sorted(set(listed) - set(indexed))
+        extra = sorted(set(indexed) - set(listed))
+        stale = sorted(k for k in set(listed) & set(indexed) if listed[k] != indexed[k])
+        return [
+            f"object index vs bucket ({len(listed)} listed, {len(indexed)} indexed):"
+            f" missing {missing[:5]}, extra {extra[:5]}, stale {stale[:5]},"
+            f" marked deleted {deleted[:5]}"
+        ]
+
+    async def check_overwritten(self) -> list[str]:
+        """Every gallery image of an overwritten object carries the new ETag, whether a wave-2
+        event or the indexer's re-check brought it (the exact comparison says the same for
+        the oracle's galleries; this names the failure plainly)."""
+        new = {p: etag(b) for p, b in self.catalog.overwritten.items()}
+        stale = [
+            (g["sku"], i["file_path"])
+            async for g in export_galleries(self.pg.dsn)
+            for i in g["images"]
+            if i["file_path"] in new and i["etag"] != new[i["file_path"]]
+        ]
+        return [f"images still on an overwritten object's old ETag: {stale[:10]}"] if stale else []
 
     def check_dead_letters(self, oracle: Oracle, suspects: set[str]) -> list[str]:
         letters: Counter[tuple[str, str]] = Counter()
@@ -624,6 +770,7 @@ class Run:
             event_id = str(codec.decode(record.value).data["event_id"])
             self._replayed_ids.append(event_id)
             oracle.apply(by_id[event_id], after)
+        self.rechecked = oracle.recheck(after, catalog.overwritten)
         for event in catalog.wave2:
             oracle.apply(event, after)
         return oracle
@@ -657,6 +804,14 @@ class Run:
                     f"{oracle.outcomes.get(event['event_id'])}, recorded {rows.get(event['event_id'])}"
                     f" x{applications.get(event['event_id'], 0)}"
                 )
+        sent = {e["event_id"] for e in self.catalog.wave1 + self.catalog.wave2}
+        for event_id, recorded in rows.items():
+            if event_id not in sent:
+                lines.append(
+                    f"  re-check {event_id[:8]} recorded {recorded}"
+                    f" x{applications.get(event_id, 0)}"
+                )
+        lines.append(f"  oracle re-checked: {[p for s, p in self.rechecked if s == sku]}")
         return "\n".join(lines)
 
 

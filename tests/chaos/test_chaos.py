@@ -21,7 +21,9 @@ async def test_final_state_matches_the_oracle_whatever_the_faults(
     with capsys.disabled():
         print(
             f"\nseed {seed}: {result.events} events, faults {result.faults}, "
-            f"crash points fired {result.crashes_in_commit}, {result.seconds:.0f}s"
+            f"crash points fired {result.crashes_in_commit}, re-checks {result.rechecks} "
+            f"(extra content changes {result.lag_bumps}), "
+            f"{result.seconds:.0f}s"
         )
     assert result.mismatches == [], "\n".join(
         [

@@ -36,6 +36,7 @@ from tests.integration.support import (
     prepare,
     put_image,
     read_topic,
+    replay,
     run_until_drained,
     wait_for,
 )
@@ -391,7 +392,7 @@ async def test_index_etag_source_asks_s3_only_for_misses_and_records_them(
     bucket, prefix = settings.s3.s3_bucket, settings.s3.s3_prefix
     etag_a = put_image(s3_client, settings, "/i/a.jpg", b"a")
     etag_b = put_image(s3_client, settings, "/i/b.jpg", b"b")
-    put_image(s3_client, settings, "/i/c.jpg", b"c")  # present in S3, deleted in the index
+    etag_c = put_image(s3_client, settings, "/i/c.jpg", b"c")  # in S3, deleted in the index
     conn = await asyncpg.connect(settings.database.dsn)
     try:
         async with conn.transaction():
@@ -414,27 +415,94 @@ async def test_index_etag_source_asks_s3_only_for_misses_and_records_them(
     def sample(name: str, labels: dict[str, str]) -> float:
         return registry.get_sample_value(name, labels) or 0.0
 
-    assert sample("streamer_s3_requests_total", {"operation": "head"}) == 1  # b alone
-    assert sample("streamer_object_index_lookups_total", {"result": "hit"}) == 2
-    assert sample("streamer_object_index_lookups_total", {"result": "miss"}) == 1
+    # b unknown, c's absence confirmed with S3 (which has it again): two HEADs.
+    assert sample("streamer_s3_requests_total", {"operation": "head"}) == 2
+    assert sample("streamer_object_index_lookups_total", {"result": "hit"}) == 1
+    assert sample("streamer_object_index_lookups_total", {"result": "miss"}) == 2
     stored = await fetch(settings, "SELECT file_path, etag FROM gallery_images ORDER BY 1")
     assert [(r["file_path"], r["etag"]) for r in stored] == [
         ("/i/a.jpg", etag_a),
         ("/i/b.jpg", etag_b),
+        ("/i/c.jpg", etag_c),
     ]
-    assert [d.reason for d in dead_letters(settings)] == ["object_missing"]  # c, as the index says
+    assert dead_letters(settings) == []
     indexed = await fetch(
-        settings, "SELECT etag, source FROM objects WHERE key = $1", s3_key(prefix, "/i/b.jpg")
+        settings,
+        "SELECT key, etag, deleted, source FROM objects WHERE key <> $1 ORDER BY key",
+        s3_key(prefix, "/i/a.jpg"),
     )
-    assert [(r["etag"], r["source"]) for r in indexed] == [(etag_b, "lookup")]
+    assert [(r["etag"], r["deleted"], r["source"]) for r in indexed] == [
+        (etag_b, False, "lookup"),
+        (etag_c, False, "lookup"),  # recorded after the old delete: newer
+    ]
 
     # A re-sync of what is stored: every key a hit, no S3 request at all.
-    sender.send([media("SKU-I", 2, images[:2])])
+    sender.send([media("SKU-I", 2, images)])
     again = new_registry()
     await run_until_drained(settings, sender.ends, registry=again)
     assert (again.get_sample_value("streamer_s3_requests_total", {"operation": "head"}) or 0) == 0
     assert (again.get_sample_value("streamer_s3_requests_total", {"operation": "list"}) or 0) == 0
-    assert again.get_sample_value("streamer_object_index_lookups_total", {"result": "hit"}) == 2
+    assert again.get_sample_value("streamer_object_index_lookups_total", {"result": "hit"}) == 3
+
+
+async def test_a_replay_after_uploading_a_missing_object_does_not_trust_the_cached_absence(
+    make_settings, s3_client
+) -> None:
+    """With the index source, a look-up's 404 is recorded in the index as a deleted row. The
+    documented recovery (upload the objects, then ``dlq replay --reason object_missing``)
+    must not depend on the upload's notification having reached the index first: no
+    gallery holds the path, so that notification re-checks nothing, and the replayed event
+    would be dead-lettered again and the image never stored. Found by the chaos campaign's
+    replay of late objects."""
+    settings = objects_settings(make_settings, etag_source="index")
+    sender = Sender(settings)
+    sender.send([media("SKU-L", 1, [{"file_path": "/l/late.jpg"}])])
+    await run_until_drained(settings, sender.ends)
+    assert [d.reason for d in dead_letters(settings)] == ["object_missing"]
+    key = s3_key(settings.s3.s3_prefix, "/l/late.jpg")
+    cached = await fetch(settings, "SELECT deleted, source FROM objects WHERE key = $1", key)
+    assert [(r["deleted"], r["source"]) for r in cached] == [(True, "lookup")]
+
+    etag = put_image(s3_client, settings, "/l/late.jpg", b"late bytes")  # no notification read
+    replayed = await replay(settings, reason="object_missing")
+    assert replayed.replayed == 1
+    await run_until_drained(settings, {**sender.ends, **replayed.end_offsets})
+
+    stored = await fetch(settings, "SELECT file_path, etag FROM gallery_images WHERE sku = 'SKU-L'")
+    assert [(r["file_path"], r["etag"]) for r in stored] == [("/l/late.jpg", etag)]
+    assert [d.reason for d in dead_letters(settings)] == ["object_missing"]  # not a second one
+    indexed = await fetch(settings, "SELECT etag, deleted FROM objects WHERE key = $1", key)
+    assert [(r["etag"], r["deleted"]) for r in indexed] == [(etag, False)]
+
+
+async def test_the_sqs_source_waits_for_postgresql_at_start(make_settings, stack) -> None:
+    """A worker started while PostgreSQL restarts waits for it, as the Kafka runner does,
+    instead of exiting 1 (found by the chaos campaign: workers replaced during a restart
+    died)."""
+    from streamer.dev.stack import free_port
+
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=stack.s3_endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="streamer-dev",
+        aws_secret_access_key="streamer-dev",
+    )
+    url = sqs.create_queue(QueueName=f"objects-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    settings = make_settings(
+        objects_sqs_url=url,
+        objects_sqs_wait_s=0,
+        database_url=f"postgresql://nobody:x@127.0.0.1:{free_port()}/none",
+        circuit_reset_timeout_s=0.1,
+    )
+    source = SqsSource(settings, make_handler(settings), install_signal_handlers=False)
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(stop))
+    await asyncio.sleep(1.0)  # several attempts at 0.1 s apart
+    assert not task.done(), task.exception() if task.done() else None
+    stop.set()
+    stats = await asyncio.wait_for(task, timeout=10)
+    assert stats.rounds == 0
 
 
 class StaleThenIndexed:

@@ -34,8 +34,8 @@ def test_one_recheck_per_sku_where_the_stored_etag_differs() -> None:
         ObjectChange("b", "outside/a.jpg", False, "x", 1, T0),
     ]
     galleries = {
-        "/a.jpg": [("S1", "old"), ("S2", "new"), ("S3", "old")],  # S2 already has the new bytes
-        "/c.jpg": [("S1", "c1")],
+        "/a.jpg": [("S1", "old", 1), ("S2", "new", 2), ("S3", "old", 1)],  # S2 has the new bytes
+        "/c.jpg": [("S1", "c1", 1)],
     }
     rechecks = plan_rechecks(changes, galleries, prefix)
     assert [(r.sku, r.file_paths) for r in rechecks] == [
@@ -50,3 +50,17 @@ def test_one_recheck_per_sku_where_the_stored_etag_differs() -> None:
     )
     assert later[0].event_id != rechecks[1].event_id
     assert recheck_record(rechecks[1])["file_paths"] == ["/a.jpg"]
+
+
+def test_a_redelivered_change_asks_a_new_recheck_once_the_gallery_moved() -> None:
+    """Found by the chaos campaign: the objects job published a re-check, crashed before
+    COMMIT (the index kept the old ETag), the gallery applied the re-check (new bytes), then
+    an event read the old ETag from the index and stored the old bytes again. The
+    notification came back: its re-check must not be the first one's duplicate."""
+    change = ObjectChange("b", "m/a.jpg", False, "new", 3, T0)
+    first = plan_rechecks([change], {"/a.jpg": [("S1", "old", 1)]}, "m")
+    same = plan_rechecks([change], {"/a.jpg": [("S1", "old", 1)]}, "m")
+    moved = plan_rechecks([change], {"/a.jpg": [("S1", "old", 3)]}, "m")
+    assert [r.event_id for r in same] == [r.event_id for r in first]
+    assert [r.sku for r in moved] == ["S1"]
+    assert moved[0].event_id != first[0].event_id
