@@ -258,6 +258,7 @@ def test_with_growing_versions_redeliveries_and_duplicates_change_nothing(
 def test_a_replayed_no_op_delete_does_not_remove_a_newer_gallery() -> None:
     """A DELETE removes the gallery too, so it is stale against the gallery's version as
     well as the product's: replayed after a newer media event it changes nothing."""
+
     def event(version: int, **body: Any) -> dict[str, Any]:
         return {"event_id": str(uuid.uuid4()), "sku": "S1", "version": version, **body}
 
