@@ -69,6 +69,9 @@ class _Prepared:
     letters: list[DeadLetter]
     newest: dict[str, Keyed[Message]]
     superseded: int
+    # Per SKU, the paths of its superseded records: a batch that copied them and never
+    # committed (a crash, a fencing) leaves them at the destination with no reference.
+    passed: dict[str, set[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +83,7 @@ class ReplicaPlan:
     added: list[tuple[str, str]] = field(default_factory=list)
     removed: list[tuple[str, str]] = field(default_factory=list)
     removed_paths: set[str] = field(default_factory=set)
+    passed_paths: set[str] = field(default_factory=set)
     ensured: dict[str, Ensured] = field(default_factory=dict)
     observed: dict[str, ObjectRow] = field(default_factory=dict)
     events: Counter[str] = field(default_factory=Counter)
@@ -156,7 +160,11 @@ class ReplicateHandler:
                 continue
             items.append(Keyed(gallery, msg))
         newest, superseded = newest_per_sku(items)
-        return _Prepared(len(batch), letters, newest, len(superseded))
+        passed: dict[str, set[str]] = {}
+        for keyed in superseded:
+            paths = passed.setdefault(keyed.gallery.sku, set())
+            paths.update(img.file_path for img in keyed.gallery.images)
+        return _Prepared(len(batch), letters, newest, len(superseded), passed)
 
     # -- 2. look up, copy ----------------------------------------------------------------
 
@@ -212,6 +220,7 @@ class ReplicateHandler:
             plan.added += [(sku, p) for p in sorted(change.added)]
             plan.removed += [(sku, p) for p in sorted(change.removed)]
             plan.removed_paths |= change.removed
+            plan.passed_paths |= prepared.passed.get(sku, set()) - set(paths)
             plan.versions[sku] = keyed.gallery.version
             plan.events["applied"] += 1
             for path in paths:
@@ -238,7 +247,9 @@ class ReplicateHandler:
         output = Output(letters=plan.letters, counts=Counter(plan.events))
         if not plan.versions:
             return output
-        await self.repo.lock(conn, shared=plan.ensured, exclusive=plan.removed_paths)
+        await self.repo.lock(
+            conn, shared=plan.ensured, exclusive=plan.removed_paths | plan.passed_paths
+        )
         now = await self.repo.objects(conn, plan.ensured)
         for path in [p for p in plan.ensured if moved(plan.observed.get(p), now.get(p))]:
             # Another worker changed this path since ``plan`` looked: check it again, locked.
@@ -251,6 +262,9 @@ class ReplicateHandler:
             plan.ensured[path] = result
         await self.repo.set_refs(conn, plan.added, plan.removed)
         plan.marked = await self.repo.mark_unreferenced(conn, plan.removed_paths)
+        # Paths only superseded records held may have been copied by an attempt of this
+        # batch that never committed: any no SKU references is deleted (a no-op if absent).
+        plan.marked += await self.repo.mark_extra(conn, plan.passed_paths - plan.ensured.keys())
         await self.repo.mark_present(
             conn,
             {p: (e.etag, e.size) for p, e in plan.ensured.items() if e.result != "recorded"},

@@ -296,3 +296,43 @@ async def test_two_workers_sharing_paths_end_with_exactly_the_galleries_images(
     assert set(replica_state(settings)) == final
     refs = await fetch(settings, "SELECT count(DISTINCT file_path) AS n FROM replica_refs")
     assert refs[0]["n"] == len(final)
+
+
+@pytest.mark.integration
+async def test_a_copy_of_a_batch_that_never_committed_is_deleted_when_its_gallery_moved_on(
+    make_settings, s3_client, tmp_path
+) -> None:
+    """Regression (chaos campaign, seed 6): a replicator copied an image and died before its
+    COMMIT; the gallery's next version, which no longer has the image, arrived in the same
+    batch as the redelivered one, so only the newer record was applied and the copy stayed
+    at the destination with no reference, for good."""
+    settings = with_replica(make_settings(topic_partitions=1))
+    prepare(settings)
+    for path in ("/k/kept.jpg", "/k/dropped.jpg"):
+        put_image(s3_client, settings, path, path.encode() * 40)
+    images = [{"file_path": "/k/kept.jpg", "position": 0}]
+    await gallery_chain(
+        settings,
+        [
+            media(
+                "K-1", 1, [*images, {"file_path": "/k/dropped.jpg", "position": 1}], mode="REPLACE"
+            )
+        ],
+    )
+    env = settings_env(settings)
+    env["STREAMER_TEST_CRASH_POINTS"] = "after_offsets:1.0"
+    log = tmp_path / "replicator.log"
+    crashed = subprocess.run(  # noqa: ASYNC221
+        [sys.executable, "-m", "streamer", "replicate"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        timeout=120,
+        check=False,
+    )
+    assert crashed.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    assert set(replica_state(settings)) == {"/k/kept.jpg", "/k/dropped.jpg"}, "copied, uncommitted"
+
+    await gallery_chain(settings, [media("K-1", 2, images, mode="REPLACE")])
+    await replicate_all(settings)
+    assert set(replica_state(settings)) == {"/k/kept.jpg"}
