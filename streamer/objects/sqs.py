@@ -31,7 +31,7 @@ from streamer.errors import DependencyUnavailable
 from streamer.objects.handler import ObjectsHandler
 from streamer.runtime.checkpoint import Checkpoint, Transaction
 from streamer.runtime.database import Database, converted
-from streamer.runtime.handler import Batch, HandlerContext
+from streamer.runtime.handler import Batch, start_handler
 from streamer.runtime.health import HealthServer, Readiness
 from streamer.runtime.metrics import new_registry
 from streamer.runtime.publisher import Publisher
@@ -180,14 +180,8 @@ class SqsSource:
                 health.stop()
             return self.stats
         self.publisher.start()
-        await self.handler.start(
-            HandlerContext(
-                job=self.handler.name,
-                group_id=self.handler.group_id,
-                registry=self.registry,
-                database=self.database,
-                call=self._call,
-            )
+        await start_handler(
+            self.handler, registry=self.registry, database=self.database, call=self._call
         )
         backoff = self.settings.runtime.circuit_reset_timeout_s
         try:

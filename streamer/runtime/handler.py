@@ -42,6 +42,7 @@ __all__ = [
     "Output",
     "OutputMessage",
     "SimpleHandler",
+    "start_handler",
 ]
 
 P = TypeVar("P")
@@ -168,3 +169,22 @@ class SimpleHandler(Generic[P]):
 
     def committed(self, plan: P, output: Output) -> None:
         return None
+
+
+async def start_handler(
+    handler: Handler[Any, Any],
+    *,
+    registry: CollectorRegistry,
+    database: Database,
+    call: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]],
+) -> None:
+    """Start a handler with what the runtime lends it, whatever source feeds its batches."""
+    await handler.start(
+        HandlerContext(
+            job=handler.name,
+            group_id=handler.group_id,
+            registry=registry,
+            database=database,
+            call=call,
+        )
+    )

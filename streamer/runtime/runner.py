@@ -60,7 +60,7 @@ from streamer.runtime.checkpoint import Checkpoint
 from streamer.runtime.circuit import CircuitBreaker
 from streamer.runtime.connection import check_broker
 from streamer.runtime.database import Database
-from streamer.runtime.handler import Batch, Handler, HandlerContext, Output
+from streamer.runtime.handler import Batch, Handler, Output, start_handler
 from streamer.runtime.health import HealthServer, Readiness
 from streamer.runtime.kafka import ConsumerThread
 from streamer.runtime.logs import set_process_fields
@@ -325,14 +325,8 @@ class Runner(Generic[P]):
                 except TimeoutError:
                     continue
         self.publisher.start()
-        await self.handler.start(
-            HandlerContext(
-                job=self.handler.name,
-                group_id=self.handler.group_id,
-                registry=self.registry,
-                database=self.database,
-                call=self.call,
-            )
+        await start_handler(
+            self.handler, registry=self.registry, database=self.database, call=self.call
         )
         self._started = True
         await self.consumer.start(self.handler.topics)
