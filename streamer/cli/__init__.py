@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from streamer.cli import api, dev, forward, gallery, objects, ops, publish, replicate
@@ -14,6 +16,30 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _options(
+    arm_test_crash_points: Annotated[
+        bool,
+        typer.Option(
+            "--arm-test-crash-points",
+            hidden=True,
+            help="Test harnesses only: arm STREAMER_TEST_CRASH_POINTS (workers SIGKILL themselves)",
+        ),
+    ] = False,
+) -> None:
+    """Keeps product image galleries in sync at catalog scale, on Kafka."""
+    if arm_test_crash_points:
+        from streamer.cli._common import err_console
+        from streamer.runtime import faults
+
+        try:
+            faults.arm_from_env()
+        except ValueError as exc:
+            err_console.print(f"[red]error:[/red] STREAMER_TEST_CRASH_POINTS: {exc}")
+            raise typer.Exit(2) from exc
+
 
 # Each subcommand module registers itself here, one line each: the product first, then tooling.
 app.command("consume")(gallery.consume)

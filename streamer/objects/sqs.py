@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.errors import DependencyUnavailable
 from streamer.objects.handler import ObjectsHandler
+from streamer.runtime import faults
 from streamer.runtime.checkpoint import Checkpoint, Transaction
 from streamer.runtime.database import Database, converted
 from streamer.runtime.handler import Batch, start_handler
@@ -174,6 +175,7 @@ class SqsSource:
         if self._install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
+        faults.announce()
         health = self._start_health()
         if not await self._database_started(stop):
             if health is not None:

@@ -56,6 +56,7 @@ from streamer.errors import (
     StateChanged,
     StreamerError,
 )
+from streamer.runtime import faults
 from streamer.runtime.checkpoint import Checkpoint
 from streamer.runtime.circuit import CircuitBreaker
 from streamer.runtime.connection import check_broker
@@ -263,6 +264,7 @@ class Runner(Generic[P]):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._stop.set)
         set_process_fields(job=self.handler.name, group=self.handler.group_id)
+        faults.announce()
         health = self._start_health()
         stop_deadline: float | None = None
         try:

@@ -264,12 +264,14 @@ class Workers:
         self.started += 1
         name = f"{self.command}-{self.started}"
         env = dict(self.env)
+        armed: tuple[str, ...] = ()
         if crash_points:
             env["STREAMER_TEST_CRASH_POINTS"] = crash_points
             env["STREAMER_TEST_CRASH_SEED"] = str(seed)
+            armed = ("--arm-test-crash-points",)  # the variable alone arms nothing
         log = (self.workdir / f"{name}.log").open("wb")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "streamer", *self.argv],
+            [sys.executable, "-m", "streamer", *armed, *self.argv],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
