@@ -27,6 +27,7 @@ __all__ = [
     "ImageInvalid",
     "InvalidEvent",
     "NonRetriableError",
+    "ObjectStoreMisconfigured",
     "ObjectStoreUnavailable",
     "RetriableError",
     "SchemaRegistryUnavailable",
@@ -70,6 +71,12 @@ class BrokerAccessDenied(ConfigError):
     """Kafka refused this client: wrong SASL credentials or an untrusted TLS certificate."""
 
     reason = "broker_access_denied"
+
+
+class ObjectStoreMisconfigured(ConfigError):
+    """Found at start: the bucket does not exist, or the store refuses these credentials."""
+
+    reason = "object_store_misconfigured"
 
 
 class DecodeError(NonRetriableError):

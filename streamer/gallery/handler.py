@@ -58,6 +58,7 @@ from streamer.objectindex.store import read_objects_locked
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.deadletters import DeadLetter
 from streamer.runtime.handler import Batch, HandlerContext, Output, OutputMessage
+from streamer.storage.checks import check_bucket_at_start
 from streamer.storage.keys import s3_key
 from streamer.storage.settings import S3Settings
 from streamer.tracking.model import TrackedOutcome, tracked_item
@@ -178,6 +179,8 @@ class GalleryHandler:
         self.ctx = ctx
         self.metrics = GalleryMetrics(ctx.registry)
         self.repository = GalleryRepository(ctx.database)
+        if self.settings.image_limit != 0:  # 0: gallery sync off, S3 is never asked
+            await check_bucket_at_start(self.s3)
         self.etags = self._etags or make_etag_source(
             self.s3, self.settings.etag_source, self.metrics, database=ctx.database
         )

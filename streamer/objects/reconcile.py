@@ -12,18 +12,24 @@ bounds a run over a very large bucket.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from streamer.objectindex.records import OBSERVATION_SKEW, ObjectChange
 from streamer.objectindex.store import live_under, read_objects
 from streamer.objects.handler import ObjectsHandler, ObjectsPlan
 from streamer.runtime.checkpoint import Transaction
+from streamer.runtime.connection import check_broker
 from streamer.runtime.database import Database
 from streamer.runtime.publisher import Publisher
+from streamer.storage.checks import check_bucket_with
 from streamer.storage.clients import make_s3_client
+from streamer.storage.errors import object_store_error
 
 if TYPE_CHECKING:
     from streamer.settings import Settings
@@ -75,6 +81,9 @@ async def reconcile(
     report = ReconcileReport(prefix)
     started = datetime.now(UTC) - OBSERVATION_SKEW
     client = make_s3_client(settings.s3)
+    # Before anything is written: a wrong bucket would list empty and mark the index gone.
+    await asyncio.to_thread(check_bucket_with, client, bucket, settings.s3.s3_prefix)
+    await asyncio.to_thread(check_broker, settings.kafka)
     database = Database(settings.database)
     publisher = Publisher(settings.kafka)
     await database.start()
@@ -83,8 +92,7 @@ async def reconcile(
         async with database.acquire() as conn:
             indexed = {o.key: o.etag async for o in live_under(conn, bucket, prefix)}
         changes: list[ObjectChange] = []
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for page in pages:
+        for page in _pages(client, bucket, prefix):
             keys = [obj["Key"] for obj in page.get("Contents", [])]
             async with database.acquire() as conn:
                 known = await read_objects(conn, bucket, keys)
@@ -114,6 +122,16 @@ async def reconcile(
         publisher.close()
         await database.stop()
     return report
+
+
+def _pages(client: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+    """The listing's pages; a failure (the bucket deleted meanwhile, access revoked, the
+    store down) ends the run as a streamer error that says which, never as a traceback."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    try:
+        yield from pages
+    except (ClientError, BotoCoreError) as exc:
+        raise object_store_error(exc, f"LIST {prefix}", bucket=bucket) from exc
 
 
 async def _apply(

@@ -27,15 +27,17 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
-from streamer.errors import DependencyUnavailable
+from streamer.errors import BrokerUnavailable, ConfigError, DependencyUnavailable
 from streamer.objects.handler import ObjectsHandler
 from streamer.runtime import faults
 from streamer.runtime.checkpoint import Checkpoint, Transaction
+from streamer.runtime.connection import check_broker_async
 from streamer.runtime.database import Database, converted
 from streamer.runtime.handler import Batch, start_handler
 from streamer.runtime.health import HealthServer, Readiness
 from streamer.runtime.metrics import new_registry
 from streamer.runtime.publisher import Publisher
+from streamer.storage.errors import error_code, refusal
 
 if TYPE_CHECKING:
     from streamer.settings import Settings
@@ -176,6 +178,7 @@ class SqsSource:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
         faults.announce()
+        await self._check_dependencies()
         health = self._start_health()
         if not await self._database_started(stop):
             if health is not None:
@@ -206,6 +209,35 @@ class SqsSource:
             if health is not None:
                 health.stop()
         return self.stats
+
+    async def _check_dependencies(self) -> None:
+        """The queue and the broker, with the credentials this source will use: a queue that
+        does not exist or refused credentials end the start (``ConfigError``); one that does
+        not answer yet is waited for like any outage."""
+        try:
+            await check_broker_async(self.settings.kafka)
+        except BrokerUnavailable as exc:
+            log.warning("%s; re-checks are published when it answers", exc)
+        try:
+            await self._sqs(
+                self.client.get_queue_attributes, QueueUrl=self.url, AttributeNames=["QueueArn"]
+            )
+        except DependencyUnavailable as exc:
+            cause = exc.__cause__
+            code = error_code(cause) if isinstance(cause, ClientError) else ""
+            if "NonExistentQueue" in code or code == "QueueDoesNotExist":
+                raise ConfigError(
+                    f"the SQS queue {self.queue!r} does not exist ({code}): check "
+                    "STREAMER_OBJECTS_SQS_URL"
+                ) from exc
+            found = refusal(cause) if cause is not None else None
+            if found is not None or code in ("InvalidClientTokenId", "UnrecognizedClientException"):
+                raise ConfigError(
+                    f"SQS refused these credentials for queue {self.queue!r} ({code or '403'}): "
+                    "check STREAMER_S3_ACCESS_KEY_ID and STREAMER_S3_SECRET_ACCESS_KEY (or the "
+                    "AWS credential chain) and the queue's policy"
+                ) from exc
+            log.warning("%s; rounds wait for the queue to answer", exc)
 
     async def _database_started(self, stop: asyncio.Event) -> bool:
         """Wait for PostgreSQL as the Kafka runner does: a worker started while it restarts

@@ -53,6 +53,7 @@ from streamer.replicate.stores import make_copier
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.deadletters import DeadLetter
 from streamer.runtime.handler import Batch, HandlerContext, Output
+from streamer.storage.checks import check_bucket_at_start
 from streamer.storage.settings import S3Settings
 
 __all__ = ["ReplicaPlan", "ReplicateHandler"]
@@ -124,6 +125,9 @@ class ReplicateHandler:
     async def start(self, ctx: HandlerContext) -> None:
         self.ctx = ctx
         self.metrics = ReplicaMetrics(ctx.registry)
+        if self.limit != 0:  # 0: replication off, neither store is asked
+            await check_bucket_at_start(self.s3)
+            await check_bucket_at_start(self.settings.store(self.s3), self.settings.names())
         self.copier: Copier = make_copier(self.settings, self.s3, self.metrics)
         self.repo = ReplicaRepository(ctx.database, self.destination)
         self._wake = asyncio.Event()

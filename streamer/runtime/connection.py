@@ -8,6 +8,7 @@ a broker that merely does not answer is reported as unavailable (retriable).
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from confluent_kafka import KafkaError, KafkaException
@@ -16,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 from streamer.errors import BrokerAccessDenied, BrokerUnavailable
 from streamer.runtime.settings import KafkaSettings
 
-__all__ = ["check_broker"]
+__all__ = ["check_broker", "check_broker_async"]
 
 _HINTS = {
     KafkaError._AUTHENTICATION: (
@@ -65,3 +66,8 @@ def _cause(error: KafkaError) -> str:
     """librdkafka's reason without its broker-state suffix, e.g. 'certificate verify failed'."""
     text = error.str()
     return text.split(": ", 1)[-1].split(" (after ", 1)[0]
+
+
+async def check_broker_async(settings: KafkaSettings, *, timeout_s: float = 10.0) -> None:
+    """``check_broker`` off the event loop."""
+    await asyncio.to_thread(check_broker, settings, timeout_s=timeout_s)

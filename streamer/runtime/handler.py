@@ -16,6 +16,11 @@ pauses, dead letters, draining, health and metrics). A handler runs in three ste
 Retriable errors (``DependencyUnavailable``) from any step make the runtime
 pause and retry the batch; non-retriable problems of single messages become
 dead letters in the ``Output``, never exceptions.
+
+``start(ctx)`` is where a job checks its own dependencies (its buckets, say) with the
+clients and credentials it will use, after the runtime checked the broker and
+PostgreSQL: a ``ConfigError`` there (a bucket that does not exist, refused credentials)
+ends the worker before it joins its group, so a misconfiguration never reaches a batch.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ from streamer.errors import (
 from streamer.runtime import faults
 from streamer.runtime.checkpoint import Checkpoint
 from streamer.runtime.circuit import CircuitBreaker
-from streamer.runtime.connection import check_broker
+from streamer.runtime.connection import check_broker_async
 from streamer.runtime.database import Database
 from streamer.runtime.handler import Batch, Handler, Output, start_handler
 from streamer.runtime.health import HealthServer, Readiness
@@ -308,9 +308,7 @@ class Runner(Generic[P]):
         stopped meanwhile. Refused credentials or certificates end the start with
         ``BrokerAccessDenied``; a broker that does not answer yet is left to librdkafka."""
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: check_broker(self.kafka_settings)
-            )
+            await check_broker_async(self.kafka_settings)
         except BrokerUnavailable as exc:
             log.warning("%s; consuming starts when it answers", exc)
         while True:

@@ -165,6 +165,9 @@ class Recording:
     def delete_message_batch(self, **kwargs: Any) -> Any:
         return self.client.delete_message_batch(**kwargs)
 
+    def get_queue_attributes(self, **kwargs: Any) -> Any:
+        return self.client.get_queue_attributes(**kwargs)
+
 
 async def test_sqs_notifications_from_s3_keep_the_index_and_galleries_follow_an_overwrite(
     make_settings, stack
