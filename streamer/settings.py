@@ -19,6 +19,7 @@ from streamer.contract.topics import TopicSettings
 from streamer.forward.settings import ForwardSettings
 from streamer.gallery.settings import GallerySettings
 from streamer.objects.settings import ObjectsSettings
+from streamer.ops.retention import RetentionSettings
 from streamer.replicate.settings import ReplicaSettings
 from streamer.runtime.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
 from streamer.storage.settings import S3Settings
@@ -41,6 +42,7 @@ class Settings(BaseModel):
     api: ApiSettings
     replica: ReplicaSettings
     objects: ObjectsSettings
+    retention: RetentionSettings
 
     @classmethod
     def sections(cls) -> dict[str, type[Section]]:

@@ -32,6 +32,7 @@ from streamer.contract.codec import Codec
 from streamer.errors import InvalidEvent, StreamerError
 from streamer.runtime.database import Database
 from streamer.runtime.metrics import new_registry
+from streamer.runtime.retention import Pruning, start_pruner, stop_pruner
 from streamer.settings import Settings
 from streamer.storage.clients import make_s3_client
 from streamer.tracking.metrics import TrackingMetrics
@@ -81,6 +82,7 @@ def create_app(
     gallery: GalleryReader | None = None,
     registry: CollectorRegistry | None = None,
     relay: bool = True,
+    pruning: Pruning | None = None,
 ) -> FastAPI:
     registry = registry if registry is not None else new_registry()
     api_metrics = ApiMetrics(registry)
@@ -114,10 +116,12 @@ def create_app(
                 metrics=tracking_metrics,
             )
             relay_task = asyncio.create_task(app.state.relay.run(stop))
+        pruner = start_pruner(pruning, database, registry)
         log.info("streamer serve: ready")
         try:
             yield
         finally:
+            await stop_pruner(pruner)
             stop.set()
             if relay_task is not None:
                 with contextlib.suppress(asyncio.CancelledError):

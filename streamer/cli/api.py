@@ -27,6 +27,7 @@ def serve(
     """
     from streamer.api.server import serve as run_server
     from streamer.gallery.export import load_gallery
+    from streamer.ops.retention import pruning
 
     settings = settings_from(api_host=host, api_port=port)
     if not settings.api.full_tokens():
@@ -36,4 +37,4 @@ def serve(
         )
         raise typer.Exit(2)
     with fail_cleanly():
-        run_server(settings, gallery=load_gallery)
+        run_server(settings, gallery=load_gallery, pruning=pruning(settings.retention))

@@ -33,12 +33,13 @@ def forward(
     if ctx.invoked_subcommand is not None:
         return
     from streamer.forward.worker import ForwardWorker
+    from streamer.ops.retention import pruning
 
     settings = settings_from(
         forward_group_id=group_id, kafka_bootstrap=bootstrap, metrics_port=metrics_port
     )
     with fail_cleanly():
-        stats = run(ForwardWorker(settings).run())
+        stats = run(ForwardWorker(settings, pruning=pruning(settings.retention)).run())
     err_console.print(f"stopped after {stats.batches} batches")
 
 

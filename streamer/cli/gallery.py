@@ -28,6 +28,7 @@ def consume(
 ) -> None:
     """Run a gallery consumer-group worker until SIGTERM/SIGINT (the batch in hand is finished first)."""
     from streamer.gallery.worker import GalleryWorker
+    from streamer.ops.retention import pruning
 
     settings = settings_from(
         group_id=group_id,
@@ -37,7 +38,7 @@ def consume(
         batch_max_wait_ms=batch_max_wait_ms,
     )
     with fail_cleanly():
-        stats = run(GalleryWorker(settings).run())
+        stats = run(GalleryWorker(settings, pruning=pruning(settings.retention)).run())
     err_console.print(f"stopped after {stats.batches} batches")
 
 

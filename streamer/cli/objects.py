@@ -39,17 +39,21 @@ def consume(
         objects_sqs_url=sqs_url,
         metrics_port=metrics_port,
     )
+    from streamer.ops.retention import pruning
+
+    prune = pruning(settings.retention)
     with fail_cleanly():
         if settings.objects.objects_sqs_url:
             from streamer.objects.sqs import SqsSource
             from streamer.objects.worker import make_handler
 
-            stats = run(SqsSource(settings, make_handler(settings)).run())
+            source = SqsSource(settings, make_handler(settings), pruning=prune)
+            stats = run(source.run())
             err_console.print(f"stopped after {stats.rounds} rounds, {stats.messages} messages")
         else:
             from streamer.objects.worker import ObjectsWorker
 
-            done = run(ObjectsWorker(settings).run())
+            done = run(ObjectsWorker(settings, pruning=prune).run())
             err_console.print(f"stopped after {done.batches} batches")
 
 

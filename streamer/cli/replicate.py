@@ -32,6 +32,7 @@ def replicate(
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"replica_bucket": bucket}
         return
+    from streamer.ops.retention import pruning
     from streamer.replicate.worker import ReplicaWorker
 
     settings = settings_from(
@@ -42,7 +43,7 @@ def replicate(
     )
     with fail_cleanly():
         settings.replica.bucket()
-        stats = run(ReplicaWorker(settings).run())
+        stats = run(ReplicaWorker(settings, pruning=pruning(settings.retention)).run())
     err_console.print(f"stopped after {stats.batches} batches")
 
 

@@ -11,6 +11,7 @@ from streamer.forward.client import WebhookClient
 from streamer.forward.handler import ForwardHandler, ForwardPlan
 from streamer.forward.settings import ForwardSettings
 from streamer.runtime.health import Readiness
+from streamer.runtime.retention import Pruning
 from streamer.runtime.runner import Runner
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class ForwardWorker(Runner[ForwardPlan]):
         registry: CollectorRegistry | None = None,
         client: WebhookClient | None = None,
         install_signal_handlers: bool = True,
+        pruning: Pruning | None = None,
     ) -> None:
         forward = settings.forward
         if not forward.webhook_url:
@@ -73,6 +75,7 @@ class ForwardWorker(Runner[ForwardPlan]):
             runtime=runtime,
             registry=registry,
             install_signal_handlers=install_signal_handlers,
+            pruning=pruning,
         )
 
     def readiness(self) -> Readiness:

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from streamer.contract.codec import Codec
 from streamer.gallery.etags import EtagSource
 from streamer.gallery.handler import GalleryHandler, GalleryPlan
+from streamer.runtime.retention import Pruning
 from streamer.runtime.runner import Runner
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ class GalleryWorker(Runner[GalleryPlan]):
         registry: CollectorRegistry | None = None,
         etags: EtagSource | None = None,
         install_signal_handlers: bool = True,
+        pruning: Pruning | None = None,
     ) -> None:
         handler = GalleryHandler(
             settings.gallery,
@@ -44,4 +46,5 @@ class GalleryWorker(Runner[GalleryPlan]):
             runtime=settings.runtime,
             registry=registry,
             install_signal_handlers=install_signal_handlers,
+            pruning=pruning,
         )

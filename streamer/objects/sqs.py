@@ -37,6 +37,7 @@ from streamer.runtime.handler import Batch, start_handler
 from streamer.runtime.health import HealthServer, Readiness
 from streamer.runtime.metrics import new_registry
 from streamer.runtime.publisher import Publisher
+from streamer.runtime.retention import Pruning, start_pruner, stop_pruner
 from streamer.storage.errors import error_code, refusal
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ class SqsSource:
         registry: CollectorRegistry | None = None,
         client: Any = None,
         install_signal_handlers: bool = True,
+        pruning: Pruning | None = None,
     ) -> None:
         url = settings.objects.objects_sqs_url
         if not url:
@@ -158,6 +160,7 @@ class SqsSource:
         self.stats = SqsStats()
         self._offset = 0
         self._install_signals = install_signal_handlers
+        self.pruning = pruning
         self._heartbeat = time.monotonic()
         self._healthy = True
 
@@ -188,6 +191,7 @@ class SqsSource:
         await start_handler(
             self.handler, registry=self.registry, database=self.database, call=self._call
         )
+        pruner = start_pruner(self.pruning, self.database, self.registry)
         backoff = self.settings.runtime.circuit_reset_timeout_s
         try:
             while not stop.is_set():
@@ -203,6 +207,7 @@ class SqsSource:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=backoff)
         finally:
+            await stop_pruner(pruner)
             await self.handler.stop()
             self.publisher.close()
             await self.database.stop()

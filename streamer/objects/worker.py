@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.contract.codec import Codec
 from streamer.objects.handler import ObjectsHandler, ObjectsPlan
+from streamer.runtime.retention import Pruning
 from streamer.runtime.runner import Runner
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class ObjectsWorker(Runner[ObjectsPlan]):
         *,
         registry: CollectorRegistry | None = None,
         install_signal_handlers: bool = True,
+        pruning: Pruning | None = None,
     ) -> None:
         super().__init__(
             make_handler(settings),
@@ -44,4 +46,5 @@ class ObjectsWorker(Runner[ObjectsPlan]):
             runtime=settings.runtime,
             registry=registry,
             install_signal_handlers=install_signal_handlers,
+            pruning=pruning,
         )

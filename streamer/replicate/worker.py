@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.contract.codec import Codec
 from streamer.replicate.handler import ReplicaPlan, ReplicateHandler
+from streamer.runtime.retention import Pruning
 from streamer.runtime.runner import Runner
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ class ReplicaWorker(Runner[ReplicaPlan]):
         *,
         registry: CollectorRegistry | None = None,
         install_signal_handlers: bool = True,
+        pruning: Pruning | None = None,
     ) -> None:
         handler = ReplicateHandler(
             settings.replica,
@@ -41,4 +43,5 @@ class ReplicaWorker(Runner[ReplicaPlan]):
             runtime=settings.runtime,
             registry=registry,
             install_signal_handlers=install_signal_handlers,
+            pruning=pruning,
         )

@@ -68,6 +68,7 @@ from streamer.runtime.logs import set_process_fields
 from streamer.runtime.metrics import RuntimeMetrics, new_registry
 from streamer.runtime.ownership import OffsetStore, Owner
 from streamer.runtime.publisher import Publisher
+from streamer.runtime.retention import Pruning, start_pruner, stop_pruner
 from streamer.runtime.retry import RetryPolicy, retry_async
 from streamer.runtime.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
 
@@ -125,6 +126,7 @@ class Runner(Generic[P]):
         runtime: RuntimeSettings,
         registry: CollectorRegistry | None = None,
         install_signal_handlers: bool = True,
+        pruning: Pruning | None = None,
     ) -> None:
         self.handler = handler
         self.kafka_settings = kafka
@@ -166,6 +168,8 @@ class Runner(Generic[P]):
         )
         self.consumer = ConsumerThread(self._consumer_config(), self.ownership)
         self._install_signals = install_signal_handlers
+        self.pruning = pruning
+        self._pruner: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._heartbeat = time.monotonic()
@@ -329,6 +333,7 @@ class Runner(Generic[P]):
             self.handler, registry=self.registry, database=self.database, call=self.call
         )
         self._started = True
+        self._pruner = start_pruner(self.pruning, self.database, self.registry)
         await self.consumer.start(self.handler.topics)
         return True
 
@@ -549,6 +554,7 @@ class Runner(Generic[P]):
             self.publisher.close(timeout_s=min(5.0, max(1.0, remaining)))
         except StreamerError as exc:
             log.warning("closing the publisher: %s", exc)
+        await stop_pruner(self._pruner)
         if self._started:
             await self.handler.stop()
         await self.database.stop()
