@@ -373,13 +373,15 @@ class Runner(Generic[P]):
         ahead: _Ahead[Any] | None = None
         try:
             while not self._stop.is_set():
+                waited = time.perf_counter()
                 if ahead is None:
                     batch, early = await self._poll(), None
                 else:
                     batch, early = await self._take(ahead)
                     ahead = None
                 if batch.messages:
-                    ahead = await self._handle(batch, early)
+                    timings = {"poll": time.perf_counter() - waited}
+                    ahead = await self._handle(batch, early, timings)
                 if time.monotonic() - last_lag >= s.lag_refresh_s:
                     last_lag = time.monotonic()
                     await self._refresh_lag()
@@ -418,13 +420,20 @@ class Runner(Generic[P]):
         return ahead
 
     async def _handle(
-        self, batch: Batch, early: asyncio.Task[Any] | None = None
+        self,
+        batch: Batch,
+        early: asyncio.Task[Any] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> _Ahead[Any] | None:
         """Process one batch, waiting out outages with partitions paused; gives up only on stop.
 
         ``early``: this batch's preparation, started while the previous batch committed.
         Returns the next batch, polled (and being prepared) while this one committed.
+        ``timings``: seconds spent so far on this batch by step; the rest are added here and
+        logged at debug level once the batch committed (``_log_timings``).
         """
+        timings = timings if timings is not None else {}
+        clock = time.perf_counter
         started = time.perf_counter()
         outage_started: float | None = None
         consumed = Counter(m.topic() or "" for m in batch.messages)
@@ -434,12 +443,17 @@ class Runner(Generic[P]):
         try:
             while batch.messages:
                 try:
+                    step = clock()
                     if early is not None:
                         task, early = early, None
                         prepared = await task
+                        timings["prepared_early"] = 1.0
                     else:
                         prepared = await self.handler.prepare(batch)
+                    timings["prepare"] = clock() - step
+                    step = clock()
                     plan = await self.handler.plan(prepared)
+                    timings["plan"] = clock() - step
                     epochs = dict(self.partitions.epochs)
                     commit = functools.partial(
                         self.checkpoint.commit, batch, epochs, self.handler, plan
@@ -487,7 +501,10 @@ class Runner(Generic[P]):
                         "dependency back after %.1fs, resuming", time.monotonic() - outage_started
                     )
                 self._committed(batch, plan, output, started)
+                step = clock()
                 await self.consumer.mirror_commit(batch.next_offsets)
+                timings["mirror"] = clock() - step
+                self._log_timings(batch, timings)
                 break
         except BaseException:
             if ahead is not None:
@@ -500,6 +517,36 @@ class Runner(Generic[P]):
         if self.consumer.paused:
             await self._set_paused(False)
         return ahead
+
+    def _log_timings(self, batch: Batch, timings: dict[str, float]) -> None:
+        """Where a batch's time went, at debug level: what the loop waited for the poll, the
+        handler's steps, the checkpoint's (offsets, write, publish, COMMIT) and the mirror of
+        the offsets to Kafka. "prepare" of a batch prepared early is the part still waited for."""
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        steps = {**timings, **self.checkpoint.timings}
+        early = steps.pop("prepared_early", 0.0)
+        shown = ", ".join(
+            f"{name} {1000 * steps[name]:.1f} ms"
+            for name in (
+                "poll",
+                "prepare",
+                "plan",
+                "offsets",
+                "write",
+                "publish",
+                "commit",
+                "mirror",
+            )
+            if name in steps
+        )
+        log.debug(
+            "batch of %d messages over %d partitions%s: %s",
+            len(batch),
+            len(batch.next_offsets),
+            " (prepared early)" if early else "",
+            shown,
+        )
 
     def _committed(self, batch: Batch, plan: P, output: Output, started: float) -> None:
         self.partitions.passed(batch.next_offsets)
@@ -540,7 +587,14 @@ class Runner(Generic[P]):
                 await self.consumer.seek_back(Batch(stray).keep(self._usable).messages)
 
     async def _refresh_lag(self) -> None:
+        started = time.perf_counter()
         lags = await self.consumer.lag(list(self.partitions.epochs), dict(self.partitions.floors))
+        log.debug(
+            "lag of %d partitions refreshed in %.1f ms: %s",
+            len(lags),
+            1000 * (time.perf_counter() - started),
+            sum(lags.values()),
+        )
         for (topic, partition), lag in lags.items():
             self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
             self._lag_series.add((topic, partition))
