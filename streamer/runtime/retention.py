@@ -4,8 +4,9 @@ Bookkeeping tables (what became of each event, each bulk item, each request, eac
 replay) gain rows with every changed event and nothing else removes them. Each has a
 ``Retention``: its rows older than ``days`` (0: kept forever) are deleted in small
 batches, each its own short transaction, locked ``SKIP LOCKED`` so a row the hot path
-holds is left for the next round, with a pause between batches as long as the batch
-took, so the pruner never holds more than half of one pooled connection. Several
+holds is left for the next round, with a pause between batches three times as long as the
+batch took, so the pruner never takes more than a quarter of one pooled connection (and of
+one PostgreSQL backend), even while it works through a backlog. Several
 workers prune the same tables safely: a transaction-level advisory lock per table lets
 one of them at a time do it, the others skip it for that round.
 
@@ -35,6 +36,8 @@ from streamer.runtime.database import Database
 __all__ = ["Pruner", "Pruning", "Retention", "RetentionMetrics", "start_pruner", "stop_pruner"]
 
 log = logging.getLogger(__name__)
+
+_REST = 3.0  # pause after a full batch, in multiples of the time it took
 
 
 @dataclass(frozen=True)
@@ -122,8 +125,9 @@ class Pruner:
                         self.metrics.deleted.labels(rule.table).inc(got)
                     if got < self.batch_rows:
                         break
-                    # As long as the batch took: at most half of one connection, ever.
-                    await asyncio.sleep(max(0.01, time.monotonic() - started))
+                    # Three times as long as the batch took: at most a quarter of one
+                    # connection (and of one PostgreSQL backend), even through a backlog.
+                    await asyncio.sleep(max(0.01, _REST * (time.monotonic() - started)))
             deleted[rule.table] = n
             if n:
                 log.info(
