@@ -76,7 +76,9 @@ _SETTLED = (
 
 
 def bookkeeping(settings: RetentionSettings) -> list[Retention]:
-    """Every bookkeeping table's rule, in the order a round prunes them."""
+    """Every bookkeeping table's rule, in the order a round prunes them. A new bookkeeping
+    table (the intake's idempotency keys, by their ``created_at``) is one more entry here,
+    ``_oldest(table, key, "created_at")``, with its ``retention_*_days`` setting above."""
     s = settings
     return [
         Retention(
