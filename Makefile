@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install promtool stunnel chromium demo test chaos soak test-unit test-integration lint format bench bench-1m bench-replicate clean
+.PHONY: install promtool stunnel chromium demo test fuzz-api chaos soak test-unit test-integration lint format bench bench-1m bench-replicate clean
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ test-integration: install chromium
 format: install
 	$(BIN)/ruff format streamer tests benchmarks
 	$(BIN)/ruff check --fix streamer tests benchmarks
+
+# schemathesis, every check, against a real `streamer serve` on a fresh embedded stack, with
+# a random seed (printed, to reproduce: FUZZ_ARGS="--seed N"); the test suite runs a fixed one.
+FUZZ_EXAMPLES ?= 500
+fuzz-api: install
+	$(BIN)/python -m tests.integration.fuzz_api --max-examples $(FUZZ_EXAMPLES) $(FUZZ_ARGS)
 
 CHAOS_RUNS ?= 20
 CHAOS_SEED ?=
