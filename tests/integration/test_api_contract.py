@@ -144,8 +144,9 @@ async def test_errors_are_reason_and_detail_never_exception_text(make_settings, 
 async def test_the_document_describes_bodies_statuses_and_links(make_settings, tmp_path) -> None:
     settings = make_settings()
     prepare(settings)
-    with api_server(settings, tmp_path) as server, httpx.Client(base_url=server.url) as http:
-        spec = http.get("/openapi.json").json()
+    with api_server(settings, tmp_path) as server:
+        async with server.client(token=None) as http:
+            spec = (await http.get("/openapi.json")).json()
     bulk_route = spec["paths"]["/v1/galleries/bulk"]["post"]
     events_route = spec["paths"]["/v1/events"]["post"]
     assert bulk_route["requestBody"]["required"] is True
