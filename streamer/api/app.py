@@ -104,7 +104,9 @@ def create_app(
         intake.start()
         app.state.database = database
         app.state.intake = intake
-        waiters = CompletionWaiters(settings.database, max_waiters=settings.api.api_max_waiters)
+        waiters = CompletionWaiters(
+            settings.database, max_waiters=settings.api.api_max_waiters, gauge=api_metrics.waiting
+        )
         waiters.start()
         app.state.waiters = waiters
         stop = asyncio.Event()

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+from prometheus_client import Gauge
 
 from streamer.runtime.database import converted
 from streamer.runtime.settings import DatabaseSettings
@@ -40,9 +41,15 @@ class CompletionWaiters:
     """``async with reserve(): ... await wait(bulk, timeout_s)`` -> whether the bulk completed."""
 
     def __init__(
-        self, database: DatabaseSettings, *, max_waiters: int, sweep_s: float = 1.0
+        self,
+        database: DatabaseSettings,
+        *,
+        max_waiters: int,
+        sweep_s: float = 1.0,
+        gauge: Gauge | None = None,
     ) -> None:
         self._database = database
+        self._gauge = gauge
         self.max_waiters = max_waiters
         self.sweep_s = sweep_s
         self._reserved = 0
@@ -78,10 +85,16 @@ class CompletionWaiters:
         if self._reserved >= self.max_waiters:
             raise TooManyWaiters
         self._reserved += 1
+        self._count()
         try:
             yield
         finally:
             self._reserved -= 1
+            self._count()
+
+    def _count(self) -> None:
+        if self._gauge is not None:
+            self._gauge.set(self._reserved)
 
     async def wait(self, bulk_uuid: str, timeout_s: float) -> bool:
         """True once the bulk is complete, False when ``timeout_s`` passed first."""
@@ -89,7 +102,7 @@ class CompletionWaiters:
         self._waiting.setdefault(bulk_uuid, []).append(future)
         self._wake.set()  # the sweep looks at once: it may have completed already
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, timeout_s))
+            await asyncio.wait_for(future, timeout=max(0.0, timeout_s))
             return True
         except TimeoutError:
             return False
