@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from streamer.cli import api, dev, forward, gallery, objects, ops, publish, replicate
+from streamer.cli._common import TidyGroup
 
 __all__ = ["app", "main"]
 
@@ -13,7 +14,9 @@ app = typer.Typer(
     help="Keeps product image galleries in sync at catalog scale, on Kafka.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=TidyGroup,
 )
+
 
 # Each subcommand module registers itself here, one line each: the product first, then tooling.
 app.command("consume")(gallery.consume)

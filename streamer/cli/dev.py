@@ -185,8 +185,8 @@ def _json_default(value: object) -> str:
 
 def loadgen(
     output: Annotated[str, typer.Argument(help="JSON lines file to write ('-' for stdout)")] = "-",
-    skus: Annotated[int, typer.Option("--skus")] = 1000,
-    images: Annotated[int, typer.Option("--images")] = 5,
+    skus: Annotated[int, typer.Option("--skus", help="SKUs (one gallery event each)")] = 1000,
+    images: Annotated[int, typer.Option("--images", help="images per SKU")] = 5,
     objects: Annotated[int, typer.Option("--objects", help="distinct object paths")] = 1000,
     upload: Annotated[bool, typer.Option("--upload", help="also put the objects in S3")] = False,
     prefix: Annotated[str, typer.Option("--prefix", help="SKU prefix")] = "BENCH",

@@ -55,9 +55,10 @@ def check_broker(settings: KafkaSettings, *, timeout_s: float = 10.0) -> None:
                     f"{what} at {settings.kafka_bootstrap}: {_cause(refusals[0])}; {hint}"
                 ) from exc
             if time.monotonic() >= deadline:
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
                 raise BrokerUnavailable(
-                    f"cannot reach Kafka at {settings.kafka_bootstrap} within {timeout_s:.0f}s: "
-                    f"{exc}"
+                    f"cannot reach Kafka at {settings.kafka_bootstrap} (STREAMER_KAFKA_BOOTSTRAP) "
+                    f"within {timeout_s:.0f} s: {error.str() if error is not None else exc}"
                 ) from exc
 
 

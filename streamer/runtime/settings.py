@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 
 from streamer.config import Section
+from streamer.runtime.logs import kafka_client_logger
 
 __all__ = ["DatabaseSettings", "KafkaSettings", "RuntimeSettings"]
 
@@ -46,7 +47,12 @@ class KafkaSettings(Section):
 
     def client_config(self, **extra: Any) -> dict[str, Any]:
         """librdkafka configuration shared by producers, consumers and the admin client."""
-        config: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            # librdkafka's lines go through our logging (STREAMER_LOG_FORMAT), rate-limited,
+            # instead of raw to stderr.
+            "logger": kafka_client_logger(),
+        }
         config.update(self.properties())
         config.update(extra)
         return config
