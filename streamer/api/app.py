@@ -29,6 +29,7 @@ from streamer.api import console, problems, v1
 from streamer.api.auth import TokenBook
 from streamer.api.intake import Intake
 from streamer.api.metrics import ApiMetrics
+from streamer.api.sampling import JobSampler
 from streamer.api.waiters import CompletionWaiters
 from streamer.contract.codec import Codec
 from streamer.errors import StreamerError
@@ -110,6 +111,8 @@ def create_app(
         waiters.start()
         app.state.waiters = waiters
         stop = asyncio.Event()
+        app.state.sampler = JobSampler(settings, interval_s=settings.api.api_sample_interval_s)
+        sampler_task = asyncio.create_task(app.state.sampler.run(stop))
         relay_task: asyncio.Task[None] | None = None
         if relay:
             app.state.relay = CompletionRelay(
@@ -126,6 +129,8 @@ def create_app(
             yield
         finally:
             stop.set()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(sampler_task, timeout=10)
             if relay_task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait_for(relay_task, timeout=10)
