@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from streamer.cli._common import err_console, fail_cleanly, run, settings_from
+from streamer.cli._common import err_console, fail_cleanly, out_console, run, settings_from
 
 if TYPE_CHECKING:
     from streamer.dev.stack import DevStack
@@ -72,7 +72,9 @@ def down() -> None:
 
 
 @app.command()
-def status() -> None:
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
+) -> None:
     """Show whether each part of the stack answers."""
     from streamer.dev.stack import shown_url
 
@@ -82,14 +84,84 @@ def status() -> None:
         err_console.print("the development stack is not running (start it with `streamer dev up`)")
         raise typer.Exit(1)
     health = dev.status()
-    table = Table("component", "url", "owned", "healthy")
-    for name, component in state.components.items():
-        table.add_row(
-            name, shown_url(component.url), str(component.owned), "yes" if health[name] else "NO"
-        )
-    Console().print(table)
+    if as_json:
+        parts = {
+            name: {"url": shown_url(c.url), "owned": c.owned, "healthy": health[name]}
+            for name, c in state.components.items()
+        }
+        print(json.dumps({"home": str(dev.home.resolve()), "components": parts}, indent=2))
+    else:
+        table = Table("component", "url", "owned", "healthy")
+        table.columns[1].overflow = "fold"
+        for name, component in state.components.items():
+            table.add_row(
+                name,
+                shown_url(component.url),
+                str(component.owned),
+                "yes" if health[name] else "NO",
+            )
+        out_console.print(table)
     if not all(health.values()):
         raise typer.Exit(1)
+
+
+_IMAGE_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".avif": "image/avif",
+}
+
+
+@app.command()
+def upload(
+    files: Annotated[list[Path], typer.Argument(help="local image files to upload")],
+    to: Annotated[
+        str, typer.Option("--to", help="folder of the file_path, e.g. mugs (default: the top)")
+    ] = "",
+) -> None:
+    """Put local image files into the configured bucket (the dev stack's S3 server), where
+    events find them: file_path /<to>/<name>, key STREAMER_S3_PREFIX + file_path."""
+    import mimetypes
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from streamer.storage.clients import make_s3_client
+    from streamer.storage.errors import object_store_error
+    from streamer.storage.keys import s3_key
+
+    settings = settings_from()
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        err_console.print(f"[red]error:[/red] not a file: {escape(', '.join(missing))}")
+        raise typer.Exit(2)
+    folder = "/".join(part for part in to.strip("/").split("/") if part)
+    s3 = make_s3_client(settings.s3)
+    table = Table("file", "file_path", "bytes", title=f"bucket {settings.s3.s3_bucket}")
+    for column in table.columns:
+        column.overflow = "fold"
+    with fail_cleanly():
+        for file in files:
+            file_path = "/" + "/".join(p for p in (folder, file.name) if p)
+            content_type = _IMAGE_TYPES.get(file.suffix.lower()) or (
+                mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+            )
+            try:
+                s3.put_object(
+                    Bucket=settings.s3.s3_bucket,
+                    Key=s3_key(settings.s3.s3_prefix, file_path),
+                    Body=file.read_bytes(),
+                    ContentType=content_type,
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise object_store_error(
+                    exc, f"upload of {file} to bucket {settings.s3.s3_bucket!r}"
+                ) from exc
+            table.add_row(str(file), file_path, str(file.stat().st_size))
+    out_console.print(table)
+    err_console.print("use each file_path in your events' images")
 
 
 def demo() -> None:

@@ -205,6 +205,17 @@ def dlq_replay(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="list what would be replayed, send nothing")
     ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="then wait until the jobs that failed them have consumed the replayed messages "
+            "(their committed positions pass them); exit 2 after --timeout",
+        ),
+    ] = False,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout", help="with --wait: seconds before giving up")
+    ] = 120.0,
     as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """Send matching dead letters back to their original topic; each is replayed once."""
@@ -253,6 +264,45 @@ def dlq_replay(
     )
     for line in out["would_replay"]:
         err_console.print(f"  {line}")
+    if wait and not dry_run and result.records:
+        with fail_cleanly(), waiting("waiting for the jobs to consume the replayed messages"):
+            done = run(_consumed(settings.database.dsn, result, timeout_s))
+        if not done:
+            err_console.print(
+                f"[yellow]timed out[/yellow] after {timeout_s:.0f} s: is the job's consumer "
+                "running? (`streamer status`)"
+            )
+            raise typer.Exit(2)
+        err_console.print("consumed by the jobs that failed them")
+
+
+async def _consumed(dsn: str, result: Any, timeout_s: float) -> bool:
+    """Whether every replayed message's consumer group committed past it within the time."""
+    import asyncio
+    import time
+
+    from streamer.runtime.database import connect
+
+    wanted = {
+        (r.group_id, r.topic, part): end
+        for r in result.records
+        for (topic, part), end in result.end_offsets.items()
+        if topic == r.topic
+    }
+    deadline = time.monotonic() + timeout_s
+    async with connect(dsn) as conn:
+        while True:
+            rows = await conn.fetch(
+                "SELECT group_id, topic, partition, next_offset FROM consumer_offsets"
+                " WHERE group_id = ANY($1::text[])",
+                sorted({g for g, _, _ in wanted}),
+            )
+            have = {(r["group_id"], r["topic"], r["partition"]): r["next_offset"] for r in rows}
+            if all(have.get(key, -1) >= end for key, end in wanted.items()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.3)
 
 
 def status(
