@@ -6,6 +6,7 @@ stack in its own `.streamer`; everything it starts is stopped at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -67,10 +68,8 @@ def test_the_first_hour_from_a_fresh_clone(repo_root: Path, tmp_path: Path) -> N
             try:
                 returncode = shell.wait(timeout=600)
             finally:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(shell.pid, signal.SIGTERM)  # anything it left in the background
-                except ProcessLookupError:
-                    pass
         output = log.read_text()
         assert returncode == 0, output[-8000:]
         # step 4: the curl answer ends complete, with each item's outcome
