@@ -27,7 +27,7 @@ def first_hour_script(readme: str) -> str:
     end = readme.index("<!-- /first-hour -->")
     blocks = BLOCK.findall(readme[start:end])
     assert len(blocks) >= 5, "the section's commands were found"
-    return "set -euo pipefail\nset -x\n" + "\n".join(blocks)
+    return "set -euo pipefail\n" + "\n".join(blocks)
 
 
 def test_the_first_hour_from_a_fresh_clone(repo_root: Path, tmp_path: Path) -> None:
