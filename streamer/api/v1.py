@@ -408,6 +408,17 @@ async def _taken(
     return reply, False
 
 
+def _request_id_query(description: str) -> Any:
+    """A ``request_id`` query parameter: 1-255 characters, no control character (checked
+    again by ``_check_request_id``: the OpenAPI ``not`` is not something FastAPI checks)."""
+    return Query(
+        min_length=1,
+        max_length=255,
+        description=f"{description}; 1-255 characters, no control character",
+        json_schema_extra={"not": {"type": "string", "pattern": _CONTROL}},
+    )
+
+
 PreferHeader = Annotated[str | None, Header(alias="Prefer", description=_PREFER_DOC)]
 IdempotencyHeader = Annotated[
     str | None,
@@ -471,15 +482,7 @@ async def galleries_bulk(
 async def events(
     request: Request,
     principal: Annotated[Principal, Depends(require_full)],
-    request_id: Annotated[
-        str | None,
-        Query(
-            min_length=1,
-            max_length=255,
-            description="for events that carry none; 1-255 characters, no control character",
-            json_schema_extra={"not": {"type": "string", "pattern": _CONTROL}},
-        ),
-    ] = None,
+    request_id: Annotated[str | None, _request_id_query("for events that carry none")] = None,
     prefer: PreferHeader = None,
     idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
@@ -546,15 +549,7 @@ async def bulk(
 async def bulks(
     request: Request,
     _: Annotated[Principal, Depends(require_read)],
-    request_id: Annotated[
-        str | None,
-        Query(
-            min_length=1,
-            max_length=255,
-            description="the bulks of one request_id",
-            json_schema_extra={"not": {"type": "string", "pattern": _CONTROL}},
-        ),
-    ] = None,
+    request_id: Annotated[str | None, _request_id_query("the bulks of one request_id")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JSONResponse:
     """The newest bulks, or every bulk submitted with ``request_id`` (newest first)."""

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).resolve().parent
 SEED = 20261203
-EXAMPLES = 25
+EXAMPLES = 30
 
 
 def schemathesis(url: str, *args: str, report: Path) -> subprocess.CompletedProcess[str]:
