@@ -43,18 +43,22 @@ err_console = Console(stderr=True, soft_wrap=True)
 out_console = Console()
 
 _json_logs = False
+_origin_shown = False  # the settings' origin was said already
 
 
 def settings_origin() -> str:
     """Where the settings of this command come from, and what was not found."""
     env_file = default_env_file()
-    variables = sorted(k for k in os.environ if k.startswith("STREAMER_") and k != "STREAMER_HOME")
+    variables = _variables()
     parts = []
     if env_file.exists():
         parts.append(f"{env_file.resolve()} (written by `streamer dev up`)")
     else:
         where = Path(env_file).resolve()
-        parts.append(f"no {where} (run `streamer dev up` there, or set STREAMER_HOME)")
+        parts.append(
+            f"no {where} (run commands from the checkout where `streamer dev up` ran, or set "
+            "STREAMER_HOME)"
+        )
     if variables:
         shown = ", ".join(variables[:4]) + (
             f" and {len(variables) - 4} more" if len(variables) > 4 else ""
@@ -77,7 +81,15 @@ def settings_from(**overrides: Any) -> Settings:
         raise typer.Exit(2) from exc
     configure_logging(settings.runtime.log_level, settings.runtime.log_format)
     _json_logs = settings.runtime.log_format == "json"
+    global _origin_shown
+    if not default_env_file().exists() and not _variables():
+        note(f"no settings found, using the defaults: {settings_origin()}")
+        _origin_shown = True
     return settings
+
+
+def _variables() -> list[str]:
+    return sorted(k for k in os.environ if k.startswith("STREAMER_") and k != "STREAMER_HOME")
 
 
 def note(text: str) -> None:
@@ -108,10 +120,12 @@ def fail_cleanly() -> Iterator[None]:
     except StreamerError as exc:
         if _json_logs:
             log.error("%s", exc, extra={"reason": exc.reason})
-            log.error("settings: %s", settings_origin())
+            if not _origin_shown:
+                log.error("settings: %s", settings_origin())
         else:
             err_console.print(f"[red]error:[/red] {escape(str(exc))}")
-            err_console.print(f"[dim]settings: {escape(settings_origin())}[/dim]")
+            if not _origin_shown:
+                err_console.print(f"[dim]settings: {escape(settings_origin())}[/dim]")
         raise typer.Exit(1) from exc
 
 

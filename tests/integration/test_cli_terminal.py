@@ -70,6 +70,13 @@ def test_outside_a_checkout_the_error_says_where_settings_came_from(tmp_path) ->
     assert f"no {elsewhere}/.streamer/dev.env" in settings_line
     assert "STREAMER_DATABASE_URL" in settings_line
 
+    # Nothing configured at all: said before anything is tried.
+    del env["STREAMER_DATABASE_URL"]
+    nothing = streamer("gallery", "show", "SKU-1", env=env, cwd=elsewhere, timeout_s=60)
+    assert nothing.returncode == 1
+    first = nothing.stderr.splitlines()[0]
+    assert first.startswith("no settings found, using the defaults: no "), nothing.stderr
+
 
 async def test_gallery_show_and_status_at_80_columns(make_settings, s3_client) -> None:
     settings = make_settings()
