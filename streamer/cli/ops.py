@@ -27,6 +27,12 @@ topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 db_app = typer.Typer(help="PostgreSQL schema.", no_args_is_help=True)
 
 
+_REASON = typer.Option("--reason", help="only this reason (e.g. object_missing)")
+_SKU = typer.Option("--sku", help="only this SKU (the event's, or the message key)")
+_JOB = typer.Option("--job", help="only this job: gallery, forward, replicate, objects")
+_JSON = typer.Option("--json", help="print JSON on stdout instead of a table")
+
+
 @topics_app.command("create")
 def create(
     partitions: Annotated[
@@ -39,6 +45,7 @@ def create(
     bootstrap: Annotated[
         str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers (host:port)")
     ] = None,
+    as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """Create every topic streamer uses (existing ones are reported)."""
     from streamer.ops.topics import create_topics
@@ -48,6 +55,9 @@ def create(
         created = create_topics(
             settings, partitions=partitions, replication_factor=replication_factor
         )
+    if as_json:
+        print(json.dumps(created, indent=2))
+        return
     table = Table("topic", "status")
     for name, state in created.items():
         table.add_row(name, state)
@@ -78,12 +88,6 @@ def _ms(text: str | None, flag: str) -> int | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return int(value.timestamp() * 1000)
-
-
-_REASON = typer.Option("--reason", help="only this reason (e.g. object_missing)")
-_SKU = typer.Option("--sku", help="only this SKU (the event's, or the message key)")
-_JOB = typer.Option("--job", help="only this job: gallery, forward, replicate, objects")
-_JSON = typer.Option("--json", help="print JSON on stdout instead of a table")
 
 
 def _letters(settings: Any) -> list[Any]:
