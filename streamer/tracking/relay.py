@@ -104,6 +104,7 @@ class CompletionRelay:
         self.lock_key = _lock_key()
         self.leading = False
         self._missing: set[str] = set()
+        self._present: set[str] = set()  # topics seen this tenure: not asked again
         self.published = 0
         self.recovered = 0
 
@@ -137,6 +138,7 @@ class CompletionRelay:
                     return
             self._set_leading(True)
             self._missing.clear()
+            self._present.clear()
             if self.metrics is not None:
                 self.metrics.takeovers.inc()
             log.info(
@@ -260,7 +262,9 @@ class CompletionRelay:
             if topic in self._missing:
                 continue
             try:
-                publisher.check_topics([topic])
+                if topic not in self._present:
+                    publisher.check_topics([topic])
+                    self._present.add(topic)
             except TopicMissing as exc:
                 self._missing.add(topic)
                 log.warning(
