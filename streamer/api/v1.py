@@ -352,10 +352,10 @@ async def _take(
             headers = dict(reply.headers)
             if replayed:
                 headers["Idempotent-Replayed"] = "true"
-            if wait_s is not None:
-                headers["Preference-Applied"] = f"wait={wait_s}"
             if reply.status_code != 202:
                 return JSONResponse(reply.body, status_code=reply.status_code, headers=headers)
+            if wait_s is not None:
+                headers["Preference-Applied"] = f"wait={wait_s}"
             bulk_uuid = reply.bulk_uuid
             left = (wait_s or 0) - (time.monotonic() - started)
             if wait_s and (
