@@ -64,6 +64,8 @@ async def test_schemathesis_finds_nothing(make_settings, tmp_path) -> None:
         )
         log = server.output()
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-3000:]
+    assert "No issues found" in run.stdout
+    print("\n".join(line for line in run.stdout.splitlines() if "generated" in line))
     assert "Traceback" not in log, log[-5000:]
 
 
