@@ -23,7 +23,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streamer.errors import BrokerUnavailable, DeliveryRefused, DeliveryUnavailable, TopicMissing
-from streamer.runtime.connection import check_broker
+from streamer.runtime.connection import check_broker, denied
 from streamer.runtime.settings import KafkaSettings
 
 __all__ = ["DeliveryFailure", "DeliveryReport", "Publisher"]
@@ -100,8 +100,11 @@ class Publisher:
                     tp = (msg.topic(), msg.partition())
                     self.end_offsets[tp] = max(self.end_offsets.get(tp, 0), offset + 1)
                 return
+            text = err.str()
+            if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                text = denied(self.settings, "Write", f"topic {msg.topic()!r}")
             self._failures.append(
-                DeliveryFailure(msg.topic(), msg.key(), err.str(), bool(err.retriable()))
+                DeliveryFailure(msg.topic(), msg.key(), text, bool(err.retriable()))
             )
 
     def _on_own_delivery(self, report: DeliveryReport, err: KafkaError | None, msg: Any) -> None:
@@ -169,7 +172,8 @@ class Publisher:
     def check_topics(self, topics: Iterable[str], timeout_s: float = 5.0) -> None:
         """Fail fast, with a message a person can act on, before anything is produced."""
         started = time.monotonic()
-        check_broker(self.settings, timeout_s=timeout_s)
+        topics = tuple(topics)
+        check_broker(self.settings, timeout_s=timeout_s, topics=topics)
         try:
             metadata = self.producer.list_topics(timeout=timeout_s)
         except KafkaException as exc:
