@@ -2,21 +2,31 @@
 
 Each test gets its own topics, consumer group, S3 prefix and PostgreSQL database
 from ``make_settings``, so tests never see each other's data.
+
+The broker is Apache Kafka (``--broker kafka``, the default: one node from its Maven
+Central jars, with TLS, SASL/SCRAM and PLAIN users and the StandardAuthorizer on listeners
+of their own) or Tansu (``--broker tansu``, the demo's broker, for the smoke subset marked
+``smoke``). Tests that need what only Apache Kafka serves are marked ``kafka_only`` and are
+deselected, with a count in the summary, on a Tansu run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from streamer.dev.kafka import KafkaCluster, KafkaSecurity, KafkaTls
 from streamer.dev.stack import DevStack, StackState, ensure_database, pg_answers, with_database
 from streamer.settings import Settings
+from tests.pki import Pki, make_pki
 
 _MACHINE_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -32,15 +42,89 @@ def _candidate_database_url() -> str | None:
     return _MACHINE_PG if pg_answers(_MACHINE_PG, timeout_s=1.0) else None
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--broker",
+        choices=("kafka", "tansu"),
+        default=os.environ.get("STREAMER_TEST_BROKER", "kafka"),
+        help="the broker of the embedded stack: Apache Kafka (default) or Tansu",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--broker") != "tansu":
+        return
+    kept = [item for item in items if item.get_closest_marker("kafka_only") is None]
+    dropped = [item for item in items if item.get_closest_marker("kafka_only") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@dataclass(frozen=True)
+class KafkaAccess:
+    """How tests reach the session's Apache Kafka over its secured listeners."""
+
+    cluster: KafkaCluster
+    pki: Pki
+    users: dict[str, str]  # name -> password, SCRAM-SHA-512 and PLAIN alike
+
+    def bootstrap(self, listener: str) -> str:
+        return self.cluster.bootstrap(listener)
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
+def broker_kind(pytestconfig: pytest.Config) -> str:
+    return str(pytestconfig.getoption("--broker"))
+
+
+@pytest.fixture(scope="session")
+def _stack_and_access(
+    tmp_path_factory: pytest.TempPathFactory, broker_kind: str
+) -> Iterator[tuple[StackState, DevStack, KafkaAccess | None]]:
     home = tmp_path_factory.mktemp("stack")
-    dev = DevStack(home, database_url=_candidate_database_url(), database="postgres")
+    security = None
+    pki = None
+    users = {name: secrets.token_urlsafe(12) for name in ("admin", "alice", "bob")}
+    if broker_kind == "kafka":
+        pki = make_pki(home / "pki")
+        security = KafkaSecurity(
+            tls=KafkaTls(ca=pki.ca, keystore=pki.keystore),
+            scram_users=users,
+            plain_users=users,
+            authorizer=True,
+        )
+    dev = DevStack(
+        home,
+        database_url=_candidate_database_url(),
+        database="postgres",
+        broker="kafka" if broker_kind == "kafka" else "tansu",
+        kafka_security=security,
+    )
     state = dev.up()
+    access = None
+    if pki is not None:
+        access = KafkaAccess(dev.kafka_cluster(), pki, users)
     try:
-        yield state
+        yield state, dev, access
     finally:
         dev.down()
+
+
+@pytest.fixture(scope="session")
+def stack(_stack_and_access: tuple[StackState, DevStack, KafkaAccess | None]) -> StackState:
+    return _stack_and_access[0]
+
+
+@pytest.fixture(scope="session")
+def kafka_access(
+    _stack_and_access: tuple[StackState, DevStack, KafkaAccess | None],
+) -> KafkaAccess:
+    """The session's Apache Kafka and its secured listeners (tests marked ``kafka_only``)."""
+    access = _stack_and_access[2]
+    if access is None:
+        pytest.fail("this test needs Apache Kafka: it is marked kafka_only but ran on Tansu")
+    return access
 
 
 @pytest.fixture(scope="session")
