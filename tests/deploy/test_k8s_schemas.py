@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.deploy.crd import CustomResourceVersion, load_crds
-from tests.deploy.support import DEPLOY, KUBERNETES_VERSIONS, SCHEMAS
+from tests.deploy.support import DEPLOY, KUBERNETES_VERSIONS, ROOT, SCHEMAS
 
 pytestmark = pytest.mark.deploy
 
@@ -231,3 +231,8 @@ def test_a_broken_kustomization_fails_to_build(tmp_path: Path) -> None:
     kustomization.write_text(re.sub(r"^images:", "image:", kustomization.read_text(), flags=re.M))
     result = kustomize(tmp_path)
     assert result.returncode != 0 and "image" in result.stderr
+
+
+def test_readme_names_the_supported_kubernetes_versions() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert f"Kubernetes {KUBERNETES_VERSIONS[0]} to {KUBERNETES_VERSIONS[-1]}" in readme
