@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install promtool stunnel chromium demo test chaos soak test-unit test-integration lint format bench bench-1m bench-replicate clean
+.PHONY: install promtool kustomize stunnel chromium demo test chaos soak test-unit test-integration lint format bench bench-1m bench-replicate clean
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,13 @@ promtool:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing promtool (Debian package prometheus)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+# tests/deploy builds deploy/k8s with kustomize: the one built into kubectl where there is a
+# kubectl, else the standalone kustomize, built from its Go module.
+kustomize:
+	@command -v kubectl >/dev/null 2>&1 || command -v kustomize >/dev/null 2>&1 || { \
+	  echo "installing kustomize (Go module sigs.k8s.io/kustomize/kustomize/v5)"; \
+	  GOBIN=/usr/local/bin go install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0; }
 
 stunnel:
 	@command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || { \
@@ -38,7 +45,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: install promtool stunnel chromium lint
+test: install promtool kustomize stunnel chromium lint
 	$(BIN)/pytest
 
 test-unit: install
