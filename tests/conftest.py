@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from streamer.dev.kafka import KafkaCluster, KafkaSecurity, KafkaTls
+from streamer.dev.kafka import DEFAULT_KAFKA_VERSION, KafkaCluster, KafkaSecurity, KafkaTls
 from streamer.dev.stack import DevStack, StackState, ensure_database, pg_answers, with_database
 from streamer.settings import Settings
 from tests.pki import Pki, make_pki
@@ -48,6 +48,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=("kafka", "tansu"),
         default=os.environ.get("STREAMER_TEST_BROKER", "kafka"),
         help="the broker of the embedded stack: Apache Kafka (default) or Tansu",
+    )
+    parser.addoption(
+        "--kafka-version",
+        default=os.environ.get("STREAMER_TEST_KAFKA_VERSION", DEFAULT_KAFKA_VERSION),
+        help="the Apache Kafka release the stack runs (make test-kafka-oldest: the oldest "
+        "one the README claims)",
     )
 
 
@@ -80,7 +86,7 @@ def broker_kind(pytestconfig: pytest.Config) -> str:
 
 @pytest.fixture(scope="session")
 def _stack_and_access(
-    tmp_path_factory: pytest.TempPathFactory, broker_kind: str
+    tmp_path_factory: pytest.TempPathFactory, broker_kind: str, pytestconfig: pytest.Config
 ) -> Iterator[tuple[StackState, DevStack, KafkaAccess | None]]:
     home = tmp_path_factory.mktemp("stack")
     security = None
@@ -100,6 +106,7 @@ def _stack_and_access(
         database="postgres",
         broker="kafka" if broker_kind == "kafka" else "tansu",
         kafka_security=security,
+        kafka_version=str(pytestconfig.getoption("--kafka-version")),
     )
     state = dev.up()
     access = None

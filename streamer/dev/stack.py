@@ -97,12 +97,8 @@ class StackState(BaseModel):
             # Tansu serves fetches slowly with the default wait and holds a first join for
             # half the session timeout (FIELD-NOTES.md).
             return {"STREAMER_FETCH_WAIT_MAX_MS": "10", "STREAMER_SESSION_TIMEOUT_MS": "6000"}
-        nodes = sum(1 for c in self.components.values() if c.node_id is not None)
         # A worker stopped without leaving is replaced after 6 s instead of 45 s.
-        env = {"STREAMER_SESSION_TIMEOUT_MS": "6000"}
-        if nodes >= 3:
-            env["STREAMER_TOPIC_REPLICATION_FACTOR"] = "3"
-        return env
+        return {"STREAMER_SESSION_TIMEOUT_MS": "6000"}
 
 
 def shown_url(url: str) -> str:

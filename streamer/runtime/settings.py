@@ -24,7 +24,9 @@ class KafkaSettings(Section):
         None, description="Schema Registry URL; unset means Avro single-object encoding"
     )
     topic_partitions: int = Field(12, ge=1)
-    topic_replication_factor: int = Field(1, ge=1)
+    topic_replication_factor: int | None = Field(
+        None, ge=1, description="unset: the broker's default.replication.factor"
+    )
     fetch_wait_max_ms: int = Field(100, ge=1, description="10 against the Tansu dev broker")
     group_protocol: Literal["classic", "consumer"] = Field(
         "classic",
