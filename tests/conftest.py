@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -86,9 +88,12 @@ def broker_kind(pytestconfig: pytest.Config) -> str:
 
 @pytest.fixture(scope="session")
 def _stack_and_access(
-    tmp_path_factory: pytest.TempPathFactory, broker_kind: str, pytestconfig: pytest.Config
+    broker_kind: str, pytestconfig: pytest.Config
 ) -> Iterator[tuple[StackState, DevStack, KafkaAccess | None]]:
-    home = tmp_path_factory.mktemp("stack")
+    # Outside pytest's own temporary root: that one is kept at mode 0700 by every pytest run
+    # on the machine, and PostgreSQL runs as another user when the tests run as root.
+    home = Path(tempfile.mkdtemp(prefix="streamer-test-stack-"))
+    home.chmod(0o755)
     security = None
     pki = None
     users = {name: secrets.token_urlsafe(12) for name in ("admin", "alice", "bob")}
@@ -116,6 +121,7 @@ def _stack_and_access(
         yield state, dev, access
     finally:
         dev.down()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
