@@ -54,7 +54,11 @@ def check_broker(
         if error.code() in _HINTS:
             refusals.append(error)
 
-    admin = AdminClient(settings.client_config(error_cb=on_error))
+    # A metadata request naming a topic must never create it (brokers with
+    # auto.create.topics.enable would, for a producer-like client).
+    admin = AdminClient(
+        settings.client_config(error_cb=on_error, **{"allow.auto.create.topics": False})
+    )
     deadline = time.monotonic() + timeout_s
     while True:
         try:
