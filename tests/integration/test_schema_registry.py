@@ -305,14 +305,8 @@ async def test_a_worker_whose_outcome_schema_is_refused_stops_with_the_reason_an
     settings = make_settings(schema_registry_url=schema_registry.url)
     prepare(settings)
     put_image(s3_client, settings, "/w/a.jpg", b"w")
-    client = SchemaRegistryClient({"url": schema_registry.url})
     outcome_subject = f"{settings.topics.outcome_topic}-value"
-    theirs = current("GalleryUpdated")
-    for field in theirs["fields"]:
-        if field["name"] == "sku":
-            field["type"] = "int"
-    client.register_schema(outcome_subject, Schema(json.dumps(theirs), "AVRO"))
-    client.set_compatibility(outcome_subject, "BACKWARD")
+    _register_incompatible(schema_registry.url, outcome_subject, "GalleryUpdated", "sku", "int")
     sender = Sender(settings)
     sender.send([media("W-1", 1, [{"file_path": "/w/a.jpg"}])])
 
@@ -382,11 +376,19 @@ def test_the_registry_answers_confluents_api_on_loopback_only(schema_registry) -
 
 def _register_incompatible_media(url: str, subject: str) -> SchemaRegistryClient:
     """Another producer's MediaGalleryChanged whose ``version`` is a string, under BACKWARD."""
+    return _register_incompatible(url, subject, "MediaGalleryChanged", "version", "string")
+
+
+def _register_incompatible(
+    url: str, subject: str, name: str, field_name: str, field_type: str
+) -> SchemaRegistryClient:
+    """Another producer's ``name`` with one field of another type, the subject under BACKWARD:
+    ours cannot read its events, so the registry refuses ours."""
     client = SchemaRegistryClient({"url": url})
-    theirs = current("MediaGalleryChanged")
+    theirs = current(name)
     for field in theirs["fields"]:
-        if field["name"] == "version":
-            field["type"] = "string"
+        if field["name"] == field_name:
+            field["type"] = field_type
     client.register_schema(subject, Schema(json.dumps(theirs), "AVRO"))
     client.set_compatibility(subject, "BACKWARD")
     return client

@@ -13,15 +13,8 @@ from streamer.dev.apicurio.distribution import ApicurioUnavailable, min_java
 pytestmark = pytest.mark.unit
 
 
-def test_a_finished_fetch_is_reused_without_running_maven(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setenv("PATH", "/nonexistent")  # no mvn: it must not be needed
-    root = tmp_path / "streamer" / "apicurio" / "9.9.9"
-    (root / "app").mkdir(parents=True)
-    (root / ".complete").write_text("9.9.9")
-    got = maven.fetch(
+def fetch_9_9_9(tmp_path: Path) -> Path:
+    return maven.fetch(
         name="apicurio",
         version="9.9.9",
         subdir="app",
@@ -31,6 +24,17 @@ def test_a_finished_fetch_is_reused_without_running_maven(
         properties={},
         error=ApicurioUnavailable,
     )
+
+
+def test_a_finished_fetch_is_reused_without_running_maven(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", "/nonexistent")  # no mvn: it must not be needed
+    root = tmp_path / "streamer" / "apicurio" / "9.9.9"
+    (root / "app").mkdir(parents=True)
+    (root / ".complete").write_text("9.9.9")
+    got = fetch_9_9_9(tmp_path)
     assert got == root / "app"
 
 
@@ -41,16 +45,7 @@ def test_an_unfinished_fetch_without_maven_names_what_is_missing(
     monkeypatch.setenv("PATH", "/nonexistent")
     (tmp_path / "streamer" / "apicurio" / "9.9.9" / "app").mkdir(parents=True)  # no stamp
     with pytest.raises(ApicurioUnavailable, match=r"Apicurio Registry 9\.9\.9 .* no `mvn`"):
-        maven.fetch(
-            name="apicurio",
-            version="9.9.9",
-            subdir="app",
-            program="Apicurio Registry",
-            pom=tmp_path / "pom.xml",
-            goal=["dependency:unpack-dependencies"],
-            properties={},
-            error=ApicurioUnavailable,
-        )
+        fetch_9_9_9(tmp_path)
 
 
 def test_a_java_too_old_for_the_program_is_named() -> None:
