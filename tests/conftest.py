@@ -228,3 +228,19 @@ def s3_client(stack: StackState) -> Any:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+# -- A real Schema Registry (Apicurio Registry's Confluent API), for tests that ask for it ------
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Apicurio Registry from Maven Central, in-memory storage, one per session; its ``url`` is
+    what ``STREAMER_SCHEMA_REGISTRY_URL`` takes. ``STREAMER_TEST_APICURIO_VERSION`` picks the
+    line (2.6.x on Java 17 by default; 3.x needs Java 21+)."""
+    from streamer.dev.apicurio import DEFAULT_APICURIO_VERSION, ApicurioRegistry
+
+    version = os.environ.get("STREAMER_TEST_APICURIO_VERSION") or DEFAULT_APICURIO_VERSION
+    registry = ApicurioRegistry(tmp_path_factory.mktemp("apicurio"), version=version)
+    with registry:
+        yield registry

@@ -15,7 +15,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streamer.cli._common import err_console, fail_cleanly, settings_from
-from streamer.errors import DeliveryError, InvalidEvent
+from streamer.errors import (
+    DeliveryError,
+    InvalidEvent,
+    SchemaRegistryUnavailable,
+    SchemaRejected,
+)
 
 __all__ = ["publish"]
 
@@ -74,6 +79,12 @@ def publish(
                 console=err_console,
                 disable=len(ingested.events) < 1000,
             )
+            try:
+                events.prepare(event for _, event in ingested.events)
+            except (SchemaRejected, SchemaRegistryUnavailable) as exc:
+                publisher.close(timeout_s=1.0)
+                err_console.print(f"[red]error:[/red] {escape(exc.message)}; nothing was published")
+                raise typer.Exit(1) from exc
             try:
                 with progress:
                     task = progress.add_task("publish", total=len(ingested.events))

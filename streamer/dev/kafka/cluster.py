@@ -92,10 +92,13 @@ class KafkaSecurity:
         return bool(self.scram_users or self.plain_users)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def _free_port(host: str, held: contextlib.ExitStack) -> int:
+    """A free port, kept bound until ``held`` closes, so ports chosen together are distinct:
+    released one at a time, the kernel once gave a node's SASL_PLAINTEXT and CONTROLLER
+    listeners the same port, and StorageTool refused the configuration."""
+    sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    sock.bind((host, 0))
+    return int(sock.getsockname()[1])
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -282,7 +285,11 @@ class KafkaCluster:
             layout = [(n["id"], n["host"], n["ports"]) for n in saved["nodes"]]
         else:
             self.cluster_id = _cluster_id()
-            layout = [(i + 1, host, self._ports(host, fixed_ports)) for i, host in enumerate(hosts)]
+            with contextlib.ExitStack() as held:
+                layout = [
+                    (i + 1, host, self._ports(host, fixed_ports, held))
+                    for i, host in enumerate(hosts)
+                ]
         self.nodes = [
             KafkaNode(node_id, host, dict(ports), home / f"node-{node_id}", self)
             for node_id, host, ports in layout
@@ -301,10 +308,12 @@ class KafkaCluster:
                 names.append("SASL_SSL")
         return names
 
-    def _ports(self, host: str, fixed: Mapping[str, int] | None) -> dict[str, int]:
+    def _ports(
+        self, host: str, fixed: Mapping[str, int] | None, held: contextlib.ExitStack
+    ) -> dict[str, int]:
         if fixed:
             return dict(fixed)
-        return {name: _free_port(host) for name in [*self.listeners, "CONTROLLER"]}
+        return {name: _free_port(host, held) for name in [*self.listeners, "CONTROLLER"]}
 
     @property
     def state_file(self) -> Path:
