@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install promtool kustomize kafka chromium demo test chaos soak test-unit test-integration test-tansu test-kafka-oldest lint format bench bench-1m bench-replicate clean
+.PHONY: install promtool kustomize kafka chromium netfaults demo test chaos soak test-unit test-integration test-tansu test-kafka-oldest lint format bench bench-1m bench-replicate clean
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,20 @@ chromium:
 	  echo "installing chromium and chromium-driver (Debian packages) for the console tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
+# The chaos campaign's hosts and link faults (tests/chaos/network.py, faultproxy.py): network
+# namespaces and veths (iproute2), cuts and loss with nftables (Debian packages), and delay,
+# bandwidth, blackholes and resets with Toxiproxy (this kernel has no netem), built from its
+# Go module. They need root, as make chaos does.
+TOXIPROXY_VERSION ?= v2.12.0
+netfaults:
+	@{ command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1; } || { \
+	  echo "installing iproute2 and nftables (Debian packages) for the chaos campaign's hosts"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 nftables >/dev/null; }
+	@command -v toxiproxy-server >/dev/null 2>&1 || { \
+	  echo "installing toxiproxy-server (Go module github.com/Shopify/toxiproxy/v2 $(TOXIPROXY_VERSION))"; \
+	  tmp=$$(mktemp -d) && GOBIN=$$tmp go install github.com/Shopify/toxiproxy/v2/cmd/server@$(TOXIPROXY_VERSION) \
+	  && install -m 0755 $$tmp/server /usr/local/bin/toxiproxy-server && rm -rf $$tmp; }
+
 demo: install
 	$(BIN)/streamer demo
 
@@ -79,7 +93,7 @@ format: install
 
 CHAOS_RUNS ?= 20
 CHAOS_SEED ?=
-chaos: install
+chaos: install kafka netfaults
 	$(BIN)/pytest tests/chaos -m chaos -p no:cacheprovider --chaos-runs $(CHAOS_RUNS) $(if $(CHAOS_SEED),--chaos-seed $(CHAOS_SEED))
 
 SOAK_MINUTES ?= 30
