@@ -30,6 +30,7 @@ __all__ = [
     "ObjectStoreUnavailable",
     "RetriableError",
     "SchemaRegistryUnavailable",
+    "SchemaRejected",
     "StateChanged",
     "StreamerError",
     "TopicMissing",
@@ -70,6 +71,13 @@ class BrokerAccessDenied(ConfigError):
     """Kafka refused this client: wrong SASL credentials or an untrusted TLS certificate."""
 
     reason = "broker_access_denied"
+
+
+class SchemaRejected(ConfigError):
+    """The Schema Registry refused a writer schema for good: incompatible with the subject's
+    versions under its compatibility level, or invalid. Retrying sends the same schema."""
+
+    reason = "schema_rejected"
 
 
 class DecodeError(NonRetriableError):

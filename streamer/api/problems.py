@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamer.api.auth import Principal
-from streamer.errors import InvalidEvent, StreamerError
+from streamer.errors import InvalidEvent, SchemaRejected, StreamerError
 
 __all__ = ["RETRY_AFTER_S", "ApiError", "install", "problem"]
 
@@ -175,6 +175,11 @@ def install(app: FastAPI) -> None:
                 _unavailable_detail(exc),
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
+        if isinstance(exc, SchemaRejected):
+            # A configuration a client cannot fix but must hear of: the registry refuses this
+            # deployment's schema. Its message is ours, naming the schema, subject and rule.
+            log.error("request to %s: %s", request.url.path, exc)
+            return _answer(request, 500, exc.reason, f"{exc.message}; nothing was published")
         return _internal(request, exc)
 
     @app.exception_handler(Exception)

@@ -97,6 +97,10 @@ _INTAKE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "a malformed request (not the documented shape), more than STREAMER_API_MAX_ITEMS "
         "items, an invalid header or parameter, or an Idempotency-Key reused for another request"
     ),
+    500: _problem(
+        "`schema_rejected`: the Schema Registry refuses this deployment's event schema (the "
+        "detail names the subject and the rule); nothing was published"
+    ),
     503: {
         "description": "Kafka or PostgreSQL unavailable before anything was sent (a problem: "
         "nothing was published), too many requests waiting (`Prefer: wait`), or some items "

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -36,27 +37,60 @@ def home_dir() -> Path:
     return Path(os.environ.get("STREAMER_HOME", ".streamer"))
 
 
-def _stack() -> DevStack:
+class Broker(StrEnum):
+    tansu = "tansu"
+    kafka = "kafka"
+
+
+def _stack(broker: str | None = None, kafka_nodes: int = 1) -> DevStack:
     from streamer.dev.stack import DevStack, database_url_from_env
 
-    return DevStack(home_dir(), database_url=database_url_from_env())
+    return DevStack(
+        home_dir(),
+        database_url=database_url_from_env(),
+        broker="kafka" if broker == "kafka" else "tansu" if broker == "tansu" else None,
+        kafka_nodes=kafka_nodes,
+    )
 
 
 @app.command()
-def up() -> None:
+def up(
+    broker: Annotated[
+        Broker | None,
+        typer.Option(
+            "--broker",
+            help="tansu (default: no Java, starts in milliseconds, for the demo) or kafka "
+            "(Apache Kafka from Maven Central: needs Java 17+ and Maven; what production runs)",
+            show_default=False,
+        ),
+    ] = None,
+    kafka_nodes: Annotated[
+        int,
+        typer.Option(
+            "--kafka-nodes",
+            min=1,
+            help="Apache Kafka nodes: 1, or 3 for a cluster with replication factor 3 and "
+            "min.insync.replicas=2",
+        ),
+    ] = 1,
+) -> None:
     """Start the stack (idempotent) and print its settings as export lines."""
     from streamer.dev.stack import StackError, shown_url
 
-    dev = _stack()
+    if kafka_nodes != 1 and broker is not Broker.kafka:
+        err_console.print("[red]error:[/red] --kafka-nodes needs --broker kafka")
+        raise typer.Exit(2)
+    dev = _stack(broker.value if broker else None, kafka_nodes)
     try:
         state = dev.up()
     except StackError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
-    for component in state.components.values():
+    for key, component in state.components.items():
         origin = "started" if component.owned else "external"
         shown = shown_url(component.url)
-        err_console.print(f"[green]✓[/green] {component.name:<9} {shown}  ({origin})")
+        pid = f", pid {component.pid}" if component.node_id is not None else ""
+        err_console.print(f"[green]✓[/green] {key:<9} {shown}  ({origin}{pid})")
     err_console.print(
         f"settings written to {dev.env_file} (read by every streamer command run from here)"
     )

@@ -27,7 +27,12 @@ from streamer.cli._common import (
     settings_from,
     waiting,
 )
-from streamer.errors import DeliveryError, InvalidEvent
+from streamer.errors import (
+    DeliveryError,
+    InvalidEvent,
+    SchemaRegistryUnavailable,
+    SchemaRejected,
+)
 
 __all__ = ["EXIT_FAILED", "EXIT_TIMEOUT", "publish"]
 
@@ -119,6 +124,12 @@ def _publish(settings: Any, text: str, kind: str, source: str, as_json: bool, fi
                 console=err_console,
                 disable=len(ingested.events) < 1000,
             )
+            try:
+                events.prepare(event for _, event in ingested.events)
+            except (SchemaRejected, SchemaRegistryUnavailable) as exc:
+                publisher.close(timeout_s=1.0)
+                err_console.print(f"[red]error:[/red] {escape(exc.message)}; nothing was published")
+                raise typer.Exit(1) from exc
             try:
                 with progress:
                     task = progress.add_task("publish", total=len(ingested.events))

@@ -30,7 +30,7 @@ async def test_a_megabyte_of_headers_and_a_100_kb_key_are_dead_lettered_with_the
     make_settings, s3_client
 ) -> None:
     settings = make_settings(topic_partitions=1)
-    prepare(settings)
+    prepare(settings, input_max_message_bytes=16 * 1024 * 1024)
     put_image(s3_client, settings, "/big/a.jpg", b"fine")
     sender = Sender(settings)
     codec, topic = sender.codec, settings.topics.media_topic
