@@ -332,7 +332,14 @@ async def jobs(request: Request) -> Response:
             )
         )
         charts["lag"] = Markup(  # noqa: S704 - built from escaped parts (charts.py)
-            line_chart(sampler.lag(), title="lag", unit="messages", now_s=now, chart_id="chart-lag")
+            line_chart(
+                sampler.lag(),
+                title="lag",
+                unit="messages",
+                now_s=now,
+                span_s=span_s,
+                chart_id="chart-lag",
+            )
         )
     return _page(
         request,
