@@ -27,7 +27,7 @@ def test_a_series_is_a_polyline_inside_the_plot_with_the_maximum_on_the_axis() -
     (points,) = re.findall(r'<polyline points="([^"]+)"', svg)
     xs = [float(p.split(",")[0]) for p in points.split()]
     ys = [float(p.split(",")[1]) for p in points.split()]
-    assert xs == sorted(xs) and 48 <= xs[0] and xs[-1] <= 560 - 12
+    assert xs == sorted(xs) and xs[0] >= 48 and xs[-1] <= 560 - 12
     assert min(ys) == pytest.approx(24.0)  # 40, the maximum, at the top of the plot
     assert ">40<" in svg and "gallery &lt;sync&gt;" in svg and "-1 min" in svg
 
