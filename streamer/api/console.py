@@ -321,26 +321,20 @@ async def jobs(request: Request) -> Response:
         # The last hour, or less while this process has sampled for less (at least a minute).
         first = sampler.samples[0].at_s if sampler.samples else now
         span_s = min(3600.0, max(60.0, now - first))
-        charts["throughput"] = Markup(  # noqa: S704 - built from escaped parts (charts.py)
-            line_chart(
-                sampler.throughput(),
-                title="throughput",
-                unit="messages/s committed",
-                now_s=now,
-                span_s=span_s,
-                chart_id="chart-throughput",
+        for name, series, unit in (
+            ("throughput", sampler.throughput(), "messages/s committed"),
+            ("lag", sampler.lag(), "messages"),
+        ):
+            charts[name] = Markup(  # noqa: S704 - built from escaped parts (charts.py)
+                line_chart(
+                    series,
+                    title=name,
+                    unit=unit,
+                    now_s=now,
+                    span_s=span_s,
+                    chart_id=f"chart-{name}",
+                )
             )
-        )
-        charts["lag"] = Markup(  # noqa: S704 - built from escaped parts (charts.py)
-            line_chart(
-                sampler.lag(),
-                title="lag",
-                unit="messages",
-                now_s=now,
-                span_s=span_s,
-                chart_id="chart-lag",
-            )
-        )
     return _page(
         request,
         "jobs.html",
