@@ -1,10 +1,11 @@
 # Two commands on a fresh machine: `make demo` runs the product's story on the
-# embedded stack, `make test` passes the tests. Each installs what it needs.
+# embedded stack (Tansu), `make test` passes the tests (on Apache Kafka, with a smoke subset
+# on Tansu). Each installs what it needs.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install promtool stunnel chromium demo test chaos soak soak-ci test-unit test-integration lint format bench bench-1m bench-replicate clean
+.PHONY: install promtool kustomize kafka chromium netfaults demo test fuzz-api chaos soak soak-ci test-unit test-integration test-tansu test-kafka-oldest lint format bench bench-1m bench-replicate clean
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,15 +20,43 @@ promtool:
 	  echo "installing promtool (Debian package prometheus)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
-stunnel:
-	@command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || { \
-	  echo "installing stunnel (Debian package stunnel4: TLS in front of the test broker)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends stunnel4 >/dev/null; }
+# tests/deploy builds deploy/k8s with kustomize: the one built into kubectl where there is a
+# kubectl, else the standalone kustomize, built from its Go module.
+kustomize:
+	@command -v kubectl >/dev/null 2>&1 || command -v kustomize >/dev/null 2>&1 || { \
+	  echo "installing kustomize (Go module sigs.k8s.io/kustomize/kustomize/v5)"; \
+	  GOBIN=/usr/local/bin go install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0; }
+
+# The tests run on Apache Kafka, started from its Maven Central jars: Java 17+ and Maven.
+# Installed from Debian's packages where apt-get can; otherwise this fails naming what is
+# missing (never a skipped test).
+kafka:
+	@{ command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; } || { \
+	  command -v apt-get >/dev/null 2>&1 || { \
+	    echo "error: the tests need Java 17+ (java) and Maven (mvn) to run Apache Kafka; install them" >&2; exit 1; }; \
+	  echo "installing Java and Maven (Debian packages openjdk-17-jre-headless, maven) for Apache Kafka"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless maven >/dev/null; }
+	@java -version 2>&1 | head -1 | grep -qE '"(1[7-9]|[2-9][0-9])' || { \
+	  echo "error: Apache Kafka 4 needs Java 17 or newer; java -version says: $$(java -version 2>&1 | head -1)" >&2; exit 1; }
 # The console's browser tests drive Debian's Chromium through its ChromeDriver (selenium).
 chromium:
 	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
 	  echo "installing chromium and chromium-driver (Debian packages) for the console tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
+
+# The chaos campaign's hosts and link faults (tests/chaos/network.py, faultproxy.py): network
+# namespaces and veths (iproute2), cuts and loss with nftables (Debian packages), and delay,
+# bandwidth, blackholes and resets with Toxiproxy (this kernel has no netem), built from its
+# Go module. They need root, as make chaos does.
+TOXIPROXY_VERSION ?= v2.12.0
+netfaults:
+	@{ command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1; } || { \
+	  echo "installing iproute2 and nftables (Debian packages) for the chaos campaign's hosts"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 nftables >/dev/null; }
+	@command -v toxiproxy-server >/dev/null 2>&1 || { \
+	  echo "installing toxiproxy-server (Go module github.com/Shopify/toxiproxy/v2 $(TOXIPROXY_VERSION))"; \
+	  tmp=$$(mktemp -d) && GOBIN=$$tmp go install github.com/Shopify/toxiproxy/v2/cmd/server@$(TOXIPROXY_VERSION) \
+	  && install -m 0755 $$tmp/server /usr/local/bin/toxiproxy-server && rm -rf $$tmp; }
 
 demo: install
 	$(BIN)/streamer demo
@@ -38,22 +67,39 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: install promtool stunnel chromium lint
+test: install promtool kustomize kafka chromium lint
 	$(BIN)/pytest
+	$(BIN)/pytest -m smoke --broker tansu -p no:cacheprovider
+	$(BIN)/pytest -m smoke --kafka-version $(KAFKA_OLDEST) -p no:cacheprovider
 
 test-unit: install
 	$(BIN)/pytest -m unit
 
-test-integration: install chromium
+test-integration: install kafka chromium
 	$(BIN)/pytest -m integration
+
+# The smoke subset on Tansu, the demo's broker, and on the oldest Apache Kafka the README
+# claims (the full suite runs on streamer.dev.kafka.DEFAULT_KAFKA_VERSION).
+KAFKA_OLDEST ?= 3.6.2
+test-tansu: install
+	$(BIN)/pytest -m smoke --broker tansu
+
+test-kafka-oldest: install kafka
+	$(BIN)/pytest -m smoke --kafka-version $(KAFKA_OLDEST)
 
 format: install
 	$(BIN)/ruff format streamer tests benchmarks
 	$(BIN)/ruff check --fix streamer tests benchmarks
 
+# schemathesis, every check, against a real `streamer serve` on a fresh embedded stack, with
+# a random seed (printed, to reproduce: FUZZ_ARGS="--seed N"); the test suite runs a fixed one.
+FUZZ_EXAMPLES ?= 500
+fuzz-api: install
+	$(BIN)/python -m tests.integration.fuzz_api --max-examples $(FUZZ_EXAMPLES) $(FUZZ_ARGS)
+
 CHAOS_RUNS ?= 20
 CHAOS_SEED ?=
-chaos: install
+chaos: install kafka netfaults
 	$(BIN)/pytest tests/chaos -m chaos -p no:cacheprovider --chaos-runs $(CHAOS_RUNS) $(if $(CHAOS_SEED),--chaos-seed $(CHAOS_SEED))
 
 # A steady 100 events/s for SOAK_MINUTES: flat memory, descriptors and bookkeeping under a

@@ -31,6 +31,7 @@ __all__ = [
     "ObjectStoreUnavailable",
     "RetriableError",
     "SchemaRegistryUnavailable",
+    "SchemaRejected",
     "StateChanged",
     "StreamerError",
     "TopicMissing",
@@ -77,6 +78,13 @@ class ObjectStoreMisconfigured(ConfigError):
     """Found at start: the bucket does not exist, or the store refuses these credentials."""
 
     reason = "object_store_misconfigured"
+
+
+class SchemaRejected(ConfigError):
+    """The Schema Registry refused a writer schema for good: incompatible with the subject's
+    versions under its compatibility level, or invalid. Retrying sends the same schema."""
+
+    reason = "schema_rejected"
 
 
 class DecodeError(NonRetriableError):

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from streamer.api.auth import Principal, Session, TokenBook
+from streamer.api.problems import ApiError
 
 __all__ = ["SESSION_COOKIE", "bearer", "console_session", "require_full", "require_read"]
 
 SESSION_COOKIE = "streamer_session"
+
+# Declared so that the OpenAPI document says how to authenticate; checked below.
+_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="a token of STREAMER_API_TOKENS (full access) or STREAMER_API_READ_TOKENS "
+    "(read-only)",
+)
 
 
 def _book(request: Request) -> TokenBook:
@@ -32,16 +43,20 @@ def console_session(request: Request) -> Session | None:
     return _book(request).session(request.cookies.get(SESSION_COOKIE), now_s=int(time.time()))
 
 
-def _unauthorized(request: Request) -> HTTPException:
+def _unauthorized(request: Request) -> ApiError:
     given = "authorization" in request.headers
-    return HTTPException(
+    return ApiError(
         401,
+        "invalid_token" if given else "missing_token",
         "invalid bearer token" if given else "missing bearer token (Authorization: Bearer …)",
         headers={"WWW-Authenticate": 'Bearer realm="streamer"'},
     )
 
 
-def require_read(request: Request) -> Principal:
+def require_read(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(_scheme)] = None,
+) -> Principal:
     """Any valid token. The JSON API takes bearer tokens only: a console cookie is not
     enough to call it, so a page elsewhere cannot make a logged-in browser call it."""
     principal = bearer(request)
@@ -50,8 +65,9 @@ def require_read(request: Request) -> Principal:
     return principal
 
 
-def require_full(request: Request) -> Principal:
-    principal = require_read(request)
+def require_full(principal: Annotated[Principal, Depends(require_read)]) -> Principal:
     if not principal.can_write:
-        raise HTTPException(403, "this token may only read (STREAMER_API_READ_TOKENS)")
+        raise ApiError(
+            403, "read_only_token", "this token may only read (STREAMER_API_READ_TOKENS)"
+        )
     return principal

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -24,12 +25,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamer import __version__
-from streamer.api import console, v1
+from streamer.api import console, problems, v1
 from streamer.api.auth import TokenBook
-from streamer.api.intake import Intake, RequestTooLarge
+from streamer.api.intake import Intake
 from streamer.api.metrics import ApiMetrics
+from streamer.api.sampling import JobSampler
+from streamer.api.waiters import CompletionWaiters
 from streamer.contract.codec import Codec
-from streamer.errors import InvalidEvent, StreamerError
+from streamer.errors import StreamerError
 from streamer.runtime.database import Database
 from streamer.runtime.metrics import new_registry
 from streamer.runtime.retention import Pruning, start_pruner, stop_pruner
@@ -104,7 +107,14 @@ def create_app(
         intake.start()
         app.state.database = database
         app.state.intake = intake
+        waiters = CompletionWaiters(
+            settings.database, max_waiters=settings.api.api_max_waiters, gauge=api_metrics.waiting
+        )
+        waiters.start()
+        app.state.waiters = waiters
         stop = asyncio.Event()
+        app.state.sampler = JobSampler(settings, interval_s=settings.api.api_sample_interval_s)
+        sampler_task = asyncio.create_task(app.state.sampler.run(stop))
         relay_task: asyncio.Task[None] | None = None
         if relay:
             app.state.relay = CompletionRelay(
@@ -123,9 +133,12 @@ def create_app(
         finally:
             await stop_pruner(pruner)
             stop.set()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(sampler_task, timeout=10)
             if relay_task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait_for(relay_task, timeout=10)
+            await waiters.stop()
             await asyncio.get_running_loop().run_in_executor(None, intake.close)
             await database.stop()
 
@@ -133,6 +146,8 @@ def create_app(
         title="streamer",
         version=__version__,
         summary="Bulk intake, request tracking and the operator console of streamer.",
+        description='Every error answer is `{"reason", "detail"}`: a stable reason and a '
+        "message for people. Authenticate with `Authorization: Bearer <token>`.",
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
@@ -148,25 +163,25 @@ def create_app(
     app.include_router(console.router)
     app.mount("/ui/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
-    @app.exception_handler(InvalidEvent)
-    async def invalid(_: Request, exc: InvalidEvent) -> JSONResponse:
-        status = 400 if exc.reason == "malformed_json" else 422
-        return JSONResponse({"detail": exc.message, "reason": exc.reason}, status_code=status)
+    problems.install(app)
 
-    @app.exception_handler(RequestTooLarge)
-    async def too_many(_: Request, exc: RequestTooLarge) -> JSONResponse:
-        return JSONResponse({"detail": exc.message, "reason": exc.reason}, status_code=422)
-
-    @app.exception_handler(StreamerError)
-    async def unavailable(_: Request, exc: StreamerError) -> JSONResponse:
-        if exc.retriable:
-            return JSONResponse(
-                {"detail": exc.message, "reason": exc.reason},
-                status_code=503,
-                headers={"Retry-After": "5"},
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document plus what it cannot see: the intake's request bodies are read
+        by the routes themselves (to bound them while streaming)."""
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
             )
-        log.error("request failed: %s", exc)
-        return JSONResponse({"detail": exc.message, "reason": exc.reason}, status_code=500)
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            schemas["BulkRequest"] = v1.bulk_body_schema(settings.api.api_max_items)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> PlainTextResponse:

@@ -14,16 +14,23 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+import uuid
 from collections import Counter
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup
 
 from streamer.api.access import SESSION_COOKIE, bearer, console_session
 from streamer.api.auth import Principal, Session, TokenBook
-from streamer.ops.deadletters import dead_letter_view
+from streamer.api.charts import line_chart
+from streamer.api.problems import ApiError
+from streamer.api.sampling import JobSampler
+from streamer.errors import StreamerError
+from streamer.ops.deadletters import dead_letter_view, replayed_marks
+from streamer.ops.jobs import JobView, describe_jobs
 from streamer.runtime.deadletters import DeadLetterRecord
 from streamer.runtime.replay import DeadLetterFilter, read_dead_letters, replay_dead_letters
 from streamer.storage.keys import s3_key
@@ -35,6 +42,9 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 
 LOGIN_COOKIE = "streamer_login"
 _SHOWN_LETTERS = 200
+# What a browser can show as a thumbnail; other objects (a PDF, a video) get no <img>, and
+# an image whose bytes are not one (a failed upload) is replaced by the page when it fails.
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".avif", ".svg", ".bmp", ".ico")
 
 
 class _LoginRequired(Exception):
@@ -54,6 +64,16 @@ def _viewer(request: Request) -> tuple[Principal, Session | None]:
     if session is None:
         raise _LoginRequired
     return session.principal, session
+
+
+def _login_first(request: Request) -> Response | None:
+    """The login page for a browser that is not logged in, before anything is looked up."""
+    try:
+        _viewer(request)
+    except _LoginRequired:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/ui/login?next={quote(target)}", status_code=303)
+    return None
 
 
 def _page(request: Request, template: str, **context: Any) -> HTMLResponse:
@@ -165,15 +185,20 @@ async def imports(request: Request) -> Response:
 
 @router.get("/imports/{bulk_uuid}", response_class=HTMLResponse)
 async def import_detail(
-    request: Request, bulk_uuid: str, after: Annotated[int, Query(ge=0)] = 0
+    request: Request, bulk_uuid: str, after: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0
 ) -> Response:
+    if (redirect := _login_first(request)) is not None:
+        return redirect
     async with request.app.state.database.acquire() as conn:
         try:
-            bulk = await load_bulk(conn, bulk_uuid)
-        except Exception as exc:
-            raise HTTPException(404, f"no bulk {bulk_uuid!r}") from exc
+            uuid.UUID(bulk_uuid)
+        except ValueError:
+            raise ApiError(
+                404, "unknown_bulk", f"No import {bulk_uuid!r}: an import's id is a UUID."
+            ) from None
+        bulk = await load_bulk(conn, bulk_uuid)
         if bulk is None:
-            raise HTTPException(404, f"no bulk {bulk_uuid!r}")
+            raise ApiError(404, "unknown_bulk", f"No import {bulk_uuid!r} is known here.")
         items = await load_items(conn, bulk_uuid, after=after, limit=100)
     next_after = items[-1]["id"] if len(items) == 100 else None
     return _page(request, "import.html", bulk=bulk, items=items, after=after, next_after=next_after)
@@ -202,16 +227,30 @@ async def dead_letters(
     )
     letters = await _letters(request)
     matching = [r for r in letters if wanted.matches(r)]
+    replayed = await _replayed(request)
     return _page(
         request,
         "dead_letters.html",
         total=len(letters),
+        replayed_total=sum(1 for r in letters if (r.dlq_partition, r.dlq_offset) in replayed),
         by_reason=Counter(r.reason for r in letters).most_common(),
+        replayed_by_reason=Counter(
+            r.reason for r in letters if (r.dlq_partition, r.dlq_offset) in replayed
+        ),
         by_job=Counter(r.job or "-" for r in letters).most_common(),
         filters={"reason": reason or "", "sku": sku or "", "topic": topic or "", "job": job or ""},
         matching=len(matching),
-        letters=[dead_letter_view(r) for r in matching[:_SHOWN_LETTERS]],
+        letters=[dead_letter_view(r, replayed) for r in matching[:_SHOWN_LETTERS]],
     )
+
+
+async def _replayed(request: Request) -> dict[tuple[int, int], Any]:
+    """Which dead letters were replayed (shown, never hidden: a replay can fail again)."""
+    settings = request.app.state.settings
+    try:
+        return await replayed_marks(settings.database.dsn, settings.runtime.dlq_topic)
+    except StreamerError:
+        return {}
 
 
 def _chosen(letters: list[DeadLetterRecord], selected: list[str]) -> list[DeadLetterRecord]:
@@ -222,7 +261,7 @@ def _chosen(letters: list[DeadLetterRecord], selected: list[str]) -> list[DeadLe
 @router.post("/dead-letters/replay", response_class=HTMLResponse)
 async def replay(
     request: Request,
-    selected: Annotated[list[str], Form()],
+    selected: Annotated[list[str] | None, Form()] = None,
     csrf: Annotated[str | None, Form()] = None,
     confirm: Annotated[bool, Form()] = False,
 ) -> Response:
@@ -230,9 +269,20 @@ async def replay(
     only the confirmation sends, each dead letter at most once (as ``dlq replay``)."""
     _writer(request, csrf)
     settings = request.app.state.settings
+    if not selected:
+        raise ApiError(
+            422,
+            "nothing_selected",
+            "No dead letter was selected: tick the ones to replay, then ask for the dry run.",
+        )
     chosen = _chosen(await _letters(request), selected)
     if not chosen:
-        raise HTTPException(422, "none of the selected dead letters is in the topic")
+        raise ApiError(
+            422,
+            "not_in_topic",
+            "None of the selected dead letters is in the topic any more (retention may have "
+            "removed them); reload the list.",
+        )
     result = await replay_dead_letters(
         settings.kafka,
         settings.database,
@@ -247,6 +297,53 @@ async def replay(
         result=result,
         selected=[f"{r.dlq_partition}:{r.dlq_offset}" for r in chosen],
         letters=[dead_letter_view(r) for r in result.records],
+    )
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+async def jobs(request: Request) -> Response:
+    """Each job's group, members, partitions and lag, read now; throughput and lag over the
+    last hour from the samples this process keeps."""
+    settings = request.app.state.settings
+    sampler: JobSampler | None = getattr(request.app.state, "sampler", None)
+    error: str | None = None
+    views: list[JobView] = []
+    try:
+        views = await describe_jobs(settings)
+    except StreamerError as exc:
+        error = str(exc)
+    now = time.time()
+    charts: dict[str, Markup] = {}
+    if sampler is not None:
+        # The last hour, or less while this process has sampled for less (at least a minute).
+        first = sampler.samples[0].at_s if sampler.samples else now
+        span_s = min(3600.0, max(60.0, now - first))
+        for name, series, unit in (
+            ("throughput", sampler.throughput(), "messages/s committed"),
+            ("lag", sampler.lag(), "messages"),
+        ):
+            charts[name] = Markup(  # noqa: S704 - built from escaped parts (charts.py)
+                line_chart(
+                    series,
+                    title=name,
+                    unit=unit,
+                    now_s=now,
+                    span_s=span_s,
+                    chart_id=f"chart-{name}",
+                )
+            )
+    return _page(
+        request,
+        "jobs.html",
+        views=views,
+        error=error,
+        charts=charts,
+        samples=len(sampler.samples) if sampler is not None else 0,
+        interval_s=sampler.interval_s if sampler is not None else None,
+        sample_error=sampler.last_error if sampler is not None else None,
     )
 
 
@@ -276,6 +373,7 @@ async def gallery(request: Request, sku: str | None = None) -> Response:
                     ExpiresIn=ttl,
                 )
                 for img in found["images"]
+                if img["file_path"].lower().endswith(_IMAGE_SUFFIXES)
             }
 
         thumbnails = await asyncio.get_running_loop().run_in_executor(None, sign)

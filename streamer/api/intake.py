@@ -27,6 +27,7 @@ from typing import Any
 from confluent_kafka import KafkaError
 
 from streamer.api.metrics import ApiMetrics
+from streamer.api.problems import RETRY_AFTER_S
 from streamer.api.settings import ApiSettings
 from streamer.contract.codec import Codec
 from streamer.contract.events import MediaGalleryChanged, ProductChanged
@@ -52,12 +53,11 @@ __all__ = ["Intake", "IntakeReply", "RequestTooLarge", "parse_json"]
 log = logging.getLogger(__name__)
 
 Event = ProductChanged | MediaGalleryChanged
-RETRY_AFTER_S = 5
 _DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
 _FRAMING_BYTES = 512  # key, headers and batch overhead beside the value
 
 
-class RequestTooLarge(StreamerError):
+class RequestTooLarge(InvalidEvent):
     reason = "too_many_items"
 
 
@@ -66,6 +66,11 @@ class IntakeReply:
     status_code: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bulk_uuid(self) -> str | None:
+        found = self.body.get("bulk_uuid")
+        return str(found) if found else None
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ class Intake:
                 "(STREAMER_API_MAX_ITEMS); split the request"
             )
 
-    async def bulk(self, payload: Any) -> IntakeReply:
+    async def bulk(self, payload: Any, *, source: str = "api") -> IntakeReply:
         """The gallery connector's bulk payload (``{"request": {"request_id", "items"}}``)."""
         if not isinstance(payload, dict):
             raise InvalidEvent(
@@ -142,17 +147,19 @@ class Intake:
             self._count(len(items), "items")
         loop = asyncio.get_running_loop()
         ingested, ready = await loop.run_in_executor(
-            None, lambda: self._prepare(parse_bulk(payload, clock=self.clock, source="api"))
+            None, lambda: self._prepare(parse_bulk(payload, clock=self.clock, source=source))
         )
         return await self._take("galleries", ingested, ready)
 
-    async def events(self, text: str, request_id: str | None) -> IntakeReply:
+    async def events(
+        self, text: str, request_id: str | None, *, source: str = "api"
+    ) -> IntakeReply:
         """JSON lines of events; events without a request id get the request's."""
         lines = text.splitlines()
         self._count(sum(1 for line in lines if line.strip()), "lines")
 
         def parse() -> tuple[Ingested, list[_Ready]]:
-            ingested = parse_jsonl(lines, clock=self.clock, source="api")
+            ingested = parse_jsonl(lines, clock=self.clock, source=source)
             rid = request_id or ingested.request_id or f"events-{uuid.uuid4()}"
             ingested.request_id = rid
             ingested.events = [
@@ -186,23 +193,35 @@ class Intake:
         request_id = ingested.request_id or f"bulk-{uuid.uuid4()}"
         event_ids = {r.ack.id: r.event.event_id for r in ready}
         if not ready:
+            # A well-formed request whose every item is rejected is answered like any
+            # other (as the gallery connector's async bulk does): each item says why.
             self._count_items(ingested.acks)
             return IntakeReply(
-                422,
+                202,
                 {
                     "bulk_uuid": None,
                     "request_id": request_id,
                     "request_items": _items(ingested.acks, event_ids),
                     "errors": True,
-                    "message": "no item was accepted: nothing was published",
+                    "detail": "no item was accepted: nothing was published",
                 },
             )
         loop = asyncio.get_running_loop()
         topics = [self.topics.product_topic, self.topics.media_topic]
         try:
             await loop.run_in_executor(None, self.publisher.check_topics, topics)
-        except (DependencyUnavailable, TopicMissing) as exc:
-            return self._unavailable(f"{exc.message}; nothing was published")
+        except DependencyUnavailable as exc:
+            log.warning("intake: %s", exc)
+            return self._unavailable(
+                "broker_unavailable", "Kafka is unavailable; nothing was published"
+            )
+        except TopicMissing as exc:
+            log.error("intake: %s", exc)
+            return self._unavailable(
+                "topic_missing",
+                "a topic of this deployment does not exist (an operator runs `streamer topics "
+                "create`); nothing was published",
+            )
         bulk_uuid = str(uuid.uuid4())
         new = [
             NewItem(
@@ -218,10 +237,18 @@ class Intake:
         try:
             async with self.database.acquire() as conn:
                 await create_bulk(
-                    conn, bulk_uuid=bulk_uuid, request_id=request_id, kind=kind, items=new
+                    conn,
+                    bulk_uuid=bulk_uuid,
+                    request_id=request_id,
+                    kind=kind,
+                    items=new,
+                    completion_topic=self.topics.import_completed_topic,
                 )
         except DatabaseUnavailable as exc:
-            return self._unavailable(f"{exc.message}; nothing was published")
+            log.warning("intake: tracking a bulk: %s", exc)
+            return self._unavailable(
+                "database_unavailable", "PostgreSQL is unavailable; nothing was published"
+            )
         failed = await loop.run_in_executor(None, self._publish, bulk_uuid, ready)
         for r in ready:
             if r.ack.id in failed:
@@ -244,11 +271,16 @@ class Intake:
                 if delivered
                 else "none was published"
             )
-            body["message"] = (
+            body["reason"] = "undeliverable"
+            body["detail"] = (
                 f"{len(failed)} of {len(ready)} accepted items were not acknowledged by the broker "
                 f"(status undeliverable; sending them again is safe); {went_out}"
             )
             return IntakeReply(503, body, {"Retry-After": str(RETRY_AFTER_S)})
+        accepted = len(delivered)
+        body["detail"] = f"{accepted} of {len(ingested.acks)} items accepted and published" + (
+            "; the others are named with their reason" if ingested.errors else ""
+        )
         return IntakeReply(202, body)
 
     def _publish(self, bulk_uuid: str, ready: Sequence[_Ready]) -> dict[int, str]:
@@ -334,11 +366,9 @@ class Intake:
             self.metrics.items.labels(status).inc(n)
 
     @staticmethod
-    def _unavailable(message: str) -> IntakeReply:
+    def _unavailable(reason: str, message: str) -> IntakeReply:
         return IntakeReply(
-            503,
-            {"detail": message, "retry_after_s": RETRY_AFTER_S},
-            {"Retry-After": str(RETRY_AFTER_S)},
+            503, {"reason": reason, "detail": message}, {"Retry-After": str(RETRY_AFTER_S)}
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streamer.runtime.metrics import LATENCY_BUCKETS_S
 
@@ -35,3 +35,8 @@ class ApiMetrics:
         )
         for status in ITEM_STATUSES:
             self.items.labels(status)
+        self.waiting = Gauge(
+            "streamer_api_waiting_requests",
+            "Intake requests waiting for their bulk to complete (Prefer: wait)",
+            registry=r,
+        )

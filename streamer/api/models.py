@@ -13,9 +13,23 @@ __all__ = [
     "BulkCounts",
     "BulkList",
     "BulkStatus",
+    "Completion",
+    "FinalItem",
     "ItemState",
     "Problem",
 ]
+
+
+class BulkCounts(BaseModel):
+    """Accepted items by outcome (pending until processed)."""
+
+    pending: int
+    written: int
+    noop: int
+    partial: int
+    dead_lettered: int
+    stale: int
+    duplicate: int
 
 
 class AckItem(BaseModel):
@@ -29,26 +43,46 @@ class AckItem(BaseModel):
 
 
 class Acknowledgment(BaseModel):
-    bulk_uuid: str | None = Field(description="track the request with GET /v1/bulks/{bulk_uuid}")
+    bulk_uuid: str | None = Field(
+        description="track the request with GET /v1/bulks/{bulk_uuid}; null when no item was "
+        "accepted (nothing was published)"
+    )
     request_id: str
     request_items: list[AckItem]
     errors: bool = Field(description="true when any item was rejected or undeliverable")
-    message: str | None = None
+    detail: str | None = Field(None, description="what happened, for a person")
+    reason: str | None = Field(None, description="on 503: why not every item went out")
+    tracking_error: str | None = None
+
+
+class FinalItem(AckItem):
+    outcome: str | None = Field(
+        description="written, noop, partial, dead_lettered, stale or duplicate; null when the "
+        "item was not accepted"
+    )
+    outcome_reason: str | None = Field(description="why, for partial and dead_lettered")
+
+
+class Completion(BaseModel):
+    """The answer to ``Prefer: wait=N`` when the bulk completed in time."""
+
+    bulk_uuid: str | None
+    request_id: str
+    complete: bool = Field(description="always true here: every accepted item was processed")
+    completed_at: datetime | None
+    counts: BulkCounts
+    request_items: list[FinalItem]
+    errors: bool = Field(
+        description="true when any item was rejected, undeliverable, partial or dead-lettered"
+    )
+    detail: str | None = None
 
 
 class Problem(BaseModel):
-    detail: str
-    reason: str | None = None
+    """Every error answer: a stable reason for programs, a message for people."""
 
-
-class BulkCounts(BaseModel):
-    pending: int
-    written: int
-    noop: int
-    partial: int
-    dead_lettered: int
-    stale: int
-    duplicate: int
+    reason: str = Field(description="machine-readable, stable")
+    detail: str = Field(description="what went wrong and what to do, for a person")
 
 
 class ItemState(BaseModel):

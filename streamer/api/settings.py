@@ -28,6 +28,15 @@ class ApiSettings(Section):
     api_max_items: int = Field(20_000, ge=1, description="items (or lines) per request; 422 above")
     api_presign_ttl_s: int = Field(300, ge=1, le=43_200, description="thumbnail URL lifetime")
     api_session_ttl_s: int = Field(8 * 3600, ge=60, description="console login lifetime")
+    api_max_wait_s: int = Field(
+        60, ge=0, le=3600, description="cap on a request's Prefer: wait=N (0: never wait)"
+    )
+    api_max_waiters: int = Field(
+        1000, ge=1, description="requests waiting at once per process; 503 beyond"
+    )
+    api_sample_interval_s: float = Field(
+        30.0, ge=1, description="how often the console's jobs page samples throughput and lag"
+    )
 
     @field_validator("api_tokens", "api_read_tokens")
     @classmethod

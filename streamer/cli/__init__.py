@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from streamer.cli import api, dev, forward, gallery, objects, ops, publish, replicate
+from streamer.cli._common import TidyGroup
 
 __all__ = ["app", "main"]
 
@@ -15,6 +16,7 @@ app = typer.Typer(
     help="Keeps product image galleries in sync at catalog scale, on Kafka.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=TidyGroup,
 )
 
 

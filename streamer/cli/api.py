@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from streamer.cli._common import err_console, fail_cleanly, settings_from
+
+if TYPE_CHECKING:
+    from streamer.settings import Settings
 
 __all__ = ["serve"]
 
@@ -37,4 +40,18 @@ def serve(
         )
         raise typer.Exit(2)
     with fail_cleanly():
+        _check_broker(settings)
         run_server(settings, gallery=load_gallery, pruning=pruning(settings.retention))
+
+
+def _check_broker(settings: Settings) -> None:
+    """Refused credentials or certificates end the start (librdkafka would retry them
+    forever); a broker that does not answer yet is the intake's 503 until it does."""
+    from streamer.errors import BrokerUnavailable
+    from streamer.runtime.connection import check_broker
+
+    topics = settings.topics
+    try:
+        check_broker(settings.kafka, topics=(topics.product_topic, topics.media_topic))
+    except BrokerUnavailable as exc:
+        err_console.print(f"[yellow]warning:[/yellow] {exc}; the intake answers 503 meanwhile")

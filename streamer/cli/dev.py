@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from streamer.cli._common import err_console, fail_cleanly, run, settings_from
+from streamer.cli._common import err_console, fail_cleanly, out_console, run, settings_from
 
 if TYPE_CHECKING:
     from streamer.dev.stack import DevStack
@@ -36,27 +37,60 @@ def home_dir() -> Path:
     return Path(os.environ.get("STREAMER_HOME", ".streamer"))
 
 
-def _stack() -> DevStack:
+class Broker(StrEnum):
+    tansu = "tansu"
+    kafka = "kafka"
+
+
+def _stack(broker: str | None = None, kafka_nodes: int = 1) -> DevStack:
     from streamer.dev.stack import DevStack, database_url_from_env
 
-    return DevStack(home_dir(), database_url=database_url_from_env())
+    return DevStack(
+        home_dir(),
+        database_url=database_url_from_env(),
+        broker="kafka" if broker == "kafka" else "tansu" if broker == "tansu" else None,
+        kafka_nodes=kafka_nodes,
+    )
 
 
 @app.command()
-def up() -> None:
+def up(
+    broker: Annotated[
+        Broker | None,
+        typer.Option(
+            "--broker",
+            help="tansu (default: no Java, starts in milliseconds, for the demo) or kafka "
+            "(Apache Kafka from Maven Central: needs Java 17+ and Maven; what production runs)",
+            show_default=False,
+        ),
+    ] = None,
+    kafka_nodes: Annotated[
+        int,
+        typer.Option(
+            "--kafka-nodes",
+            min=1,
+            help="Apache Kafka nodes: 1, or 3 for a cluster with replication factor 3 and "
+            "min.insync.replicas=2",
+        ),
+    ] = 1,
+) -> None:
     """Start the stack (idempotent) and print its settings as export lines."""
     from streamer.dev.stack import StackError, shown_url
 
-    dev = _stack()
+    if kafka_nodes != 1 and broker is not Broker.kafka:
+        err_console.print("[red]error:[/red] --kafka-nodes needs --broker kafka")
+        raise typer.Exit(2)
+    dev = _stack(broker.value if broker else None, kafka_nodes)
     try:
         state = dev.up()
     except StackError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
-    for component in state.components.values():
+    for key, component in state.components.items():
         origin = "started" if component.owned else "external"
         shown = shown_url(component.url)
-        err_console.print(f"[green]✓[/green] {component.name:<9} {shown}  ({origin})")
+        pid = f", pid {component.pid}" if component.node_id is not None else ""
+        err_console.print(f"[green]✓[/green] {key:<9} {shown}  ({origin}{pid})")
     err_console.print(
         f"settings written to {dev.env_file} (read by every streamer command run from here)"
     )
@@ -72,7 +106,9 @@ def down() -> None:
 
 
 @app.command()
-def status() -> None:
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
+) -> None:
     """Show whether each part of the stack answers."""
     from streamer.dev.stack import shown_url
 
@@ -82,14 +118,84 @@ def status() -> None:
         err_console.print("the development stack is not running (start it with `streamer dev up`)")
         raise typer.Exit(1)
     health = dev.status()
-    table = Table("component", "url", "owned", "healthy")
-    for name, component in state.components.items():
-        table.add_row(
-            name, shown_url(component.url), str(component.owned), "yes" if health[name] else "NO"
-        )
-    Console().print(table)
+    if as_json:
+        parts = {
+            name: {"url": shown_url(c.url), "owned": c.owned, "healthy": health[name]}
+            for name, c in state.components.items()
+        }
+        print(json.dumps({"home": str(dev.home.resolve()), "components": parts}, indent=2))
+    else:
+        table = Table("component", "url", "owned", "healthy")
+        table.columns[1].overflow = "fold"
+        for name, component in state.components.items():
+            table.add_row(
+                name,
+                shown_url(component.url),
+                str(component.owned),
+                "yes" if health[name] else "NO",
+            )
+        out_console.print(table)
     if not all(health.values()):
         raise typer.Exit(1)
+
+
+_IMAGE_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".avif": "image/avif",
+}
+
+
+@app.command()
+def upload(
+    files: Annotated[list[Path], typer.Argument(help="local image files to upload")],
+    to: Annotated[
+        str, typer.Option("--to", help="folder of the file_path, e.g. mugs (default: the top)")
+    ] = "",
+) -> None:
+    """Put local image files into the configured bucket (the dev stack's S3 server), where
+    events find them: file_path /<to>/<name>, key STREAMER_S3_PREFIX + file_path."""
+    import mimetypes
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from streamer.storage.clients import make_s3_client
+    from streamer.storage.errors import object_store_error
+    from streamer.storage.keys import s3_key
+
+    settings = settings_from()
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        err_console.print(f"[red]error:[/red] not a file: {escape(', '.join(missing))}")
+        raise typer.Exit(2)
+    folder = "/".join(part for part in to.strip("/").split("/") if part)
+    s3 = make_s3_client(settings.s3)
+    table = Table("file", "file_path", "bytes", title=f"bucket {settings.s3.s3_bucket}")
+    for column in table.columns:
+        column.overflow = "fold"
+    with fail_cleanly():
+        for file in files:
+            file_path = "/" + "/".join(p for p in (folder, file.name) if p)
+            content_type = _IMAGE_TYPES.get(file.suffix.lower()) or (
+                mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+            )
+            try:
+                s3.put_object(
+                    Bucket=settings.s3.s3_bucket,
+                    Key=s3_key(settings.s3.s3_prefix, file_path),
+                    Body=file.read_bytes(),
+                    ContentType=content_type,
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise object_store_error(
+                    exc, f"upload of {file} to bucket {settings.s3.s3_bucket!r}"
+                ) from exc
+            table.add_row(str(file), file_path, str(file.stat().st_size))
+    out_console.print(table)
+    err_console.print("use each file_path in your events' images")
 
 
 def demo() -> None:
@@ -187,8 +293,8 @@ def _json_default(value: object) -> str:
 
 def loadgen(
     output: Annotated[str, typer.Argument(help="JSON lines file to write ('-' for stdout)")] = "-",
-    skus: Annotated[int, typer.Option("--skus")] = 1000,
-    images: Annotated[int, typer.Option("--images")] = 5,
+    skus: Annotated[int, typer.Option("--skus", help="SKUs (one gallery event each)")] = 1000,
+    images: Annotated[int, typer.Option("--images", help="images per SKU")] = 5,
     objects: Annotated[int, typer.Option("--objects", help="distinct object paths")] = 1000,
     upload: Annotated[bool, typer.Option("--upload", help="also put the objects in S3")] = False,
     prefix: Annotated[str, typer.Option("--prefix", help="SKU prefix")] = "BENCH",

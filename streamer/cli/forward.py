@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
@@ -48,6 +49,9 @@ def connection_test(
     url: Annotated[
         str | None, typer.Option("--url", help="instead of STREAMER_WEBHOOK_URL")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the result as JSON on stdout")
+    ] = False,
 ) -> None:
     """Send one signed test event; report status, latency and whether the receiver accepted it."""
     from streamer.forward.probe import send_test_event
@@ -60,6 +64,23 @@ def connection_test(
         result = run(send_test_event(settings.forward))
     a = result.answer
     status = str(a.status) if a.status is not None else a.result
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "url": settings.forward.origin,
+                    "webhook_id": result.webhook_id,
+                    "status": status,
+                    "latency_ms": round(a.elapsed_s * 1000, 1),
+                    "verdict": result.verdict,
+                    "ok": result.ok,
+                    "response": a.excerpt[:300] if a.excerpt else None,
+                }
+            )
+        )
+        if not result.ok:
+            raise typer.Exit(1)
+        return
     typer.echo(f"POST {settings.forward.origin}  webhook-id {result.webhook_id}")
     typer.echo(f"status   {status}")
     typer.echo(f"latency  {a.elapsed_s * 1000:.1f} ms")

@@ -7,10 +7,10 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from streamer.cli._common import err_console, fail_cleanly, run, settings_from
+from streamer.cli._common import err_console, fail_cleanly, out_console, run, settings_from
 
 __all__ = ["consume", "gallery_app"]
 
@@ -23,8 +23,16 @@ def consume(
         str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers")
     ] = None,
     metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="0 disables")] = None,
-    batch_max_events: Annotated[int | None, typer.Option("--batch-max-events")] = None,
-    batch_max_wait_ms: Annotated[int | None, typer.Option("--batch-max-wait-ms")] = None,
+    batch_max_events: Annotated[
+        int | None,
+        typer.Option("--batch-max-events", help="events per batch (STREAMER_BATCH_MAX_EVENTS)"),
+    ] = None,
+    batch_max_wait_ms: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-max-wait-ms", help="wait for a fuller batch (STREAMER_BATCH_MAX_WAIT_MS)"
+        ),
+    ] = None,
 ) -> None:
     """Run a gallery consumer-group worker until SIGTERM/SIGINT (the batch in hand is finished first)."""
     from streamer.gallery.worker import GalleryWorker
@@ -44,10 +52,12 @@ def consume(
 
 @gallery_app.command("show")
 def show(
-    sku: str,
+    sku: Annotated[str, typer.Argument(help="the SKU whose stored gallery to show")],
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    as_json: Annotated[bool, typer.Option("--json", help="same as --format json")] = False,
 ) -> None:
-    """Show one SKU's stored gallery."""
+    """Show one SKU's stored gallery: every image with its full path and ETag (long values
+    wrap at the terminal's width instead of being cut)."""
     from streamer.gallery.export import load_gallery
 
     settings = settings_from()
@@ -56,27 +66,31 @@ def show(
     if gallery is None:
         err_console.print(f"no stored state for SKU {sku!r}")
         raise typer.Exit(1)
-    if fmt == "json":
+    if as_json or fmt == "json":
         print(json.dumps(gallery, indent=2))
         return
     state = "DELETED" if gallery["deleted"] else "live"
-    err_console.print(
-        f"[bold]{gallery['sku']}[/bold]  version {gallery['version']}  {state}  "
-        f"name={gallery['name']!r}  enabled={gallery['enabled']}"
+    out_console.print(
+        f"[bold]{escape(gallery['sku'])}[/bold]  version {gallery['version']}  {state}  "
+        f"name={escape(repr(gallery['name']))}  enabled={gallery['enabled']}",
+        highlight=False,
     )
-    table = Table("pos", "file_path", "etag", "bytes", "label", "roles", "disabled", "content v")
+    table = Table("pos", "file_path", "etag", "bytes", "label", "roles", "off", "cv")
+    table.caption = "off: disabled; cv: content version (+1 per content change)"
+    for column in table.columns:
+        column.overflow = "fold"
     for img in gallery["images"]:
         table.add_row(
             str(img["position"] if img["position"] is not None else "-"),
             img["file_path"],
-            img["etag"][:12],
+            img["etag"],
             str(img["size_bytes"]),
             img["label"] or "",
             ",".join(img["roles"]),
             "yes" if img["disabled"] else "",
             str(img["content_version"]),
         )
-    Console().print(table)
+    out_console.print(table)
 
 
 @gallery_app.command("export")

@@ -8,10 +8,17 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from streamer.cli._common import err_console, fail_cleanly, run, settings_from
+from streamer.cli._common import (
+    err_console,
+    fail_cleanly,
+    note,
+    out_console,
+    run,
+    settings_from,
+    waiting,
+)
 
 __all__ = ["db_app", "dlq_app", "status", "topics_app"]
 
@@ -20,26 +27,41 @@ topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 db_app = typer.Typer(help="PostgreSQL schema.", no_args_is_help=True)
 
 
+_REASON = typer.Option("--reason", help="only this reason (e.g. object_missing)")
+_SKU = typer.Option("--sku", help="only this SKU (the event's, or the message key)")
+_JOB = typer.Option("--job", help="only this job: gallery, forward, replicate, objects")
+_JSON = typer.Option("--json", help="print JSON on stdout instead of a table")
+
+
 @topics_app.command("create")
 def create(
     partitions: Annotated[
         int | None, typer.Option("--partitions", help="partitions per topic")
     ] = None,
-    replication_factor: Annotated[int | None, typer.Option("--replication-factor")] = None,
-    bootstrap: Annotated[str | None, typer.Option("--bootstrap")] = None,
+    replication_factor: Annotated[
+        int | None,
+        typer.Option("--replication-factor", help="replicas per partition (1 on one broker)"),
+    ] = None,
+    bootstrap: Annotated[
+        str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers (host:port)")
+    ] = None,
+    as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """Create every topic streamer uses (existing ones are reported)."""
     from streamer.ops.topics import create_topics
 
     settings = settings_from(kafka_bootstrap=bootstrap)
-    with fail_cleanly():
+    with fail_cleanly(), waiting(f"creating topics on Kafka at {settings.kafka.kafka_bootstrap}"):
         created = create_topics(
             settings, partitions=partitions, replication_factor=replication_factor
         )
+    if as_json:
+        print(json.dumps(created, indent=2))
+        return
     table = Table("topic", "status")
     for name, state in created.items():
         table.add_row(name, state)
-    Console(stderr=True).print(table)
+    out_console.print(table)
 
 
 @db_app.command("migrate")
@@ -48,7 +70,7 @@ def migrate() -> None:
     from streamer.ops.schema import migrate_all
 
     settings = settings_from()
-    with fail_cleanly():
+    with fail_cleanly(), waiting("migrating the PostgreSQL schema"):
         applied = run(migrate_all(settings.database.dsn))
     err_console.print(
         "applied: " + (", ".join(applied) if applied else "nothing, schema is current")
@@ -68,24 +90,51 @@ def _ms(text: str | None, flag: str) -> int | None:
     return int(value.timestamp() * 1000)
 
 
-@dlq_app.command("list")
-def dlq_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Dead letters counted by reason, by original topic and by job, with the oldest and newest."""
-    from streamer.ops.deadletters import when
+def _letters(settings: Any) -> list[Any]:
     from streamer.runtime.replay import read_dead_letters
+
+    topic = settings.runtime.dlq_topic
+    with waiting(
+        f"reading the dead-letter topic {topic} from Kafka at {settings.kafka.kafka_bootstrap}"
+    ):
+        return list(read_dead_letters(settings.kafka, topic))
+
+
+def _replayed(settings: Any) -> dict[tuple[int, int], datetime]:
+    """Which dead letters were replayed; without PostgreSQL the listing still works, unmarked."""
+    from streamer.errors import StreamerError
+    from streamer.ops.deadletters import replayed_marks
+
+    try:
+        return run(replayed_marks(settings.database.dsn, settings.runtime.dlq_topic))
+    except StreamerError as exc:
+        note(f"replays are not shown: {exc}")
+        return {}
+
+
+@dlq_app.command("list")
+def dlq_list(as_json: Annotated[bool, _JSON] = False) -> None:
+    """Dead letters counted by reason (with how many were replayed), by original topic and by
+    job, with the oldest and newest."""
+    from streamer.ops.deadletters import when
 
     settings = settings_from()
     topic = settings.runtime.dlq_topic
     with fail_cleanly():
-        letters = list(read_dead_letters(settings.kafka, topic))
+        letters = _letters(settings)
+    replayed = _replayed(settings)
+    done = [r for r in letters if (r.dlq_partition, r.dlq_offset) in replayed]
     by_reason = Counter(r.reason for r in letters)
+    replayed_by_reason = Counter(r.reason for r in done)
     by_topic = Counter(r.topic for r in letters)
     by_job = Counter(r.job or "-" for r in letters)
     times = [r.last_failure_ms for r in letters if r.last_failure_ms]
     summary = {
         "topic": topic,
         "total": len(letters),
+        "replayed": len(done),
         "by_reason": dict(by_reason.most_common()),
+        "replayed_by_reason": dict(replayed_by_reason.most_common()),
         "by_topic": dict(by_topic.most_common()),
         "by_job": dict(by_job.most_common()),
         "oldest": when(min(times)) if times else None,
@@ -94,63 +143,84 @@ def dlq_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    table = Table("reason", "dead letters", title=f"{topic}: {len(letters)} dead letters")
+    table = Table(
+        "reason",
+        "dead letters",
+        "replayed",
+        "waiting",
+        title=f"{topic}: {len(letters)} dead letters, {len(done)} replayed",
+    )
     for reason, n in by_reason.most_common():
-        table.add_row(reason, str(n))
-    console = Console()
-    console.print(table)
+        table.add_row(
+            reason, str(n), str(replayed_by_reason[reason]), str(n - replayed_by_reason[reason])
+        )
+    out_console.print(table)
     for original, n in by_topic.most_common():
-        console.print(f"  from {original}: {n}")
+        out_console.print(f"  from {original}: {n}")
     for job, n in by_job.most_common():
-        console.print(f"  job {job}: {n}")
-    console.print(f"  oldest {summary['oldest']}  newest {summary['newest']}")
+        out_console.print(f"  job {job}: {n}")
+    out_console.print(f"  oldest {summary['oldest']}  newest {summary['newest']}")
 
 
 @dlq_app.command("show")
 def dlq_show(
-    reason: Annotated[str | None, typer.Option("--reason")] = None,
-    sku: Annotated[str | None, typer.Option("--sku")] = None,
-    topic: Annotated[str | None, typer.Option("--topic", help="original topic")] = None,
-    job: Annotated[str | None, typer.Option("--job", help="job that failed")] = None,
-    limit: Annotated[int, typer.Option("--limit")] = 20,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    reason: Annotated[str | None, _REASON] = None,
+    sku: Annotated[str | None, _SKU] = None,
+    topic: Annotated[str | None, typer.Option("--topic", help="only this original topic")] = None,
+    job: Annotated[str | None, _JOB] = None,
+    limit: Annotated[int, typer.Option("--limit", help="show at most this many")] = 20,
+    as_json: Annotated[bool, _JSON] = False,
 ) -> None:
-    """Dead letters with their error headers and decoded events, filtered."""
+    """Dead letters with their error headers and decoded events, filtered; replayed ones say when."""
     from streamer.ops.deadletters import dead_letter_view
-    from streamer.runtime.replay import DeadLetterFilter, read_dead_letters
+    from streamer.runtime.replay import DeadLetterFilter
 
     settings = settings_from()
     wanted = DeadLetterFilter(reason=reason, sku=sku, topic=topic, job=job)
     with fail_cleanly():
-        letters = [
-            r
-            for r in read_dead_letters(settings.kafka, settings.runtime.dlq_topic)
-            if wanted.matches(r)
-        ]
-    shown = [dead_letter_view(r) for r in letters[:limit]]
+        letters = [r for r in _letters(settings) if wanted.matches(r)]
+    replayed = _replayed(settings)
+    shown = [dead_letter_view(r, replayed) for r in letters[:limit]]
     if as_json:
         print(json.dumps(shown, indent=2))
         return
-    console = Console()
     for item in shown:
-        console.rule(f"{item['reason']}  {item['original']}  sku={item['sku']}")
-        console.print(f"  {item['message']}")
-        console.print(
+        mark = f"  [green]replayed {item['replayed_at']}[/green]" if item["replayed_at"] else ""
+        out_console.rule(f"{item['reason']}  {item['original']}  sku={item['sku']}{mark}")
+        out_console.print(f"  {item['message']}", markup=False)
+        out_console.print(
             f"  attempts {item['attempts']}  first {item['first_failure']}  last {item['last_failure']}"
         )
-        console.print_json(json.dumps(item["event"]))
+        out_console.print_json(json.dumps(item["event"]))
     err_console.print(f"{len(shown)} shown of {len(letters)} matching")
 
 
 @dlq_app.command("replay")
 def dlq_replay(
-    reason: Annotated[str | None, typer.Option("--reason")] = None,
-    sku: Annotated[str | None, typer.Option("--sku")] = None,
-    job: Annotated[str | None, typer.Option("--job", help="job that failed")] = None,
-    since: Annotated[str | None, typer.Option("--since", help="ISO time of last failure")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="ISO time of last failure")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    reason: Annotated[str | None, _REASON] = None,
+    sku: Annotated[str | None, _SKU] = None,
+    job: Annotated[str | None, _JOB] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="last failure at or after (ISO time, UTC)")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="last failure at or before (ISO time, UTC)")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="list what would be replayed, send nothing")
+    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="then wait until the jobs that failed them have consumed the replayed messages "
+            "(their committed positions pass them); exit 2 after --timeout",
+        ),
+    ] = False,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout", help="with --wait: seconds before giving up")
+    ] = 120.0,
+    as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """Send matching dead letters back to their original topic; each is replayed once."""
     from streamer.runtime.replay import DeadLetterFilter, replay_dead_letters
@@ -163,7 +233,13 @@ def dlq_replay(
         since_ms=_ms(since, "--since"),
         until_ms=_ms(until, "--until"),
     )
-    with fail_cleanly():
+    with (
+        fail_cleanly(),
+        waiting(
+            f"reading {settings.runtime.dlq_topic} and replaying through Kafka at "
+            f"{settings.kafka.kafka_bootstrap}"
+        ),
+    ):
         result = run(
             replay_dead_letters(
                 settings.kafka,
@@ -192,62 +268,151 @@ def dlq_replay(
     )
     for line in out["would_replay"]:
         err_console.print(f"  {line}")
+    if wait and not dry_run and result.records:
+        with fail_cleanly(), waiting("waiting for the jobs to consume the replayed messages"):
+            done = run(_consumed(settings.database.dsn, result, timeout_s))
+        if not done:
+            err_console.print(
+                f"[yellow]timed out[/yellow] after {timeout_s:.0f} s: is the job's consumer "
+                "running? (`streamer status`)"
+            )
+            raise typer.Exit(2)
+        err_console.print("consumed by the jobs that failed them")
+
+
+async def _consumed(dsn: str, result: Any, timeout_s: float) -> bool:
+    """Whether every replayed message's consumer group committed past it within the time."""
+    import asyncio
+    import time
+
+    from streamer.runtime.database import connect
+
+    wanted = {
+        (r.group_id, r.topic, part): end
+        for r in result.records
+        for (topic, part), end in result.end_offsets.items()
+        if topic == r.topic
+    }
+    deadline = time.monotonic() + timeout_s
+    async with connect(dsn) as conn:
+        while True:
+            rows = await conn.fetch(
+                "SELECT group_id, topic, partition, next_offset FROM consumer_offsets"
+                " WHERE group_id = ANY($1::text[])",
+                sorted({g for g, _, _ in wanted}),
+            )
+            have = {(r["group_id"], r["topic"], r["partition"]): r["next_offset"] for r in rows}
+            if all(have.get(key, -1) >= end for key, end in wanted.items()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.3)
 
 
 def status(
-    request_id: Annotated[str | None, typer.Option("--request-id")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    request_id: Annotated[
+        str | None,
+        typer.Option(
+            "--request-id",
+            help="answer for one request: its bulks and each event's outcome (from "
+            "`streamer serve` or events carrying this request_id)",
+        ),
+    ] = None,
+    partitions: Annotated[
+        bool, typer.Option("--partitions", help="lag of every partition, not per topic")
+    ] = False,
+    as_json: Annotated[bool, _JSON] = False,
 ) -> None:
-    """Lag per partition, dead letters by reason, and a request's outcomes."""
+    """Lag of the gallery consumer group, dead letters by reason, and a request's outcomes.
+
+    With --request-id the request comes first; an id nothing was recorded under says so and
+    exits 1."""
     from streamer.ops.status import collect_status
 
     settings = settings_from()
-    with fail_cleanly():
+    with (
+        fail_cleanly(),
+        waiting(
+            f"reading lag and dead letters from Kafka at {settings.kafka.kafka_bootstrap}"
+            + (" and the request from PostgreSQL" if request_id is not None else "")
+        ),
+    ):
         report = collect_status(settings, request_id=request_id)
     if as_json:
         print(json.dumps(report, indent=2, default=str))
-        return
-    console = Console()
-    table = Table(
-        "topic",
-        "partition",
-        "committed",
-        "high watermark",
-        "lag",
-        title=f"group {report['group_id']}",
-    )
-    for row in report["lag"]:
-        table.add_row(
-            row["topic"],
-            str(row["partition"]),
-            str(row["committed"]),
-            str(row["high_watermark"]),
-            str(row["lag"]),
+    else:
+        if request_id is not None:
+            _print_request(report["request"])
+        _print_lag(report, partitions)
+        if report["dead_letters"]:
+            dl = Table("reason", "dead letters", title="dead letters")
+            for reason, n in report["dead_letters"].items():
+                dl.add_row(reason, str(n))
+            out_console.print(dl)
+        else:
+            out_console.print("dead letters: none")
+    if request_id is not None and not report["request"]["found"]:
+        raise typer.Exit(1)
+
+
+def _print_lag(report: dict[str, Any], partitions: bool) -> None:
+    rows = report["lag"]
+    if partitions:
+        table = Table(
+            "topic", "partition", "committed", "end", "lag", title=f"group {report['group_id']}"
         )
-    console.print(table)
-    console.print(f"total lag: {report['total_lag']}")
-    dl = Table("reason", "dead letters", title="dead letters")
-    for reason, n in report["dead_letters"].items():
-        dl.add_row(reason, str(n))
-    console.print(dl)
-    if request_id is not None:
-        req = Table("outcome", "events", title=f"request {request_id}")
-        for outcome, n in report["request"]["outcomes"].items():
+        for row in rows:
+            committed = "-" if row["committed"] is None else str(row["committed"])
+            table.add_row(
+                row["topic"],
+                str(row["partition"]),
+                committed,
+                str(row["high_watermark"]),
+                str(row["lag"]),
+            )
+    else:
+        table = Table("topic", "partitions", "lag", title=f"group {report['group_id']}")
+        by_topic: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_topic.setdefault(row["topic"], []).append(row)
+        for topic, parts in by_topic.items():
+            table.add_row(topic, str(len(parts)), str(sum(p["lag"] for p in parts)))
+        table.caption = "--partitions for each partition"
+    table.columns[0].overflow = "fold"
+    out_console.print(table)
+    out_console.print(f"total lag: {report['total_lag']}")
+
+
+def _print_request(request: dict[str, Any]) -> None:
+    rid = request["request_id"]
+    if not request["found"]:
+        err_console.print(
+            f"[yellow]no request {rid!r}:[/yellow] no bulk was taken in and no event outcome "
+            "recorded under this request_id (check the id; outcomes are recorded once a "
+            "consumer processed the events)",
+            markup=True,
+            highlight=False,
+        )
+        return
+    out_console.print(f"[bold]request {rid}[/bold]", highlight=False)
+    for bulk in request["bulks"]:
+        state = "complete" if bulk["complete"] else bulk["state"]
+        counts = ", ".join(f"{k} {v}" for k, v in bulk["counts"].items() if v)
+        completed = (
+            f", completed {bulk['completed_at']:%Y-%m-%d %H:%M:%S}" if bulk["completed_at"] else ""
+        )
+        out_console.print(
+            f"  bulk {bulk['bulk_uuid']}: {state}, {bulk['processed']}/{bulk['accepted']} "
+            f"processed ({counts or 'nothing yet'}), rejected {bulk['rejected']}{completed}",
+            highlight=False,
+        )
+    if request["outcomes"]:
+        req = Table("outcome", "events", title="events by outcome")
+        for outcome, n in request["outcomes"].items():
             req.add_row(outcome, str(n))
-        console.print(req)
-        for bulk in report["request"]["bulks"]:
-            state = "complete" if bulk["complete"] else bulk["state"]
-            counts = ", ".join(f"{k} {v}" for k, v in bulk["counts"].items() if v)
-            console.print(
-                f"  bulk {bulk['bulk_uuid']}: {state}, {bulk['processed']}/{bulk['accepted']} "
-                f"processed ({counts or 'nothing yet'}), rejected {bulk['rejected']}"
-                + (
-                    f", completed {bulk['completed_at']:%Y-%m-%d %H:%M:%S}"
-                    if bulk["completed_at"]
-                    else ""
-                )
-            )
-        for failed in report["request"]["failed"]:
-            console.print(
-                f"  {failed['outcome']}: {failed['sku']} {failed['reason']} (event {failed['event_id']})"
-            )
+        out_console.print(req)
+    for failed in request["failed"]:
+        out_console.print(
+            f"  {failed['outcome']}: {failed['sku']} {failed['reason']} (event {failed['event_id']})",
+            highlight=False,
+        )

@@ -26,7 +26,10 @@ def replicate(
     ] = None,
     bucket: Annotated[str | None, typer.Option("--bucket", help="Destination bucket")] = None,
     metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="0 disables")] = None,
-    batch_max_events: Annotated[int | None, typer.Option("--batch-max-events")] = None,
+    batch_max_events: Annotated[
+        int | None,
+        typer.Option("--batch-max-events", help="records per batch (STREAMER_BATCH_MAX_EVENTS)"),
+    ] = None,
 ) -> None:
     """Run a replicator worker until SIGTERM/SIGINT (the batch in hand is finished first)."""
     if ctx.invoked_subcommand is not None:

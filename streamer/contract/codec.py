@@ -13,24 +13,31 @@ Anything unreadable raises ``DecodeError`` with a specific ``reason``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import re
 import struct
 from functools import lru_cache
 from typing import Any, NamedTuple
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from streamer.contract.events import EventType, MediaGalleryChanged, ProductChanged, parse_event
 from streamer.contract.lean import RECHECK, GalleryInput, LeanEvent, lean_event, lean_recheck
 from streamer.contract.schemas import KnownSchema, current_schemas, known_schemas
-from streamer.errors import DecodeError, SchemaRegistryUnavailable
+from streamer.errors import DecodeError, SchemaRegistryUnavailable, SchemaRejected
 
-__all__ = ["SINGLE_OBJECT_MAGIC", "Codec", "DecodedRecord", "event_record"]
+__all__ = ["SINGLE_OBJECT_MAGIC", "Codec", "DecodedRecord", "event_record", "registry_config"]
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
 _ID = struct.Struct(">I")
+# Confluent's answers to a schema it will never take: 409 incompatible, 422 invalid.
+_REFUSED = (409, 422)
+# Apicurio prefixes its messages with the Java exception's class name.
+_JAVA_EXCEPTION = re.compile(r"^(?:[a-z_$][\w$]*\.)+[A-Z][\w$]*(?:Exception|Error): ")
 
 
 class DecodedRecord(NamedTuple):
@@ -63,6 +70,21 @@ def _parse_registry_schema(schema_str: str) -> tuple[str, Any]:
     return str(raw.get("name", "")).rsplit(".", 1)[-1], parse_schema(raw, _write_hint=False)
 
 
+def registry_config(url: str) -> dict[str, str]:
+    """The registry client's configuration for ``url``. Credentials in the URL
+    (``https://key:secret@host``) move to ``basic.auth.user.info``: the client's HTTP library
+    logs every request's URL at INFO, and the secret must not be in it."""
+    urls = [urlsplit(u.strip()) for u in url.split(",")]
+    user, password = urls[0].username, urls[0].password
+    if user is None and password is None:
+        return {"url": url}
+    plain = ",".join(urlunsplit(u._replace(netloc=u.netloc.rpartition("@")[2])) for u in urls)
+    return {
+        "url": plain,
+        "basic.auth.user.info": f"{unquote(user or '')}:{unquote(password or '')}",
+    }
+
+
 class Codec:
     """Encodes events and decodes messages; a registry client is passed in, never created here."""
 
@@ -79,9 +101,16 @@ class Codec:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         # new_client gives the in-memory registry for mock:// URLs (tests, demos).
-        return cls(SchemaRegistryClient.new_client({"url": url}))
+        return cls(SchemaRegistryClient.new_client(registry_config(url)))
 
     # -- encode -----------------------------------------------------------------
+
+    def register(self, topic: str, type_name: str) -> None:
+        """Register the writer schema of ``type_name`` for ``topic`` now, not at the first
+        encode: a refusal (``SchemaRejected``) or an unreachable registry then ends the caller
+        before it has produced anything. Nothing to do without a registry."""
+        if self.registry is not None:
+            self._schema_id(topic, current_schemas()[type_name])
 
     def _schema_id(self, topic: str, schema: KnownSchema) -> int:
         key = (topic, schema.name)
@@ -89,17 +118,43 @@ class Codec:
             from confluent_kafka.schema_registry import Schema
             from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+            subject = f"{topic}-value"
             try:
                 schema_id = self.registry.register_schema(  # type: ignore[union-attr]
-                    f"{topic}-value", Schema(json.dumps(schema.raw), "AVRO")
+                    subject, Schema(json.dumps(schema.raw), "AVRO")
                 )
             except SchemaRegistryError as exc:
+                if exc.http_status_code in _REFUSED:
+                    raise SchemaRejected(self._refusal(schema.name, subject, exc)) from exc
                 raise SchemaRegistryUnavailable(f"schema registration failed: {exc}") from exc
             except Exception as exc:
                 raise SchemaRegistryUnavailable(f"schema registry unreachable: {exc}") from exc
             self._subject_ids[key] = schema_id
             self._id_schemas[schema_id] = (schema.name, schema.parsed)
         return self._subject_ids[key]
+
+    def _refusal(self, name: str, subject: str, exc: Any) -> str:
+        """What the operator needs: which schema, which subject, why, and under which level."""
+        detail = _JAVA_EXCEPTION.sub("", str(exc.error_message or "")).strip()
+        if exc.http_status_code == 409:
+            why = "it is incompatible with the versions registered there"
+            level = self._compatibility(subject)
+            if level:
+                why += f" under {level} compatibility"
+        else:
+            why = "the registry finds it invalid"
+        return (
+            f"the schema registry refused the {name} schema for subject {subject}: {why} ({detail})"
+        )
+
+    def _compatibility(self, subject: str) -> str | None:
+        """The subject's compatibility level, else the registry's default; None if unknown."""
+        for args in ((subject,), ()):
+            with contextlib.suppress(Exception):
+                level = self.registry.get_compatibility(*args)  # type: ignore[union-attr]
+                if level:
+                    return str(level)
+        return None
 
     def encode_record(self, record: dict[str, Any], *, type_name: str, topic: str) -> bytes:
         schema = current_schemas()[type_name]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -155,6 +156,15 @@ def parse_jsonl(lines: Iterable[str], *, clock: VersionClock, source: str = "cli
     return out
 
 
+REQUEST_ID_PATTERN = r"[^\x00-\x1f\x7f]{1,255}"
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+
+
+def valid_request_id(value: object) -> bool:
+    """A request id a person can read back: 1-255 characters, no control character."""
+    return isinstance(value, str) and _REQUEST_ID.fullmatch(value) is not None
+
+
 def parse_bulk(payload: dict[str, Any], *, clock: VersionClock, source: str = "bulk") -> Ingested:
     request = payload.get("request")
     if not isinstance(request, dict):
@@ -162,10 +172,19 @@ def parse_bulk(payload: dict[str, Any], *, clock: VersionClock, source: str = "b
             'bulk payload needs a top-level "request" object', reason="malformed_bulk"
         )
     request_id = request.get("request_id")
-    request_id = str(request_id) if request_id is not None else f"bulk-{uuid.uuid4()}"
+    if request_id is None:
+        request_id = f"bulk-{uuid.uuid4()}"
+    elif not valid_request_id(request_id):
+        raise InvalidEvent(
+            '"request.request_id" must be a string of 1 to 255 characters without control '
+            "characters",
+            reason="invalid_request_id",
+        )
     items = request.get("items")
     if not isinstance(items, list):
         raise InvalidEvent('bulk payload needs "request.items" as a list', reason="malformed_bulk")
+    if not items:
+        raise InvalidEvent('"request.items" is empty: nothing to take in', reason="malformed_bulk")
     out = Ingested(request_id=request_id)
     latest: dict[str, tuple[Ack, Event]] = {}
     for number, item in enumerate(items, start=1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 from streamer.contract.codec import Codec
@@ -36,6 +37,15 @@ class EventPublisher:
         self.producer = producer
         self.codec = codec
         self.topics = topics
+
+    def prepare(self, events: Iterable[Event]) -> None:
+        """Register the writer schemas these events need before any is produced, so a schema
+        the registry refuses fails the whole request instead of the events after the first
+        of its kind."""
+        for topic, type_name in dict.fromkeys(
+            (topic_for(e, self.topics), e.type.value) for e in events
+        ):
+            self.codec.register(topic, type_name)
 
     def publish(self, event: Event) -> None:
         topic = topic_for(event, self.topics)

@@ -422,4 +422,13 @@ def run_demo(home: Path, database_url: str | None, console: Console | None = Non
     for component in state.components.values():
         console.print(f"  {component.name:<9} {shown_url(component.url)}")
     settings = load_settings(env_file=dev.env_file)
-    return asyncio.run(Demo(settings, console).run())
+    ok = asyncio.run(Demo(settings, console).run())
+    # The demo's own topics are prefixed, so that it can run again; the default ones (and the
+    # schema) are what `streamer publish`, `consume` and `serve` use next (README: The first hour).
+    created = create_topics(settings)
+    asyncio.run(migrate_all(settings.database.dsn))
+    console.print(
+        f"default topics ready ({len(created)}), schema migrated. Next: README, "
+        "'The first hour' (your own events, images, bulk and a replayed dead letter)."
+    )
+    return ok

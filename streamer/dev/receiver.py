@@ -8,7 +8,8 @@ by default 204 to a verified request and 401 otherwise. Behaviours script the
 faults the forwarder must survive: 5xx bursts, 429/503 with ``Retry-After``,
 refusals for one SKU, a hang past the client's timeout, a 10 MB body, 410, a
 redirect. ``down()`` and ``up()`` take it away and bring it back on the same port,
-closing open keep-alive connections as a crashed server would.
+closing open keep-alive connections as a crashed server would. It listens on ``host``
+(loopback by default; a chaos host's address when ``up()`` runs inside that host).
 """
 
 from __future__ import annotations
@@ -122,10 +123,12 @@ class Receiver:
         secret: str | None,
         *,
         port: int | None = None,
+        host: str = "127.0.0.1",
         path: str = "/webhooks",
         keep_bodies: bool = True,
     ) -> None:
         self._webhook = Webhook(secret) if secret else None
+        self.host = host
         self.port = port or free_port()
         self.path = path
         self.keep_bodies = keep_bodies
@@ -139,14 +142,14 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.path}"
+        return f"http://{self.host}:{self.port}{self.path}"
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def up(self) -> Receiver:
         if self._server is not None:
             return self
-        server = _Server(("127.0.0.1", self.port), _Handler)
+        server = _Server((self.host, self.port), _Handler)
         server.receiver = self
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="receiver", daemon=True)

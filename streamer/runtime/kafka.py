@@ -27,7 +27,11 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from streamer.errors import BrokerAccessDenied
+
 __all__ = ["ConsumerThread", "RebalanceListener"]
+
+_DENIED = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED)
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +137,9 @@ class ConsumerThread:
         )
 
     async def consume(self, count: int, timeout_s: float) -> list[Message]:
-        """Messages of this poll; consumer errors are logged, fatal ones raised."""
+        """Messages of this poll; consumer errors are logged, fatal ones raised, and a
+        refusal by Kafka's authorizer ends the worker with what to grant (retrying would
+        only fail again, and nothing was consumed that could be lost)."""
 
         def poll() -> list[Message]:
             out = []
@@ -141,6 +147,8 @@ class ConsumerThread:
                 err = msg.error()
                 if err is None:
                     out.append(msg)
+                elif err.code() in _DENIED:
+                    raise BrokerAccessDenied(self._denied(err, msg))
                 elif err.fatal():
                     raise KafkaException(err)
                 elif err.code() != KafkaError._PARTITION_EOF:
@@ -148,6 +156,18 @@ class ConsumerThread:
             return out
 
         return await self.call(poll)
+
+    def _denied(self, err: KafkaError, msg: Message) -> str:
+        if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+            resource = f"consumer group {self._config.get('group.id')!r}"
+        else:
+            resource = f"topic {msg.topic()!r}" if msg.topic() else "a subscribed topic"
+        user = self._config.get("sasl.username")
+        principal = f"User:{user}" if user else "this client's principal"
+        return (
+            f"Kafka denies {principal} the Read operation on {resource}: grant it an ACL "
+            f"(kafka-acls --add --allow-principal {principal} --operation Read ...)"
+        )
 
     async def set_paused(self, partitions: Iterable[TP], paused: bool) -> None:
         parts = [TopicPartition(t, p) for t, p in partitions]

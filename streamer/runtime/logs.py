@@ -11,13 +11,22 @@ a pipeline can index them without guessing. Call sites pass the fields with
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import threading
+import time
 from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
 
 import structlog
 
-__all__ = ["FIELDS", "configure_logging", "set_process_fields"]
+__all__ = [
+    "FIELDS",
+    "KAFKA_CLIENT_LOGGER",
+    "configure_logging",
+    "kafka_client_logger",
+    "set_process_fields",
+]
 
 FIELDS = ("job", "group", "topic", "partition", "offset", "sku", "reason")
 _process: dict[str, Any] = {}
@@ -80,3 +89,69 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = self._fixed or sys.stderr
         super().emit(record)
+
+
+# -- librdkafka's own logs ---------------------------------------------------------------
+
+KAFKA_CLIENT_LOGGER = "streamer.kafka.client"
+_THREAD = re.compile(r"^\[thrd:[^\]]*\]:\s*")
+_UNREACHABLE = re.compile(
+    r"^(?P<broker>\S+?)(?:/(?:bootstrap|\d+))?: Connect to \S+ failed: (?P<cause>.+?)"
+    r"(?: \(after \d+ms in state \w+\))?(?:\s*\(\d+ identical error\(s\) suppressed\))?$"
+)
+
+
+class _KafkaClientLogs(logging.Filter):
+    """librdkafka's lines through our logger, readable and rate-limited.
+
+    A broker that is down makes librdkafka log a line per connection attempt (hundreds a
+    minute, from every client of the process). Each kind of line (its facility and text
+    with numbers left out) is let through once, then at most once per ``window_s`` with
+    the number left out meanwhile. A failed connection becomes one sentence naming the
+    broker it could not reach.
+    """
+
+    def __init__(self, window_s: float = 60.0, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self.clock = clock
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if len(args) != 3:
+            return True
+        facility, client, text = (str(a) for a in args)
+        text = _THREAD.sub("", text)
+        key = (facility, re.sub(r"\d+", "#", text))
+        now = self.clock()
+        with self._lock:
+            last, suppressed = self._seen.get(key, (None, 0))
+            if last is not None and now - last < self.window_s:
+                self._seen[key] = (last, suppressed + 1)
+                return False
+            self._seen[key] = (now, 0)
+        more = (
+            f" ({suppressed} more like this in the last {self.window_s:.0f} s)"
+            if suppressed
+            else ""
+        )
+        unreachable = _UNREACHABLE.match(text)
+        if unreachable:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "cannot reach the Kafka broker %s: %s; the client keeps retrying%s"
+            record.args = (unreachable["broker"], unreachable["cause"], more)
+        else:
+            record.msg = "kafka client %s: %s%s"
+            record.args = (facility, text, more)
+        del client
+        return True
+
+
+def kafka_client_logger() -> logging.Logger:
+    """The logger librdkafka writes to (confluent-kafka's ``logger`` setting), filtered once."""
+    logger = logging.getLogger(KAFKA_CLIENT_LOGGER)
+    if not any(isinstance(f, _KafkaClientLogs) for f in logger.filters):
+        logger.addFilter(_KafkaClientLogs())
+    return logger

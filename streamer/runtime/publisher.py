@@ -23,7 +23,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streamer.errors import BrokerUnavailable, DeliveryRefused, DeliveryUnavailable, TopicMissing
-from streamer.runtime.connection import check_broker
+from streamer.runtime.connection import check_broker, denied
 from streamer.runtime.settings import KafkaSettings
 
 __all__ = ["DeliveryFailure", "DeliveryReport", "Publisher"]
@@ -40,6 +40,8 @@ class DeliveryFailure:
 
 
 DeliveryReport = Callable[[KafkaError | None, Any], None]
+# How long a topic missing from the metadata is looked for again before it is "missing".
+_METADATA_SETTLE_S = 3.0
 
 
 class Publisher:
@@ -100,8 +102,11 @@ class Publisher:
                     tp = (msg.topic(), msg.partition())
                     self.end_offsets[tp] = max(self.end_offsets.get(tp, 0), offset + 1)
                 return
+            text = err.str()
+            if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                text = denied(self.settings, "Write", f"topic {msg.topic()!r}")
             self._failures.append(
-                DeliveryFailure(msg.topic(), msg.key(), err.str(), bool(err.retriable()))
+                DeliveryFailure(msg.topic(), msg.key(), text, bool(err.retriable()))
             )
 
     def _on_own_delivery(self, report: DeliveryReport, err: KafkaError | None, msg: Any) -> None:
@@ -167,22 +172,36 @@ class Publisher:
         return acked
 
     def check_topics(self, topics: Iterable[str], timeout_s: float = 5.0) -> None:
-        """Fail fast, with a message a person can act on, before anything is produced."""
+        """Fail fast, with a message a person can act on, before anything is produced.
+
+        A topic missing from the brokers' metadata is looked for again for a moment: a broker
+        can lag its controller by a few hundred milliseconds, so a topic created just before
+        (``streamer topics create`` then ``publish``) may not be listed yet."""
         started = time.monotonic()
-        check_broker(self.settings, timeout_s=timeout_s)
-        try:
-            metadata = self.producer.list_topics(timeout=timeout_s)
-        except KafkaException as exc:
-            raise BrokerUnavailable(
-                f"cannot reach Kafka at {self.settings.kafka_bootstrap} within {timeout_s:.0f}s: {exc}"
-            ) from exc
-        for topic in topics:
-            meta = metadata.topics.get(topic)
-            if meta is None or meta.error is not None:
+        topics = tuple(topics)
+        check_broker(self.settings, timeout_s=timeout_s, topics=topics)
+        settle = started + min(timeout_s, _METADATA_SETTLE_S)
+        while True:
+            try:
+                metadata = self.producer.list_topics(timeout=timeout_s)
+            except KafkaException as exc:
+                raise BrokerUnavailable(
+                    f"cannot reach Kafka at {self.settings.kafka_bootstrap} within "
+                    f"{timeout_s:.0f}s: {exc}"
+                ) from exc
+            missing = [
+                t
+                for t in topics
+                if (meta := metadata.topics.get(t)) is None or meta.error is not None
+            ]
+            if not missing:
+                break
+            if time.monotonic() >= settle:
                 raise TopicMissing(
-                    f"topic {topic!r} does not exist on {self.settings.kafka_bootstrap}; "
+                    f"topic {missing[0]!r} does not exist on {self.settings.kafka_bootstrap}; "
                     "create it with `streamer topics create`"
                 )
+            time.sleep(0.2)
         log.debug("topics checked in %.3fs", time.monotonic() - started)
 
     def close(self, timeout_s: float = 30.0) -> None:

@@ -194,19 +194,16 @@ class Runner(Generic[P]):
     def _consumer_config(self) -> dict[str, Any]:
         k = self.kafka_settings
         return k.client_config(
+            **k.group_config(self.handler.group_id),
             **{
-                "group.id": self.handler.group_id,
                 "client.id": self.owner,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
-                "partition.assignment.strategy": "cooperative-sticky",
                 "fetch.wait.max.ms": k.fetch_wait_max_ms,
-                "session.timeout.ms": k.session_timeout_ms,
-                "heartbeat.interval.ms": max(100, k.session_timeout_ms // 6),
                 "max.poll.interval.ms": k.max_poll_interval_ms,
                 "enable.partition.eof": False,
-            }
+            },
         )
 
     def _partitions_changed(self, kind: str) -> None:
@@ -312,7 +309,7 @@ class Runner(Generic[P]):
         stopped meanwhile. Refused credentials or certificates end the start with
         ``BrokerAccessDenied``; a broker that does not answer yet is left to librdkafka."""
         try:
-            await check_broker_async(self.kafka_settings)
+            await check_broker_async(self.kafka_settings, topics=tuple(self.handler.topics))
         except BrokerUnavailable as exc:
             log.warning("%s; consuming starts when it answers", exc)
         while True:

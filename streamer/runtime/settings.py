@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 
 from streamer.config import Section
+from streamer.runtime.logs import kafka_client_logger
 
 __all__ = ["DatabaseSettings", "KafkaSettings", "RuntimeSettings"]
 
@@ -24,8 +25,15 @@ class KafkaSettings(Section):
         None, description="Schema Registry URL; unset means Avro single-object encoding"
     )
     topic_partitions: int = Field(12, ge=1)
-    topic_replication_factor: int = Field(1, ge=1)
+    topic_replication_factor: int | None = Field(
+        None, ge=1, description="unset: the broker's default.replication.factor"
+    )
     fetch_wait_max_ms: int = Field(100, ge=1, description="10 against the Tansu dev broker")
+    group_protocol: Literal["classic", "consumer"] = Field(
+        "classic",
+        description="consumer: KIP-848's protocol (Apache Kafka 4.0+); the broker then owns "
+        "the session timeout (group.consumer.session.timeout.ms)",
+    )
     session_timeout_ms: int = Field(45000, ge=1000)
     max_poll_interval_ms: int = Field(300000, ge=1000)
     delivery_timeout_ms: int = Field(30000, ge=1000)
@@ -44,9 +52,27 @@ class KafkaSettings(Section):
             for key, value in self.kafka.items()
         }
 
+    def group_config(self, group_id: str) -> dict[str, Any]:
+        """A group member's settings. Under KIP-848 (``consumer``) the broker assigns
+        partitions and keeps the session: librdkafka refuses the classic protocol's session,
+        heartbeat and assignor settings there."""
+        if self.group_protocol == "consumer":
+            return {"group.id": group_id, "group.protocol": "consumer"}
+        return {
+            "group.id": group_id,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, self.session_timeout_ms // 6),
+        }
+
     def client_config(self, **extra: Any) -> dict[str, Any]:
         """librdkafka configuration shared by producers, consumers and the admin client."""
-        config: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            # librdkafka's lines go through our logging (STREAMER_LOG_FORMAT), rate-limited,
+            # instead of raw to stderr.
+            "logger": kafka_client_logger(),
+        }
         config.update(self.properties())
         config.update(extra)
         return config

@@ -4,16 +4,19 @@ Why not a Kafka transaction: the dev broker (Tansu) hands aborted and still-open
 transactional records to ``read_committed`` readers, so an aborted attempt would still
 be seen. Exactly one comes from three things instead:
 
-1. **One leader.** A process publishes only while it holds a PostgreSQL advisory lock
-   on its own connection (the lock dies with the session). Completion itself is found
+1. **One leader per database.** A process publishes only while it holds a PostgreSQL
+   advisory lock on its own connection (the lock dies with the session). Several
+   deployments may share a database: each bulk names the completion topic of the
+   deployment that took it in (``bulks.completion_topic``), and the leader publishes
+   every bulk's event there, whichever deployment the leader belongs to. Completion itself is found
    and queued in one transaction (``store.find_completed``: the ``completed_at`` guard
    and the outbox's key make it once, whoever runs it).
 2. **A fence on takeover.** Every message is produced with a delivery bound
    ``T = STREAMER_COMPLETION_DELIVERY_TIMEOUT_S`` and only right after the leader saw
    its lock session alive. A new leader waits ``T`` + 1 s after taking the lock: by
    then anything an earlier leader sent has landed or never will.
-3. **Reading back.** The new leader then reads its topic from the positions recorded
-   with the last publication to the end, and marks every bulk it finds there as
+3. **Reading back.** The new leader then reads every topic with events still queued
+   (and its own) from the positions recorded with the last publication to the end, and marks every bulk it finds there as
    published before it publishes anything. A crash between the broker's
    acknowledgment and the ``published_at`` record therefore never publishes twice,
    and a crash before the acknowledgment publishes once, later.
@@ -37,7 +40,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from streamer.contract.codec import Codec
-from streamer.errors import DecodeError, StreamerError
+from streamer.errors import DecodeError, StreamerError, TopicMissing
 from streamer.runtime.database import converted
 from streamer.runtime.publisher import Publisher
 from streamer.runtime.readback import read_messages
@@ -51,6 +54,7 @@ from streamer.tracking.store import (
     mark_published,
     read_positions,
     unpublished,
+    unpublished_topics,
 )
 
 __all__ = ["CompletionRelay"]
@@ -60,8 +64,9 @@ log = logging.getLogger(__name__)
 FENCE_MARGIN_S = 1.0
 
 
-def _lock_key(topic: str) -> int:
-    digest = hashlib.sha256(f"streamer.completion-relay:{topic}".encode()).digest()
+def _lock_key() -> int:
+    """One key per database: completion is found for every bulk of it, whatever its topic."""
+    digest = hashlib.sha256(b"streamer.completion-relay").digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
@@ -96,8 +101,10 @@ class CompletionRelay:
         self.settings = settings
         self.codec = codec
         self.metrics = metrics
-        self.lock_key = _lock_key(topic)
+        self.lock_key = _lock_key()
         self.leading = False
+        self._missing: set[str] = set()
+        self._present: set[str] = set()  # topics seen this tenure: not asked again
         self.published = 0
         self.recovered = 0
 
@@ -130,6 +137,8 @@ class CompletionRelay:
                 if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
                     return
             self._set_leading(True)
+            self._missing.clear()
+            self._present.clear()
             if self.metrics is not None:
                 self.metrics.takeovers.inc()
             log.info(
@@ -175,15 +184,23 @@ class CompletionRelay:
         until = time.monotonic() + self.fence_s
         while not stop.is_set() and (left := until - time.monotonic()) > 0:
             wake.clear()
-            await find_completed(conn)
+            await find_completed(conn, default_topic=self.topic)
             await _wait(stop, min(left, self.settings.completion_poll_interval_s), wake)
 
     async def _read_back(self, conn: asyncpg.Connection) -> None:
-        """Mark what earlier leaders published but did not record, from the recorded positions."""
-        start = await read_positions(conn, self.topic)
+        """Mark what earlier leaders published but did not record, from the recorded positions
+        of every topic that still has events queued."""
+        for topic in await unpublished_topics(conn, default_topic=self.topic):
+            try:
+                await self._read_back_topic(conn, topic)
+            except TopicMissing as exc:
+                log.warning("completion relay: cannot read %s back: %s", topic, exc)
+
+    async def _read_back_topic(self, conn: asyncpg.Connection, topic: str) -> None:
+        start = await read_positions(conn, topic)
         loop = asyncio.get_running_loop()
         messages = await loop.run_in_executor(
-            None, lambda: list(read_messages(self.kafka, self.topic, start=start, strict=True))
+            None, lambda: list(read_messages(self.kafka, topic, start=start, strict=True))
         )
         found: list[str] = []
         ends: dict[int, int] = {}
@@ -192,28 +209,40 @@ class CompletionRelay:
             try:
                 decoded = self.codec.decode(msg.value())
             except DecodeError as exc:
-                log.warning("completion relay: unreadable message on %s: %s", self.topic, exc)
+                log.warning("completion relay: unreadable message on %s: %s", topic, exc)
                 continue
             found.append(str(decoded.data["bulk_uuid"]))
-        marked = await mark_published(conn, self.topic, found, ends)
+        marked = await mark_published(conn, topic, found, ends)
         self.recovered += marked
         if self.metrics is not None:
             self.metrics.recovered.inc(marked)
         log.info(
-            "completion relay: read %d event(s) back, %d had not been recorded", len(found), marked
+            "completion relay: read %d event(s) back from %s, %d had not been recorded",
+            len(found),
+            topic,
+            marked,
         )
 
     async def cycle(self, conn: asyncpg.Connection, publisher: Publisher) -> int:
         """Queue what completed, publish what is queued; returns how many were published."""
-        await find_completed(conn)
-        pending = await unpublished(conn)
+        await find_completed(conn, default_topic=self.topic)
+        queued = await unpublished(conn, default_topic=self.topic)
+        if not queued:
+            return 0
+        loop = asyncio.get_running_loop()
+        pending = await loop.run_in_executor(None, self._deliverable, publisher, queued)
         if not pending:
             return 0
         async with converted():
             await conn.fetchval("SELECT 1")  # the lock's session is alive: still the leader
-        loop = asyncio.get_running_loop()
         ends = await loop.run_in_executor(None, self._send, publisher, pending)
-        await mark_published(conn, self.topic, [p.bulk_uuid for p in pending], ends)
+        for topic in sorted({p.topic for p in pending}):
+            await mark_published(
+                conn,
+                topic,
+                [p.bulk_uuid for p in pending if p.topic == topic],
+                {part: end for (t, part), end in ends.items() if t == topic},
+            )
         self.published += len(pending)
         if self.metrics is not None:
             self.metrics.completed.inc(len(pending))
@@ -225,15 +254,36 @@ class CompletionRelay:
                     )
         return len(pending)
 
-    def _send(self, publisher: Publisher, pending: Sequence[Pending]) -> dict[int, int]:
+    def _deliverable(self, publisher: Publisher, queued: Sequence[Pending]) -> list[Pending]:
+        """The queued events whose topic exists; a deployment whose completion topic is gone
+        holds up its own bulks (said once per tenure), never the others'."""
+        ready: list[Pending] = []
+        for topic in sorted({p.topic for p in queued}):
+            if topic in self._missing:
+                continue
+            try:
+                if topic not in self._present:
+                    publisher.check_topics([topic])
+                    self._present.add(topic)
+            except TopicMissing as exc:
+                self._missing.add(topic)
+                log.warning(
+                    "completion relay: %s; its bulks' ImportCompleted wait until it exists", exc
+                )
+                continue
+            ready.extend(p for p in queued if p.topic == topic)
+        return ready
+
+    def _send(self, publisher: Publisher, pending: Sequence[Pending]) -> dict[tuple[str, int], int]:
         """Produce and wait for every acknowledgment; a failure raises (and ends this tenure)."""
         started = time.monotonic()
         for p in pending:
             publisher.produce(
-                self.topic,
-                self.codec.encode_record(p.record, type_name="ImportCompleted", topic=self.topic),
+                p.topic,
+                self.codec.encode_record(p.record, type_name="ImportCompleted", topic=p.topic),
                 key=p.bulk_uuid.encode(),
             )
         publisher.flush(timeout_s=self.settings.completion_delivery_timeout_s + 5)
         log.debug("published %d completion(s) in %.3fs", len(pending), time.monotonic() - started)
-        return {p: end for (t, p), end in publisher.end_offsets.items() if t == self.topic}
+        topics = {p.topic for p in pending}
+        return {tp: end for tp, end in publisher.end_offsets.items() if tp[0] in topics}

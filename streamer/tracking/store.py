@@ -19,9 +19,11 @@ from streamer.runtime.database import converted
 from streamer.tracking.model import OUTCOMES, TrackedOutcome, completion_record
 
 __all__ = [
+    "COMPLETED_CHANNEL",
     "NOTIFY_CHANNEL",
     "NewItem",
     "Pending",
+    "completed_of",
     "create_bulk",
     "find_completed",
     "latest_bulk_of_request",
@@ -33,10 +35,19 @@ __all__ = [
     "record_outcomes",
     "settle_bulk",
     "unpublished",
+    "unpublished_topics",
 ]
 
 # The consumer notifies here when it recorded tracked outcomes; the relay wakes up on it.
 NOTIFY_CHANNEL = "streamer_bulk_progress"
+# The relay notifies here, at the COMMIT that marks bulks complete, with their ids
+# (comma-separated): what a request waiting for its bulk (``Prefer: wait``) listens to.
+COMPLETED_CHANNEL = "streamer_bulk_completed"
+
+
+def _text(value: str | None) -> str | None:
+    """PostgreSQL's text cannot hold NUL: a request's own bytes are kept, that one shown."""
+    return value.replace("\x00", "\\x00") if value is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,29 +75,34 @@ async def create_bulk(
     request_id: str,
     kind: str,
     items: Sequence[NewItem],
+    completion_topic: str | None = None,
 ) -> None:
-    """The bulk and every item, before anything is published (so no outcome can come first)."""
+    """The bulk and every item, before anything is published (so no outcome can come first).
+
+    ``completion_topic``: where this bulk's ``ImportCompleted`` goes, whoever relays it.
+    """
     rejected = sum(1 for i in items if i.status == "rejected")
     superseded = sum(1 for i in items if i.status == "superseded")
     async with converted(), conn.transaction():
         await conn.execute(
             "INSERT INTO bulks (bulk_uuid, request_id, kind, state, items_total, rejected,"
-            " superseded) VALUES ($1, $2, $3, 'publishing', $4, $5, $6)",
+            " superseded, completion_topic) VALUES ($1, $2, $3, 'publishing', $4, $5, $6, $7)",
             bulk_uuid,
-            request_id,
+            _text(request_id),
             kind,
             len(items),
             rejected,
             superseded,
+            completion_topic,
         )
         await conn.execute(
             _INSERT_ITEMS,
             bulk_uuid,
             [i.item_id for i in items],
-            [i.sku for i in items],
+            [_text(i.sku) for i in items],
             [i.status for i in items],
             [i.reason for i in items],
-            [i.error_message for i in items],
+            [_text(i.error_message) for i in items],
             [i.event_id for i in items],
         )
 
@@ -187,11 +203,15 @@ GROUP BY bulk_uuid, outcome
 """
 
 
-async def find_completed(conn: asyncpg.Connection, *, limit: int = 100) -> list[dict[str, Any]]:
+async def find_completed(
+    conn: asyncpg.Connection, *, default_topic: str, limit: int = 100
+) -> list[dict[str, Any]]:
     """Mark bulks whose every accepted item is processed complete and queue their event.
 
     One transaction: the ``completed_at`` guard and the outbox's primary key make a bulk
-    complete once, whoever runs this and however often.
+    complete once, whoever runs this and however often. Each event is queued for its
+    bulk's own completion topic (``default_topic`` for bulks that name none), and the
+    COMMIT notifies ``COMPLETED_CHANNEL`` with the bulks' ids.
     """
     async with converted(), conn.transaction():
         bulks = await conn.fetch(_COMPLETE, limit)
@@ -207,12 +227,16 @@ async def find_completed(conn: asyncpg.Connection, *, limit: int = 100) -> list[
                 last[row["bulk_uuid"]] = when
         records = [completion_record(b, counts[b["bulk_uuid"]], b["completed_at"]) for b in bulks]
         await conn.execute(
-            "INSERT INTO import_completions (bulk_uuid, record, last_processed_at)"
-            " SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::timestamptz[])"
+            "INSERT INTO import_completions (bulk_uuid, record, last_processed_at, topic)"
+            " SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::timestamptz[], $4::text[])"
             " ON CONFLICT (bulk_uuid) DO NOTHING",
             ids,
             [json.dumps(r) for r in records],
             [last[i] for i in ids],
+            [b["completion_topic"] or default_topic for b in bulks],
+        )
+        await conn.execute(
+            "SELECT pg_notify($1, $2)", COMPLETED_CHANNEL, ",".join(str(i) for i in ids)
         )
         return records
 
@@ -222,16 +246,38 @@ class Pending:
     bulk_uuid: str
     record: dict[str, Any]
     last_processed_at: datetime | None
+    topic: str
 
 
-async def unpublished(conn: asyncpg.Connection, *, limit: int = 500) -> list[Pending]:
+async def unpublished(
+    conn: asyncpg.Connection, *, default_topic: str, limit: int = 500
+) -> list[Pending]:
     async with converted():
         rows = await conn.fetch(
-            "SELECT bulk_uuid::text AS bulk_uuid, record, last_processed_at"
+            "SELECT bulk_uuid::text AS bulk_uuid, record, last_processed_at, topic"
             " FROM import_completions WHERE published_at IS NULL ORDER BY created_at LIMIT $1",
             limit,
         )
-    return [Pending(r["bulk_uuid"], json.loads(r["record"]), r["last_processed_at"]) for r in rows]
+    return [
+        Pending(
+            r["bulk_uuid"],
+            json.loads(r["record"]),
+            r["last_processed_at"],
+            r["topic"] or default_topic,
+        )
+        for r in rows
+    ]
+
+
+async def completed_of(conn: asyncpg.Connection, bulk_uuids: Sequence[str]) -> list[str]:
+    """Which of these bulks are complete (a waiter's look when a notification may be lost)."""
+    async with converted():
+        rows = await conn.fetch(
+            "SELECT bulk_uuid::text AS bulk_uuid FROM bulks"
+            " WHERE bulk_uuid = ANY($1::uuid[]) AND completed_at IS NOT NULL",
+            list(bulk_uuids),
+        )
+    return [r["bulk_uuid"] for r in rows]
 
 
 async def mark_published(
@@ -260,6 +306,17 @@ async def mark_published(
                 list(ends.values()),
             )
     return marked
+
+
+async def unpublished_topics(conn: asyncpg.Connection, *, default_topic: str) -> list[str]:
+    """Every topic an earlier leader may have published to without recording it."""
+    async with converted():
+        rows = await conn.fetch(
+            "SELECT DISTINCT coalesce(topic, $1) AS topic FROM import_completions"
+            " WHERE published_at IS NULL",
+            default_topic,
+        )
+    return sorted({default_topic, *(r["topic"] for r in rows)})
 
 
 async def read_positions(conn: asyncpg.Connection, topic: str) -> dict[int, int]:
@@ -316,7 +373,7 @@ async def latest_bulk_of_request(conn: asyncpg.Connection, request_id: str) -> l
 
 
 async def load_items(
-    conn: asyncpg.Connection, bulk_uuid: str, *, after: int = 0, limit: int = 100
+    conn: asyncpg.Connection, bulk_uuid: str, *, after: int = 0, limit: int | None = 100
 ) -> list[dict[str, Any]]:
     """A page of items in submission order, after item id ``after`` (keyset paging)."""
     async with converted():

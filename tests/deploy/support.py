@@ -15,6 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "streamer.json"
+# Schemas and CRDs taken from released artefacts (their source: schemas/SOURCES.yaml).
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+
+# The Kubernetes minor versions the manifests are validated against (README, "Kubernetes").
+KUBERNETES_VERSIONS = tuple(f"1.{minor}" for minor in range(30, 38))
 
 _SUFFIXES = {
     "counter": ("_total", "_created"),

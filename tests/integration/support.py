@@ -28,18 +28,27 @@ from streamer.storage.keys import s3_key
 Event = ProductChanged | MediaGalleryChanged
 
 
-def create_topics(settings: Settings) -> None:
+def create_topics(settings: Settings, *, input_max_message_bytes: int | None = None) -> None:
+    """The test's topics. ``input_max_message_bytes`` raises the source topics' limit (1 MB on
+    Apache Kafka) for tests of oversized input; the dead-letter topic keeps the default, as
+    the dead letters of such input must fit it."""
     admin = AdminClient(settings.kafka.client_config())
+    inputs = [settings.topics.product_topic, settings.topics.media_topic]
     topics = [
-        settings.topics.product_topic,
-        settings.topics.media_topic,
+        *inputs,
         settings.topics.outcome_topic,
         settings.topics.import_completed_topic,
         settings.runtime.dlq_topic,
     ]
+    big = {"max.message.bytes": str(input_max_message_bytes)} if input_max_message_bytes else {}
     futures = admin.create_topics(
         [
-            NewTopic(t, num_partitions=settings.kafka.topic_partitions, replication_factor=1)
+            NewTopic(
+                t,
+                num_partitions=settings.kafka.topic_partitions,
+                replication_factor=1,
+                config=big if t in inputs else {},
+            )
             for t in topics
         ]
     )
@@ -47,9 +56,9 @@ def create_topics(settings: Settings) -> None:
         future.result(timeout=30)
 
 
-def prepare(settings: Settings) -> None:
+def prepare(settings: Settings, *, input_max_message_bytes: int | None = None) -> None:
     """Topics and schema for one test's settings."""
-    create_topics(settings)
+    create_topics(settings, input_max_message_bytes=input_max_message_bytes)
     from tests.conftest import run_sync
 
     run_sync(migrate_all(settings.database.dsn))

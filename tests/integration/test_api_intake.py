@@ -149,10 +149,12 @@ async def test_every_rejection_reason_is_named_and_nothing_rejected_is_published
                 ("accepted", None),
             ]
 
+            # Well formed, every item rejected: answered like any other request (as the
+            # gallery connector's async bulk does), each item saying why.
             nothing = await http.post("/v1/galleries/bulk", json={"request": {"items": [item("")]}})
-            assert nothing.status_code == 422
-            assert nothing.json()["bulk_uuid"] is None
-            assert "nothing was published" in nothing.json()["message"]
+            assert nothing.status_code == 202, nothing.text
+            assert nothing.json()["bulk_uuid"] is None and "location" not in nothing.headers
+            assert "nothing was published" in nothing.json()["detail"]
 
             for payload, fragment in [
                 ({"items": []}, 'top-level "request"'),
@@ -258,7 +260,8 @@ async def test_broker_down_means_503_and_the_answer_names_what_went_out(
                 body = down.json()
                 assert {i["status"] for i in body["request_items"]} == {"undeliverable"}
                 assert all(i["event_id"] for i in body["request_items"])
-                assert body["message"].endswith("none was published")
+                assert body["detail"].endswith("none was published")
+                assert body["reason"] == "undeliverable"
                 status = (await http.get(f"/v1/bulks/{body['bulk_uuid']}")).json()
                 assert status["state"] == "failed" and status["undeliverable"] == 5
 
@@ -281,7 +284,7 @@ async def test_broker_down_means_503_and_the_answer_names_what_went_out(
                     for i in items
                     if i["status"] == "undeliverable"
                 )
-                assert f"the other {len(out)} were published" in half.json()["message"]
+                assert f"the other {len(out)} were published" in half.json()["detail"]
                 half_status = (await http.get(f"/v1/bulks/{half.json()['bulk_uuid']}")).json()
                 assert half_status["state"] == "partial"
                 assert half_status["accepted"] == len(out)

@@ -19,7 +19,7 @@ from tests.integration.support import (
     run_until_drained,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.smoke]
 
 
 def img(path: str, **kw: Any) -> dict[str, Any]:

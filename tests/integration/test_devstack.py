@@ -9,7 +9,7 @@ import pytest
 from streamer.dev.stack import DevStack, _pid_alive, pg_answers
 from streamer.settings import load_settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.smoke]
 
 
 def test_up_twice_is_harmless_and_down_leaves_nothing_running(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from tests.integration.support import (
     settings_env,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.smoke]
 
 
 def dead_letter(

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 async def test_every_bad_input_lands_in_the_dlq_with_its_reason(make_settings, s3_client) -> None:
     settings = make_settings(max_image_bytes=1000, topic_partitions=1)
-    prepare(settings)
+    prepare(settings, input_max_message_bytes=16 * 1024 * 1024)
     put_image(s3_client, settings, "/ok/1.jpg", b"fine")
     put_image(s3_client, settings, "/ok/big.jpg", b"x" * 2000)
     sender = Sender(settings)

@@ -3,6 +3,8 @@ the standardwebhooks package; secrets never printed."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -34,6 +36,13 @@ def test_a_receiver_that_verifies_the_signature_accepts_the_test_event() -> None
     assert "status   204" in out and "accepted" in out and "latency" in out
     assert record.verified and record.payload["type"] == "test"
     assert record.headers["authorization"] == TOKEN
+    assert SECRET not in out and TOKEN not in out
+
+    with Receiver(SECRET) as receiver:
+        code, out = invoke("test-connection", "--json", url=receiver.url)
+    assert code == 0, out
+    answer = json.loads(out)
+    assert answer["status"] == "204" and answer["ok"] is True and answer["latency_ms"] >= 0
     assert SECRET not in out and TOKEN not in out
 
 

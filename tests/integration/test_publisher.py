@@ -20,7 +20,7 @@ from streamer.ops.topics import create_topics
 from streamer.runtime.publisher import Publisher
 from tests.integration.support import media, read_topic, settings_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.smoke]
 
 
 def murmur2(data: bytes) -> int:

@@ -2,8 +2,10 @@
 file: every command runs with distinctive secret values, and everything it leaves is searched.
 
 The secrets: the database password (in the DSN), the S3 and replica secret keys, a SASL and an
-SSL key password passed through ``STREAMER_KAFKA__*`` (inert against the plaintext test broker,
-but loaded, validated and handed to librdkafka like real ones), the webhook signing secret and
+SSL key password passed through ``STREAMER_KAFKA__*`` (on Apache Kafka the SASL password is
+live: a SCRAM-SHA-512 user made for the audit through the Admin API, over the SASL_SSL
+listener; on Tansu both are inert, but loaded, validated and handed to librdkafka like real
+ones), the webhook signing secret and
 a static Authorization header of the forwarder, and the API's bearer tokens. The long-running
 commands run as real processes (text logs for the consumer, JSON for the forwarder and the
 API), so what is searched is what an operator would see.
@@ -82,6 +84,35 @@ def secret_env() -> dict[str, str]:
         "STREAMER_API_READ_TOKENS": READ_TOKEN,
         "STREAMER_REPLICA_ACCESS_KEY_ID": "audit-replica-key-id",
         "STREAMER_REPLICA_SECRET_ACCESS_KEY": SECRETS["replica secret key"],
+    }
+
+
+@pytest.fixture
+def live_sasl(request: pytest.FixtureRequest, broker_kind: str) -> dict[str, str]:
+    """On Apache Kafka, what makes the audit's SASL password the one that logs in."""
+    if broker_kind != "kafka":
+        return {}
+    from confluent_kafka.admin import (
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    access = request.getfixturevalue("kafka_access")
+    admin = AdminClient({"bootstrap.servers": access.bootstrap("PLAINTEXT")})
+    upsert = UserScramCredentialUpsertion(
+        "audit-user",
+        ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
+        SECRETS["SASL password"].encode(),
+    )
+    for future in admin.alter_user_scram_credentials([upsert]).values():
+        future.result(timeout=30)
+    return {
+        "STREAMER_KAFKA_BOOTSTRAP": access.bootstrap("SASL_SSL"),
+        "STREAMER_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+        "STREAMER_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
+        "STREAMER_KAFKA__SSL_CA_LOCATION": str(access.pki.ca),
     }
 
 
@@ -169,7 +200,7 @@ def test_help_of_every_command_shows_no_secret(monkeypatch: pytest.MonkeyPatch) 
 
 
 async def test_no_secret_in_logs_metrics_dead_letters_or_outcomes(
-    make_settings, s3_client, stack, tmp_path: Path
+    make_settings, s3_client, stack, tmp_path: Path, live_sasl: dict[str, str]
 ) -> None:
     dsn = with_password(make_settings().database.dsn, SECRETS["database password"])
     conn = await asyncpg.connect(dsn)  # the test PostgreSQL trusts local connections
@@ -199,7 +230,12 @@ async def test_no_secret_in_logs_metrics_dead_letters_or_outcomes(
     sender.flush()
 
     # DEBUG: the most a log ever says
-    base_env = {**settings_env(settings), **secret_env(), "STREAMER_LOG_LEVEL": "DEBUG"}
+    base_env = {
+        **settings_env(settings),
+        **secret_env(),
+        **live_sasl,
+        "STREAMER_LOG_LEVEL": "DEBUG",
+    }
     problems: list[str] = []
 
     # the gallery consumer, text logs
@@ -270,12 +306,12 @@ def outcome_messages(settings: Any) -> list[Any]:
 
 
 async def test_serve_logs_and_metrics_keep_the_tokens_and_keys(
-    make_settings, tmp_path: Path
+    make_settings, tmp_path: Path, live_sasl: dict[str, str]
 ) -> None:
     dsn = with_password(make_settings().database.dsn, SECRETS["database password"])
     settings = make_settings(database_url=dsn, s3_secret_access_key=SECRETS["S3 secret key"])
     prepare(settings)
-    extra = {**secret_env(), "STREAMER_LOG_FORMAT": "json"}
+    extra = {**secret_env(), **live_sasl, "STREAMER_LOG_FORMAT": "json"}
     with api_server(settings, tmp_path, extra_env=extra) as server:
         async with server.client() as http:
             accepted = await http.post("/v1/galleries/bulk", json=seed_payload("audit", ["A"]))
@@ -361,8 +397,8 @@ def test_dev_env_and_stack_state_are_readable_by_their_owner_only(tmp_path: Path
 
 
 def test_the_session_stacks_dev_env_is_readable_by_its_owner_only(stack) -> None:
-    """The dev.env ``DevStack.up`` wrote for this session (home/logs/kafka.log is its sibling's)."""
-    log = stack.components["kafka"].log
+    """The dev.env ``DevStack.up`` wrote for this session (home/logs/s3.log is its sibling's)."""
+    log = stack.components["s3"].log
     assert log is not None
     env_file = Path(log).parent.parent / "dev.env"
     assert "STREAMER_S3_SECRET_ACCESS_KEY" in env_file.read_text()

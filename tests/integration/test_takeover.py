@@ -56,10 +56,23 @@ def workload(seed: int, n_skus: int, n_events: int) -> list[Any]:
     return events
 
 
+@pytest.mark.parametrize(
+    "group_protocol",
+    [
+        "classic",
+        # KIP-848: the broker assigns partitions and keeps the session (Apache Kafka 4.0+).
+        pytest.param("consumer", marks=pytest.mark.kafka_only),
+    ],
+)
 async def test_sigkill_mid_run_ends_with_the_state_of_a_clean_run(
-    make_settings, s3_client, tmp_path
+    make_settings, s3_client, tmp_path, group_protocol
 ) -> None:
-    common = {"etag_source": "list", "batch_max_events": 100, "topic_partitions": 6}
+    common = {
+        "etag_source": "list",
+        "batch_max_events": 100,
+        "topic_partitions": 6,
+        "group_protocol": group_protocol,
+    }
     killed_run = make_settings(**common)
     clean_run = make_settings(**common)
     prepare(killed_run)

@@ -16,7 +16,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from streamer.contract.codec import SINGLE_OBJECT_MAGIC, Codec, event_record
+from streamer.contract.codec import SINGLE_OBJECT_MAGIC, Codec, event_record, registry_config
 from streamer.contract.events import MediaGalleryChanged, ProductChanged
 from streamer.contract.schemas import schema_dir
 from streamer.errors import DecodeError
@@ -197,3 +197,23 @@ def test_event_that_decodes_but_breaks_the_contract_is_invalid_not_undecodable()
     with pytest.raises(InvalidEvent) as info:
         codec.decode_event(value)
     assert info.value.reason == "invalid_sku"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://reg:8081", {"url": "http://reg:8081"}),
+        ("mock://x", {"url": "mock://x"}),
+        (
+            "https://key:p%40ss@reg.example/apis/ccompat/v7",
+            {"url": "https://reg.example/apis/ccompat/v7", "basic.auth.user.info": "key:p@ss"},
+        ),
+        (
+            "https://key:pw@a:1,https://key:pw@b:2",
+            {"url": "https://a:1,https://b:2", "basic.auth.user.info": "key:pw"},
+        ),
+    ],
+)
+def test_registry_credentials_leave_the_url_that_gets_logged(url: str, expected: dict) -> None:
+    assert registry_config(url) == expected
+    assert Codec.for_registry(url).registry is not None  # the client takes that configuration

@@ -44,3 +44,47 @@ def test_a_traceback_never_shows_local_variables(fmt: str) -> None:
     text = emit(fmt)
     assert "ConnectionError" in text
     assert "hunter2-secret" not in text
+
+
+def test_librdkafka_lines_are_one_sentence_and_rate_limited() -> None:
+    """With the broker down librdkafka logs a line per attempt (503 in 25 s were seen, raw on
+    stderr); through our logger each kind passes once a window, saying what it means."""
+    from confluent_kafka import Producer
+
+    from streamer.runtime.logs import _KafkaClientLogs
+
+    now = [0.0]
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("streamer.test.kafka")
+    logger.handlers, logger.propagate = [Keep()], False
+    logger.filters = [_KafkaClientLogs(window_s=60, clock=lambda: now[0])]
+    line = (
+        "FAIL",
+        "rdkafka#producer-1",
+        "[thrd:127.0.0.1:1/bootstrap]: 127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: "
+        "Connection refused (after 0ms in state CONNECT)",
+    )
+    for second in range(120):
+        now[0] = float(second)
+        logger.error("%s [%s] %s", *line)
+    assert len(records) == 2, [r.getMessage() for r in records]
+    assert records[0].getMessage() == (
+        "cannot reach the Kafka broker 127.0.0.1:1: Connection refused; the client keeps retrying"
+    )
+    assert records[0].levelname == "WARNING"
+    assert "(59 more like this in the last 60 s)" in records[1].getMessage()
+
+    # A real client, through the logger its configuration names.
+    records.clear()
+    logger.filters = [_KafkaClientLogs(window_s=60)]
+    producer = Producer({"bootstrap.servers": "127.0.0.1:1", "logger": logger})
+    producer.poll(1.5)
+    assert records and all(
+        "cannot reach the Kafka broker 127.0.0.1:1" in r.getMessage() for r in records
+    )
+    assert len(records) <= 2
