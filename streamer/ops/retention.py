@@ -6,7 +6,7 @@ lock per table lets one of them prune it at a time. Bookkeeping only: galleries,
 the object index and the replicator's records are state and are never pruned.
 
 A new bookkeeping table gets one setting in ``RetentionSettings`` and one entry in
-``bookkeeping`` (the intake's idempotency keys, with their ``created_at``, go there).
+``bookkeeping``.
 
 What retention means for de-duplication (README, *Retention*): an event id is recognised
 (a redelivery is ``duplicate``, a reuse with other content ``duplicate_event_id``) while
@@ -40,6 +40,9 @@ class RetentionSettings(Section):
         90, ge=0, description="bulks with their import_completions row and any items left"
     )
     retention_dead_letter_replays_days: float = Field(90, ge=0, description="dead_letter_replays")
+    retention_idempotency_keys_days: float = Field(
+        30, ge=0, description="idempotency_keys: how long the intake replays a key's answer"
+    )
     retention_interval_s: float = Field(300, gt=0, description="pause between pruning rounds")
     retention_batch_rows: int = Field(1000, ge=1, le=100_000, description="rows per transaction")
 
@@ -77,8 +80,8 @@ _SETTLED = (
 
 def bookkeeping(settings: RetentionSettings) -> list[Retention]:
     """Every bookkeeping table's rule, in the order a round prunes them. A new bookkeeping
-    table (the intake's idempotency keys, by their ``created_at``) is one more entry here,
-    ``_oldest(table, key, "created_at")``, with its ``retention_*_days`` setting above."""
+    table is one more entry here (``_oldest(table, key, "created_at")`` for most), with its
+    ``retention_*_days`` setting above."""
     s = settings
     return [
         Retention(
@@ -109,6 +112,12 @@ def bookkeeping(settings: RetentionSettings) -> list[Retention]:
                 _BULK_ITEMS.format(settled=f"NOT {_UNPUBLISHED}"),
                 _oldest("bulks b", "bulk_uuid", "created_at", f"NOT {_UNPUBLISHED}"),
             ),
+        ),
+        Retention(
+            "idempotency_keys",
+            "STREAMER_RETENTION_IDEMPOTENCY_KEYS_DAYS",
+            s.retention_idempotency_keys_days,
+            (_oldest("idempotency_keys", "principal, route, key", "created_at"),),
         ),
         Retention(
             "dead_letter_replays",

@@ -89,6 +89,13 @@ async def fill(settings: Settings) -> dict[str, Any]:
                     ago(days - 1),
                     ago(days - 1) if completion == "published" else None,
                 )
+        for key, days in (("old-1", 35), ("old-2", 31), ("young", 29)):
+            await conn.execute(
+                "INSERT INTO idempotency_keys (principal, route, key, fingerprint, state,"
+                " created_at) VALUES ('p', '/v1/galleries/bulk', $1, '\\x00', 'done', $2)",
+                key,
+                ago(days),
+            )
         for offset, days in ((1, 100), (2, 91), (3, 10)):
             await conn.execute(
                 "INSERT INTO dead_letter_replays (dlq_topic, dlq_partition, dlq_offset,"
@@ -129,6 +136,7 @@ async def counts(settings: Settings, bulks: dict[str, str]) -> dict[str, Any]:
         "replays": sorted(
             r["dlq_offset"] for r in await fetch(settings, "SELECT * FROM dead_letter_replays")
         ),
+        "keys": sorted(r["key"] for r in await fetch(settings, "SELECT key FROM idempotency_keys")),
     }
 
 
@@ -148,6 +156,7 @@ async def test_each_table_keeps_what_its_retention_keeps(make_settings) -> None:
     assert deleted["event_outcomes"] == 7
     assert deleted["request_outcomes"] == 2
     assert deleted["dead_letter_replays"] == 2
+    assert deleted["idempotency_keys"] == 2
     assert set(again.values()) == {0}, "a second round finds nothing left to delete"
     assert await counts(settings, bulks) == {
         "event_outcomes": 3,
@@ -158,6 +167,7 @@ async def test_each_table_keeps_what_its_retention_keeps(make_settings) -> None:
         "items": {"pending-40": 5, "unpublished-100": 5, "young-10": 5},
         "completions": ["settled-40", "unpublished-100", "young-10"],
         "replays": [3],
+        "keys": ["young"],
     }
 
 
@@ -171,6 +181,7 @@ async def test_zero_keeps_rows_forever(make_settings) -> None:
         retention_bulk_items_days=0,
         retention_import_completions_days=0,
         retention_dead_letter_replays_days=0,
+        retention_idempotency_keys_days=0,
     )
     before = await counts(settings, bulks)
     async with Database(settings.database) as db:
