@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# What the product's log lines carry beside the runtime's fields (README: STREAMER_LOG_FORMAT).
+LOG_FIELDS = ("sku",)
 log = logging.getLogger("streamer.cli")
 
 # Errors are one unwrapped line, so scripts and log search can match them whole.
@@ -79,7 +81,7 @@ def settings_from(**overrides: Any) -> Settings:
     except StreamerError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
-    configure_logging(settings.runtime.log_level, settings.runtime.log_format)
+    configure_logging(settings.runtime.log_level, settings.runtime.log_format, fields=LOG_FIELDS)
     _json_logs = settings.runtime.log_format == "json"
     global _origin_shown
     if not default_env_file().exists() and not _variables():

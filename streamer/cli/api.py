@@ -47,8 +47,8 @@ def serve(
 def _check_broker(settings: Settings) -> None:
     """Refused credentials or certificates end the start (librdkafka would retry them
     forever); a broker that does not answer yet is the intake's 503 until it does."""
-    from streamer.errors import BrokerUnavailable
     from streamer.runtime.connection import check_broker
+    from streamer.runtime.errors import BrokerUnavailable
 
     topics = settings.topics
     try:

@@ -27,12 +27,8 @@ from streamer.cli._common import (
     settings_from,
     waiting,
 )
-from streamer.errors import (
-    DeliveryError,
-    InvalidEvent,
-    SchemaRegistryUnavailable,
-    SchemaRejected,
-)
+from streamer.contract.errors import InvalidEvent, SchemaRegistryUnavailable, SchemaRejected
+from streamer.runtime.errors import DeliveryError
 
 __all__ = ["EXIT_FAILED", "EXIT_TIMEOUT", "publish"]
 

@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Message
 
 from streamer.contract.codec import Codec
+from streamer.contract.errors import InvalidEvent
 from streamer.contract.events import ProductChanged
 from streamer.contract.topics import TopicSettings
-from streamer.errors import InvalidEvent, NonRetriableError, StreamerError
+from streamer.errors import NonRetriableError, StreamerError
 from streamer.forward.client import WebhookClient
 from streamer.forward.dispatch import Dispatcher
 from streamer.forward.errors import (
@@ -173,7 +174,7 @@ class ForwardHandler(SimpleHandler[ForwardPlan]):
     async def write(self, tx: Transaction, plan: ForwardPlan) -> Output:
         output = Output()
         for msg, error in plan.rejects:
-            output.letters.append(self.ctx.dead_letter(msg, error, sku=_key(msg)))
+            output.letters.append(self.ctx.dead_letter(msg, error, details=_sku(_key(msg))))
             output.counts["undeliverable"] += 1
         for delivery in plan.deliveries:
             entry = self.ledger.get(delivery.webhook_id)
@@ -210,7 +211,7 @@ class ForwardHandler(SimpleHandler[ForwardPlan]):
             "webhook.batch_events": str(len(delivery.items)),
         }
         return [
-            self.ctx.dead_letter(msg, error, sku=item.sku, details=details)
+            self.ctx.dead_letter(msg, error, details={**details, "sku": item.sku})
             for item in delivery.items
             for msg in item.messages
         ]
@@ -228,6 +229,10 @@ class ForwardHandler(SimpleHandler[ForwardPlan]):
             metrics.events.labels(entry.final).inc(len(delivery.items))
             metrics.attempts.observe(entry.count)
         self.ledger.clear()
+
+
+def _sku(key: str | None) -> dict[str, str] | None:
+    return {"sku": key} if key else None
 
 
 def _key(msg: Message) -> str | None:

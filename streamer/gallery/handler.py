@@ -35,10 +35,11 @@ from typing import Any
 from confluent_kafka import Message
 
 from streamer.contract.codec import Codec
+from streamer.contract.errors import InvalidEvent
 from streamer.contract.events import EventType
 from streamer.contract.lean import RECHECK, GalleryInput, LeanRecheck, lean_fingerprint
 from streamer.contract.topics import TopicSettings
-from streamer.errors import DatabaseDataError, InvalidEvent, StreamerError
+from streamer.errors import StreamerError
 from streamer.gallery.diff import SkuDiff, diff
 from streamer.gallery.etags import EtagSource, make_etag_source
 from streamer.gallery.fold import EventOutcome, EventResult, FoldRules, fold, keys_in_play
@@ -57,6 +58,7 @@ from streamer.gallery.state import ObjectInfo, SkuState
 from streamer.objectindex.store import read_objects_locked
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.deadletters import DeadLetter
+from streamer.runtime.errors import DatabaseDataError
 from streamer.runtime.handler import Batch, HandlerContext, Output, OutputMessage
 from streamer.storage.checks import check_bucket_at_start
 from streamer.storage.keys import s3_key
@@ -191,7 +193,7 @@ class GalleryHandler:
     # -- 1. decode, state, ETags -------------------------------------------------------
 
     def _letter(self, msg: Message, error: StreamerError, sku: str | None = None) -> DeadLetter:
-        return self.ctx.dead_letter(msg, error, sku=sku)
+        return self.ctx.dead_letter(msg, error, details={"sku": sku} if sku else None)
 
     def _decode(self, messages: Sequence[Message]) -> tuple[list[_Item], list[DeadLetter]]:
         items: list[_Item] = []

@@ -15,10 +15,10 @@ from typing import Any
 
 import asyncpg
 
-from streamer.errors import StateChanged
 from streamer.gallery.diff import SkuDiff
 from streamer.gallery.state import SkuState, StoredImage
 from streamer.runtime.database import Database, converted
+from streamer.runtime.errors import StateChanged
 
 __all__ = ["GalleryRepository", "OutcomeRow", "RowCounts", "SeenEvent"]
 

@@ -27,12 +27,13 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
-from streamer.errors import BrokerUnavailable, ConfigError, DependencyUnavailable
+from streamer.errors import ConfigError, DependencyUnavailable
 from streamer.objects.handler import ObjectsHandler
 from streamer.runtime import faults
 from streamer.runtime.checkpoint import Checkpoint, Transaction
 from streamer.runtime.connection import check_broker_async
 from streamer.runtime.database import Database, converted
+from streamer.runtime.errors import BrokerUnavailable
 from streamer.runtime.handler import Batch, start_handler
 from streamer.runtime.health import HealthServer, Readiness
 from streamer.runtime.metrics import new_registry

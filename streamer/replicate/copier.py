@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from streamer.errors import ObjectStoreUnavailable
 from streamer.replicate.errors import SourceChanged, replica_error
 from streamer.replicate.metrics import REQUESTS, ReplicaMetrics
 from streamer.replicate.rules import SOURCE_ETAG_KEY, ReplicaHead, is_identical
@@ -33,6 +32,7 @@ from streamer.storage.checks import confirm_bucket
 from streamer.storage.errors import (
     MISSING_CODES,
     SOURCE,
+    ObjectStoreUnavailable,
     StoreNames,
     error_code,
     object_store_error,

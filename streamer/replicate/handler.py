@@ -32,8 +32,9 @@ from functools import partial
 from confluent_kafka import Message
 
 from streamer.contract.codec import Codec
+from streamer.contract.errors import ImageInvalid, InvalidEvent
 from streamer.contract.topics import TopicSettings
-from streamer.errors import DependencyUnavailable, ImageInvalid, InvalidEvent, StreamerError
+from streamer.errors import DependencyUnavailable, StreamerError
 from streamer.replicate.copier import Copier, Ensured, Failed
 from streamer.replicate.deletes import take_deletes
 from streamer.replicate.errors import ReplicaUnavailable
@@ -160,7 +161,7 @@ class ReplicateHandler:
                     f"message key {key[:80] if key else None!r} is not the SKU {gallery.sku!r}",
                     reason="key_mismatch",
                 )
-                letters.append(self.ctx.dead_letter(msg, error, sku=gallery.sku))
+                letters.append(self.ctx.dead_letter(msg, error, details={"sku": gallery.sku}))
                 continue
             items.append(Keyed(gallery, msg))
         newest, superseded = newest_per_sku(items)
@@ -236,8 +237,7 @@ class ReplicateHandler:
                         self.ctx.dead_letter(
                             keyed.item,
                             ImageInvalid(f.message, reason=f.reason),
-                            sku=sku,
-                            details={"file_path": path},
+                            details={"sku": sku, "file_path": path},
                         )
                     )
                 else:

@@ -17,8 +17,8 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
-from streamer.errors import BrokerUnavailable, DatabaseDataError, DeliveryRefused
 from streamer.runtime.database import converted
+from streamer.runtime.errors import BrokerUnavailable, DatabaseDataError, DeliveryRefused
 from streamer.runtime.faults import crash_point
 from streamer.runtime.handler import Batch, Handler, Output
 

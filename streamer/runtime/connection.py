@@ -14,7 +14,7 @@ import time
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from streamer.errors import BrokerAccessDenied, BrokerUnavailable
+from streamer.runtime.errors import BrokerAccessDenied, BrokerUnavailable
 from streamer.runtime.settings import KafkaSettings
 
 __all__ = ["check_broker", "check_broker_async", "denied"]

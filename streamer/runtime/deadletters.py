@@ -76,7 +76,6 @@ class DeadLetter:
     attempts: int = 1
     first_failure_ms: int | None = None
     last_failure_ms: int | None = None
-    sku: str | None = None
     truncated_from: int | None = None
     value_sha256: str | None = None
     details: tuple[tuple[str, str], ...] = ()
@@ -158,7 +157,6 @@ class DeadLetter:
         group_id: str,
         job: str = "",
         attempts: int | None = None,
-        sku: str | None = None,
         details: dict[str, str] | None = None,
     ) -> DeadLetter:
         """The dead letter for ``msg``.
@@ -166,7 +164,8 @@ class DeadLetter:
         A message that failed before and came back from a replay carries its attempts
         and first failure time in headers: this failure counts one more attempt and
         keeps that first failure time. ``details`` are extra ``streamer.error.*``
-        headers a job adds (an HTTP status, a response excerpt); never secrets.
+        headers a job adds (what its key is, e.g. ``sku``; an HTTP status, a response
+        excerpt); never secrets.
         """
         now = int(time.time() * 1000)
         _kind, ts = msg.timestamp()
@@ -187,7 +186,6 @@ class DeadLetter:
             attempts=attempts if attempts is not None else previous + 1,
             first_failure_ms=first_failure_ms or now,
             last_failure_ms=now,
-            sku=sku,
             details=tuple(sorted((details or {}).items())),
         )
 
@@ -212,8 +210,6 @@ class DeadLetter:
             "first_failure": str(self.first_failure_ms or ""),
             "last_failure": str(self.last_failure_ms or ""),
         }
-        if self.sku:
-            error["sku"] = self.sku
         if self.truncated_from is not None:
             error["value.truncated_from"] = str(self.truncated_from)
             error["value.sha256"] = self.value_sha256 or ""
@@ -252,9 +248,8 @@ class DeadLetterRecord:
     group_id: str
     first_failure_ms: int | None
     last_failure_ms: int | None
-    sku: str | None
     job: str = ""
-    details: tuple[tuple[str, str], ...] = ()
+    details: tuple[tuple[str, str], ...] = ()  # what the job added (e.g. ``sku``)
 
     @classmethod
     def from_message(cls, msg: Any) -> DeadLetterRecord:
@@ -262,7 +257,7 @@ class DeadLetterRecord:
         error = {k[len(HEADER_PREFIX) :]: v for k, v in headers if k.startswith(HEADER_PREFIX)}
         known = {
             "reason", "message", "exception.class", "topic", "partition", "offset",
-            "timestamp", "attempts", "group", "job", "first_failure", "last_failure", "sku",
+            "timestamp", "attempts", "group", "job", "first_failure", "last_failure",
         }  # fmt: skip
         return cls(
             dlq_topic=msg.topic(),
@@ -282,10 +277,17 @@ class DeadLetterRecord:
             group_id=_text(error.get("group")) or "",
             first_failure_ms=_int(error.get("first_failure")),
             last_failure_ms=_int(error.get("last_failure")),
-            sku=_text(error.get("sku")),
             job=_text(error.get("job")) or "",
             details=tuple(sorted((k, _text(v) or "") for k, v in error.items() if k not in known)),
         )
+
+    def detail(self, name: str) -> str | None:
+        """A header the failing job added, e.g. ``detail("sku")``."""
+        return dict(self.details).get(name)
+
+    @property
+    def key_text(self) -> str | None:
+        return self.key.decode("utf-8", "replace") if self.key is not None else None
 
     @property
     def last_failure(self) -> datetime | None:

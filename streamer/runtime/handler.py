@@ -109,15 +109,10 @@ class HandlerContext:
     call: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
     def dead_letter(
-        self,
-        msg: Message,
-        error: BaseException,
-        *,
-        sku: str | None = None,
-        details: Mapping[str, str] | None = None,
+        self, msg: Message, error: BaseException, *, details: Mapping[str, str] | None = None
     ) -> DeadLetter:
         return DeadLetter.from_error(
-            msg, error, group_id=self.group_id, job=self.job, sku=sku, details=dict(details or {})
+            msg, error, group_id=self.group_id, job=self.job, details=dict(details or {})
         )
 
 

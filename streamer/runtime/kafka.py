@@ -27,7 +27,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streamer.errors import BrokerAccessDenied
+from streamer.runtime.errors import BrokerAccessDenied
 
 __all__ = ["ConsumerThread", "RebalanceListener"]
 

@@ -18,9 +18,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from streamer.errors import FencedError, StreamerError
+from streamer.errors import StreamerError
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.database import Database, converted
+from streamer.runtime.errors import FencedError
 
 __all__ = ["OffsetClaim", "OffsetStore", "Owner", "Partitions", "TopicPartition"]
 

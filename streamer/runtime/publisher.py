@@ -22,8 +22,13 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from streamer.errors import BrokerUnavailable, DeliveryRefused, DeliveryUnavailable, TopicMissing
 from streamer.runtime.connection import check_broker, denied
+from streamer.runtime.errors import (
+    BrokerUnavailable,
+    DeliveryRefused,
+    DeliveryUnavailable,
+    TopicMissing,
+)
 from streamer.runtime.settings import KafkaSettings
 
 __all__ = ["DeliveryFailure", "DeliveryReport", "Publisher"]

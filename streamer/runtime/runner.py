@@ -49,22 +49,17 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
-from streamer.errors import (
-    BrokerUnavailable,
-    DependencyUnavailable,
-    FencedError,
-    StateChanged,
-    StreamerError,
-)
+from streamer.errors import DependencyUnavailable, StreamerError
 from streamer.runtime import faults
 from streamer.runtime.checkpoint import Checkpoint
 from streamer.runtime.circuit import CircuitBreaker
 from streamer.runtime.connection import check_broker_async
 from streamer.runtime.database import Database
+from streamer.runtime.errors import BrokerUnavailable, FencedError, StateChanged
 from streamer.runtime.handler import Batch, Handler, Output, start_handler
 from streamer.runtime.health import HealthServer, Readiness
 from streamer.runtime.kafka import ConsumerThread
-from streamer.runtime.logs import set_process_fields
+from streamer.runtime.logs import log_fields, set_process_fields
 from streamer.runtime.metrics import RuntimeMetrics, new_registry
 from streamer.runtime.ownership import OffsetStore, Owner
 from streamer.runtime.publisher import Publisher
@@ -561,8 +556,9 @@ class Runner(Generic[P]):
                     "topic": letter.topic,
                     "partition": letter.partition,
                     "offset": letter.offset,
-                    "sku": letter.sku,
+                    "key": letter.key.decode("utf-8", "replace") if letter.key else None,
                     "reason": letter.reason,
+                    **{k: v for k, v in letter.details if k in log_fields()},
                 },
             )
         self.metrics.batch_size.observe(len(batch))

@@ -21,9 +21,16 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from streamer.errors import DependencyUnavailable, ObjectStoreMisconfigured, ObjectStoreUnavailable
+from streamer.errors import DependencyUnavailable
 from streamer.storage.clients import make_s3_client
-from streamer.storage.errors import SOURCE, StoreNames, object_store_error, refusal
+from streamer.storage.errors import (
+    SOURCE,
+    ObjectStoreMisconfigured,
+    ObjectStoreUnavailable,
+    StoreNames,
+    object_store_error,
+    refusal,
+)
 from streamer.storage.settings import S3Settings
 
 __all__ = ["check_bucket", "check_bucket_at_start", "check_bucket_with", "confirm_bucket"]

@@ -22,18 +22,31 @@ from typing import Literal
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 
-from streamer.errors import DependencyUnavailable, ObjectStoreUnavailable
+from streamer.errors import ConfigError, DependencyUnavailable
 
 __all__ = [
     "DENIED_CODES",
     "MISSING_CODES",
     "SOURCE",
+    "ObjectStoreMisconfigured",
+    "ObjectStoreUnavailable",
     "Refusal",
     "StoreNames",
     "error_code",
     "object_store_error",
     "refusal",
 ]
+
+
+class ObjectStoreUnavailable(DependencyUnavailable):
+    dependency = "s3"
+
+
+class ObjectStoreMisconfigured(ConfigError):
+    """Found at start: the bucket does not exist, or the store refuses these credentials."""
+
+    reason = "object_store_misconfigured"
+
 
 MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 BUCKET_MISSING_CODES = frozenset({"NoSuchBucket"})

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from streamer.cli import app
 from streamer.contract.codec import Codec
-from streamer.errors import DecodeError, ImageInvalid
+from streamer.contract.errors import DecodeError, ImageInvalid
 from streamer.runtime.deadletters import DeadLetter
 from streamer.runtime.publisher import Publisher
 from streamer.settings import Settings
@@ -119,7 +119,7 @@ def test_show_filters_and_decodes_or_shows_raw_bytes(
     assert sorted(item["sku"] for item in shown) == ["SKU-A", "SKU-B"]
     for item in shown:
         assert item["reason"] == "object_missing"
-        assert item["exception_class"] == "streamer.errors.ImageInvalid"
+        assert item["exception_class"] == "streamer.contract.errors.ImageInvalid"
         assert item["original"].startswith(f"{settings.topics.media_topic}[0]@")
         assert item["event"]["sku"] == item["sku"]
         assert item["event"]["images"][0]["file_path"] == "/x.jpg"

@@ -8,12 +8,12 @@ import hashlib
 
 import pytest
 
-from streamer.errors import ObjectStoreUnavailable
 from streamer.gallery.etag_plan import FolderSizes
 from streamer.gallery.etags import S3EtagSource, make_etag_source
 from streamer.gallery.metrics import GalleryMetrics
 from streamer.runtime.metrics import new_registry
 from streamer.storage.clients import make_object_store
+from streamer.storage.errors import ObjectStoreUnavailable
 from streamer.storage.keys import s3_key
 
 pytestmark = pytest.mark.integration

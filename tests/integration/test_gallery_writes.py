@@ -9,10 +9,10 @@ import dataclasses
 
 import pytest
 
-from streamer.errors import StateChanged
 from streamer.gallery.diff import diff
 from streamer.gallery.repository import GalleryRepository, apply_diffs
 from streamer.runtime.database import Database, connect
+from streamer.runtime.errors import StateChanged
 from tests.integration.support import fetch, prepare
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ from streamer.cli import app
 from streamer.contract.codec import Codec
 from streamer.contract.publishing import EventPublisher
 from streamer.dev.stack import free_port
-from streamer.errors import BrokerUnavailable, DeliveryError, TopicMissing
 from streamer.ops.topics import create_topics
+from streamer.runtime.errors import BrokerUnavailable, DeliveryError, TopicMissing
 from streamer.runtime.publisher import Publisher
 from tests.integration.support import media, read_topic, settings_env
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from streamer.errors import DependencyUnavailable, InvalidEvent
+from streamer.contract.errors import InvalidEvent
+from streamer.errors import DependencyUnavailable
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.handler import Batch, Output, SimpleHandler
 from streamer.runtime.metrics import new_registry

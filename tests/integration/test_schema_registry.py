@@ -29,8 +29,8 @@ from typer.testing import CliRunner
 
 from streamer.cli import app
 from streamer.contract.codec import Codec, event_record
+from streamer.contract.errors import SchemaRejected
 from streamer.contract.schemas import schema_dir
-from streamer.errors import SchemaRejected
 from streamer.gallery.worker import GalleryWorker
 from tests.integration.api_support import api_server, seed_payload
 from tests.integration.support import (

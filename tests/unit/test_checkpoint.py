@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from streamer.errors import (
+from streamer.runtime.checkpoint import Checkpoint, Transaction
+from streamer.runtime.deadletters import DeadLetter
+from streamer.runtime.errors import (
     BrokerUnavailable,
     DatabaseDataError,
     DatabaseUnavailable,
@@ -24,8 +26,6 @@ from streamer.errors import (
     DeliveryUnavailable,
     FencedError,
 )
-from streamer.runtime.checkpoint import Checkpoint, Transaction
-from streamer.runtime.deadletters import DeadLetter
 from streamer.runtime.handler import Batch, Output, OutputMessage, SimpleHandler
 
 pytestmark = pytest.mark.unit
@@ -163,7 +163,9 @@ class CountPerKey(SimpleHandler[Batch]):
             key = msg.key().decode()
             if key in bad:
                 output.letters.append(
-                    DeadLetter.from_error(msg, bad[key], group_id="g", job="count", sku=key)
+                    DeadLetter.from_error(
+                        msg, bad[key], group_id="g", job="count", details={"key": key}
+                    )
                 )
         for key in sorted(set(per_key) - set(bad)):
             output.messages.append(
@@ -269,7 +271,9 @@ async def test_a_data_error_of_one_key_dead_letters_that_key_only() -> None:
     output = await checkpoint.commit(b, {TP: 1}, handler, b)
     assert store.rows == {"a": 1, "b": 1}, "the other keys are written"
     assert store.offsets == {TP: 4}, "the offsets pass the dead-lettered messages too"
-    assert [(letter.sku, letter.reason, letter.offset) for letter in output.letters] == [
+    assert [
+        (dict(letter.details)["key"], letter.reason, letter.offset) for letter in output.letters
+    ] == [
         ("poison", "database_data_error", 1),
         ("poison", "database_data_error", 3),
     ]

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamer.contract.errors import ImageInvalid
 from streamer.contract.events import normalize_file_path, normalize_roles, parse_event
 from streamer.contract.lean import LeanEvent, lean_event, lean_fingerprint, lean_of
-from streamer.errors import ImageInvalid
 from streamer.gallery.diff import SkuDiff, diff
 from streamer.gallery.fold import EventOutcome, FoldRules, fold
 from streamer.gallery.handler import GalleryHandler

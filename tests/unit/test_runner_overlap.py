@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from streamer.errors import DatabaseUnavailable, FencedError
+from streamer.runtime.errors import DatabaseUnavailable, FencedError
 from streamer.runtime.handler import Batch, Output, SimpleHandler
 from streamer.runtime.runner import Runner
 from streamer.runtime.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
