@@ -35,7 +35,7 @@ from streamer.contract.codec import Codec
 from streamer.errors import StreamerError
 from streamer.runtime.database import Database
 from streamer.runtime.metrics import new_registry
-from streamer.runtime.retention import Pruning, start_pruner, stop_pruner
+from streamer.runtime.retention import Pruning, pruner_for
 from streamer.settings import Settings
 from streamer.storage.clients import make_s3_client
 from streamer.tracking.metrics import TrackingMetrics
@@ -126,12 +126,15 @@ def create_app(
                 metrics=tracking_metrics,
             )
             relay_task = asyncio.create_task(app.state.relay.run(stop))
-        pruner = start_pruner(pruning, database, registry)
+        pruner = pruner_for(pruning, database, registry)
+        pruning_task = asyncio.create_task(pruner.run()) if pruner is not None else None
         log.info("streamer serve: ready")
         try:
             yield
         finally:
-            await stop_pruner(pruner)
+            if pruning_task is not None:
+                pruning_task.cancel()
+                await asyncio.gather(pruning_task, return_exceptions=True)
             stop.set()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(sampler_task, timeout=10)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Annotated
 
 import typer
 
-from streamer.cli import api, dev, forward, gallery, objects, ops, publish, replicate
+from streamer.cli import api, dev, ops, publish
 from streamer.cli._common import TidyGroup
+from streamer.jobs import JOBS
 
 __all__ = ["app", "main"]
 
@@ -43,14 +45,18 @@ def _options(
             raise typer.Exit(2) from exc
 
 
-# Each subcommand module registers itself here, one line each: the product first, then tooling.
-app.command("consume")(gallery.consume)
+def _register_jobs() -> None:
+    """Each job's commands, as its descriptor (``streamer.jobs``) names them."""
+    for job in JOBS:
+        if job.cli is not None:
+            module, _, attribute = job.cli.partition(":")
+            getattr(importlib.import_module(module), attribute)(app)
+
+
+# The jobs first, then the faces and the tooling, one line each.
+_register_jobs()
 app.command("publish")(publish.publish)
 app.command("serve")(api.serve)
-app.add_typer(gallery.gallery_app, name="gallery")
-app.add_typer(forward.forward_app, name="forward")
-app.add_typer(replicate.replicate_app, name="replicate")
-app.add_typer(objects.objects_app, name="objects")
 app.add_typer(ops.dlq_app, name="dlq")
 app.command("status")(ops.status)
 app.add_typer(ops.topics_app, name="topics")

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -43,8 +43,9 @@ from streamer.contract.publishing import EventPublisher
 from streamer.dev.loadgen import generate_catalog, object_paths, upload_objects
 from streamer.dev.naive import run_naive
 from streamer.gallery.etags import EtagSource, S3EtagSource
+from streamer.gallery.handler import GalleryHandler
 from streamer.gallery.repository import _UPSERT_IMAGE
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from streamer.objects.reconcile import reconcile
 from streamer.objects.worker import make_handler
 from streamer.ops.retention import bookkeeping
@@ -440,7 +441,7 @@ async def worker_phase(
     """One in-process worker drains what was published; the clock starts once it owns its
     partitions, so the group join is not counted."""
     registry = new_registry()
-    worker = GalleryWorker(
+    worker = gallery_runner(
         settings or ctx.settings,
         registry=registry,
         install_signal_handlers=False,
@@ -453,7 +454,7 @@ async def worker_phase(
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
-        etags = _s3_source(worker.handler.etags)
+        etags = _s3_source(cast(GalleryHandler, worker.handler).etags)
         before = dict(etags.totals) if isinstance(etags, S3EtagSource) else {}
         with peak_rss() as peak:
             threads0, machine0 = _thread_cpu_s(), _machine_busy()

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 
-from streamer.config import Section
+from streamer.config import NonBlank, Section
 
 __all__ = ["ForwardSettings"]
 
@@ -22,7 +22,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # a tab is allowed
 
 
 class ForwardSettings(Section):
-    forward_group_id: str = Field("streamer-forward", description="the forwarder's consumer group")
+    forward_group_id: NonBlank = Field(
+        "streamer-forward", description="the forwarder's consumer group"
+    )
     forward_product_events: bool = Field(
         False, description="also deliver ProductChanged events from the product topic"
     )
@@ -46,13 +48,6 @@ class ForwardSettings(Section):
     webhook_batch_max_bytes: int = Field(
         1_000_000, ge=1024, description="bound on a batch request's body"
     )
-
-    @field_validator("forward_group_id")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value.strip()
 
     @field_validator("webhook_url")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
-from streamer.config import Section
+from streamer.config import NonBlank, Section
 from streamer.errors import ConfigError
 from streamer.storage.errors import StoreNames
 from streamer.storage.settings import S3Settings
@@ -13,7 +13,7 @@ __all__ = ["ReplicaSettings"]
 
 
 class ReplicaSettings(Section):
-    replica_group_id: str = "streamer-replicate"
+    replica_group_id: NonBlank = "streamer-replicate"
     replica_bucket: str | None = Field(None, description="Destination bucket; required to run")
     replica_prefix: str = "media/catalog/product"
     replica_endpoint_url: str | None = Field(
@@ -41,13 +41,6 @@ class ReplicaSettings(Section):
                 "set together with STREAMER_REPLICA_ACCESS_KEY_ID, or leave both unset"
             )
         return value
-
-    @field_validator("replica_group_id")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value.strip()
 
     @property
     def server_side(self) -> bool:

@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from streamer.errors import DependencyUnavailable
 from streamer.runtime.database import Database
 
-__all__ = ["Pruner", "Pruning", "Retention", "RetentionMetrics", "start_pruner", "stop_pruner"]
+__all__ = ["Pruner", "Pruning", "Retention", "RetentionMetrics", "pruner_for"]
 
 log = logging.getLogger(__name__)
 
@@ -165,24 +165,18 @@ class Pruner:
             await asyncio.sleep(self.interval_s)
 
 
-def start_pruner(
+def pruner_for(
     pruning: Pruning | None, database: Database, registry: CollectorRegistry
-) -> asyncio.Task[None] | None:
-    """The pruner as a background task of the caller's loop (None: nothing to prune).
-    The caller cancels it on its way out, before it closes the pool."""
+) -> Pruner | None:
+    """The pruner a process runs (None: nothing to prune): its ``run`` is a background task
+    of whoever owns the database pool (the runner supervises it, ``streamer serve`` too),
+    cancelled before the pool closes."""
     if pruning is None or not any(not r.keeps_forever for r in pruning.rules):
         return None
-    pruner = Pruner(
+    return Pruner(
         database,
         pruning.rules,
         interval_s=pruning.interval_s,
         batch_rows=pruning.batch_rows,
         metrics=RetentionMetrics(registry),
     )
-    return asyncio.create_task(pruner.run(), name="retention")
-
-
-async def stop_pruner(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -52,6 +52,7 @@ async def retry_async(
     dependency: str,
     policy: RetryPolicy,
     breaker: CircuitBreaker | None = None,
+    breakers: Mapping[str, CircuitBreaker] | None = None,
     metrics: RuntimeMetrics | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> T:
@@ -75,8 +76,13 @@ async def retry_async(
         try:
             result = await fn()
         except DependencyUnavailable as exc:
-            if breaker is not None and exc.dependency == dependency:
-                breaker.record_failure(exc.message)
+            # Counted by the breaker of the dependency that failed: a commit (PostgreSQL's
+            # call) whose publication finds Kafka down counts against Kafka's.
+            failed = (breakers or {}).get(exc.dependency)
+            if failed is None and breaker is not None and exc.dependency == dependency:
+                failed = breaker
+            if failed is not None:
+                failed.record_failure(exc.message)
             if attempt >= policy.max_attempts or (breaker is not None and breaker.state == "open"):
                 raise
             # Never sooner than the dependency asked for (e.g. an HTTP Retry-After).

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 
-from streamer.config import Section
+from streamer.config import NonBlank, Section
 from streamer.runtime.logs import kafka_client_logger
 
 __all__ = ["DatabaseSettings", "KafkaSettings", "RuntimeSettings"]
@@ -16,7 +16,7 @@ _SECRET_PROPERTIES = ("password", "secret", "key.password", "sasl.oauthbearer.co
 
 
 class KafkaSettings(Section):
-    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    kafka_bootstrap: NonBlank = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
     kafka: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="librdkafka properties passed through (SASL, TLS, ...)",
@@ -37,13 +37,6 @@ class KafkaSettings(Section):
     session_timeout_ms: int = Field(45000, ge=1000)
     max_poll_interval_ms: int = Field(300000, ge=1000)
     delivery_timeout_ms: int = Field(30000, ge=1000)
-
-    @field_validator("kafka_bootstrap")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value.strip()
 
     def properties(self) -> dict[str, str]:
         """Pass-through properties in librdkafka's dotted names (values are kept secret here)."""

@@ -15,7 +15,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from tests.integration.api_support import FULL_TOKEN, READ_TOKEN, api_server
 from tests.integration.browser import chromium, screenshot
 from tests.integration.support import Sender, prepare, put_image, wait_for
@@ -83,7 +83,7 @@ async def test_console_end_to_end(make_settings, tmp_path, s3_client) -> None:
     ]
     Sender(settings).raw(settings.topics.media_topic, b"CON-X", b"garbage, not avro at all")
     stop = asyncio.Event()
-    worker = GalleryWorker(settings, install_signal_handlers=False)
+    worker = gallery_runner(settings, install_signal_handlers=False)
     task = asyncio.create_task(worker.run(stop))
     loop = asyncio.get_running_loop()
     try:

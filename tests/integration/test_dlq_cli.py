@@ -43,7 +43,11 @@ def dead_letter(
         timestamp=(TIMESTAMP_CREATE_TIME, 1_700_000_000_000 + offset),
     )
     return DeadLetter.from_error(
-        original, error, group_id=settings.gallery.group_id, job="gallery", sku=key.decode()
+        original,
+        error,
+        group_id=settings.gallery.group_id,
+        job="gallery",
+        details={"sku": key.decode()},
     )
 
 

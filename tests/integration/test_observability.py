@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from streamer.cli import app
 from streamer.dev.stack import free_port
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from tests.integration.support import (
     Sender,
     drained,
@@ -69,7 +69,7 @@ async def test_metrics_match_the_run_and_lag_drains(make_settings, s3_client) ->
     sender.raw(settings.topics.media_topic, b"junk", b"not avro at all")
     sender.flush()
 
-    worker = GalleryWorker(settings, install_signal_handlers=False)
+    worker = gallery_runner(settings, install_signal_handlers=False)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:

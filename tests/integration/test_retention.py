@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from streamer.ops.retention import RetentionSettings, bookkeeping
 from streamer.runtime.database import Database, connect
 from streamer.runtime.metrics import new_registry
@@ -20,11 +20,13 @@ from streamer.runtime.retention import Pruner, Pruning
 from streamer.settings import Settings
 from tests.integration.support import (
     Sender,
+    counted,
     drained,
     export_all,
     fetch,
     media,
     prepare,
+    processed,
     put_image,
     wait_for,
 )
@@ -207,15 +209,16 @@ async def test_an_event_id_is_recognised_for_the_retention_then_versions_decide(
     reuse = media("D-1", 3, [{"file_path": "/d/z.jpg"}], mode="REPLACE", event_id=e1.event_id)
     sender = Sender(settings)
     pruning = Pruning(bookkeeping(settings.retention), interval_s=0.5)
-    worker = GalleryWorker(
+    worker = gallery_runner(
         settings, registry=new_registry(), install_signal_handlers=False, pruning=pruning
     )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
 
     async def step(*events: Any) -> dict[str, int]:
-        before = dict(worker.handler.report.outcomes) | {
-            f"dlq:{k}": v for k, v in worker.handler.report.dead_letters.items()
+        before = dict(processed(worker)) | {
+            f"dlq:{k}": v
+            for k, v in counted(worker, "streamer_dead_letters_total", "reason").items()
         }
         sender.send(list(events))
 
@@ -225,8 +228,9 @@ async def test_an_event_id_is_recognised_for_the_retention_then_versions_decide(
             return await drained(settings, sender.ends)
 
         await wait_for(done, timeout_s=90, what="the worker to take the step")
-        after = dict(worker.handler.report.outcomes) | {
-            f"dlq:{k}": v for k, v in worker.handler.report.dead_letters.items()
+        after = dict(processed(worker)) | {
+            f"dlq:{k}": v
+            for k, v in counted(worker, "streamer_dead_letters_total", "reason").items()
         }
         return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
 

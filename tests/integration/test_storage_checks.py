@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 from prometheus_client import CollectorRegistry
 
 from streamer.contract.codec import Codec
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from streamer.runtime.metrics import new_registry
 from streamer.runtime.publisher import Publisher
 from streamer.settings import Settings
@@ -260,7 +260,7 @@ async def test_a_bucket_deleted_while_consuming_pauses_and_changes_nothing(
     sender = Sender(settings)
     sender.send(galleries(10, 1, 3))
     registry = new_registry()
-    worker = GalleryWorker(settings, registry=registry, install_signal_handlers=False)
+    worker = gallery_runner(settings, registry=registry, install_signal_handlers=False)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -326,7 +326,7 @@ async def test_a_policy_changed_while_consuming_pauses_until_it_is_restored(
     seeded(auth_s3, settings)
     sender = Sender(settings)
     registry = new_registry()
-    worker = GalleryWorker(settings, registry=registry, install_signal_handlers=False)
+    worker = gallery_runner(settings, registry=registry, install_signal_handlers=False)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
