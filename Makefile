@@ -106,11 +106,11 @@ chaos: install kafka netfaults
 # short retention, and the load drained (tests/soak/run.py says how it judges).
 SOAK_MINUTES ?= 30
 SOAK_ARGS ?=
-soak: install
+soak: install kafka
 	$(BIN)/python -m tests.soak.run --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 # CI's slice of the soak: 3 minutes, warm-up and retention 30 s each, a sample every 5 s.
-soak-ci: install
+soak-ci: install kafka
 	$(BIN)/python -m tests.soak.run --minutes 3 --report artifacts/soak-ci-report.json $(SOAK_ARGS)
 
 bench: install

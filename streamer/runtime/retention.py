@@ -129,15 +129,16 @@ class Pruner:
                     # connection (and of one PostgreSQL backend), even through a backlog.
                     await asyncio.sleep(max(0.01, _REST * (time.monotonic() - started)))
             deleted[rule.table] = n
-            if n:
-                log.info(
-                    "retention: %d rows of %s older than %g days deleted (%s)",
-                    n,
-                    rule.table,
-                    rule.days,
-                    rule.setting,
-                )
         self.rounds += 1
+        if any(deleted.values()):
+            log.info(
+                "retention: deleted %s",
+                ", ".join(
+                    f"{n} rows of {r.table} (older than {r.days:g} days, {r.setting})"
+                    for r in self.rules
+                    if (n := deleted.get(r.table, 0))
+                ),
+            )
         if self.metrics is not None:
             self.metrics.last_round.set(time.time())
         return deleted

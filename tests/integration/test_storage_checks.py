@@ -287,8 +287,9 @@ async def test_a_bucket_deleted_while_consuming_pauses_and_changes_nothing(
         ]
         sender.send(second)
         await paused_on(registry, task, "s3")
-        assert "does not exist" in " ".join(worker.readiness().reasons)
-        assert "STREAMER_S3_BUCKET" in " ".join(worker.readiness().reasons)
+        reasons = " ".join(worker.readiness().reasons)
+        print(f"/readyz: {reasons}")
+        assert "does not exist" in reasons and "STREAMER_S3_BUCKET" in reasons
         await asyncio.sleep(2)  # a few more attempts while paused: still nothing written
         assert dead_lettered(registry) == 0
         assert await export_all(settings) == before
@@ -338,7 +339,9 @@ async def test_a_policy_changed_while_consuming_pauses_until_it_is_restored(
         auth_s3.deny_worker()
         sender.send(galleries(6, 1, 2))
         await paused_on(registry, task, "s3")
-        assert "denied access" in " ".join(worker.readiness().reasons)
+        reasons = " ".join(worker.readiness().reasons)
+        print(f"/readyz: {reasons}")
+        assert "denied access" in reasons
         assert dead_lettered(registry) == 0
         assert await export_all(settings) == []
         auth_s3.allow_worker()
@@ -440,7 +443,9 @@ async def test_the_replicator_pauses_while_a_bucket_is_gone(make_settings, auth_
                 auth_s3.delete_bucket(gone)
                 ends = publish(paths, gone)
                 await paused_on(registry, task, dependency)
-                assert setting in " ".join(worker.readiness().reasons)
+                reasons = " ".join(worker.readiness().reasons)
+                print(f"/readyz: {reasons}")
+                assert setting in reasons
                 assert dead_lettered(registry) == 0
                 assert sample(registry, "streamer_replica_images_total", result="failed") == 0
                 assert not await caught_up(ends)

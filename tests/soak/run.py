@@ -4,11 +4,12 @@ and the load drains.
 ``make soak`` (``SOAK_MINUTES=30``) starts its own embedded stack, two ``streamer consume``
 workers, a ``streamer forward`` worker with a counting webhook receiver (batches of up to 10
 events: the default rate limit of 50 requests/s is below the ~67 outcomes/s of the load),
-and ``streamer serve``; publishes at a fixed rate (``--rate`` events/s: gallery changes and no-op re-syncs
-over a rotating set of SKUs, each minute's events under one request id) and posts a small
-bulk to the intake every ``--bulk-every-s``. Retention is short (``--retention-minutes``),
-so the bookkeeping tables (event outcomes, request counts, bulk items, completions,
-replays) reach a steady state within the run.
+and ``streamer serve``; publishes at a fixed rate (``--rate`` events/s over ten seconds'
+worth of SKUs, each SKU cycling change, change, no-op; each minute's events under one
+request id) and posts a small bulk with an ``Idempotency-Key`` to the intake every
+``--bulk-every-s``. The broker is Apache Kafka (``--broker tansu`` for the demo's). Retention is short (``--retention-minutes``),
+so the bookkeeping tables (event outcomes, request counts, bulks and their items and
+completions, idempotency keys, replays) reach a steady state within the run.
 
 Every ``--sample-s`` it records each process's resident memory, open descriptors and
 sockets and CPU from ``/proc``, the rows and bytes of each bookkeeping table, and the
@@ -70,6 +71,7 @@ TABLES = (
     "bulk_items",
     "import_completions",
     "dead_letter_replays",
+    "idempotency_keys",
 )
 TP = tuple[str, int]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -173,7 +175,12 @@ class Soak:
     # -- set-up ----------------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.stack = DevStack(self.home, database_url=database_url_from_env(), database="soak")
+        self.stack = DevStack(
+            self.home,
+            database_url=database_url_from_env(),
+            database="soak",
+            broker=self.args.broker,
+        )
         state = self.stack.up()
         self.parts = {
             name: c.pid
@@ -197,6 +204,7 @@ class Soak:
             "forward_group_id": f"soak-{run}-forward",
             "s3_prefix": f"soak-{run}/media",
             "topic_partitions": 6,
+            "fetch_wait_max_ms": self.args.fetch_wait_max_ms,
             "metrics_port": 0,
             "etag_source": "list",
             "retention_event_outcomes_days": retention_days,
@@ -204,6 +212,7 @@ class Soak:
             "retention_bulk_items_days": retention_days,
             "retention_import_completions_days": retention_days,
             "retention_dead_letter_replays_days": retention_days,
+            "retention_idempotency_keys_days": retention_days,
             "retention_interval_s": self.args.retention_interval_s,
             "api_port": self.api_port,
             "completion_delivery_timeout_s": 2.0,
@@ -324,7 +333,9 @@ class Soak:
         next_sample, next_bulk = started, started
         bulks: set[asyncio.Task[None]] = set()
         version = int(time.time() * 1000)
-        n_skus = 2000
+        # A pass over the SKUs takes 10 s; each SKU cycles change, change, no-op: outcome rows
+        # arrive in a 30 s cycle, which any retention of a whole number of cycles smooths out.
+        n_skus = max(1, int(self.rate * 10))
         while time.monotonic() < deadline:
             now = time.monotonic()
             if now >= next_sample:
@@ -388,7 +399,9 @@ class Soak:
             }
         }
         try:
-            reply = await http.post("/v1/galleries/bulk", json=payload)
+            reply = await http.post(
+                "/v1/galleries/bulk", json=payload, headers={"Idempotency-Key": f"soak-{n}"}
+            )
             if reply.status_code == 202:
                 self.bulks.append(reply.json()["bulk_uuid"])
             else:
@@ -582,6 +595,19 @@ def main() -> int:
         "--bulk-every-s", type=float, default=10, help="a 10-item bulk to the intake"
     )
     parser.add_argument("--drain-timeout-s", type=float, default=300)
+    parser.add_argument(
+        "--broker",
+        choices=("kafka", "tansu"),
+        default="kafka",
+        help="Apache Kafka, what users run (default); Tansu, the demo's broker, answers each "
+        "fetch in time that grows with the partition's length: it cannot hold this load for long",
+    )
+    parser.add_argument(
+        "--fetch-wait-max-ms",
+        type=int,
+        default=100,
+        help="the workers' fetch wait (the dev stack's 10 re-fetches 100 times a second)",
+    )
     parser.add_argument("--report", type=Path, default=Path("artifacts/soak-report.json"))
     parser.add_argument(
         "--log-level", default="INFO", help="the workers' (DEBUG: per-batch timings)"
