@@ -52,6 +52,14 @@ class AuthS3:
         self.admin: dict[str, str] = {}
 
     def start(self) -> AuthS3:
+        """The server, its users and authentication on; stopped again if any of that fails."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> AuthS3:
         with self.log.open("wb") as out:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
