@@ -177,10 +177,14 @@ class Pipeline(Generic[D, P, E]):
                     log.info(
                         "dependency back after %.1fs, resuming", time.monotonic() - outage_since
                     )
+                # 5: the handler and the metrics first (what committed is visible in the
+                # database from now on), then the source
+                self._committed(batch, plan, effects, output, clock() - started)
                 step = clock()
-                await source.committed(batch)  # 5
+                await source.committed(batch)
                 timings["acknowledge"] = clock() - step
-                self._committed(batch, plan, effects, output, clock() - started, timings)
+                if log.isEnabledFor(logging.DEBUG):
+                    self._log_timings(batch, timings)
                 break
             else:
                 self.checkpoint.forget()  # every message's partition was taken away
@@ -206,7 +210,6 @@ class Pipeline(Generic[D, P, E]):
         effects: E,
         output: Output,
         elapsed_s: float,
-        timings: dict[str, float],
     ) -> None:
         self.overlay.committed(output)
         self.handler.committed(plan, effects, output)
@@ -236,8 +239,6 @@ class Pipeline(Generic[D, P, E]):
         self.metrics.batch_size.observe(len(batch))
         self.metrics.batch_duration.observe(elapsed_s)
         self.metrics.last_commit.set(time.time())
-        if log.isEnabledFor(logging.DEBUG):
-            self._log_timings(batch, timings)
 
     def _log_timings(self, batch: Batch, timings: dict[str, float]) -> None:
         """Where a batch's time went, at debug level: what the loop waited for the poll, the
