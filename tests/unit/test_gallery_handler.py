@@ -13,13 +13,13 @@ from streamer.contract.codec import Codec
 from streamer.contract.events import MediaGalleryChanged
 from streamer.contract.lean import lean_of
 from streamer.contract.topics import TopicSettings
+from streamer.errors import DatabaseDataError
 from streamer.gallery.fold import EventOutcome
 from streamer.gallery.handler import GalleryHandler, _Item, _Prepared
 from streamer.gallery.metrics import GalleryMetrics
-from streamer.gallery.repository import SeenEvent
 from streamer.gallery.settings import GallerySettings
-from streamer.gallery.state import ObjectInfo, SkuState
-from streamer.runtime.handler import Output
+from streamer.gallery.state import ObjectInfo, SeenEvent, SkuState
+from streamer.runtime.handler import HandlerContext, Output
 from streamer.runtime.metrics import new_registry
 from streamer.storage.settings import S3Settings
 from tests.unit.test_checkpoint import Msg
@@ -55,7 +55,9 @@ def prepared(items: list[_Item], states: dict[str, SkuState], commits_before: in
     for i in items:
         by_sku.setdefault(i.event.sku, []).append(i)
     seen: dict[str, SeenEvent] = {}
-    return _Prepared(len(items), [], by_sku, dict(states), seen, dict(OBJECTS), commits_before)
+    return _Prepared(
+        len(items), [], items, by_sku, dict(states), seen, dict(OBJECTS), commits_before
+    )
 
 
 def outcomes(plan: Any) -> dict[str, list[EventOutcome]]:
@@ -75,7 +77,7 @@ async def test_a_batch_read_before_the_previous_commit_is_planned_from_what_it_w
     batch_n1 = await h.plan(early)
     # From N's final state, version 6 with the same image changes nothing, and N's own event
     # is a duplicate: nothing is written twice.
-    assert outcomes(batch_n1) == {"A": [EventOutcome.DUPLICATE, EventOutcome.NOOP]}
+    assert outcomes(batch_n1) == {"A": [EventOutcome.NOOP, EventOutcome.DUPLICATE]}
     # Only version 6 is written (the watermark), conditional on the row N created.
     assert list(batch_n1.diffs) == ["A"]
     assert not batch_n1.diffs["A"].images_changed
@@ -101,3 +103,27 @@ async def test_a_batch_prepared_two_commits_back_is_refused() -> None:
         h.committed(plan, Output())
     with pytest.raises(RuntimeError, match="at most one batch ahead"):
         await h.plan(prepared([item("A", 9, 2)], {"A": SkuState("A")}, commits_before=0))
+
+
+async def test_a_sku_refused_by_the_database_leaves_a_reused_id_to_its_owner() -> None:
+    """Regression: a SKU whose rows the database refused had every event but duplicates
+    turned into a ``database_data_error`` dead letter and recorded, an event under a reused
+    id too: its row then replaced the owner's, and the owner's own replay was refused."""
+    h = handler()
+    h.ctx = HandlerContext("gallery", "g", new_registry(), None, None)  # type: ignore[arg-type]
+    owner = item("A", 5, 0)
+    seen = {owner.event.event_id: SeenEvent("fingerprint of the owner's content", "written")}
+    reused = item("A", 6, 1, event_id=owner.event.event_id)
+    fresh = item("A", 7, 2)
+    early = prepared([reused, fresh], {"A": SkuState("A")}, commits_before=0)
+    early.seen.update(seen)
+    plan = await h.plan(early)
+    assert outcomes(plan) == {"A": [EventOutcome.DEAD_LETTERED, EventOutcome.WRITTEN]}
+    h._reject(plan, {"A": DatabaseDataError("value too long")})
+    assert [(r.event_id, r.reason) for r in plan.outcome_rows] == [
+        (fresh.event.event_id, "database_data_error")
+    ]
+    assert sorted(letter.reason for letter in plan.letters) == [
+        "database_data_error",
+        "duplicate_event_id",
+    ]
