@@ -102,28 +102,24 @@ def _trusted(image: LeanImage, rules: FoldRules) -> bool:
 def keys_in_play(
     state: SkuState, events: Sequence[Event], rules: FoldRules | None = None
 ) -> set[str]:
-    """Paths whose objects must be looked up: valid images of media events that are not stale."""
+    """Paths whose objects the fold may look up: the valid images of every media event that
+    is not stale against ``state`` (versions only grow, so such an event is stale whatever
+    comes before it), and the paths of re-checks.
+
+    An event earlier in the batch is not assumed to apply: it may be dead-lettered (its id
+    reused) or stale, and then leaves the version where it was, so a later event it would
+    have made stale is applied after all and needs its objects.
+    """
     rules = rules or FoldRules()
     if rules.image_limit == 0:
         return set()
-    product, gallery = state.product_key, state.gallery_key
+    gallery = state.gallery_key
     paths: set[str] = set()
     for event in events:
         if isinstance(event, LeanRecheck):
             paths.update(event.file_paths)
-            continue
-        if isinstance(event, LeanProduct):
-            if not _is_older(event, product) and not (
-                event.op is ProductOp.DELETE and _is_older(event, gallery)
-            ):
-                product = (event.version, event.event_id)
-                if event.op is ProductOp.DELETE:
-                    gallery = product
-            continue
-        if _is_older(event, gallery):
-            continue
-        gallery = (event.version, event.event_id)
-        paths.update(i.file_path for i in event.images if i.valid and not _trusted(i, rules))
+        elif isinstance(event, LeanMedia) and not _is_older(event, gallery):
+            paths.update(i.file_path for i in event.images if i.valid and not _trusted(i, rules))
     return paths
 
 

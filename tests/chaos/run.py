@@ -383,6 +383,18 @@ class Run:
                     self.result.mismatches.append(f"{name} died with exit {code}")
             self._seen_exits[command] = len(workers.exits)
 
+    def _left(self, command: str, name: str, code: int) -> None:
+        """A worker sent SIGTERM exits 0; one that reached a crash point while finishing its
+        batch died by it (counted as such)."""
+        if code == 0:
+            return
+        point = crash_point_in(self.jobs[command].log_path(name)) if code == -9 else None
+        if point is not None:
+            self.tally.crashed(point, name, command)
+            self.log(f"  {name} died by SIGKILL while leaving: crash point {point}")
+        else:
+            self.result.mismatches.append(f"{name} did not leave cleanly: exit {code}")
+
     def _keep_workers(self, *, min_workers: int, crash_points: bool) -> None:
         self._account_exits()
         for command, workers in self.jobs.items():
@@ -497,8 +509,7 @@ class Run:
         code = await self.jobs[command].leave(name)
         self.log(f"  fault: {name} leaves (exit {code})")
         self.tally.fire("leave", command)
-        if code != 0:
-            self.result.mismatches.append(f"{name} did not leave cleanly: exit {code}")
+        self._left(command, name, code)
 
     async def restart_broker(self) -> None:
         """Between the phases, when nothing is being produced (see FAULTS)."""
@@ -602,11 +613,9 @@ class Run:
         self.result.mismatches.extend(await self.check_index())
         self.result.mismatches.extend(await self.check_overwritten())
         self._account_exits()
-        for workers in self.jobs.values():
+        for command, workers in self.jobs.items():
             for name in workers.alive():
-                code = await workers.leave(name)
-                if code != 0:
-                    self.result.mismatches.append(f"{name} did not stop cleanly: exit {code}")
+                self._left(command, name, await workers.leave(name))
         self.result.mismatches.extend(self.tally.problems())
         self.result.seconds = time.monotonic() - started
         return self.result

@@ -599,3 +599,26 @@ def _model_fields(event: LeanEvent) -> dict[str, Any]:
         "source": event.source,
         "mode": "UPSERT",
     }
+
+
+def test_objects_are_looked_up_for_an_event_after_one_dead_lettered_for_its_id() -> None:
+    """Regression (found by the chaos campaign, seed 3): the objects a batch looks up were
+    named by replaying versions through the batch, as if every event applied. An event
+    dead-lettered for a reused id moved that replay's version past a later, older event,
+    whose objects were then not looked up; the fold applied that event and found its
+    object "missing": a false object_missing dead letter, the image not stored."""
+    event_id = str(uuid.uuid4())
+    owner = media(10, [{"file_path": "/a.jpg"}], event_id=event_id)
+    reused = media(12, [{"file_path": "/b.jpg"}], "REPLACE", event_id=event_id)
+    later = media(11, [{"file_path": "/c.jpg"}], "REPLACE")
+    wanted = keys_in_play(SkuState(""), [reused, later])  # as the handler asks, before reading
+    assert "/c.jpg" in wanted
+    looked_up = {p: o for p, o in OBJECTS.items() if p in wanted}
+    start = state(stored("/a.jpg"), version=10, gallery_event_id=event_id)
+    seen = {event_id: SeenEvent(lean_fingerprint(owner), "written")}
+    result = fold(start, [reused, later], looked_up, RULES, seen)
+    assert [r.outcome for r in result.results] == [
+        EventOutcome.DEAD_LETTERED,
+        EventOutcome.WRITTEN,
+    ]
+    assert set(result.state.images) == {"/c.jpg"}

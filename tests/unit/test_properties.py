@@ -26,7 +26,7 @@ from streamer.contract.events import normalize_file_path, normalize_roles, parse
 from streamer.contract.lean import LeanEvent, lean_event, lean_fingerprint, lean_of
 from streamer.errors import ImageInvalid
 from streamer.gallery.diff import SkuDiff, diff
-from streamer.gallery.fold import EventOutcome, FoldRules, fold, fold_batch
+from streamer.gallery.fold import EventOutcome, FoldRules, fold, fold_batch, keys_in_play
 from streamer.gallery.state import ObjectInfo, SeenEvent, SkuState, StoredImage, display_order
 from tests.chaos.oracle import Obj, Oracle
 
@@ -163,7 +163,10 @@ def deliver(delivered: Sequence[dict[str, Any]], sizes: Sequence[int]) -> Store:
         batch, at = events[at : at + size], at + size
         states = {e.sku: store.states.get(e.sku, SkuState(e.sku)) for e in batch}
         seen = {e.event_id: store.seen[e.event_id] for e in batch if e.event_id in store.seen}
-        for sku, folded in fold_batch(states, batch, OBJECTS, rules, seen).items():
+        # Only the objects the handler looks up, as it does: before the state is read.
+        wanted = keys_in_play(SkuState(""), batch, rules)
+        objects = {p: o for p, o in OBJECTS.items() if p in wanted}
+        for sku, folded in fold_batch(states, batch, objects, rules, seen).items():
             store.states[sku] = apply_diff(states[sku], diff(states[sku], folded.state))
             for r in folded.results:
                 if r.outcome in RECORDED:
