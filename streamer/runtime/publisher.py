@@ -8,10 +8,17 @@ A full local queue is back-pressure (poll and retry), never a drop. A caller tha
 must know the fate of each message (the intake API, answering for every item of a
 request while other requests share the producer) passes ``on_delivery``: that
 message's report then goes to the caller instead of ``flush``'s account.
+
+An idempotent producer can hit a fatal error (the broker lost track of its sequence
+numbers, for one): librdkafka then refuses every later message of that instance. The
+publisher replaces it with a new producer, and the messages the old one did not
+deliver fail as retriable, so their caller sends them again (at least once, as after a
+crash). Without that a worker kept its transaction open, retrying on a dead producer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -40,6 +47,8 @@ class DeliveryFailure:
 
 
 DeliveryReport = Callable[[KafkaError | None, Any], None]
+# Not sent because the producer was replaced: safe to send again.
+_RESENDABLE = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT, KafkaError._FATAL}
 
 
 class Publisher:
@@ -53,6 +62,8 @@ class Publisher:
         self._failures: list[DeliveryFailure] = []
         self._acked = 0
         self._pending = 0
+        self._fatal: str | None = None  # a fatal error of the current producer, not yet acted on
+        self.renewals = 0  # producers replaced after a fatal error
         # Highest acknowledged offset + 1 per partition: exact, unlike some brokers' watermarks.
         self.end_offsets: dict[tuple[str, int], int] = {}
 
@@ -67,9 +78,35 @@ class Publisher:
                 "compression.type": "lz4",
                 "delivery.timeout.ms": s.delivery_timeout_ms,
                 "message.timeout.ms": s.delivery_timeout_ms,
+                "error_cb": functools.partial(self._on_error, self.renewals),
                 **self._extra,
             }
         )
+
+    def _on_error(self, generation: int, err: KafkaError) -> None:
+        """Client-level errors: logged by librdkafka already; a fatal one marks the producer
+        for replacement (served from ``poll`` and ``flush``, on the caller's thread), unless
+        it is the report of a producer already replaced."""
+        if err.fatal() and generation == self.renewals:
+            with self._lock:
+                self._fatal = err.str()
+
+    def _renew_if_fatal(self) -> str | None:
+        """A new producer in place of one that hit a fatal error; returns that error."""
+        with self._lock:
+            fatal, self._fatal = self._fatal, None
+        if fatal is None or self._producer is None:
+            return None
+        self.renewals += 1
+        old, self._producer = self._producer, Producer(self.config())
+        log.warning("the Kafka producer hit a fatal error, a new one takes over: %s", fatal)
+        # Its undelivered messages fail now (their reports count as retriable failures).
+        with contextlib.suppress(KafkaException, RuntimeError):
+            old.purge()
+            old.flush(0)
+        with self._lock:
+            self._pending = 0
+        return fatal
 
     def start(self) -> None:
         if self._producer is None:
@@ -101,7 +138,12 @@ class Publisher:
                     self.end_offsets[tp] = max(self.end_offsets.get(tp, 0), offset + 1)
                 return
             self._failures.append(
-                DeliveryFailure(msg.topic(), msg.key(), err.str(), bool(err.retriable()))
+                DeliveryFailure(
+                    msg.topic(),
+                    msg.key(),
+                    err.str(),
+                    bool(err.retriable() or err.fatal() or err.code() in _RESENDABLE),
+                )
             )
 
     def _on_own_delivery(self, report: DeliveryReport, err: KafkaError | None, msg: Any) -> None:
@@ -131,6 +173,7 @@ class Publisher:
             kwargs["headers"] = headers
         if timestamp_ms:
             kwargs["timestamp"] = timestamp_ms
+        self._renew_if_fatal()
         while True:
             try:
                 self.producer.produce(topic, value, key, **kwargs)
@@ -138,6 +181,12 @@ class Publisher:
             except BufferError:
                 self.producer.poll(0.1)  # the local queue is full: wait for deliveries
             except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.fatal():
+                    with self._lock:
+                        self._fatal = self._fatal or error.str()
+                    if self._renew_if_fatal() is not None:
+                        continue
                 raise DeliveryRefused(f"cannot produce to {topic}: {exc}") from exc
         with self._lock:
             self._pending += 1
@@ -146,6 +195,9 @@ class Publisher:
     def flush(self, timeout_s: float = 30.0) -> int:
         """Wait for every delivery report; return the acks since the last flush or raise."""
         remaining = self.producer.flush(timeout_s)
+        fatal = self._renew_if_fatal()
+        if fatal is not None:
+            remaining = 0  # the old producer's undelivered messages are failures now
         with self._lock:
             failures, self._failures = self._failures, []
             acked, self._acked = self._acked, 0
@@ -159,7 +211,9 @@ class Publisher:
             text = (
                 f"{len(failures) + remaining} message(s) not acknowledged by the broker: {detail}"
             )
-            if all(f.retriable for f in failures):
+            if fatal is not None:
+                text += f" (the producer hit a fatal error and was replaced: {fatal})"
+            if fatal is not None or all(f.retriable for f in failures):
                 raise DeliveryUnavailable(text)
             raise DeliveryRefused(text)
         if pending:
