@@ -51,10 +51,11 @@ format: install
 	$(BIN)/ruff format streamer tests benchmarks
 	$(BIN)/ruff check --fix streamer tests benchmarks
 
+# A seed that hangs dumps every thread's stack (faulthandler) before its 900 s timeout.
 CHAOS_RUNS ?= 20
 CHAOS_SEED ?=
 chaos: install
-	$(BIN)/pytest tests/chaos -m chaos -p no:cacheprovider --chaos-runs $(CHAOS_RUNS) $(if $(CHAOS_SEED),--chaos-seed $(CHAOS_SEED))
+	$(BIN)/pytest tests/chaos -m chaos -p no:cacheprovider -o faulthandler_timeout=840 --chaos-runs $(CHAOS_RUNS) $(if $(CHAOS_SEED),--chaos-seed $(CHAOS_SEED))
 
 SOAK_MINUTES ?= 30
 soak: install

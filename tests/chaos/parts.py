@@ -313,7 +313,7 @@ class Workers:
         proc = self.procs.pop(name, None)
         if proc is not None and proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=30)
             self.exits.append((name, -9, "killed"))
             self.changed = time.monotonic()
 

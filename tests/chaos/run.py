@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -81,8 +82,9 @@ CRASH_P = 0.04
 PLANNED_CRASH_P = 0.3
 # A group quiet this long has finished its rebalance (session timeout 6 s, two cooperative
 # rounds); on a broker that stalls a group when a member leaves while another joins, a leave
-# waits up to LEAVE_WAIT_S for a job quiet that long, else it is counted as not fired.
+# waits for a job quiet that long (see ``_leave``), else it is counted as not fired.
 SETTLE_S = 12.0
+LEAVE_PREFER_GROUP_S = 20.0
 LEAVE_WAIT_S = 45.0
 SECRET = "whsec_" + base64.b64encode(b"chaos campaign signing secret!!!").decode()
 
@@ -213,16 +215,22 @@ class Run:
         self.log(f"  overwrote {len(objects)} objects during the phase")
 
     async def teardown(self) -> None:
+        """Everything the run started is stopped, whatever state a failed run left: each step
+        on its own, the producer last and bounded (a run cancelled by the test's timeout may
+        leave a thread of ours inside it)."""
         for workers in self.jobs.values():
-            workers.stop_all()
-        self.receiver.down()
-        with contextlib.suppress(Exception):
-            self.publisher.close(timeout_s=5)
-        self.broker.kill()
-        await asyncio.to_thread(self.pg.destroy)
-        for moto in (self.s3, self.store):
-            if moto.up:
-                moto.stop()
+            with contextlib.suppress(Exception):
+                workers.stop_all()
+        steps: list[Callable[[], object]] = [self.receiver.down, self.broker.kill, self.pg.destroy]
+        steps += [moto.stop for moto in (self.s3, self.store) if moto.up]
+        for step in steps:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(step)
+        closing = threading.Thread(
+            target=lambda: self.publisher.close(timeout_s=5), name="close-publisher", daemon=True
+        )
+        closing.start()
+        await asyncio.to_thread(closing.join, 15)
 
     # -- publishing and draining ------------------------------------------------------
 
@@ -244,6 +252,11 @@ class Run:
             self.publisher.produce(topic, value, key=event.sku.encode())
         self.publisher.flush(timeout_s=120)
         self._note_ends(self.publisher.end_offsets)
+
+    def _send_garbage(self) -> None:
+        for sku, garbage in self.catalog.garbage:
+            self.publisher.produce(self.settings.topics.media_topic, garbage, key=sku.encode())
+        self.publisher.flush(timeout_s=120)
 
     def _note_ends(self, ends: dict[tuple[str, int], int]) -> None:
         for tp, end in ends.items():
@@ -476,26 +489,30 @@ class Run:
         A broker part may say that its groups stall when a member leaves while another is
         joining (``leave_needs_quiet_group``: Tansu 0.6.0 never completes such a rebalance,
         ``python -m tests.chaos.tansu_group_stall``). On such a broker a job in a Kafka group
-        is a candidate only once its group has been quiet for SETTLE_S; the object indexer
-        (an SQS queue, no group) is one at once. No candidate within LEAVE_WAIT_S: the leave
-        is counted as not fired, with the reason.
+        is a candidate only once its group has been quiet for SETTLE_S, and is preferred for
+        LEAVE_PREFER_GROUP_S to the object indexer (an SQS queue, no group: a candidate at
+        once). No candidate within LEAVE_WAIT_S: the leave is counted as not fired.
         """
-        deadline = time.monotonic() + LEAVE_WAIT_S
+        started = time.monotonic()
         quiet_needed = self.broker.leave_needs_quiet_group
         while True:
-            candidates: list[tuple[str, list[str]]] = []
+            grouped: list[tuple[str, list[str]]] = []
+            other: list[tuple[str, list[str]]] = []
             for command in sorted(JOBS):
                 workers = self.jobs[command]
                 alive = workers.alive()
-                settled = [n for n in alive if workers.handles_sigterm(n)]
-                if len(alive) < 2 or not settled:
+                ready = [n for n in alive if workers.handles_sigterm(n)]
+                if len(alive) < 2 or not ready:
                     continue
-                if quiet_needed and command in KAFKA_GROUPS and workers.quiet_s() < SETTLE_S:
-                    continue
-                candidates.append((command, settled))
+                if command not in KAFKA_GROUPS:
+                    other.append((command, ready))
+                elif not quiet_needed or workers.quiet_s() >= SETTLE_S:
+                    grouped.append((command, ready))
+            waited = time.monotonic() - started
+            candidates = grouped or (other if waited >= LEAVE_PREFER_GROUP_S else [])
             if candidates:
                 break
-            if time.monotonic() > deadline:
+            if waited > LEAVE_WAIT_S:
                 why = (
                     f"no job with two workers{' and a group quiet for 12 s' if quiet_needed else ''}"
                     f" within {LEAVE_WAIT_S:.0f} s"
@@ -504,10 +521,10 @@ class Run:
                 self.log(f"  fault: leave not fired: {why}")
                 return
             await asyncio.sleep(0.25)
-        command, settled = self.rng.choice(candidates)
-        name = self.rng.choice(settled)
+        command, ready = self.rng.choice(candidates)
+        name = self.rng.choice(ready)
         code = await self.jobs[command].leave(name)
-        self.log(f"  fault: {name} leaves (exit {code})")
+        self.log(f"  fault: {name} leaves (exit {code}, after {waited:.0f} s)")
         self.tally.fire("leave", command)
         self._left(command, name, code)
 
@@ -563,8 +580,7 @@ class Run:
         self.rng.shuffle(points)
 
         async def wave1() -> None:
-            for sku, garbage in catalog.garbage:
-                self.publisher.produce(self.settings.topics.media_topic, garbage, key=sku.encode())
+            await asyncio.to_thread(self._send_garbage)
             await self.publish(catalog.wave1, duration_s=12)
 
         await self.phase("phase 1: wave 1 under faults", wave1(), 14, points[0])
