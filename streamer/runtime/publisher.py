@@ -10,19 +10,28 @@ request while other requests share the producer) passes ``on_delivery``: that
 message's report then goes to the caller instead of ``flush``'s account.
 
 An idempotent producer can hit a fatal error (the broker lost track of its sequence
-numbers, for one): librdkafka then refuses every later message of that instance. The
-publisher replaces it with a new producer, and the messages the old one did not
-deliver fail as retriable, so their caller sends them again (at least once, as after a
-crash). Without that a worker kept its transaction open, retrying on a dead producer.
+numbers, for one): librdkafka then refuses every later message of that instance, and
+confluent-kafka raises the error from the ``poll`` or ``flush`` that served it, not to
+an error callback. The publisher replaces the producer, and every message not yet
+acknowledged counts as failed, retriably, so its caller sends it again (at least once,
+as after a crash).
+
+The delivery callbacks take no lock. confluent-kafka may run a delivery callback while
+the fatal error's exception is still set on the thread: the first call inside the
+callback then raises, after it has done its work. A lock acquired by that call is never
+released (found by the chaos campaign: every later delivery report, on every thread,
+waited for it forever). The callbacks only append to a deque; ``flush`` adds the
+reports up, under the lock, on its own thread.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
+import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +42,7 @@ from streamer.errors import BrokerUnavailable, DeliveryRefused, DeliveryUnavaila
 from streamer.runtime.connection import check_broker
 from streamer.runtime.settings import KafkaSettings
 
-__all__ = ["DeliveryFailure", "DeliveryReport", "Publisher"]
+__all__ = ["DeliveryFailure", "DeliveryReport", "Publisher", "fatal_error_of"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +60,36 @@ DeliveryReport = Callable[[KafkaError | None, Any], None]
 _RESENDABLE = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT, KafkaError._FATAL}
 
 
+@dataclass(frozen=True, slots=True)
+class _Report:
+    """One delivery report, as the callback saw it; ``own``: the caller had its own callback
+    (it counts for the end offsets only)."""
+
+    error: KafkaError | None
+    topic: str
+    partition: int
+    offset: int | None
+    key: bytes | None
+    own: bool = False
+
+
+def fatal_error_of(raised: object) -> str | None:
+    """The text of a fatal client error that ``raised`` is, carries or was raised over, if
+    any: confluent-kafka raises it as the ``KafkaError`` itself (no exception class), in a
+    ``KafkaException`` from ``produce``; a callback that ran with it still set raises a
+    ``SystemError`` over it."""
+    seen: object = raised
+    for _ in range(3):
+        if seen is None:
+            return None
+        args = getattr(seen, "args", ())
+        error = args[0] if isinstance(seen, KafkaException) and args else seen
+        if isinstance(error, KafkaError) and error.fatal():
+            return str(error.str())
+        seen = getattr(seen, "__cause__", None) or getattr(seen, "__context__", None)
+    return None
+
+
 class Publisher:
     def __init__(
         self, settings: KafkaSettings, *, producer_config: dict[str, Any] | None = None
@@ -58,11 +97,12 @@ class Publisher:
         self.settings = settings
         self._extra = producer_config or {}
         self._producer: Producer | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # never taken inside a delivery callback (module doc)
+        self._reports: deque[_Report] = deque()
         self._failures: list[DeliveryFailure] = []
         self._acked = 0
         self._pending = 0
-        self._fatal: str | None = None  # a fatal error of the current producer, not yet acted on
+        self._fatal: str | None = None  # a replaced producer's error, for the next flush
         self.renewals = 0  # producers replaced after a fatal error
         # Highest acknowledged offset + 1 per partition: exact, unlike some brokers' watermarks.
         self.end_offsets: dict[tuple[str, int], int] = {}
@@ -78,35 +118,24 @@ class Publisher:
                 "compression.type": "lz4",
                 "delivery.timeout.ms": s.delivery_timeout_ms,
                 "message.timeout.ms": s.delivery_timeout_ms,
-                "error_cb": functools.partial(self._on_error, self.renewals),
                 **self._extra,
             }
         )
 
-    def _on_error(self, generation: int, err: KafkaError) -> None:
-        """Client-level errors: logged by librdkafka already; a fatal one marks the producer
-        for replacement (served from ``poll`` and ``flush``, on the caller's thread), unless
-        it is the report of a producer already replaced."""
-        if err.fatal() and generation == self.renewals:
-            with self._lock:
-                self._fatal = err.str()
-
-    def _renew_if_fatal(self) -> str | None:
-        """A new producer in place of one that hit a fatal error; returns that error."""
-        with self._lock:
-            fatal, self._fatal = self._fatal, None
-        if fatal is None or self._producer is None:
-            return None
+    def _renew(self, fatal: str) -> None:
+        """A new producer in place of one that hit a fatal error. Every message not yet
+        acknowledged fails at the next ``flush``, retriably."""
         self.renewals += 1
         old, self._producer = self._producer, Producer(self.config())
         log.warning("the Kafka producer hit a fatal error, a new one takes over: %s", fatal)
-        # Its undelivered messages fail now (their reports count as retriable failures).
-        with contextlib.suppress(KafkaException, RuntimeError):
-            old.purge()
-            old.flush(0)
         with self._lock:
-            self._pending = 0
-        return fatal
+            self._fatal = fatal
+        if old is not None:
+            try:
+                old.purge()
+                old.flush(0)
+            except:  # noqa: E722 - the old producer may raise its fatal error again, as a KafkaError
+                log.debug("the replaced producer raised while purged: %s", sys.exc_info()[1])
 
     def start(self) -> None:
         if self._producer is None:
@@ -126,33 +155,51 @@ class Publisher:
         return self._producer
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        with self._lock:
-            self._pending -= 1
-            if err is None:
-                self._acked += 1
-                # A broker may acknowledge without an offset (seen from Tansu just after a
-                # restart): the message is delivered, only its position is unknown.
-                offset = msg.offset()
-                if offset is not None and offset >= 0:
-                    tp = (msg.topic(), msg.partition())
-                    self.end_offsets[tp] = max(self.end_offsets.get(tp, 0), offset + 1)
-                return
-            self._failures.append(
-                DeliveryFailure(
-                    msg.topic(),
-                    msg.key(),
-                    err.str(),
-                    bool(err.retriable() or err.fatal() or err.code() in _RESENDABLE),
-                )
-            )
+        self._reports.append(_Report(err, msg.topic(), msg.partition(), msg.offset(), msg.key()))
 
     def _on_own_delivery(self, report: DeliveryReport, err: KafkaError | None, msg: Any) -> None:
-        with self._lock:
-            self._pending -= 1
-            if err is None:
-                tp = (msg.topic(), msg.partition())
-                self.end_offsets[tp] = max(self.end_offsets.get(tp, 0), msg.offset() + 1)
+        self._reports.append(
+            _Report(err, msg.topic(), msg.partition(), msg.offset(), msg.key(), own=True)
+        )
         report(err, msg)
+
+    def _tally(self) -> None:
+        """The reports the callbacks left, added up (under the lock, outside any callback)."""
+        with self._lock:
+            while self._reports:
+                r = self._reports.popleft()
+                if not r.own:
+                    self._pending -= 1
+                if r.error is None:
+                    # A broker may acknowledge without an offset (seen from Tansu just after
+                    # a restart): the message is delivered, only its position is unknown.
+                    if r.offset is not None and r.offset >= 0:
+                        tp = (r.topic, r.partition)
+                        self.end_offsets[tp] = max(self.end_offsets.get(tp, 0), r.offset + 1)
+                    if not r.own:
+                        self._acked += 1
+                elif not r.own:
+                    err = r.error
+                    self._failures.append(
+                        DeliveryFailure(
+                            r.topic,
+                            r.key,
+                            err.str(),
+                            bool(err.retriable() or err.fatal() or err.code() in _RESENDABLE),
+                        )
+                    )
+
+    def _serve(self, call: Callable[[], int]) -> int:
+        """``poll`` or ``flush`` of the producer; a fatal error it raises replaces the
+        producer (0 returned: what was pending is counted as failed by ``flush``)."""
+        try:
+            return call()
+        except:  # noqa: E722 - a fatal error comes as a KafkaError, which no exception class matches
+            fatal = fatal_error_of(sys.exc_info()[1])
+            if fatal is None:
+                raise
+            self._renew(fatal)
+            return 0
 
     def produce(
         self,
@@ -173,35 +220,42 @@ class Publisher:
             kwargs["headers"] = headers
         if timestamp_ms:
             kwargs["timestamp"] = timestamp_ms
-        self._renew_if_fatal()
+        self._tally()
+        renewed = False
         while True:
             try:
                 self.producer.produce(topic, value, key, **kwargs)
                 break
             except BufferError:
-                self.producer.poll(0.1)  # the local queue is full: wait for deliveries
+                self._serve(lambda: self.producer.poll(0.1))  # the local queue is full
             except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if isinstance(error, KafkaError) and error.fatal():
-                    with self._lock:
-                        self._fatal = self._fatal or error.str()
-                    if self._renew_if_fatal() is not None:
-                        continue
+                fatal = fatal_error_of(exc)
+                if fatal is not None and not renewed:
+                    self._renew(fatal)  # a new producer takes this message
+                    renewed = True
+                    continue
                 raise DeliveryRefused(f"cannot produce to {topic}: {exc}") from exc
         with self._lock:
             self._pending += 1
-        self.producer.poll(0)
+        self._serve(lambda: self.producer.poll(0))
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Serve delivery reports (those of callers with their own callback, for one)."""
+        self._serve(lambda: self.producer.poll(timeout_s))
+        self._tally()
 
     def flush(self, timeout_s: float = 30.0) -> int:
         """Wait for every delivery report; return the acks since the last flush or raise."""
-        remaining = self.producer.flush(timeout_s)
-        fatal = self._renew_if_fatal()
-        if fatal is not None:
-            remaining = 0  # the old producer's undelivered messages are failures now
+        remaining = self._serve(lambda: self.producer.flush(timeout_s))
+        self._tally()
         with self._lock:
             failures, self._failures = self._failures, []
             acked, self._acked = self._acked, 0
             pending = self._pending
+            fatal, self._fatal = self._fatal, None
+            if fatal is not None:
+                # The replaced producer's messages will not all report: none is trusted.
+                remaining, self._pending = max(remaining, pending, 1), 0
         if failures or remaining:
             detail = "; ".join(f"{f.topic}: {f.error}" for f in failures[:5])
             if remaining:

@@ -7,8 +7,7 @@ import threading
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from streamer.errors import DeliveryUnavailable
-from streamer.runtime.publisher import Publisher
+from streamer.runtime.publisher import Publisher, fatal_error_of
 from streamer.runtime.settings import KafkaSettings
 
 pytestmark = pytest.mark.unit
@@ -61,68 +60,39 @@ def test_an_acknowledgment_without_an_offset_counts_as_delivered() -> None:
     publisher._on_delivery(None, _Acked(None))
     publisher._on_delivery(None, _Acked(-1001))
     publisher._on_delivery(None, _Acked(41))
+    publisher._tally()
     assert publisher._acked == 3 and publisher._failures == []
     assert publisher.end_offsets == {("t", 0): 42}
 
 
-class _Producer:
-    """A stand-in for librdkafka's producer. A fatal idempotence error (the broker losing
-    track of a producer's sequence numbers) cannot be provoked on demand from a real broker
-    here; the chaos campaign met one from Tansu (seed 6). The first instance hits it on its
-    first flush (or on produce, with ``refuse``); every later one delivers."""
+def test_a_delivery_callback_takes_no_lock() -> None:
+    """Regression (found by the chaos campaign, seeds 6, 8 and 9): confluent-kafka may run a
+    delivery callback while a fatal error's exception is still set on the thread; the first
+    call inside the callback then raises after doing its work, and a lock it acquired was
+    never released: every later report waited for it. The callbacks only append now."""
+    publisher = Publisher(KafkaSettings(kafka_bootstrap="127.0.0.1:1"))
+    publisher._pending = 2
+    done = threading.Event()
 
-    made: list[_Producer] = []
-    refuse = False
+    def deliver() -> None:
+        publisher._on_delivery(None, _Acked(4))
+        publisher._on_own_delivery(lambda _err, _msg: None, None, _Acked(9))
+        done.set()
 
-    def __init__(self, config: dict[str, object]) -> None:
-        self.config = config
-        self.fatal = not _Producer.made
-        self.queued: list[object] = []
-        _Producer.made.append(self)
-
-    def produce(self, _topic: str, _value: bytes, _key: bytes, on_delivery: object) -> None:
-        if self.fatal and _Producer.refuse:
-            raise KafkaException(KafkaError(KafkaError._FATAL, "fenced", fatal=True))
-        self.queued.append(on_delivery)
-
-    def poll(self, _timeout: float) -> int:
-        return 0
-
-    def purge(self) -> None:
-        pass
-
-    def flush(self, _timeout: float = 0) -> int:
-        queued, self.queued = self.queued, []
-        if self.fatal:
-            error = KafkaError(KafkaError._FATAL, "out of order sequence number", fatal=True)
-            self.config["error_cb"](error)  # type: ignore[operator]
-            for report in queued:
-                report(KafkaError(KafkaError._FATAL, "fatal"), _Acked(None))  # type: ignore[operator]
-        else:
-            for report in queued:
-                report(None, _Acked(7))  # type: ignore[operator]
-        return 0
+    with publisher._lock:  # as a leaked lock would be
+        threading.Thread(target=deliver, daemon=True).start()
+        assert done.wait(timeout=10), "a delivery callback waited for the publisher's lock"
+    publisher._tally()  # what flush does with them, on its own thread
+    assert (publisher._acked, publisher._failures, publisher._pending) == (1, [], 1)
+    assert publisher.end_offsets == {("t", 0): 10}
 
 
-@pytest.mark.parametrize("on_produce", [False, True])
-def test_a_producer_that_hit_a_fatal_error_is_replaced(
-    monkeypatch: pytest.MonkeyPatch, on_produce: bool
-) -> None:
-    """Regression (found by the chaos campaign, seed 6): Tansu answered an idempotent produce
-    with an out-of-order sequence number, a fatal error after which librdkafka refuses every
-    message of that producer. The worker retried its batch on it forever, its transaction
-    (and the SKUs' row locks) open, its partitions stalled. Now the producer is replaced and
-    the undelivered messages fail as retriable: the caller's retry sends them on the new one."""
-    monkeypatch.setattr("streamer.runtime.publisher.Producer", _Producer)
-    monkeypatch.setattr(_Producer, "made", [])
-    monkeypatch.setattr(_Producer, "refuse", on_produce)
-    with Publisher(KafkaSettings(kafka_bootstrap="127.0.0.1:1")) as publisher:
-        publisher.produce("t", b"v", key=b"k")
-        if not on_produce:
-            with pytest.raises(DeliveryUnavailable, match="fatal error and was replaced"):
-                publisher.flush()
-            assert publisher.renewals == 1
-            publisher.produce("t", b"v", key=b"k")  # the caller's retry
-        assert publisher.flush() == 1
-        assert publisher.renewals == 1 and len(_Producer.made) == 2
-        assert publisher.end_offsets == {("t", 0): 8}
+def test_a_fatal_error_is_recognised_however_it_is_raised() -> None:
+    fatal = KafkaError(KafkaError._FATAL, "unknown producer id", fatal=True)
+    assert fatal_error_of(fatal) == "unknown producer id"
+    assert fatal_error_of(KafkaException(fatal)) == "unknown producer id"
+    over = SystemError("returned a result with an exception set")
+    over.__cause__ = KafkaException(fatal)
+    assert fatal_error_of(over) == "unknown producer id"
+    assert fatal_error_of(KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT))) is None
+    assert fatal_error_of(RuntimeError("no")) is None
