@@ -18,7 +18,7 @@ from streamer.cli import app
 from streamer.contract.codec import Codec
 from streamer.contract.publishing import EventPublisher
 from streamer.dev.stack import free_port
-from streamer.errors import BrokerUnavailable, DeliveryError, DeliveryUnavailable, TopicMissing
+from streamer.errors import BrokerUnavailable, DeliveryError, TopicMissing
 from streamer.ops.topics import create_topics
 from streamer.runtime.publisher import Publisher
 from streamer.runtime.settings import KafkaSettings
