@@ -2,8 +2,11 @@
 then the final state held against the oracle.
 
 Phase 1 publishes wave 1 (some objects still missing) while faults happen; once drained,
-the late objects are uploaded, some objects overwritten, and the ``object_missing`` dead
-letters replayed; phase 2 publishes wave 2 under new faults. All along, the bucket notifies
+the late objects are uploaded and some objects overwritten (and the indexer and the
+galleries have taken them), the harness reads the whole dead-letter topic with a consumer
+of its own, and the ``object_missing`` dead letters are replayed (what the replay sends
+must be what the topic holds); phase 2 publishes wave 2 under new faults while the other
+overwrites land. Every fault and crash point that fired is tallied (``tally.py``). All along, the bucket notifies
 an SQS queue (moto serves SQS beside S3) of every put, which the object indexer
 (``streamer objects consume``) keeps as the ``objects`` index; an overwrite sends a
 ``GalleryRecheck`` to every gallery still holding the old ETag. Everything random comes
@@ -30,6 +33,7 @@ from streamer.contract.codec import Codec
 from streamer.contract.events import parse_event
 from streamer.contract.publishing import topic_for
 from streamer.dev.receiver import Receiver
+from streamer.errors import DeliveryError
 from streamer.gallery.export import export_galleries
 from streamer.ops.schema import migrate_all
 from streamer.ops.topics import create_topics
@@ -119,6 +123,7 @@ class Run:
         # Every value published, with the catalog event it encodes: what the harness reads
         # back from a topic (a dead letter's original) is identified by its bytes, no decoding.
         self.sent: dict[bytes, dict[str, Any]] = {}
+        self.resent: list[dict[str, Any]] = []  # events published twice (a slice sent again)
 
     def log(self, line: str) -> None:
         """A line of the run's story, with the time since it began (also in run.log)."""
@@ -244,19 +249,36 @@ class Run:
             await asyncio.sleep(duration_s / slices)
 
     def _send(self, events: list[dict[str, Any]]) -> None:
-        for record in events:
-            event = parse_event(record["type"], {k: v for k, v in record.items() if k != "type"})
-            topic = topic_for(event, self.settings.topics)
-            value = self.codec.encode(event, topic=topic)
-            self.sent[value] = record
-            self.publisher.produce(topic, value, key=event.sku.encode())
-        self.publisher.flush(timeout_s=120)
+        """A slice of a wave, sent again as a whole until every message is acknowledged, as a
+        source would (the redelivered ones are counted: the checks allow for them)."""
+        for attempt in range(5):
+            for record in events:
+                data = {k: v for k, v in record.items() if k != "type"}
+                event = parse_event(record["type"], data)
+                topic = topic_for(event, self.settings.topics)
+                value = self.codec.encode(event, topic=topic)
+                self.sent[value] = record
+                self.publisher.produce(topic, value, key=event.sku.encode())
+            try:
+                self.publisher.flush(timeout_s=120)
+                break
+            except DeliveryError as exc:
+                if attempt == 4:
+                    raise
+                self.log(f"  publishing: {exc.message[:160]}; the slice is sent again")
+                self.resent.extend(events)
         self._note_ends(self.publisher.end_offsets)
 
     def _send_garbage(self) -> None:
-        for sku, garbage in self.catalog.garbage:
-            self.publisher.produce(self.settings.topics.media_topic, garbage, key=sku.encode())
-        self.publisher.flush(timeout_s=120)
+        for attempt in range(5):
+            for sku, garbage in self.catalog.garbage:
+                self.publisher.produce(self.settings.topics.media_topic, garbage, key=sku.encode())
+            try:
+                self.publisher.flush(timeout_s=120)
+                return
+            except DeliveryError:
+                if attempt == 4:
+                    raise
 
     def _note_ends(self, ends: dict[tuple[str, int], int]) -> None:
         for tp, end in ends.items():
@@ -729,6 +751,7 @@ class Run:
             suspects |= {sku for sku, _ in wrong}
         deliveries = Counter(e["event_id"] for e in self.catalog.wave1 + self.catalog.wave2)
         deliveries.update(self._replayed_ids)
+        deliveries.update(e["event_id"] for e in self.resent)
         # Ids the catalog never sent are the indexer's re-checks: derived from the change,
         # so a redelivered notification asks the same one, applied at most once.
         rechecks = set(applications) - set(deliveries)
@@ -748,7 +771,9 @@ class Run:
         """(SKU, path) of an object overwritten during wave 2 -> the events after wave 1
         (replayed or in wave 2) of that SKU that list it."""
         listing: Counter[tuple[str, str]] = Counter()
-        for event in [e for _, e in self.replay] + self.catalog.wave2:
+        wave2 = {id(e) for e in self.catalog.wave2}
+        again = [e for e in self.resent if id(e) in wave2]
+        for event in [e for _, e in self.replay] + self.catalog.wave2 + again:
             for image in event.get("images", ()):
                 path = normalized_path(image["file_path"])
                 if path in self.catalog.during:
@@ -842,7 +867,7 @@ class Run:
         every one the oracle expects there (but for media events near their SKU's delete)."""
         letters: Counter[tuple[str, str]] = Counter()
         garbage_values = {value for _, value in self.catalog.garbage}
-        garbage: set[tuple[str | None, str | None, str | None]] = set()
+        garbage: set[bytes] = set()
         others: Counter[tuple[str | None, str | None]] = Counter()
         strangers: list[tuple[int, int, str | None]] = []
         for record in self._read(self.settings.runtime.dlq_topic):
@@ -850,14 +875,7 @@ class Run:
             if job != "gallery":
                 others[(job, reason)] += 1
             elif record.value in garbage_values and reason == "unknown_framing":
-                # Each original once: a redelivered batch may dead-letter it again.
-                garbage.add(
-                    (
-                        _header(record, "topic"),
-                        _header(record, "partition"),
-                        _header(record, "offset"),
-                    )
-                )
+                garbage.add(record.value)  # each once: a redelivered batch may send it again
             elif (event := self.sent.get(record.value or b"")) is not None:
                 letters[(event["event_id"], reason or "")] += 1
             else:
