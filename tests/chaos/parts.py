@@ -263,6 +263,7 @@ class Workers:
         self.command = command
         self.argv = argv or (command,)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.leaving: set[str] = set()  # sent SIGTERM, not gone yet
         self.started = 0
         self.changed = time.monotonic()  # the group's last membership change seen here
         # (name, exit code, how): "killed" by the run, "left" on SIGTERM, "died" by itself.
@@ -302,8 +303,9 @@ class Workers:
         return self.workdir / f"{name}.log"
 
     def alive(self) -> list[str]:
+        """Workers running, those leaving included (see ``leave``)."""
         for name, proc in list(self.procs.items()):
-            if proc.poll() is not None:
+            if proc.poll() is not None and name not in self.leaving:
                 self.exits.append((name, proc.returncode, "died"))
                 del self.procs[name]
                 self.changed = time.monotonic()
@@ -333,18 +335,27 @@ class Workers:
         return False
 
     async def leave(self, name: str, timeout_s: float = 60) -> int:
-        """SIGTERM, once the worker catches it: it finishes its batch and leaves the group."""
+        """SIGTERM, once the worker catches it: it finishes its batch and leaves the group.
+
+        It counts as alive until it is gone, so nobody starts its replacement while it is
+        still leaving: a member joining during a leave stalls a Tansu group for good.
+        """
         deadline = time.monotonic() + timeout_s
         while not self.handles_sigterm(name) and time.monotonic() < deadline:
             if name not in self.procs or self.procs[name].poll() is not None:
                 break
             await asyncio.sleep(0.1)
-        proc = self.procs.pop(name, None)
+        proc = self.procs.get(name)
         if proc is None:
             return 0
-        proc.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(proc.wait, timeout_s)
-        self.exits.append((name, code, "left"))
+        self.leaving.add(name)
+        try:
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, timeout_s)
+        finally:
+            self.leaving.discard(name)
+        if self.procs.pop(name, None) is not None:  # else killed meanwhile, and counted so
+            self.exits.append((name, code, "left"))
         self.changed = time.monotonic()
         return code
 

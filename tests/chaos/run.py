@@ -523,8 +523,10 @@ class Run:
             for command in sorted(JOBS):
                 workers = self.jobs[command]
                 alive = workers.alive()
-                ready = [n for n in alive if workers.handles_sigterm(n)]
-                if len(alive) < 2 or not ready:
+                ready = [
+                    n for n in alive if n not in workers.leaving and workers.handles_sigterm(n)
+                ]
+                if len(alive) - len(workers.leaving) < 2 or not ready:
                     continue
                 if command not in KAFKA_GROUPS:
                     other.append((command, ready))
