@@ -97,10 +97,11 @@ FUZZ_EXAMPLES ?= 500
 fuzz-api: install
 	$(BIN)/python -m tests.integration.fuzz_api --max-examples $(FUZZ_EXAMPLES) $(FUZZ_ARGS)
 
+# A seed that hangs dumps every thread's stack (faulthandler) before its 900 s timeout.
 CHAOS_RUNS ?= 20
 CHAOS_SEED ?=
 chaos: install kafka netfaults
-	$(BIN)/pytest tests/chaos -m chaos -p no:cacheprovider --chaos-runs $(CHAOS_RUNS) $(if $(CHAOS_SEED),--chaos-seed $(CHAOS_SEED))
+	$(BIN)/pytest tests/chaos -m chaos -p no:cacheprovider -o faulthandler_timeout=840 --chaos-runs $(CHAOS_RUNS) $(if $(CHAOS_SEED),--chaos-seed $(CHAOS_SEED))
 
 # A steady 100 events/s for SOAK_MINUTES: flat memory, descriptors and bookkeeping under a
 # short retention, and the load drained (tests/soak/run.py says how it judges).

@@ -307,7 +307,7 @@ class Intake:
                 reports[r.ack.id] = f"refused by the producer: {exc.message}"
         deadline = time.monotonic() + self.delivery_wait_s
         while len(reports) < len(ready) and time.monotonic() < deadline:
-            publisher.producer.poll(0.05)
+            publisher.poll(0.05)
         failed = {item: error for item, error in reports.items() if error is not None}
         for r in ready:
             if r.ack.id not in reports:

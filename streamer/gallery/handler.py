@@ -42,19 +42,18 @@ from streamer.contract.topics import TopicSettings
 from streamer.errors import StreamerError
 from streamer.gallery.diff import SkuDiff, diff
 from streamer.gallery.etags import EtagSource, make_etag_source
-from streamer.gallery.fold import EventOutcome, EventResult, FoldRules, fold, keys_in_play
+from streamer.gallery.fold import EventOutcome, EventResult, FoldRules, fold_batch, keys_in_play
 from streamer.gallery.metrics import GalleryMetrics
 from streamer.gallery.outcomes import gallery_updated
 from streamer.gallery.repository import (
     GalleryRepository,
     OutcomeRow,
     RowCounts,
-    SeenEvent,
     apply_diffs,
     record_outcomes,
 )
 from streamer.gallery.settings import GallerySettings
-from streamer.gallery.state import ObjectInfo, SkuState
+from streamer.gallery.state import ObjectInfo, SeenEvent, SkuState
 from streamer.objectindex.store import read_objects_locked
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.deadletters import DeadLetter
@@ -73,8 +72,6 @@ log = logging.getLogger(__name__)
 Event = GalleryInput
 # What keys_in_play starts from to name every object an event could need.
 _NOTHING_STORED = SkuState("")
-# Outcomes after which the same event may come back from a dead-letter replay and be applied.
-_REPLAYABLE = {EventOutcome.PARTIAL.value, EventOutcome.DEAD_LETTERED.value}
 
 
 @dataclass
@@ -98,6 +95,7 @@ class _Item:
 class _Decoded:
     messages: int
     decode_letters: list[DeadLetter]
+    items: list[_Item]  # in consume order
     by_sku: dict[str, list[_Item]]
     states: dict[str, SkuState]
     seen: dict[str, SeenEvent]
@@ -268,7 +266,7 @@ class GalleryHandler(HandlerBase):
                 len(paths),
                 1000 * (time.perf_counter() - decoded),
             )
-        return _Decoded(len(batch), letters, dict(by_sku), states, seen, objects)
+        return _Decoded(len(batch), letters, items, dict(by_sku), states, seen, objects)
 
     async def _load(
         self, by_sku: Mapping[str, list[_Item]], items: list[_Item]
@@ -305,16 +303,17 @@ class GalleryHandler(HandlerBase):
         finals: dict[str, SkuState] = {}
         images: Counter[str] = Counter()
         unknown_roles = 0
+        # The ids of the batch's events seen before; the fold adds those the batch comes to own.
+        seen = dict(decoded.seen)
+        folds = fold_batch(
+            decoded.states, [i.event for i in decoded.items], decoded.objects, self.rules, seen
+        )
         for sku, sku_items in decoded.by_sku.items():
-            kept, done = self._seen_before(sku_items, decoded.seen)
-            results[sku] = done
-            if not kept:
-                continue
-            state = decoded.states[sku]
-            folded = fold(state, [i.event for i in kept], decoded.objects, self.rules)
-            results[sku].extend(zip(kept, folded.results, strict=True))
+            folded = folds[sku]
+            results[sku] = list(zip(sku_items, folded.results, strict=True))
             images.update(folded.image_counts)
             unknown_roles += folded.unknown_roles
+            state = decoded.states[sku]
             d = diff(state, folded.state)
             if not d.is_noop:
                 diffs[sku] = d
@@ -331,34 +330,6 @@ class GalleryHandler(HandlerBase):
                 unknown_roles,
             )
         )
-
-    @staticmethod
-    def _seen_before(
-        items: list[_Item], seen: Mapping[str, SeenEvent]
-    ) -> tuple[list[_Item], list[tuple[_Item, EventResult]]]:
-        """Events to fold, and those already applied in an earlier batch (duplicates, reused ids)."""
-        kept: list[_Item] = []
-        done: list[tuple[_Item, EventResult]] = []
-        for item in items:
-            prior = seen.get(item.event.event_id)
-            if prior is None or prior.outcome in _REPLAYABLE:
-                kept.append(item)
-            elif prior.fingerprint == lean_fingerprint(item.event):
-                done.append((item, EventResult(item.event, EventOutcome.DUPLICATE)))
-            else:
-                done.append(
-                    (
-                        item,
-                        EventResult(
-                            item.event,
-                            EventOutcome.DEAD_LETTERED,
-                            reason="duplicate_event_id",
-                            message=f"event_id {item.event.event_id} was seen before "
-                            "with a different payload",
-                        ),
-                    )
-                )
-        return kept, done
 
     def _derive(self, plan: GalleryPlan) -> GalleryPlan:
         """The plan with its outcome rows, request counts, dead letters and report, from the
@@ -391,7 +362,7 @@ class GalleryHandler(HandlerBase):
                             request_id=event.request_id,
                             outcome=outcome.value,
                             reason=result.reason,
-                            fingerprint=lean_fingerprint(event),
+                            fingerprint=result.fingerprint or lean_fingerprint(event),
                             topic=item.msg.topic() or "",
                             partition=item.msg.partition() or 0,
                             offset=item.msg.offset() or 0,
@@ -434,7 +405,8 @@ class GalleryHandler(HandlerBase):
                         message=error.message,
                     ),
                 )
-                if r.outcome is not EventOutcome.DUPLICATE
+                # A duplicate, or a reused id, keeps its outcome: the id stays its owner's.
+                if r.outcome is not EventOutcome.DUPLICATE and r.reason != "duplicate_event_id"
                 else (item, r)
                 for item, r in plan.results[sku]
             ]

@@ -53,6 +53,10 @@ def find(driver, by: str, value: str):
         ) from None
 
 
+def text_of(driver, element_id: str) -> str:
+    return str(find(driver, By.ID, element_id).text)
+
+
 def shows(driver, element_id: str, expected: str) -> bool:
     """Whether the element comes to hold the text. Two pages in a row can carry the same id
     (the dry run and the replay), so the element is looked up again until it does: the one

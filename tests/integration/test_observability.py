@@ -63,8 +63,11 @@ async def test_metrics_match_the_run_and_lag_drains(make_settings, s3_client) ->
     ]
     sender.send(first)
     sender.send(
-        [e.model_copy(update={"event_id": e.event_id[:-4] + "beef"}) for e in first[:4]]
-    )  # no-ops
+        [
+            e.model_copy(update={"event_id": e.event_id[:-4] + "beef", "version": 2})
+            for e in first[:4]
+        ]
+    )  # re-syncs with a newer version: no-ops
     sender.send([media("M-BAD", 1, [{"file_path": "/m/missing.jpg"}])])
     sender.raw(settings.topics.media_topic, b"junk", b"not avro at all")
     sender.flush()

@@ -17,10 +17,10 @@ from streamer.contract.topics import TopicSettings
 from streamer.gallery.fold import EventOutcome
 from streamer.gallery.handler import GalleryHandler, _Decoded, _Item
 from streamer.gallery.metrics import GalleryMetrics
-from streamer.gallery.repository import SeenEvent
 from streamer.gallery.settings import GallerySettings
-from streamer.gallery.state import ObjectInfo, SkuState
-from streamer.runtime.handler import Output
+from streamer.gallery.state import ObjectInfo, SeenEvent, SkuState
+from streamer.runtime.errors import DatabaseDataError
+from streamer.runtime.handler import HandlerContext, Output
 from streamer.runtime.lookahead import Overlay
 from streamer.runtime.metrics import new_registry
 from streamer.storage.settings import S3Settings
@@ -57,7 +57,7 @@ def decoded(items: list[_Item], states: dict[str, SkuState]) -> _Decoded:
     for i in items:
         by_sku.setdefault(i.event.sku, []).append(i)
     seen: dict[str, SeenEvent] = {}
-    return _Decoded(len(items), [], by_sku, dict(states), seen, dict(OBJECTS))
+    return _Decoded(len(items), [], items, by_sku, dict(states), seen, dict(OBJECTS))
 
 
 def outcomes(plan: Any) -> dict[str, list[EventOutcome]]:
@@ -83,7 +83,7 @@ async def test_a_batch_read_before_the_previous_commit_is_planned_from_what_it_w
     batch_n1 = h.plan(early)
     # From N's final state, version 6 with the same image changes nothing, and N's own event
     # is a duplicate: nothing is written twice.
-    assert outcomes(batch_n1) == {"A": [EventOutcome.DUPLICATE, EventOutcome.NOOP]}
+    assert outcomes(batch_n1) == {"A": [EventOutcome.NOOP, EventOutcome.DUPLICATE]}
     # Only version 6 is written (the watermark), conditional on the row N created.
     assert list(batch_n1.diffs) == ["A"]
     assert not batch_n1.diffs["A"].images_changed
@@ -107,3 +107,27 @@ async def test_a_batch_decoded_two_commits_back_is_refused() -> None:
         commit(h, overlay, h.plan(decoded([item("A", 5 + offset, offset)], {"A": SkuState("A")})))
     with pytest.raises(RuntimeError, match="at most one batch ahead"):
         overlay.lay_over(decoded([item("A", 9, 2)], {"A": SkuState("A")}), commits_before=0)
+
+
+async def test_a_sku_refused_by_the_database_leaves_a_reused_id_to_its_owner() -> None:
+    """Regression: a SKU whose rows the database refused had every event but duplicates
+    turned into a ``database_data_error`` dead letter and recorded, an event under a reused
+    id too: its row then replaced the owner's, and the owner's own replay was refused."""
+    h = handler()
+    h.ctx = HandlerContext("gallery", "g", new_registry(), None, None, None)  # type: ignore[arg-type]
+    owner = item("A", 5, 0)
+    seen = {owner.event.event_id: SeenEvent("fingerprint of the owner's content", "written")}
+    reused = item("A", 6, 1, event_id=owner.event.event_id)
+    fresh = item("A", 7, 2)
+    early = decoded([reused, fresh], {"A": SkuState("A")})
+    early.seen.update(seen)
+    planned = h.plan(early)
+    assert outcomes(planned) == {"A": [EventOutcome.DEAD_LETTERED, EventOutcome.WRITTEN]}
+    plan = h._without(planned, {"A": DatabaseDataError("value too long")})
+    assert [(r.event_id, r.reason) for r in plan.outcome_rows] == [
+        (fresh.event.event_id, "database_data_error")
+    ]
+    assert sorted(letter.reason for letter in plan.letters) == [
+        "database_data_error",
+        "duplicate_event_id",
+    ]
