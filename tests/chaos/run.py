@@ -32,7 +32,7 @@ from typing import Any
 from streamer.contract.codec import Codec
 from streamer.contract.events import parse_event
 from streamer.contract.publishing import topic_for
-from streamer.dev.receiver import Receiver
+from streamer.dev.stack import ensure_database
 from streamer.gallery.export import export_galleries
 from streamer.ops.schema import migrate_all
 from streamer.ops.topics import create_topics
@@ -43,10 +43,13 @@ from streamer.runtime.replay import DeadLetterFilter, replay_dead_letters
 from streamer.settings import Settings
 from streamer.storage.keys import s3_key
 from tests.chaos.catalog import Catalog, etag, generate
+from tests.chaos.faultproxy import FaultProxy, Link
+from tests.chaos.hosted import HostedPostgres, kafka_cluster, serve_receiver
+from tests.chaos.network import Fault, Host, Network
 from tests.chaos.oracle import Obj, Oracle, normalized_path
-from tests.chaos.parts import Broker, BrokerStore, CatalogS3, Postgres, Workers
+from tests.chaos.parts import CatalogS3, Workers
 from tests.chaos.readback import Record, read_topic
-from tests.chaos.tally import CRASH_POINTS, Tally, crash_point_in
+from tests.chaos.tally import CRASH_POINTS, Tally, crash_point_in, fences_in
 from tests.integration.support import settings_env
 
 __all__ = ["RunResult", "chaos_run"]
@@ -69,10 +72,13 @@ def _difference(want: dict[str, Any], got: dict[str, Any] | None) -> str:
 
 
 Log = Callable[[str], None]
-# The broker is restarted between the phases, when nothing is being produced: Tansu 0.6 on
-# S3 storage, stopped while producers write (SIGKILL or SIGINT alike), acknowledged records
-# under the same offset twice and then served none of the partition (measured).
+# Faults of processes and parts, drawn at random into each phase's schedule.
 FAULTS = ("kill", "join", "leave", "s3", "postgres", "webhook")
+# Faults of the three-node Kafka cluster, under load (one planned in each phase, more may be
+# drawn): one at a time, each waits until every replica is back in sync before the next.
+BROKER_FAULTS = ("broker_kill", "broker_pause", "controller_kill", "rolling")
+# Faults of the network between hosts (one planned in each phase, more may be drawn).
+NET_FAULTS = ("zombie", "worker_pg", "broker_cut", "s3_cut", "receiver_cut", "slow")
 # Workers kept alive per job during a phase: the gallery sync, the forwarder, the replicator,
 # the object indexer (on the bucket's SQS queue: no consumer group, so joins and leaves
 # churn no group of its own, only the queue's in-flight messages).
@@ -84,12 +90,11 @@ KAFKA_GROUPS = ("consume", "forward", "replicate")  # the jobs that are members 
 # that point alone at PLANNED_CRASH_P (of a job that commits batches in every phase).
 CRASH_P = 0.04
 PLANNED_CRASH_P = 0.3
-# A group quiet this long has finished its rebalance (session timeout 6 s, two cooperative
-# rounds); on a broker that stalls a group when a member leaves while another joins, a leave
-# waits for a job quiet that long (see ``_leave``), else it is counted as not fired.
-SETTLE_S = 12.0
-LEAVE_PREFER_GROUP_S = 20.0
 LEAVE_WAIT_S = 45.0
+SESSION_TIMEOUT_MS = 6000
+# Longer than the brokers' session with the controller (broker.session.timeout.ms, 9 s):
+# a broker paused or cut off this long is fenced, and its replicas leave every ISR.
+BROKER_FENCE_S = 12.0
 SECRET = "whsec_" + base64.b64encode(b"chaos campaign signing secret!!!").decode()
 
 
@@ -124,6 +129,10 @@ class Run:
         # back from a topic (a dead letter's original) is identified by its bytes, no decoding.
         self.sent: dict[bytes, dict[str, Any]] = {}
         self.resent: list[dict[str, Any]] = []  # events published twice (a slice sent again)
+        self._cluster_lock = asyncio.Lock()
+        self._slow_next = False
+        self.links: dict[str, list[Link]] = {}  # worker -> its links through the fault proxy
+        self.zombies: list[str] = []
 
     def log(self, line: str) -> None:
         """A line of the run's story, with the time since it began (also in run.log)."""
@@ -135,14 +144,33 @@ class Run:
     # -- set-up -----------------------------------------------------------------------
 
     async def setup(self) -> None:
-        self.store = BrokerStore(self.workdir)
-        self.s3 = CatalogS3()
+        """Every part on a host of its own: three Kafka nodes, PostgreSQL, S3 and SQS, the
+        webhook receiver, a fault proxy; each worker gets a host when it starts. The harness
+        (this process: publishing, reading topics back, the replay, the checks) talks to
+        them over the bridge, and is never cut off."""
+        self.net = Network().start()
+        net = self.net
+        self.brokers = [net.host(f"kafka-{i}") for i in (1, 2, 3)]
+        self.pg_host, self.s3_host = net.host("postgres"), net.host("s3")
+        self.hook_host = net.host("receiver")
+        self.proxy: FaultProxy | None = None
+        with contextlib.suppress(Exception):  # delay needs Toxiproxy (make netfaults)
+            self.proxy = FaultProxy(net, seed=self.seed, log=self.workdir / "toxiproxy.log")
+            await asyncio.to_thread(self.proxy.start)
+        self.s3 = CatalogS3(self.s3_host)
         self.s3.start()
-        self.broker = Broker(self.workdir, self.store, f"tansu-{self.seed}")
-        self.broker.start()
-        self.receiver = Receiver(SECRET).up()
-        self.pg = await asyncio.to_thread(Postgres, self.workdir)
-        await self.pg.create()
+        self.cluster = kafka_cluster(self.workdir / "kafka", self.brokers)
+        await asyncio.to_thread(self.cluster.start)
+        self.bootstrap = self.cluster.bootstrap()
+        self.receiver = serve_receiver(self.hook_host, SECRET)
+        self.pg = HostedPostgres(self.pg_host)
+        await asyncio.to_thread(self.pg.start)
+        await ensure_database(self.pg.admin, "streamer")
+        self.dsn = self.pg.dsn("streamer")
+        self.log(
+            f"hosts: kafka {[h.address for h in self.brokers]}, postgres {self.pg_host.address},"
+            f" s3 {self.s3_host.address}, receiver {self.hook_host.address}"
+        )
         bucket = f"catalog-{self.seed}"
         s3 = self.s3.client()
         s3.create_bucket(Bucket=bucket)
@@ -150,11 +178,10 @@ class Run:
         self.queue_url = self.s3.notify_queue(bucket)
         self.settings = Settings.load(
             None,
-            kafka_bootstrap=self.broker.bootstrap,
+            kafka_bootstrap=self.bootstrap,
             topic_partitions=6,
-            fetch_wait_max_ms=250,  # every fetch lists S3 objects once Tansu restarts
             session_timeout_ms=6000,
-            database_url=self.pg.dsn,
+            database_url=self.dsn,
             s3_endpoint_url=self.s3.url,
             s3_bucket=bucket,
             s3_access_key_id="chaos",
@@ -183,13 +210,15 @@ class Run:
             objects_sqs_wait_s=1,  # a leave waits out at most one long poll
             objects_sqs_visibility_s=10,  # a killed worker's messages come back soon
         )
-        await migrate_all(self.pg.dsn)
+        await migrate_all(self.dsn)
         await asyncio.to_thread(create_topics, self.settings)
         self._upload(self.catalog.objects)
         env = settings_env(self.settings)
+
         env["STREAMER_WEBHOOK_SECRET"] = SECRET
         self.jobs = {
-            command: Workers(self.workdir, env, command, ARGV.get(command, ())) for command in JOBS
+            command: Workers(self.workdir, env, command, ARGV.get(command, ()), place=self._place)
+            for command in JOBS
         }
         self.publisher = Publisher(self.settings.kafka)
         self.publisher.start()
@@ -221,21 +250,35 @@ class Run:
 
     async def teardown(self) -> None:
         """Everything the run started is stopped, whatever state a failed run left: each step
-        on its own, the producer last and bounded (a run cancelled by the test's timeout may
-        leave a thread of ours inside it)."""
-        for workers in self.jobs.values():
+        on its own, the producer bounded (a run cancelled by the test's timeout may leave a
+        thread of ours inside it), the network last (it kills whatever is left inside)."""
+        for workers in getattr(self, "jobs", {}).values():
             with contextlib.suppress(Exception):
                 workers.stop_all()
-        steps: list[Callable[[], object]] = [self.receiver.down, self.broker.kill, self.pg.destroy]
-        steps += [moto.stop for moto in (self.s3, self.store) if moto.up]
+        steps: list[Callable[[], object]] = []
+        if hasattr(self, "receiver"):
+            steps.append(self.receiver.down)
+        if hasattr(self, "cluster"):
+            steps.append(self.cluster.kill)
+        if hasattr(self, "pg"):
+            steps.append(self.pg.destroy)
+        if hasattr(self, "s3") and self.s3.up:
+            steps.append(self.s3.stop)
+        if getattr(self, "proxy", None) is not None:
+            steps.append(self.proxy.stop)  # type: ignore[union-attr]
         for step in steps:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(step)
-        closing = threading.Thread(
-            target=lambda: self.publisher.close(timeout_s=5), name="close-publisher", daemon=True
-        )
-        closing.start()
-        await asyncio.to_thread(closing.join, 15)
+        if hasattr(self, "publisher"):
+            closing = threading.Thread(
+                target=lambda: self.publisher.close(timeout_s=5),
+                name="close-publisher",
+                daemon=True,
+            )
+            closing.start()
+            await asyncio.to_thread(closing.join, 15)
+        if hasattr(self, "net"):
+            await asyncio.to_thread(self.net.close)
 
     # -- publishing and draining ------------------------------------------------------
 
@@ -286,7 +329,7 @@ class Run:
 
     async def drained(self) -> bool:
         try:
-            async with connect(self.pg.dsn, timeout_s=2) as conn:
+            async with connect(self.dsn, timeout_s=2) as conn:
                 rows = await conn.fetch(
                     "SELECT topic, partition, next_offset FROM consumer_offsets"
                     " WHERE group_id = $1",
@@ -348,7 +391,7 @@ class Run:
 
     async def _lagging(self, group: str, ends: dict[tuple[str, int], int]) -> list[str]:
         """Partitions short of their end: where they stand, and which worker owns them."""
-        async with connect(self.pg.dsn) as conn:
+        async with connect(self.dsn) as conn:
             rows = await conn.fetch(
                 "SELECT topic, partition, next_offset, epoch, owner FROM consumer_offsets"
                 " WHERE group_id = $1",
@@ -364,7 +407,7 @@ class Run:
         ]
 
     def _read(self, topic: str) -> list[Record]:
-        return read_topic(self.broker.bootstrap, topic)
+        return read_topic(self.bootstrap, topic)
 
     def _topic_ends(self, topic: str) -> dict[tuple[str, int], int]:
         """Exact ends of a topic, from the records themselves (not watermarks)."""
@@ -387,7 +430,7 @@ class Run:
 
     async def _group_at(self, group: str, ends: dict[tuple[str, int], int]) -> bool:
         try:
-            async with connect(self.pg.dsn, timeout_s=2) as conn:
+            async with connect(self.dsn, timeout_s=2) as conn:
                 rows = await conn.fetch(
                     "SELECT topic, partition, next_offset FROM consumer_offsets"
                     " WHERE group_id = $1",
@@ -436,6 +479,15 @@ class Run:
             while len(workers.alive()) < min(min_workers, JOBS[command]):
                 self._start_worker(command, crash_points)
 
+    def _place(self, name: str) -> Host:
+        """A new worker's host; its links to the brokers go through the fault proxy when a
+        ``slow`` fault asked for this worker (before it connects: see ``faultproxy``)."""
+        host = self.net.host(name)
+        if self._slow_next and self.proxy is not None:
+            self._slow_next = False
+            self.links[name] = [self.proxy.interpose(host, b, 9092) for b in self.brokers]
+        return host
+
     def _start_worker(self, command: str, crash_points: bool, *, only: str | None = None) -> str:
         if only is not None:
             points = {only: PLANNED_CRASH_P}
@@ -445,19 +497,34 @@ class Run:
         name = self.jobs[command].add(crash_points=spec, seed=self.rng.randint(0, 10**6))
         self.tally.arm(list(points))
         armed = f", armed: {spec}" if spec else ""
-        self.log(f"  {name} started (pid {self.jobs[command].procs[name].pid}{armed})")
+        host = self.jobs[command].hosts[name]
+        self.log(
+            f"  {name} started (pid {self.jobs[command].procs[name].pid},"
+            f" host {host.address}{armed})"
+        )
         return name
 
     def schedule(self, window_s: float, crash_point: str) -> list[tuple[float, str]]:
-        count = self.rng.randint(3, 5)
-        planned = [(self.rng.uniform(0.5, window_s), self.rng.choice(FAULTS)) for _ in range(count)]
-        planned.append((self.rng.uniform(0.5, window_s / 2), f"crash:{crash_point}"))
+        """Faults at seeded times: 3 to 5 of any kind, one of the cluster and one of the
+        network for sure, and a crash point in the first half."""
+        rng = self.rng
+        kinds = [rng.choice(FAULTS + BROKER_FAULTS + NET_FAULTS) for _ in range(rng.randint(3, 5))]
+        kinds += [rng.choice(BROKER_FAULTS), rng.choice(NET_FAULTS)]
+        planned = [(rng.uniform(0.5, window_s), kind) for kind in kinds]
+        planned.append((rng.uniform(0.5, window_s / 2), f"crash:{crash_point}"))
         for _, kind in planned:
             if not kind.startswith("crash:"):
                 self.tally.plan(kind)
         return sorted(planned)
 
     async def fault(self, kind: str) -> None:
+        if kind in BROKER_FAULTS:
+            async with self._cluster_lock:  # one broker fault at a time, ISRs whole between
+                await self._broker_fault(kind)
+            return
+        if kind in NET_FAULTS:
+            await self._net_fault(kind)
+            return
         rng = self.rng
         command = rng.choice(sorted(JOBS))
         workers = self.jobs[command]
@@ -492,7 +559,7 @@ class Run:
         elif kind == "postgres":
             down = rng.uniform(0.5, 2.0)
             self.log(f"  fault: PostgreSQL restart ({down:.1f}s down)")
-            await asyncio.to_thread(self.pg.stop)
+            await asyncio.to_thread(self.pg.stop, "immediate")
             await asyncio.sleep(down)
             await asyncio.to_thread(self.pg.start)
         elif kind == "webhook":
@@ -500,47 +567,237 @@ class Run:
             self.log(f"  fault: webhook receiver down for {down:.1f}s")
             await asyncio.to_thread(self.receiver.down)
             await asyncio.sleep(down)
-            await asyncio.to_thread(self.receiver.up)
+            await asyncio.to_thread(self.hook_host.call, self.receiver.up)
         else:
             raise ValueError(f"unknown fault {kind!r}")
         self.tally.fire(kind, command if kind in ("kill", "join") else None)
 
-    async def _leave(self) -> None:
-        """SIGTERM to a worker (one that catches it by now) of a job with another worker alive.
+    # -- the cluster -----------------------------------------------------------------------
 
-        A broker part may say that its groups stall when a member leaves while another is
-        joining (``leave_needs_quiet_group``: Tansu 0.6.0 never completes such a rebalance,
-        ``python -m tests.chaos.tansu_group_stall``). On such a broker a job in a Kafka group
-        is a candidate only once its group has been quiet for SETTLE_S, and is preferred for
-        LEAVE_PREFER_GROUP_S to the object indexer (an SQS queue, no group: a candidate at
-        once). No candidate within LEAVE_WAIT_S: the leave is counted as not fired.
-        """
-        started = time.monotonic()
-        quiet_needed = self.broker.leave_needs_quiet_group
+    def _isr_sizes(self) -> list[int]:
+        """The ISR size of every partition of the run's topics, as the cluster's metadata
+        says (asked of whichever broker answers)."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        topics = admin.list_topics(timeout=10).topics
+        return [len(p.isrs) for t in topics.values() for p in t.partitions.values()]
+
+    async def _in_sync(self, timeout_s: float = 180) -> int:
+        """Until every replica is in sync again; the smallest ISR seen while waiting."""
+        deadline = time.monotonic() + timeout_s
+        smallest = 3
         while True:
-            grouped: list[tuple[str, list[str]]] = []
-            other: list[tuple[str, list[str]]] = []
+            with contextlib.suppress(Exception):
+                sizes = await asyncio.to_thread(self._isr_sizes)
+                if sizes:
+                    smallest = min(smallest, *sizes)
+                    if min(sizes) == 3:
+                        return smallest
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replicas not back in sync within {timeout_s:.0f}s")
+            await asyncio.sleep(0.5)
+
+    async def _shrunk(self, timeout_s: float) -> int:
+        """The smallest ISR seen within ``timeout_s`` (stops early once one shrank)."""
+        deadline = time.monotonic() + timeout_s
+        smallest = 3
+        while time.monotonic() < deadline and smallest == 3:
+            with contextlib.suppress(Exception):
+                sizes = await asyncio.to_thread(self._isr_sizes)
+                smallest = min(smallest, *sizes) if sizes else smallest
+            await asyncio.sleep(0.5)
+        return smallest
+
+    async def _broker_fault(self, kind: str) -> None:
+        cluster, rng = self.cluster, self.rng
+        node = cluster.node(rng.randint(1, 3))
+        if kind == "controller_kill":
+            node = cluster.node(await asyncio.to_thread(cluster.quorum_leader))
+        if kind in ("broker_kill", "controller_kill"):
+            down = rng.uniform(2.0, 6.0)
+            what = "the active controller" if kind == "controller_kill" else "a broker"
+            self.log(f"  fault: SIGKILL {what}, node {node.node_id}, back after {down:.1f}s")
+            await asyncio.to_thread(node.kill)
+            smallest = await self._shrunk(down)
+            await asyncio.to_thread(node.start)
+            await asyncio.to_thread(node.wait_ready)
+        elif kind == "broker_pause":
+            self.log(f"  fault: SIGSTOP node {node.node_id} for {BROKER_FENCE_S:.0f}s")
+            await asyncio.to_thread(node.pause)
+            smallest = await self._shrunk(BROKER_FENCE_S)
+            await asyncio.sleep(max(0.0, BROKER_FENCE_S))
+            await asyncio.to_thread(node.resume)
+        else:  # rolling: each node stopped (controlled shutdown) and started, in sync between
+            self.log("  fault: rolling restart of the cluster")
+            smallest = 3
+            for each in cluster.nodes:
+                await asyncio.to_thread(each.stop)
+                smallest = min(smallest, await self._shrunk(3.0))
+                await asyncio.to_thread(each.start)
+                await asyncio.to_thread(each.wait_ready)
+                await self._in_sync()
+                self.log(f"    node {each.node_id} restarted, replicas in sync")
+        await self._in_sync()
+        self.tally.isr(kind, smallest)
+        self.log(f"  {kind}: the smallest ISR seen was {smallest}, every replica back in sync")
+        if smallest == 3:
+            self.tally.miss(kind, "no ISR shrank")
+            return
+        self.tally.fire(kind)
+
+    # -- the network -----------------------------------------------------------------------
+
+    def _hosts_of(self, *commands: str) -> list[tuple[str, Host]]:
+        return [
+            (name, self.jobs[c].hosts[name])
+            for c in commands
+            for name in self.jobs[c].alive()
+            if name not in self.jobs[c].leaving
+        ]
+
+    async def _cut(self, faults: list[Fault], seconds: float, most_s: float = 30.0) -> int:
+        """Hold the cuts for ``seconds``, and on until they dropped a packet (a cut nobody
+        tried to cross proves nothing) but ``most_s`` at most; lift them; the packets they
+        dropped."""
+        await asyncio.sleep(seconds)
+        deadline = time.monotonic() + most_s - seconds
+        while faults and time.monotonic() < deadline:
+            counts = [await asyncio.to_thread(self.net.dropped, f) for f in faults]
+            if any(sum(c.values()) for c in counts):
+                break
+            await asyncio.sleep(0.5)
+        dropped = 0
+        for fault in faults:
+            await asyncio.to_thread(self.net.restore, fault)
+            dropped += sum(fault.dropped.values())
+        return dropped
+
+    async def _net_fault(self, kind: str) -> None:
+        rng, net = self.rng, self.net
+        faults: list[Fault] = []
+        if kind == "zombie":
+            # A gallery worker cut off from every broker, not from PostgreSQL, for longer than
+            # its session: the group gives its partitions to another worker, while the batch
+            # it holds waits for the brokers with its offset rows locked. Its late commit must
+            # be refused by the epoch fence (counted from the worker logs at the end).
+            workers = self._hosts_of("consume")
+            if len(workers) < 2:
+                self.tally.miss(kind, "fewer than two gallery workers alive")
+                return
+            name, host = rng.choice(workers)
+            seconds = SESSION_TIMEOUT_MS / 1000 + rng.uniform(4.0, 10.0)
+            self.log(f"  fault: {name} cut off from the brokers for {seconds:.0f}s (zombie)")
+            faults = [await asyncio.to_thread(net.cut, host, b) for b in self.brokers]
+            self.zombies.append(name)
+        elif kind == "worker_pg":
+            workers = self._hosts_of(*JOBS)
+            if not workers:
+                self.tally.miss(kind, "no worker alive")
+                return
+            name, host = rng.choice(workers)
+            seconds = rng.uniform(3.0, 8.0)
+            self.log(f"  fault: {name} cut off from PostgreSQL for {seconds:.0f}s")
+            faults = [await asyncio.to_thread(net.cut, host, self.pg_host)]
+        elif kind == "broker_cut":
+            async with self._cluster_lock:
+                index = rng.randrange(3)
+                alone, others = (
+                    self.brokers[index],
+                    self.brokers[:index] + self.brokers[index + 1 :],
+                )
+                self.log(
+                    f"  fault: {alone.name} cut off from the other two for {BROKER_FENCE_S:.0f}s"
+                )
+                faults = [await asyncio.to_thread(net.cut, alone, o) for o in others]
+                smallest = await self._shrunk(BROKER_FENCE_S)
+                dropped = await self._cut(faults, 0)
+                await self._in_sync()
+                self.tally.isr(kind, smallest)
+                self.log(f"  broker_cut: {dropped} packets dropped, smallest ISR {smallest}")
+                self._fired_if(kind, dropped and smallest < 3, "no packet dropped or no ISR shrank")
+            return
+        elif kind in ("s3_cut", "receiver_cut"):
+            server = self.s3_host if kind == "s3_cut" else self.hook_host
+            users = ("consume", "replicate", "objects") if kind == "s3_cut" else ("forward",)
+            workers = self._hosts_of(*users)
+            if not workers:
+                self.tally.miss(kind, f"no {'/'.join(users)} worker alive")
+                return
+            seconds = rng.uniform(2.0, 5.0)
+            self.log(
+                f"  fault: {server.name} cut off from {len(workers)} workers for {seconds:.0f}s"
+            )
+            faults = [await asyncio.to_thread(net.cut, host, server) for _, host in workers]
+        elif kind == "slow":
+            await self._slow()
+            return
+        else:
+            raise ValueError(f"unknown fault {kind!r}")
+        dropped = await self._cut(faults, seconds)
+        self.log(f"  {kind}: lifted, {dropped} packets dropped")
+        self._fired_if(kind, dropped > 0, "the cut dropped no packet")
+
+    def _fired_if(self, kind: str, fired: object, why_not: str) -> None:
+        if fired:
+            self.tally.fire(kind)
+        else:
+            self.tally.miss(kind, why_not)
+
+    async def _slow(self) -> None:
+        """A new worker whose links to the brokers are slow (Toxiproxy: delay with jitter)
+        and lossy (nftables: a share of its packets dropped) for a while, then clear."""
+        kind, rng = "slow", self.rng
+        if self.proxy is None:
+            self.tally.miss(kind, "toxiproxy-server is not installed (make netfaults)")
+            return
+        command = rng.choice(KAFKA_GROUPS)
+        self._slow_next = True
+        name = self._start_worker(command, crash_points=False)
+        links = self.links.get(name, [])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the worker connected through the proxy
+            if any(link.connections() for link in links):
+                break
+            await asyncio.sleep(0.5)
+        latency, jitter = rng.randint(100, 300), rng.randint(20, 100)
+        loss = rng.uniform(3.0, 10.0)
+        seconds = rng.uniform(5.0, 10.0)
+        host = self.jobs[command].hosts[name]
+        self.log(
+            f"  fault: {name} joins over slow links to the brokers: {latency}±{jitter} ms,"
+            f" {loss:.0f}% loss, for {seconds:.0f}s"
+        )
+        for link in links:
+            await asyncio.to_thread(link.latency, latency, jitter)
+        faults = [await asyncio.to_thread(self.net.lose, host, b, loss) for b in self.brokers]
+        dropped = await self._cut(faults, seconds)
+        routed = sum(link.connections() for link in links)
+        for link in links:
+            await asyncio.to_thread(link.clear)
+        self.log(f"  slow: {routed} connections through the proxy, {dropped} packets lost")
+        self._fired_if(kind, routed and dropped, "no connection through the proxy or no loss")
+
+    async def _leave(self) -> None:
+        """SIGTERM to a worker (one that catches it by now) of a job with another worker
+        alive, whenever it comes: a real broker completes a rebalance in which one member
+        leaves while another joins. No candidate within LEAVE_WAIT_S: not fired."""
+        started = time.monotonic()
+        while True:
+            candidates: list[tuple[str, list[str]]] = []
             for command in sorted(JOBS):
                 workers = self.jobs[command]
                 alive = workers.alive()
                 ready = [
                     n for n in alive if n not in workers.leaving and workers.handles_sigterm(n)
                 ]
-                if len(alive) - len(workers.leaving) < 2 or not ready:
-                    continue
-                if command not in KAFKA_GROUPS:
-                    other.append((command, ready))
-                elif not quiet_needed or workers.quiet_s() >= SETTLE_S:
-                    grouped.append((command, ready))
+                if len(alive) - len(workers.leaving) >= 2 and ready:
+                    candidates.append((command, ready))
             waited = time.monotonic() - started
-            candidates = grouped or (other if waited >= LEAVE_PREFER_GROUP_S else [])
             if candidates:
                 break
             if waited > LEAVE_WAIT_S:
-                why = (
-                    f"no job with two workers{' and a group quiet for 12 s' if quiet_needed else ''}"
-                    f" within {LEAVE_WAIT_S:.0f} s"
-                )
+                why = f"no job with two workers within {LEAVE_WAIT_S:.0f} s"
                 self.tally.miss("leave", why)
                 self.log(f"  fault: leave not fired: {why}")
                 return
@@ -552,16 +809,6 @@ class Run:
         self.tally.fire("leave", command)
         self._left(command, name, code)
 
-    async def restart_broker(self) -> None:
-        """Between the phases, when nothing is being produced (see FAULTS)."""
-        self.tally.plan("broker")
-        down = self.rng.uniform(0.5, 2.0)
-        self.log(f"broker killed between the phases, back after {down:.1f}s")
-        await asyncio.to_thread(self.broker.kill)
-        await asyncio.sleep(down)
-        await asyncio.to_thread(self.broker.start)
-        self.tally.fire("broker")
-
     async def phase(
         self, name: str, work: Awaitable[None], window_s: float, crash_point: str
     ) -> None:
@@ -572,10 +819,13 @@ class Run:
         self.log(f"  schedule: {[(round(at, 1), kind) for at, kind in faults]}")
 
         async def inject() -> None:
+            # Each fault at its time, beside the others (a rolling restart takes a while).
+            running = []
             for at, kind in faults:
                 await asyncio.sleep(max(0.0, started + at - time.monotonic()))
                 self._keep_workers(min_workers=2, crash_points=True)
-                await self.fault(kind)
+                running.append(asyncio.create_task(self.fault(kind)))
+            await asyncio.gather(*running)
 
         async def keep() -> None:
             while True:
@@ -608,7 +858,6 @@ class Run:
             await self.publish(catalog.wave1, duration_s=12)
 
         await self.phase("phase 1: wave 1 under faults", wave1(), 14, points[0])
-        await self.restart_broker()
         self._upload(catalog.late)
         # Half the overwrites between the phases; the other half while wave 2 is applied and
         # faults happen, so the indexer's re-checks race the gallery's own writes.
@@ -656,6 +905,12 @@ class Run:
         for command, workers in self.jobs.items():
             for name in workers.alive():
                 self._left(command, name, await workers.leave(name))
+        for workers in self.jobs.values():
+            for name in {*workers.hosts}:
+                fences = fences_in(workers.log_path(name))
+                self.tally.fences += fences
+                if name in self.zombies:
+                    self.tally.zombie_fences += fences
         self.result.mismatches.extend(self.tally.problems())
         self.result.seconds = time.monotonic() - started
         return self.result
@@ -710,7 +965,7 @@ class Run:
         oracle = self.expected()
         problems: list[str] = []
         suspects: set[str] = set()
-        actual = {g["sku"]: g async for g in export_galleries(self.pg.dsn)}
+        actual = {g["sku"]: g async for g in export_galleries(self.dsn)}
         for want in oracle.export():
             got = actual.pop(want["sku"], None)
             if got != want:
@@ -719,7 +974,7 @@ class Run:
         for sku, got in actual.items():
             problems.append(f"gallery {sku}: not expected, got {got}")
             suspects.add(sku)
-        async with connect(self.pg.dsn) as conn:
+        async with connect(self.dsn) as conn:
             versions = {
                 (r["sku"], r["file_path"]): r["content_version"]
                 for r in await conn.fetch(
@@ -803,7 +1058,7 @@ class Run:
         """The replica bucket holds exactly the live galleries' images, with their ETags
         (a removed image is deleted after its last gallery lets go: waited for)."""
         wanted: dict[str, str] = {}
-        async for gallery in export_galleries(self.pg.dsn):
+        async for gallery in export_galleries(self.dsn):
             for image in gallery["images"]:
                 wanted[image["file_path"]] = image["etag"]
         s3 = self.s3.client()
@@ -834,7 +1089,7 @@ class Run:
         for page in self.s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for obj in page.get("Contents", []):
                 listed[obj["Key"]] = obj["ETag"].strip('"')
-        async with connect(self.pg.dsn) as conn:
+        async with connect(self.dsn) as conn:
             rows = await conn.fetch(
                 "SELECT key, etag, deleted FROM objects WHERE bucket = $1", bucket
             )
@@ -858,7 +1113,7 @@ class Run:
         new = {p: etag(b) for p, b in self.catalog.overwritten.items()}
         stale = [
             (g["sku"], i["file_path"])
-            async for g in export_galleries(self.pg.dsn)
+            async for g in export_galleries(self.dsn)
             for i in g["images"]
             if i["file_path"] in new and i["etag"] != new[i["file_path"]]
         ]
@@ -934,7 +1189,7 @@ class Run:
 
     async def explain(self, sku: str, oracle: Oracle, applications: dict[str, int]) -> str:
         """The SKU's story: each event as published, the oracle's outcome and what was recorded."""
-        async with connect(self.pg.dsn) as conn:
+        async with connect(self.dsn) as conn:
             rows = {
                 r["event_id"]: (r["outcome"], r["reason"])
                 for r in await conn.fetch(

@@ -1,9 +1,11 @@
 """What a chaos run planned to break, and what actually broke: a run whose faults never
 fired proves nothing, so a planned kind that fired none fails the run.
 
-Faults are planned by the seeded schedule (and the broker restart between the phases);
-each is counted as fired once it was done, or as not fired with the reason (no worker to
-kill, a group that never settled for a leave). Crash points fire inside worker processes:
+Faults are planned by the seeded schedule; each is counted as fired once it was done and
+its evidence seen (a broker fault: an ISR that shrank, then every replica back in sync; a
+cut: packets its rules dropped; a slow link: connections through the proxy), or as not
+fired with the reason (no worker to kill, no job with two workers for a leave). Fence
+refusals are counted from the workers' logs (``batch fenced``): a zombie's late commit. Crash points fire inside worker processes:
 a worker that dies by SIGKILL it did not receive from the run says, in its last log
 line, which point killed it (``streamer.runtime.faults``); a SIGKILL without that line
 is a death nobody planned, and fails the run too.
@@ -16,11 +18,37 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["CRASH_POINTS", "FAULT_KINDS", "Tally", "crash_point_in"]
+__all__ = ["CRASH_POINTS", "FAULT_KINDS", "Tally", "crash_point_in", "fences_in"]
 
-FAULT_KINDS = ("kill", "join", "leave", "s3", "postgres", "webhook", "broker")
+FAULT_KINDS = (
+    "kill",
+    "join",
+    "leave",
+    "s3",
+    "postgres",
+    "webhook",
+    "broker_kill",
+    "broker_pause",
+    "controller_kill",
+    "rolling",
+    "zombie",
+    "worker_pg",
+    "broker_cut",
+    "s3_cut",
+    "receiver_cut",
+    "slow",
+)
 CRASH_POINTS = ("after_offsets", "after_publish")
 _MARKER = re.compile(rb"test crash point (\w+) reached")
+_FENCED = b"batch fenced"
+
+
+def fences_in(log: Path) -> int:
+    """How many batches the worker's log says the epoch fence refused."""
+    try:
+        return log.read_bytes().count(_FENCED)
+    except OSError:
+        return 0
 
 
 def crash_point_in(log: Path) -> str | None:
@@ -42,6 +70,9 @@ class Tally:
     crashes: Counter[str] = field(default_factory=Counter)  # crash point -> times it fired
     crashed_jobs: dict[str, Counter[str]] = field(default_factory=dict)
     unexplained: list[str] = field(default_factory=list)  # SIGKILLs nobody planned
+    smallest_isr: dict[str, int] = field(default_factory=dict)  # cluster fault -> smallest ISR
+    fences: int = 0  # batches refused by the epoch fence, in every worker
+    zombie_fences: int = 0  # of them, in workers a zombie fault cut off
 
     def plan(self, kind: str) -> None:
         self.planned[kind] += 1
@@ -53,6 +84,9 @@ class Tally:
 
     def miss(self, kind: str, why: str) -> None:
         self.missed.setdefault(kind, []).append(why)
+
+    def isr(self, kind: str, smallest: int) -> None:
+        self.smallest_isr[kind] = min(smallest, self.smallest_isr.get(kind, smallest))
 
     def arm(self, points: list[str]) -> None:
         self.armed.update(points)
@@ -93,11 +127,17 @@ class Tally:
                 f"{j} {n}" for j, n in sorted(self.crashed_jobs.get(point, {}).items())
             )
             rows.append(f"  {point:<14}{self.armed[point]:>8}{self.crashes[point]:>7}  {jobs}")
+        isr = ", ".join(f"{k} {n}" for k, n in sorted(self.smallest_isr.items()))
+        rows.append(f"  smallest ISR seen: {isr or '-'}")
+        rows.append(f"  fence refusals {self.fences} (in zombies {self.zombie_fences})")
         rows.append(f"  time {seconds:.0f} s")
         return rows
 
     def row(self, seed: int, seconds: float) -> str:
         """The run on one line: fired/planned per kind, crash points, time."""
-        faults = " ".join(f"{k} {self.fired[k]}/{self.planned[k]}" for k in FAULT_KINDS)
+        faults = " ".join(
+            f"{k} {self.fired[k]}/{self.planned[k]}" for k in FAULT_KINDS if self.planned[k]
+        )
         crashes = " ".join(f"{p} {self.crashes[p]}" for p in CRASH_POINTS)
-        return f"| {seed} | {faults} | {crashes} | {seconds:.0f} s |"
+        fences = f"{self.fences} ({self.zombie_fences} in zombies)"
+        return f"| {seed} | {faults} | {crashes} | {fences} | {seconds:.0f} s |"
