@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import random
 import threading
 import time
@@ -130,6 +131,7 @@ class Run:
         self.sent: dict[bytes, dict[str, Any]] = {}
         self.resent: list[dict[str, Any]] = []  # events published twice (a slice sent again)
         self._cluster_lock = asyncio.Lock()
+        self._admin: Any = None
         self._slow_next = False
         self.links: dict[str, list[Link]] = {}  # worker -> its links through the fault proxy
         self.zombies: list[str] = []
@@ -577,10 +579,15 @@ class Run:
     def _isr_sizes(self) -> list[int]:
         """The ISR size of every partition of the run's topics, as the cluster's metadata
         says (asked of whichever broker answers)."""
-        from confluent_kafka.admin import AdminClient
+        if self._admin is None:
+            from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        topics = admin.list_topics(timeout=10).topics
+            # One client for the run; its connection errors (a broker down is the point)
+            # go to a logger, not to stderr.
+            self._admin = AdminClient(
+                {"bootstrap.servers": self.bootstrap, "logger": logging.getLogger("chaos.admin")}
+            )
+        topics = self._admin.list_topics(timeout=10).topics
         return [len(p.isrs) for t in topics.values() for p in t.partitions.values()]
 
     async def _in_sync(self, timeout_s: float = 180) -> int:
