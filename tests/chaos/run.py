@@ -605,11 +605,14 @@ class Run:
                 raise TimeoutError(f"replicas not back in sync within {timeout_s:.0f}s")
             await asyncio.sleep(0.5)
 
-    async def _shrunk(self, timeout_s: float) -> int:
-        """The smallest ISR seen within ``timeout_s`` (stops early once one shrank)."""
-        deadline = time.monotonic() + timeout_s
+    async def _shrunk(self, least_s: float, most_s: float = 60.0) -> int:
+        """The smallest ISR seen while the fault holds: at least ``least_s``, and on until
+        an ISR shrank (the controller fenced the broker), ``most_s`` at most."""
+        started = time.monotonic()
         smallest = 3
-        while time.monotonic() < deadline and smallest == 3:
+        while (elapsed := time.monotonic() - started) < most_s:
+            if smallest < 3 and elapsed >= least_s:
+                break
             with contextlib.suppress(Exception):
                 sizes = await asyncio.to_thread(self._isr_sizes)
                 smallest = min(smallest, *sizes) if sizes else smallest
@@ -622,25 +625,30 @@ class Run:
         if kind == "controller_kill":
             node = cluster.node(await asyncio.to_thread(cluster.quorum_leader))
         if kind in ("broker_kill", "controller_kill"):
-            down = rng.uniform(2.0, 6.0)
+            down = rng.uniform(2.0, 8.0)
             what = "the active controller" if kind == "controller_kill" else "a broker"
-            self.log(f"  fault: SIGKILL {what}, node {node.node_id}, back after {down:.1f}s")
+            self.log(
+                f"  fault: SIGKILL {what}, node {node.node_id}, back after {down:.1f}s"
+                " and once an ISR shrank"
+            )
             await asyncio.to_thread(node.kill)
             smallest = await self._shrunk(down)
             await asyncio.to_thread(node.start)
             await asyncio.to_thread(node.wait_ready)
         elif kind == "broker_pause":
-            self.log(f"  fault: SIGSTOP node {node.node_id} for {BROKER_FENCE_S:.0f}s")
+            self.log(
+                f"  fault: SIGSTOP node {node.node_id} for {BROKER_FENCE_S:.0f}s"
+                " and until it is fenced"
+            )
             await asyncio.to_thread(node.pause)
             smallest = await self._shrunk(BROKER_FENCE_S)
-            await asyncio.sleep(max(0.0, BROKER_FENCE_S))
             await asyncio.to_thread(node.resume)
         else:  # rolling: each node stopped (controlled shutdown) and started, in sync between
             self.log("  fault: rolling restart of the cluster")
             smallest = 3
             for each in cluster.nodes:
                 await asyncio.to_thread(each.stop)
-                smallest = min(smallest, await self._shrunk(3.0))
+                smallest = min(smallest, await self._shrunk(0.0, most_s=30.0))
                 await asyncio.to_thread(each.start)
                 await asyncio.to_thread(each.wait_ready)
                 await self._in_sync()
@@ -718,7 +726,7 @@ class Run:
                 )
                 faults = [await asyncio.to_thread(net.cut, alone, o) for o in others]
                 smallest = await self._shrunk(BROKER_FENCE_S)
-                dropped = await self._cut(faults, 0)
+                dropped = await self._cut(faults, 0, most_s=0)
                 await self._in_sync()
                 self.tally.isr(kind, smallest)
                 self.log(f"  broker_cut: {dropped} packets dropped, smallest ISR {smallest}")
