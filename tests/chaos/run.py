@@ -701,10 +701,23 @@ class Run:
                 self.tally.miss(kind, "fewer than two gallery workers alive")
                 return
             name, host = rng.choice(workers)
+            pid = self.jobs["consume"].procs[name].pid
+            owned = await self._owned_by(pid) or set()
             seconds = SESSION_TIMEOUT_MS / 1000 + rng.uniform(4.0, 10.0)
-            self.log(f"  fault: {name} cut off from the brokers for {seconds:.0f}s (zombie)")
+            self.log(
+                f"  fault: {name} cut off from the brokers for {seconds:.0f}s and until"
+                f" {len(owned)} partitions it owns are claimed by another worker (zombie)"
+            )
             faults = [await asyncio.to_thread(net.cut, host, b) for b in self.brokers]
             self.zombies.append(name)
+            started = time.monotonic()
+            await asyncio.sleep(seconds)
+            while time.monotonic() - started < 120:  # a partition still its own: held on
+                now = await self._owned_by(pid)
+                if now is not None and not owned & now:
+                    break
+                await asyncio.sleep(0.5)
+            seconds = 0
         elif kind == "worker_pg":
             workers = self._hosts_of(*JOBS)
             if not workers:
@@ -752,6 +765,20 @@ class Run:
         dropped = await self._cut(faults, seconds)
         self.log(f"  {kind}: lifted, {dropped} packets dropped")
         self._fired_if(kind, dropped > 0, "the cut dropped no packet")
+
+    async def _owned_by(self, pid: int) -> set[tuple[str, int]] | None:
+        """The gallery partitions whose epoch the worker with this PID holds (None: the
+        database did not answer)."""
+        with contextlib.suppress(Exception):
+            async with connect(self.dsn, timeout_s=2) as conn:
+                rows = await conn.fetch(
+                    "SELECT topic, partition FROM consumer_offsets"
+                    " WHERE group_id = $1 AND owner LIKE $2",
+                    self.settings.gallery.group_id,
+                    f"%-{pid}-%",
+                )
+            return {(r["topic"], r["partition"]) for r in rows}
+        return None
 
     def _fired_if(self, kind: str, fired: object, why_not: str) -> None:
         if fired:
