@@ -719,7 +719,9 @@ class Run:
                 await asyncio.sleep(0.5)
             seconds = 0
         elif kind == "worker_pg":
-            workers = self._hosts_of(*JOBS)
+            # A gallery worker: busy while a wave is published, so it meets the cut (an idle
+            # one holds its pooled connections without a packet).
+            workers = self._hosts_of("consume") or self._hosts_of(*JOBS)
             if not workers:
                 self.tally.miss(kind, "no worker alive")
                 return
