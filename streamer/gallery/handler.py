@@ -55,6 +55,7 @@ from streamer.gallery.repository import (
 from streamer.gallery.settings import GallerySettings
 from streamer.gallery.state import ObjectInfo, SkuState
 from streamer.objectindex.store import read_objects_locked
+from streamer.runtime import tracing
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.deadletters import DeadLetter
 from streamer.runtime.handler import Batch, HandlerContext, Output, OutputMessage
@@ -266,10 +267,11 @@ class GalleryHandler:
         if not by_sku:
             return {}, {}
         started = time.perf_counter()
-        states, seen = await self.ctx.call(
-            "postgres",
-            lambda: self.repository.load(list(by_sku), {i.event.event_id for i in items}),
-        )
+        with tracing.span("gallery state read", {"streamer.skus": len(by_sku)}):
+            states, seen = await self.ctx.call(
+                "postgres",
+                lambda: self.repository.load(list(by_sku), {i.event.event_id for i in items}),
+            )
         self.metrics.db_read_latency.observe(time.perf_counter() - started)
         return states, seen
 
@@ -281,9 +283,14 @@ class GalleryHandler:
         key_of = {p: s3_key(self.s3_prefix, p) for p in paths}
         fresh_keys = {key_of[p] for p in fresh if p in key_of}
         started = time.perf_counter()
-        found = await self.ctx.call(
-            "s3", lambda: self.etags.lookup(set(key_of.values()), fresh=fresh_keys)
-        )
+        attributes = {"streamer.objects": len(key_of), "streamer.objects.fresh": len(fresh_keys)}
+        with tracing.span("gallery etag lookup", attributes) as traced:
+            found = await self.ctx.call(
+                "s3", lambda: self.etags.lookup(set(key_of.values()), fresh=fresh_keys)
+            )
+            traced.set_attribute(
+                "streamer.objects.missing", sum(1 for v in found.values() if v is None)
+            )
         self.metrics.etag_batch_latency.observe(time.perf_counter() - started)
         return {p: found.get(key) for p, key in key_of.items()}
 
@@ -458,12 +465,20 @@ class GalleryHandler:
                 if r.outcome in (EventOutcome.WRITTEN, EventOutcome.PARTIAL)
             ]
             record = gallery_updated(d, plan.finals[sku], applied)
+            sources = [  # its trace: that of the last event applied (the others linked)
+                item.msg
+                for item, r in reversed(plan.results.get(sku, []))
+                if r.outcome in (EventOutcome.WRITTEN, EventOutcome.PARTIAL)
+            ]
             output.messages.append(
                 OutputMessage(
                     topic=self.outcome_topic,
                     value=self.codec.encode_outcome(record, topic=self.outcome_topic),
                     key=sku.encode(),
                     token=("outcome", record["event_id"]),
+                    headers=tracing.sent_on(
+                        self.outcome_topic, sources, {"streamer.event_id": record["event_id"]}
+                    ),
                 )
             )
         plan.report.outcome_events = len(output.messages)
@@ -514,6 +529,9 @@ class GalleryHandler:
                     ),
                     key=sku.encode(),
                     token=("recheck", event_id),
+                    headers=tracing.sent_on(
+                        self.media_topic, [item.msg for item, _ in plan.results.get(sku, [])]
+                    ),
                 )
             )
         if out:

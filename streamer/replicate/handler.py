@@ -50,6 +50,7 @@ from streamer.replicate.rules import (
 )
 from streamer.replicate.settings import ReplicaSettings
 from streamer.replicate.stores import make_copier
+from streamer.runtime import tracing
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.deadletters import DeadLetter
 from streamer.runtime.handler import Batch, HandlerContext, Output
@@ -178,9 +179,10 @@ class ReplicateHandler:
             return plan
         if not prepared.newest:
             return plan
-        versions, refs = await self.ctx.call(
-            "postgres", partial(self.repo.load_skus, list(prepared.newest))
-        )
+        with tracing.span("replica state read", {"streamer.skus": len(prepared.newest)}):
+            versions, refs = await self.ctx.call(
+                "postgres", partial(self.repo.load_skus, list(prepared.newest))
+            )
         changes: dict[str, tuple[Keyed[Message], list[str]]] = {}
         wanted: dict[str, set[str]] = {}
         for sku, keyed in prepared.newest.items():
@@ -205,9 +207,10 @@ class ReplicateHandler:
                 plan.ensured[path] = Ensured("recorded", row.etag or "", 0)
             else:
                 to_check.append(path)
-        results = await asyncio.gather(
-            *(self.copier.ensure(p, self.ctx.call) for p in to_check), return_exceptions=True
-        )
+        with tracing.span("replica ensure", {"streamer.paths": len(to_check)}):
+            results = await asyncio.gather(
+                *(self.copier.ensure(p, self.ctx.call) for p in to_check), return_exceptions=True
+            )
         for path, result in zip(to_check, results, strict=True):
             if isinstance(result, BaseException):
                 raise result

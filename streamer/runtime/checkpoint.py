@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 
 from streamer.errors import BrokerUnavailable, DatabaseDataError, DeliveryRefused
+from streamer.runtime import tracing
 from streamer.runtime.database import converted
 from streamer.runtime.faults import crash_point
 from streamer.runtime.handler import Batch, Handler, Output
@@ -138,12 +139,13 @@ class Checkpoint:
         plan: P,
     ) -> Output:
         offsets = {tp: (offset, epochs[tp]) for tp, offset in batch.next_offsets.items()}
-        async with self.store.transaction() as tx:  # 1
-            await self.store.advance(tx, offsets)  # 2
-            crash_point("after_offsets")
-            output = await handler.write(tx, plan)  # 3
-            await self._publish_acknowledged(output)  # 4
-            crash_point("after_publish")
+        with tracing.span("commit", {"streamer.partitions": len(offsets)}):
+            async with self.store.transaction() as tx:  # 1
+                await self.store.advance(tx, offsets)  # 2
+                crash_point("after_offsets")
+                output = await handler.write(tx, plan)  # 3
+                await self._publish_acknowledged(output)  # 4
+                crash_point("after_publish")
         self._acked.clear()  # 5: committed on leaving the block
         return output
 

@@ -83,6 +83,7 @@ class DeadLetter:
     key_truncated_from: int | None = None
     key_sha256: str | None = None
     headers_dropped: tuple[tuple[str, int], ...] = ()  # original headers left out, with sizes
+    trace_id: str | None = None  # the trace of its message, while tracing is on
 
     @property
     def token(self) -> tuple[str, str, int, int]:
@@ -214,6 +215,8 @@ class DeadLetter:
         }
         if self.sku:
             error["sku"] = self.sku
+        if self.trace_id:
+            error["trace_id"] = self.trace_id
         if self.truncated_from is not None:
             error["value.truncated_from"] = str(self.truncated_from)
             error["value.sha256"] = self.value_sha256 or ""
@@ -255,6 +258,7 @@ class DeadLetterRecord:
     sku: str | None
     job: str = ""
     details: tuple[tuple[str, str], ...] = ()
+    trace_id: str | None = None
 
     @classmethod
     def from_message(cls, msg: Any) -> DeadLetterRecord:
@@ -263,6 +267,7 @@ class DeadLetterRecord:
         known = {
             "reason", "message", "exception.class", "topic", "partition", "offset",
             "timestamp", "attempts", "group", "job", "first_failure", "last_failure", "sku",
+            "trace_id",
         }  # fmt: skip
         return cls(
             dlq_topic=msg.topic(),
@@ -284,6 +289,7 @@ class DeadLetterRecord:
             last_failure_ms=_int(error.get("last_failure")),
             sku=_text(error.get("sku")),
             job=_text(error.get("job")) or "",
+            trace_id=_text(error.get("trace_id")),
             details=tuple(sorted((k, _text(v) or "") for k, v in error.items() if k not in known)),
         )
 

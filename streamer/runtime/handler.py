@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
+from streamer.runtime import tracing
 from streamer.runtime.deadletters import DeadLetter
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class Batch:
     """Messages of one poll, all of partitions this worker owns, each partition in order."""
 
     messages: Sequence[Message]
+    # Its span while tracing is on (``tracing.begin_batch``); kept by ``keep``.
+    trace: Any = field(default=None, compare=False, repr=False)
 
     @cached_property
     def next_offsets(self) -> dict[TopicPartition, int]:
@@ -66,7 +69,7 @@ class Batch:
         return out
 
     def keep(self, wanted: Callable[[Message], bool]) -> Batch:
-        return Batch([m for m in self.messages if wanted(m)])
+        return Batch([m for m in self.messages if wanted(m)], self.trace)
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -111,9 +114,10 @@ class HandlerContext:
         sku: str | None = None,
         details: Mapping[str, str] | None = None,
     ) -> DeadLetter:
-        return DeadLetter.from_error(
+        letter = DeadLetter.from_error(
             msg, error, group_id=self.group_id, job=self.job, sku=sku, details=dict(details or {})
         )
+        return tracing.traced_letter(letter, msg)
 
 
 class Handler(Protocol[Q, P]):

@@ -2,10 +2,11 @@
 
 Every module logs through the standard ``logging`` module; structlog renders the
 records. In JSON every line carries the same fields (``job``, ``group``,
-``topic``, ``partition``, ``offset``, ``sku``, ``reason``; null where they do not
-apply) beside ``event`` (the message), ``level``, ``logger`` and ``timestamp``, so
-a pipeline can index them without guessing. Call sites pass the fields with
-``extra={...}``; the job and group are set once per process.
+``topic``, ``partition``, ``offset``, ``sku``, ``reason``, ``trace_id``, ``span_id``;
+null where they do not apply) beside ``event`` (the message), ``level``, ``logger`` and
+``timestamp``, so a pipeline can index them without guessing. Call sites pass the fields
+with ``extra={...}``; the job and group are set once per process; the trace and span ids
+are those of the current span while tracing is on (a text line shows them only then).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from streamer.runtime import tracing
+
 __all__ = [
     "FIELDS",
     "KAFKA_CLIENT_LOGGER",
@@ -28,7 +31,7 @@ __all__ = [
     "set_process_fields",
 ]
 
-FIELDS = ("job", "group", "topic", "partition", "offset", "sku", "reason")
+FIELDS = ("job", "group", "topic", "partition", "offset", "sku", "reason", "trace_id", "span_id")
 _process: dict[str, Any] = {}
 
 
@@ -43,6 +46,15 @@ def _fill(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
+def _trace_ids(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    ids = tracing.current_ids()
+    if ids is not None:
+        event["trace_id"], event["span_id"] = ids
+    return event
+
+
 def configure_logging(
     level: str = "INFO", fmt: Literal["text", "json"] = "text", stream: TextIO | None = None
 ) -> None:
@@ -51,6 +63,7 @@ def configure_logging(
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(allow=FIELDS),
+        _trace_ids,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "json":

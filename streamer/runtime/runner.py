@@ -56,6 +56,7 @@ from streamer.errors import (
     StateChanged,
     StreamerError,
 )
+from streamer.runtime import tracing
 from streamer.runtime.checkpoint import Checkpoint
 from streamer.runtime.circuit import CircuitBreaker
 from streamer.runtime.connection import check_broker
@@ -169,6 +170,7 @@ class Runner(Generic[P]):
         self._stop = asyncio.Event()
         self._heartbeat = time.monotonic()
         self._started = False
+        self._tracing = False  # this runner set tracing up (and shuts it down)
         # Bumped on every assignment change: an early preparation older than it is redone.
         self._ownership_generation = 0
 
@@ -260,6 +262,7 @@ class Runner(Generic[P]):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._stop.set)
         set_process_fields(job=self.handler.name, group=self.handler.group_id)
+        self._tracing = tracing.configure(f"streamer-{self.handler.name}")  # tracing
         health = self._start_health()
         stop_deadline: float | None = None
         try:
@@ -358,7 +361,8 @@ class Runner(Generic[P]):
             starts = await self.ownership.claim_late()
             await self.consumer.resume_claimed(starts)
             self._update_partition_gauges()
-        return Batch(raw).keep(self._usable)
+        batch = Batch(raw).keep(self._usable)
+        return tracing.begin_batch(batch, job=self.handler.name, group=self.handler.group_id)
 
     async def _consume_loop(self) -> None:
         s = self.settings
@@ -372,7 +376,8 @@ class Runner(Generic[P]):
                     batch, early = await self._take(ahead)
                     ahead = None
                 if batch.messages:
-                    ahead = await self._handle(batch, early)
+                    with tracing.batch_scope(batch):  # tracing
+                        ahead = await self._handle(batch, early)
                 if time.monotonic() - last_lag >= s.lag_refresh_s:
                     last_lag = time.monotonic()
                     await self._refresh_lag()
@@ -405,7 +410,8 @@ class Runner(Generic[P]):
             batch = await polled
             if not batch.messages:
                 return None
-            return await self.handler.prepare(batch)
+            with tracing.activate(batch):  # tracing
+                return await self.handler.prepare(batch)
 
         ahead.prepared = asyncio.ensure_future(prepare_when_polled())
         return ahead
@@ -497,6 +503,7 @@ class Runner(Generic[P]):
     def _committed(self, batch: Batch, plan: P, output: Output, started: float) -> None:
         self.partitions.passed(batch.next_offsets)
         self.handler.committed(plan, output)
+        tracing.batch_committed(batch, output)  # tracing
         self.stats.batches += 1
         self.stats.messages += len(batch)
         self.stats.counts.update(output.counts)
@@ -552,6 +559,8 @@ class Runner(Generic[P]):
         await self.database.stop()
         if health is not None:
             health.stop()
+        if self._tracing:  # tracing
+            tracing.shutdown(timeout_s=min(5.0, max(1.0, remaining)))
         s = self.stats
         log.info(
             "worker %s stopped: %d batches, %d messages, %s, dead letters %s, rebalances %d",

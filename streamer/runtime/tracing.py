@@ -1,0 +1,675 @@
+"""Traces: OpenTelemetry, off unless the standard ``OTEL_*`` variables turn it on.
+
+On when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) or
+``OTEL_TRACES_EXPORTER`` is set, off when ``OTEL_SDK_DISABLED=true`` or the exporter is
+``none``. Everything else is the SDK's own variables: ``OTEL_EXPORTER_OTLP_PROTOCOL``
+(``http/protobuf``, the specification's default, or ``grpc``), ``OTEL_SERVICE_NAME`` (else
+``streamer-<job>``), ``OTEL_TRACES_SAMPLER``/``_ARG``, ``OTEL_BSP_*``, ``OTEL_SPAN_*_LIMIT``,
+the exporters' headers, timeout, compression and certificates.
+
+What crosses process boundaries is W3C trace context (``traceparent``, ``tracestate``) in
+Kafka headers and HTTP headers. A consumer's batch holds events of many traces, so a batch
+span is a root with a link to each distinct trace of its events (not a child of one of
+them); what a batch sends on (outcome events, webhooks, dead letters) gets a span in the
+trace of the event it comes from, linked to the batch span, so one bulk's trace runs
+from the intake to the webhook receiver.
+
+Links. One link per distinct trace (not per message: one bulk's events share a trace),
+within the SDK's link limit (``OTEL_SPAN_LINK_COUNT_LIMIT``, 128 by default), which is
+kept rather than raised to the batch size (2,000 links would make each batch span some
+70 kB on the wire). Past the limit the links are chosen, not cut by the SDK: the traces
+that are sampled come first (a link to a trace nobody kept leads nowhere), then the
+others, in batch order; the span says how many traces it saw and how many it left out
+(``streamer.batch.traces``, ``streamer.batch.links_dropped``). A batch span that links a
+sampled trace is sampled itself, whatever the ratio, so sampling keeps whole journeys.
+
+Off costs nothing on the hot path: every function returns at its first line while
+``_state`` is None, no header is read or written and no instrumentation is installed.
+Export never blocks processing: spans go to the SDK's batch processor, whose queue drops
+spans when full and whose exporter runs on its own thread; ``shutdown`` is bounded.
+
+Span attributes hold ids and counts, never a secret or a payload: no exception message
+(they can quote event content), only its class and reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, SpanContext, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.status import Status, StatusCode
+
+from streamer import __version__
+from streamer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from streamer.runtime.deadletters import DeadLetter
+    from streamer.runtime.handler import Batch, Output
+
+__all__ = [
+    "TRACEPARENT",
+    "TRACESTATE",
+    "TRACE_HEADERS",
+    "BatchTrace",
+    "SpanKind",
+    "TracingConfig",
+    "activate",
+    "annotate",
+    "batch_committed",
+    "batch_scope",
+    "begin_batch",
+    "config_from_env",
+    "configure",
+    "current_ids",
+    "enabled",
+    "failed_with",
+    "headers_of_current",
+    "http_headers_of",
+    "instrument_app",
+    "resent",
+    "sent_on",
+    "shutdown",
+    "span",
+    "span_after",
+    "traced_letter",
+]
+
+log = logging.getLogger(__name__)
+
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+TRACE_HEADERS = (TRACEPARENT, TRACESTATE)
+_PROPAGATOR = TraceContextTextMapPropagator()
+_SCOPE = "streamer"
+_SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+_PROTOCOLS = ("http/protobuf", "grpc")
+_EXPORTERS = ("otlp", "console")
+_NOOP: contextlib.AbstractContextManager[Any] = contextlib.nullcontext(INVALID_SPAN)
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """What the ``OTEL_*`` variables ask for, checked; the exporters read their own details."""
+
+    exporters: tuple[str, ...]
+    protocol: str
+    sampler: str
+    ratio: float | None
+    service_name: str | None
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if value in ("", "false"):
+        return False
+    if value == "true":
+        return True
+    raise ConfigError(f"{name} must be true or false, not {environ[name]!r}")
+
+
+def config_from_env(environ: Mapping[str, str] | None = None) -> TracingConfig | None:
+    """The tracing asked for by the environment, or None when tracing is off.
+
+    A value the SDK would only warn about and replace (an unknown sampler or protocol, a
+    ratio that is no number) is a ``ConfigError`` naming the variable, at start.
+    """
+    env = os.environ if environ is None else environ
+    if _flag(env, "OTEL_SDK_DISABLED"):
+        return None
+    named = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if not named and not (endpoint or "").strip():
+        return None
+    exporters = tuple(dict.fromkeys(e.strip() for e in (named or "otlp").split(",") if e.strip()))
+    if "none" in exporters:
+        if len(exporters) > 1:
+            raise ConfigError(f"OTEL_TRACES_EXPORTER={named!r} names none beside other exporters")
+        return None
+    for name in exporters:
+        if name not in _EXPORTERS:
+            raise ConfigError(
+                f"OTEL_TRACES_EXPORTER names {name!r}; streamer exports traces with "
+                f"{', '.join(_EXPORTERS)} or none"
+            )
+    protocol_var = (
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+        if env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "").strip()
+        else "OTEL_EXPORTER_OTLP_PROTOCOL"
+    )
+    protocol = env.get(protocol_var, "").strip().lower() or "http/protobuf"
+    if protocol not in _PROTOCOLS:
+        raise ConfigError(
+            f"{protocol_var}={protocol!r} is not supported; use {' or '.join(_PROTOCOLS)}"
+        )
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
+    if sampler not in _SAMPLERS:
+        raise ConfigError(f"OTEL_TRACES_SAMPLER={sampler!r} is not one of {', '.join(_SAMPLERS)}")
+    ratio: float | None = None
+    if sampler.endswith("traceidratio"):
+        raw = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip() or "1.0"
+        try:
+            ratio = float(raw)
+        except ValueError:
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:
+            raise ConfigError(
+                f"OTEL_TRACES_SAMPLER_ARG={raw!r}: the sampling ratio is a number from 0 to 1"
+            )
+    service = (env.get("OTEL_SERVICE_NAME") or "").strip() or None
+    return TracingConfig(exporters, protocol, sampler, ratio, service)
+
+
+@dataclass
+class _State:
+    provider: TracerProvider
+    tracer: trace.Tracer
+    max_links: int
+    instrumented: list[Any] = field(default_factory=list)
+
+
+_state: _State | None = None
+
+
+def enabled() -> bool:
+    return _state is not None
+
+
+def _sampler(config: TracingConfig) -> Any:
+    from opentelemetry.sdk.trace import sampling
+
+    base: sampling.Sampler
+    if config.sampler == "always_on":
+        base = sampling.ALWAYS_ON
+    elif config.sampler == "always_off":
+        base = sampling.ALWAYS_OFF
+    elif config.sampler == "traceidratio":
+        base = sampling.TraceIdRatioBased(config.ratio if config.ratio is not None else 1.0)
+    elif config.sampler == "parentbased_always_off":
+        base = sampling.DEFAULT_OFF
+    elif config.sampler == "parentbased_traceidratio":
+        base = sampling.ParentBasedTraceIdRatio(config.ratio if config.ratio is not None else 1.0)
+    else:
+        base = sampling.DEFAULT_ON
+
+    class KeepLinkedJourneys(sampling.Sampler):
+        """The configured sampler, except that a root span linking a sampled trace (a
+        batch holding a sampled event) is sampled too: its links then lead somewhere."""
+
+        def should_sample(
+            self,
+            parent_context: Any,
+            trace_id: int,
+            name: str,
+            kind: Any = None,
+            attributes: Any = None,
+            links: Sequence[Link] | None = None,
+            trace_state: Any = None,
+        ) -> sampling.SamplingResult:
+            parent = trace.get_current_span(parent_context).get_span_context()
+            if not parent.is_valid and any(
+                link.context.trace_flags.sampled for link in links or ()
+            ):
+                return sampling.SamplingResult(sampling.Decision.RECORD_AND_SAMPLE, attributes)
+            return base.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
+
+        def get_description(self) -> str:
+            return f"KeepLinkedJourneys{{{base.get_description()}}}"
+
+    return KeepLinkedJourneys()
+
+
+def _exporter(name: str, protocol: str) -> SpanExporter:
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        return GrpcExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpExporter,
+    )
+
+    return HttpExporter()
+
+
+def configure(
+    service: str,
+    *,
+    exporter: SpanExporter | None = None,
+    environ: Mapping[str, str] | None = None,
+    instrument: bool = True,
+) -> bool:
+    """Set tracing up for this process, once; True if this call did (its caller shuts it down).
+
+    ``exporter`` (tests: the SDK's in-memory exporter) turns tracing on whatever the
+    environment says and exports each span as it ends. ``service`` is the service name
+    when ``OTEL_SERVICE_NAME`` does not give one.
+    """
+    global _state
+    if _state is not None:
+        return False
+    env = os.environ if environ is None else environ
+    if exporter is not None:  # on, with the sampler and limits the environment names
+        env = {**env, "OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "false"}
+    config = config_from_env(env)
+    if config is None:
+        return False
+
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanLimits
+    from opentelemetry.sdk.trace import TracerProvider as SdkProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+    resource = Resource.create(
+        {"service.name": config.service_name or service, "service.version": __version__}
+    )
+    limits = SpanLimits()
+    provider = SdkProvider(
+        sampler=_sampler(config), resource=resource, span_limits=limits, shutdown_on_exit=False
+    )
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    else:
+        for name in config.exporters:
+            provider.add_span_processor(BatchSpanProcessor(_exporter(name, config.protocol)))
+    state = _State(provider, provider.get_tracer(_SCOPE, __version__), limits.max_links or 0)
+    if instrument:
+        state.instrumented = _instrument(provider)
+    _state = state
+    log.info(
+        "tracing on: %s, sampler %s",
+        "in-process exporter"
+        if exporter is not None
+        else f"{', '.join(config.exporters)} ({config.protocol})",
+        provider.sampler.get_description(),
+    )
+    return True
+
+
+def _instrument(provider: TracerProvider) -> list[Any]:
+    """asyncpg's query spans (the statement, never its arguments), installed while tracing is on."""
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+    instrumentor = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]
+    if instrumentor.is_instrumented_by_opentelemetry:
+        return []
+    instrumentor.instrument(tracer_provider=provider)
+    return [instrumentor]
+
+
+def instrument_app(app: Any) -> None:
+    """Server spans for the HTTP API (continuing a caller's ``traceparent``), if tracing is on.
+
+    Probes, metrics and the console's static files are left out; so are the per-message
+    ASGI ``send``/``receive`` spans."""
+    if _state is None:
+        return
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=_state.provider,
+        excluded_urls="/healthz,/readyz,/metrics,/ui/static",
+        exclude_spans=["receive", "send"],
+    )
+
+
+def shutdown(timeout_s: float = 5.0) -> None:
+    """Export what is queued, within ``timeout_s`` (an endpoint that does not answer costs
+    that bound, once), and turn tracing off."""
+    global _state
+    state, _state = _state, None
+    if state is None:
+        return
+    for instrumentor in state.instrumented:
+        with contextlib.suppress(Exception):
+            instrumentor.uninstrument()
+    done = threading.Thread(target=state.provider.shutdown, name="tracing-shutdown", daemon=True)
+    done.start()
+    done.join(timeout_s)
+    if done.is_alive():
+        log.warning("tracing: spans not exported within %.0fs at shutdown were dropped", timeout_s)
+
+
+# -- trace context in headers ------------------------------------------------------------------
+
+
+def _header_context(headers: Sequence[tuple[str, Any]] | None) -> SpanContext | None:
+    """The remote span context in W3C headers (Kafka's list of pairs), or None."""
+    if not headers:
+        return None
+    parent = state = None
+    for name, value in headers:
+        if name == TRACEPARENT:
+            parent = value
+        elif name == TRACESTATE:
+            state = value
+    if parent is None:
+        return None
+    carrier = {TRACEPARENT: _text(parent)}
+    if state is not None:
+        carrier[TRACESTATE] = _text(state)
+    found = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+    return found if found.is_valid else None
+
+
+def _text(value: Any) -> str:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _message_context(msg: Any) -> SpanContext | None:
+    return _header_context(msg.headers())
+
+
+def _headers_of(span_context: SpanContext) -> list[tuple[str, bytes]]:
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, trace.set_span_in_context(NonRecordingSpan(span_context)))
+    return [(name, carrier[name].encode("ascii")) for name in TRACE_HEADERS if name in carrier]
+
+
+def headers_of_current() -> list[tuple[str, bytes]]:
+    """Kafka headers naming the current span, for messages sent from it; [] when off."""
+    if _state is None:
+        return []
+    current = trace.get_current_span().get_span_context()
+    return _headers_of(current) if current.is_valid else []
+
+
+def http_headers_of(span_: Any) -> dict[str, str]:
+    """HTTP headers naming ``span_`` (``traceparent``, ``tracestate``); {} when off."""
+    if _state is None:
+        return {}
+    ctx = span_.get_span_context()
+    return {k: v.decode("ascii") for k, v in _headers_of(ctx)} if ctx.is_valid else {}
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace id, span id) in hex of the current span, for log lines; None without one."""
+    if _state is None:
+        return None
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return trace.format_trace_id(ctx.trace_id), trace.format_span_id(ctx.span_id)
+
+
+def _distinct_traces(messages: Iterable[Any]) -> list[SpanContext]:
+    """The first context of each trace the messages carry, in order."""
+    seen_raw: set[bytes] = set()
+    by_trace: dict[int, SpanContext] = {}
+    for msg in messages:
+        headers = msg.headers()
+        if not headers:
+            continue
+        raw = next((v for k, v in headers if k == TRACEPARENT), None)
+        if raw is None or raw in seen_raw:
+            continue
+        seen_raw.add(raw)
+        found = _header_context(headers)
+        if found is not None and found.trace_id not in by_trace:
+            by_trace[found.trace_id] = found
+    return list(by_trace.values())
+
+
+def _chosen_links(contexts: Sequence[SpanContext], limit: int) -> list[Link]:
+    """Sampled traces first, then the others, up to the link limit (see the module docstring)."""
+    ordered = [c for c in contexts if c.trace_flags.sampled]
+    ordered += [c for c in contexts if not c.trace_flags.sampled]
+    return [Link(c) for c in ordered[:limit]]
+
+
+# -- spans -------------------------------------------------------------------------------------
+
+
+def failed_with(span_: Any, reason: str) -> None:
+    """Mark ``span_`` failed for ``reason`` (an error kind, never a message)."""
+    span_.set_attribute("error.type", reason)
+    span_.set_status(Status(StatusCode.ERROR, reason))
+
+
+def _failed(span_: Any, exc: BaseException) -> None:
+    kind = type(exc).__name__
+    reason = getattr(exc, "reason", None)
+    span_.set_attribute("error.type", kind)
+    span_.set_status(Status(StatusCode.ERROR, str(reason) if reason else kind))
+
+
+@contextlib.contextmanager
+def _current(span_: Any, *, end: bool) -> Iterator[Any]:
+    token = otel_context.attach(trace.set_span_in_context(span_))
+    try:
+        yield span_
+    except BaseException as exc:
+        if end:
+            _failed(span_, exc)
+        raise
+    finally:
+        otel_context.detach(token)
+        if end:
+            span_.end()
+
+
+def span(
+    name: str,
+    attributes: Mapping[str, Any] | None = None,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+) -> contextlib.AbstractContextManager[Any]:
+    """A child of the current span for the ``with`` block (a no-op when tracing is off).
+
+    An exception leaving the block marks the span failed with its class and reason only."""
+    if _state is None:
+        return _NOOP
+    started = _state.tracer.start_span(
+        name,
+        kind=kind,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+    return _current(started, end=True)
+
+
+def annotate(attributes: Mapping[str, Any]) -> None:
+    """Attributes on the current span (counts a step learns on the way); a no-op when off."""
+    if _state is None:
+        return
+    trace.get_current_span().set_attributes(attributes)
+
+
+def span_after(
+    name: str,
+    messages: Iterable[Any],
+    attributes: Mapping[str, Any] | None = None,
+    *,
+    kind: SpanKind = SpanKind.PRODUCER,
+) -> contextlib.AbstractContextManager[Any]:
+    """A span in the trace of the first of ``messages`` that carries one, linked to the
+    current (batch) span and to the messages' other traces; without any, a child of the
+    current span. What a batch sends on because of these messages happens in it."""
+    if _state is None:
+        return _NOOP
+    state = _state
+    contexts = _distinct_traces(messages)
+    current = trace.get_current_span().get_span_context()
+    links: list[Link] = [Link(current)] if current.is_valid and contexts else []
+    links += _chosen_links(contexts[1:], max(0, state.max_links - len(links)))
+    parent = trace.set_span_in_context(NonRecordingSpan(contexts[0])) if contexts else None
+    started = state.tracer.start_span(
+        name,
+        context=parent,
+        kind=kind,
+        attributes=attributes,
+        links=links,
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+    return _current(started, end=True)
+
+
+def sent_on(
+    topic: str, messages: Iterable[Any], attributes: Mapping[str, Any] | None = None
+) -> list[tuple[str, bytes]] | None:
+    """Trace headers for a message a batch publishes because of ``messages`` (an outcome
+    event, a re-check): a ``send`` span in their trace (``span_after``). None when off."""
+    if _state is None:
+        return None
+    attrs = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": topic,
+        **(attributes or {}),
+    }
+    with span_after(f"send {topic}", messages, attrs) as sending:
+        return _headers_of(sending.get_span_context())
+
+
+class _Carried:
+    """A header list seen as a message (what ``span_after`` reads)."""
+
+    def __init__(self, headers: Sequence[tuple[str, Any]]) -> None:
+        self._headers = headers
+
+    def headers(self) -> Sequence[tuple[str, Any]]:
+        return self._headers
+
+
+def resent(
+    topic: str, headers: list[tuple[str, bytes]], attributes: Mapping[str, Any] | None = None
+) -> list[tuple[str, bytes]]:
+    """``headers`` of a message sent again (a dead-letter replay), its trace context now a
+    ``send`` span in the trace it carried: the replay continues the original trace. Off,
+    the headers go as they are (with the context they had)."""
+    if _state is None:
+        return headers
+    found = sent_on(topic, [_Carried(headers)], attributes)
+    return [(k, v) for k, v in headers if k not in TRACE_HEADERS] + (found or [])
+
+
+def traced_letter(letter: DeadLetter, msg: Any) -> DeadLetter:
+    """The dead letter in the trace of the message it keeps: a ``dead-letter`` span there
+    (failed, with the reason), linked to the batch span; the letter's ``traceparent`` names
+    that span (a replay continues from it) and ``trace_id`` goes into its headers."""
+    if _state is None:
+        return letter
+    attrs = {"streamer.reason": letter.reason, "streamer.job": letter.job}
+    with span_after("dead-letter", [msg], attrs) as dead:
+        failed_with(dead, letter.reason)
+        ctx = dead.get_span_context()
+    if not ctx.is_valid:
+        return letter
+    kept = [(k, v) for k, v in letter.headers if k not in TRACE_HEADERS]
+    return replace(
+        letter, headers=kept + _headers_of(ctx), trace_id=trace.format_trace_id(ctx.trace_id)
+    )
+
+
+# -- batches -----------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchTrace:
+    """A batch's span, from its poll to its commit (or its end uncommitted)."""
+
+    span: Any
+    committed: bool = False
+
+
+def begin_batch(batch: Batch, *, job: str, group: str) -> Batch:
+    """``batch`` with its span started: a root, linked to its events' traces."""
+    if _state is None or not batch.messages or batch.trace is not None:
+        return batch
+    state = _state
+    contexts = _distinct_traces(batch.messages)
+    links = _chosen_links(contexts, state.max_links)
+    topics = sorted({m.topic() or "" for m in batch.messages})
+    attributes: dict[str, Any] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.consumer.group.name": group,
+        "messaging.batch.message_count": len(batch.messages),
+        "messaging.destination.name": topics[0] if len(topics) == 1 else ",".join(topics),
+        "streamer.job": job,
+        "streamer.batch.traces": len(contexts),
+        "streamer.batch.links_dropped": len(contexts) - len(links),
+    }
+    started = state.tracer.start_span(
+        f"process {job}",
+        context=otel_context.Context(),  # a root, whatever is current where it was polled
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+        links=links,
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+    return replace(batch, trace=BatchTrace(started))
+
+
+def activate(batch: Batch) -> contextlib.AbstractContextManager[Any]:
+    """The batch's span is the current one in the block (its preparation's spans are its
+    children); it goes on after the block."""
+    found = batch.trace
+    if found is None:
+        return _NOOP
+    return _current(found.span, end=False)
+
+
+@contextlib.contextmanager
+def _scope(found: BatchTrace) -> Iterator[Any]:
+    with _current(found.span, end=True) as current:
+        try:
+            yield current
+        finally:
+            if not found.committed:
+                current.set_attribute("streamer.batch.committed", False)
+
+
+def batch_scope(batch: Batch) -> contextlib.AbstractContextManager[Any]:
+    """The batch's span is current in the block and ends with it."""
+    found = batch.trace
+    if found is None:
+        return _NOOP
+    return _scope(found)
+
+
+def batch_committed(batch: Batch, output: Output) -> None:
+    """What the committed batch did, as attributes of its span."""
+    found = batch.trace
+    if found is None:
+        return
+    found.committed = True
+    found.span.set_attribute("streamer.batch.committed", True)
+    found.span.set_attribute("streamer.batch.dead_letters", len(output.letters))
+    found.span.set_attribute("streamer.batch.outputs", len(output.messages))
+    for outcome, n in output.counts.items():
+        found.span.set_attribute(f"streamer.outcome.{outcome}", n)
