@@ -217,7 +217,8 @@ def _sampler(config: TracingConfig) -> Any:
 
     class KeepLinkedJourneys(sampling.Sampler):
         """The configured sampler, except that a root span linking a sampled trace (a
-        batch holding a sampled event) is sampled too: its links then lead somewhere."""
+        batch holding a sampled event) is sampled too (its links then lead somewhere), and
+        a database query that is no part of a traced operation is not."""
 
         def should_sample(
             self,
@@ -230,10 +231,12 @@ def _sampler(config: TracingConfig) -> Any:
             trace_state: Any = None,
         ) -> sampling.SamplingResult:
             parent = trace.get_current_span(parent_context).get_span_context()
-            if not parent.is_valid and any(
-                link.context.trace_flags.sampled for link in links or ()
-            ):
-                return sampling.SamplingResult(sampling.Decision.RECORD_AND_SAMPLE, attributes)
+            if not parent.is_valid:
+                if any(link.context.trace_flags.sampled for link in links or ()):
+                    return sampling.SamplingResult(sampling.Decision.RECORD_AND_SAMPLE, attributes)
+                if attributes and ("db.system" in attributes or "db.system.name" in attributes):
+                    # a query outside any traced work (a poll, a claim): not worth a trace
+                    return sampling.SamplingResult(sampling.Decision.DROP)
             return base.should_sample(
                 parent_context, trace_id, name, kind, attributes, links, trace_state
             )
@@ -302,6 +305,7 @@ def configure(
     else:
         for name in config.exporters:
             provider.add_span_processor(BatchSpanProcessor(_exporter(name, config.protocol)))
+    _quiet_sdk_logs()
     state = _State(provider, provider.get_tracer(_SCOPE, __version__), limits.max_links or 0)
     if instrument:
         state.instrumented = _instrument(provider)
@@ -314,6 +318,35 @@ def configure(
         provider.sampler.get_description(),
     )
     return True
+
+
+class _OncePerWindow(logging.Filter):
+    """Each kind of SDK line (its logger and template) once per ``window_s``: a collector
+    that is down makes the exporter and the batch processor warn per export and per span."""
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._last: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and record.created - last < self.window_s:
+                return False
+            self._last[key] = record.created
+        return True
+
+
+def _quiet_sdk_logs() -> None:
+    quiet = _OncePerWindow()
+    for name in list(logging.Logger.manager.loggerDict):
+        if name.startswith("opentelemetry"):
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _OncePerWindow) for f in logger.filters):
+                logger.addFilter(quiet)
 
 
 def _instrument(provider: TracerProvider) -> list[Any]:
