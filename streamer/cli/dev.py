@@ -225,7 +225,7 @@ def bench(
         typer.Option(
             "--phase",
             help="run only these phases (repeatable): first_sync, noop_resync, "
-            "noop_resync_index, naive_noop_resync",
+            "noop_resync_index, naive_noop_resync, trace_off, trace_1.0, trace_0.01",
         ),
     ] = None,
     forward: Annotated[

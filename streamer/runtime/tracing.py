@@ -271,12 +271,14 @@ def configure(
     exporter: SpanExporter | None = None,
     environ: Mapping[str, str] | None = None,
     instrument: bool = True,
+    batched: bool = False,
 ) -> bool:
     """Set tracing up for this process, once; True if this call did (its caller shuts it down).
 
-    ``exporter`` (tests: the SDK's in-memory exporter) turns tracing on whatever the
-    environment says and exports each span as it ends. ``service`` is the service name
-    when ``OTEL_SERVICE_NAME`` does not give one.
+    ``exporter`` (tests: the SDK's in-memory exporter; the benchmark: an encoding sink)
+    turns tracing on whatever the environment says and exports each span as it ends, or
+    through the batch processor as in production when ``batched``. ``service`` is the
+    service name when ``OTEL_SERVICE_NAME`` does not give one.
     """
     global _state
     if _state is not None:
@@ -301,7 +303,8 @@ def configure(
         sampler=_sampler(config), resource=resource, span_limits=limits, shutdown_on_exit=False
     )
     if exporter is not None:
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        processor = BatchSpanProcessor if batched else SimpleSpanProcessor
+        provider.add_span_processor(processor(exporter))
     else:
         for name in config.exporters:
             provider.add_span_processor(BatchSpanProcessor(_exporter(name, config.protocol)))
