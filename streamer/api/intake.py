@@ -262,6 +262,7 @@ class Intake:
                     kind=kind,
                     items=new,
                     completion_topic=self.topics.import_completed_topic,
+                    traceparent=tracing.current_traceparent(),
                 )
         except DatabaseUnavailable as exc:
             log.warning("intake: tracking a bulk: %s", exc)

@@ -73,6 +73,7 @@ __all__ = [
     "config_from_env",
     "configure",
     "current_ids",
+    "current_traceparent",
     "enabled",
     "failed_with",
     "headers_of_current",
@@ -439,6 +440,12 @@ def headers_of_current() -> list[tuple[str, bytes]]:
         return []
     current = trace.get_current_span().get_span_context()
     return _headers_of(current) if current.is_valid else []
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current span, to keep beside a record; None when off."""
+    found = dict(headers_of_current()).get(TRACEPARENT)
+    return found.decode("ascii") if found else None
 
 
 def http_headers_of(span_: Any) -> dict[str, str]:

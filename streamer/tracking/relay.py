@@ -41,6 +41,7 @@ import asyncpg
 
 from streamer.contract.codec import Codec
 from streamer.errors import DecodeError, StreamerError, TopicMissing
+from streamer.runtime import tracing
 from streamer.runtime.database import converted
 from streamer.runtime.publisher import Publisher
 from streamer.runtime.readback import read_messages
@@ -235,7 +236,13 @@ class CompletionRelay:
             return 0
         async with converted():
             await conn.fetchval("SELECT 1")  # the lock's session is alive: still the leader
-        ends = await loop.run_in_executor(None, self._send, publisher, pending)
+        context = [  # each bulk's ImportCompleted is sent on in the bulk's trace
+            tracing.resent(p.topic, [(tracing.TRACEPARENT, p.traceparent.encode())])
+            if p.traceparent
+            else None
+            for p in pending
+        ]
+        ends = await loop.run_in_executor(None, self._send, publisher, pending, context)
         for topic in sorted({p.topic for p in pending}):
             await mark_published(
                 conn,
@@ -274,14 +281,20 @@ class CompletionRelay:
             ready.extend(p for p in queued if p.topic == topic)
         return ready
 
-    def _send(self, publisher: Publisher, pending: Sequence[Pending]) -> dict[tuple[str, int], int]:
+    def _send(
+        self,
+        publisher: Publisher,
+        pending: Sequence[Pending],
+        context: Sequence[list[tuple[str, bytes]] | None],
+    ) -> dict[tuple[str, int], int]:
         """Produce and wait for every acknowledgment; a failure raises (and ends this tenure)."""
         started = time.monotonic()
-        for p in pending:
+        for p, headers in zip(pending, context, strict=True):
             publisher.produce(
                 p.topic,
                 self.codec.encode_record(p.record, type_name="ImportCompleted", topic=p.topic),
                 key=p.bulk_uuid.encode(),
+                headers=headers,
             )
         publisher.flush(timeout_s=self.settings.completion_delivery_timeout_s + 5)
         log.debug("published %d completion(s) in %.3fs", len(pending), time.monotonic() - started)

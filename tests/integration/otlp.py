@@ -202,9 +202,14 @@ class Blackhole:
         self._socket.close()
 
 
+def _is_query(span: Span) -> bool:
+    return "db.system" in span.attributes or "db.system.name" in span.attributes
+
+
 def render(spans: Iterable[Span], root_trace: str) -> str:
     """The trace ``root_trace`` as a text tree, and each trace linked to it below its own
-    root, marked with what it links to; times in ms from the trace's start."""
+    root, marked with what it links to; times in ms from the trace's start; a span's
+    database queries (asyncpg's spans) summed up in one line."""
     spans = list(spans)
     by_trace: dict[str, list[Span]] = defaultdict(list)
     for s in spans:
@@ -226,10 +231,16 @@ def render(spans: Iterable[Span], root_trace: str) -> str:
             f"{'  ' * depth}{span.name}  [{span.service}, {span.kind}]  "
             f"+{ms:.1f} ms, {took:.1f} ms{flag}{note}"
         )
-        for child in sorted(
+        children = sorted(
             (c for c in spans if c.parent_id == span.span_id), key=lambda c: c.start_ns
-        ):
-            walk(child, depth + 1)
+        )
+        queries = [c for c in children if _is_query(c)]
+        if queries:
+            took = sum(q.end_ns - q.start_ns for q in queries) / 1e6
+            lines.append(f"{'  ' * (depth + 1)}{len(queries)} database queries, {took:.1f} ms")
+        for child in children:
+            if not _is_query(child):
+                walk(child, depth + 1)
 
     def roots(trace_id: str) -> list[Span]:
         members = by_trace[trace_id]

@@ -125,6 +125,15 @@ async def test_one_bulk_is_one_connected_trace_from_the_intake_to_the_webhook(
                     return len(receiver.accepted()) >= 2
 
                 await wait_for(delivered, timeout_s=120, what="both webhooks delivered")
+
+            def completed() -> list[Any]:
+                return read_topic(settings, settings.topics.import_completed_topic, idle_s=0.3)
+
+            async def relayed() -> bool:
+                return bool(completed())
+
+            await wait_for(relayed, timeout_s=60, what="the bulk's ImportCompleted")
+            (completion,) = completed()
         # every process stopped (SIGTERM): what their tracers held is exported by now
 
         spans = otlp.spans()
@@ -162,6 +171,12 @@ async def test_one_bulk_is_one_connected_trace_from_the_intake_to_the_webhook(
         forward_batches = [s for s in spans if s.name == "process forward"]
         assert all(any(t == bulk_trace for t, _ in s.links) for s in forward_batches)
         assert {p.attributes["http.response.status_code"] for p in posts} == {204}
+
+        # the bulk's ImportCompleted is sent on in its trace, by the relay in serve
+        carried = dict(completion.headers() or [])
+        assert carried["traceparent"].split(b"-")[1].decode() == bulk_trace
+        relayed_span = one(spans, f"send {settings.topics.import_completed_topic}")
+        assert relayed_span.trace_id == bulk_trace and relayed_span.parent_id == intake.span_id
 
         # one connected trace: everything of this bulk is in it or links to it
         journey = connected(spans, bulk_trace)
