@@ -44,7 +44,15 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, SpanContext, SpanKind
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.status import Status, StatusCode
 
@@ -189,6 +197,8 @@ class _State:
     provider: TracerProvider
     tracer: trace.Tracer
     max_links: int
+    # A child of an unsampled parent is never sampled: its context can pass on unchanged.
+    parent_based: bool = True
     instrumented: list[Any] = field(default_factory=list)
 
 
@@ -310,7 +320,12 @@ def configure(
         for name in config.exporters:
             provider.add_span_processor(BatchSpanProcessor(_exporter(name, config.protocol)))
     _quiet_sdk_logs()
-    state = _State(provider, provider.get_tracer(_SCOPE, __version__), limits.max_links or 0)
+    state = _State(
+        provider,
+        provider.get_tracer(_SCOPE, __version__),
+        limits.max_links or 0,
+        parent_based=config.sampler.startswith("parentbased"),
+    )
     if instrument:
         state.instrumented = _instrument(provider)
     _state = state
@@ -413,7 +428,35 @@ def _header_context(headers: Sequence[tuple[str, Any]] | None) -> SpanContext | 
             state = value
     if parent is None:
         return None
-    carrier = {TRACEPARENT: _text(parent)}
+    key = (parent, state)
+    if key not in _parsed:
+        if len(_parsed) >= _PARSED_MAX:
+            _parsed.clear()
+        _parsed[key] = _parse(parent, state)
+    return _parsed[key]
+
+
+_PARSED_MAX = 4096
+# traceparent (and tracestate) as read from headers -> what they mean: one bulk's events
+# carry the same bytes, parsed once.
+_parsed: dict[tuple[Any, Any], SpanContext | None] = {}
+
+
+def _parse(parent: Any, state: Any) -> SpanContext | None:
+    """W3C ``traceparent``: version 00's fixed layout read directly, anything else (a later
+    version, a malformed value) through the SDK's propagator, which knows the rules."""
+    raw = parent if isinstance(parent, bytes) else str(parent).encode("ascii", "replace")
+    parts = raw.split(b"-")
+    if len(raw) == 55 and raw[:3] == b"00-" and len(parts) == 4:
+        try:
+            trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+        except ValueError:
+            return None
+        if not trace_id or not span_id:
+            return None
+        trace_state = TraceState.from_header([_text(state)]) if state is not None else TraceState()
+        return SpanContext(trace_id, span_id, True, TraceFlags(flags & 0x01), trace_state)
+    carrier = {TRACEPARENT: _text(raw)}
     if state is not None:
         carrier[TRACESTATE] = _text(state)
     found = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
@@ -429,9 +472,16 @@ def _message_context(msg: Any) -> SpanContext | None:
 
 
 def _headers_of(span_context: SpanContext) -> list[tuple[str, bytes]]:
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, trace.set_span_in_context(NonRecordingSpan(span_context)))
-    return [(name, carrier[name].encode("ascii")) for name in TRACE_HEADERS if name in carrier]
+    out = [
+        (
+            TRACEPARENT,
+            b"00-%032x-%016x-%02x"
+            % (span_context.trace_id, span_context.span_id, span_context.trace_flags),
+        )
+    ]
+    if span_context.trace_state:
+        out.append((TRACESTATE, span_context.trace_state.to_header().encode("ascii")))
+    return out
 
 
 def headers_of_current() -> list[tuple[str, bytes]]:
@@ -562,13 +612,30 @@ def span_after(
     current span. What a batch sends on because of these messages happens in it."""
     if _state is None:
         return _NOOP
-    state = _state
+    started = _start_after(_state, name, messages, attributes, kind)
+    if not started.is_recording():
+        return contextlib.nullcontext(started)
+    return _current(started, end=True)
+
+
+def _start_after(
+    state: _State,
+    name: str,
+    messages: Iterable[Any],
+    attributes: Mapping[str, Any] | None,
+    kind: SpanKind,
+) -> Any:
+    """The span of ``span_after``, started; an unsampled parent's context itself (as a span
+    that records nothing) when the sampler follows parents: nothing to record, and the
+    context goes on unchanged at no cost."""
     contexts = _distinct_traces(messages)
+    if contexts and state.parent_based and not contexts[0].trace_flags.sampled:
+        return NonRecordingSpan(contexts[0])
     current = trace.get_current_span().get_span_context()
     links: list[Link] = [Link(current)] if current.is_valid and contexts else []
     links += _chosen_links(contexts[1:], max(0, state.max_links - len(links)))
     parent = trace.set_span_in_context(NonRecordingSpan(contexts[0])) if contexts else None
-    started = state.tracer.start_span(
+    return state.tracer.start_span(
         name,
         context=parent,
         kind=kind,
@@ -577,7 +644,6 @@ def span_after(
         record_exception=False,
         set_status_on_exception=False,
     )
-    return _current(started, end=True)
 
 
 def sent_on(
@@ -593,8 +659,9 @@ def sent_on(
         "messaging.destination.name": topic,
         **(attributes or {}),
     }
-    with span_after(f"send {topic}", messages, attrs) as sending:
-        return _headers_of(sending.get_span_context())
+    sending = _start_after(_state, f"send {topic}", messages, attrs, SpanKind.PRODUCER)
+    sending.end()  # the decision to send, marked: nothing runs inside it
+    return _headers_of(sending.get_span_context())
 
 
 class _Carried:

@@ -338,3 +338,44 @@ def test_log_lines_carry_the_trace_and_span_ids(spans: InMemorySpanExporter) -> 
     ctx = inside.get_span_context()
     assert lines[1]["trace_id"] == trace.format_trace_id(ctx.trace_id)
     assert lines[1]["span_id"] == trace.format_span_id(ctx.span_id)
+
+
+def test_an_unsampled_trace_passes_on_unchanged_and_records_nothing(
+    spans: InMemorySpanExporter,
+) -> None:
+    unsampled = traced_msg(77, sampled=False)
+    batch = tracing.begin_batch(Batch([unsampled]), job="gallery", group="g")
+    with tracing.batch_scope(batch):
+        headers = tracing.sent_on("out", [unsampled])
+        with tracing.span_after("webhook POST", [unsampled]) as post:
+            assert (
+                tracing.http_headers_of(post)["traceparent"] == traceparent(77).decode()[:-2] + "00"
+            )
+    assert headers == unsampled.headers()
+    assert [s.name for s in spans.get_finished_spans()] == ["process gallery"]  # a root
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (traceparent(5, 9), (5, 9, True)),
+        (traceparent(5, 9, sampled=False), (5, 9, False)),
+        (b"00-" + b"0" * 32 + b"-" + b"1" * 16 + b"-01", None),  # an all-zero trace id
+        (b"00-zz" + b"1" * 30 + b"-" + b"1" * 16 + b"-01", None),
+        (b"not a traceparent", None),
+        (b"01-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01-future", (0xA * int("1" * 32, 16), 0, True)),
+    ],
+)
+def test_traceparent_values_are_read_as_w3c_says(
+    value: bytes, expected: tuple[int, int, bool] | None, spans: InMemorySpanExporter
+) -> None:
+    found = tracing._header_context([("traceparent", value), ("tracestate", b"k=v")])
+    if expected is None:
+        assert found is None
+        return
+    assert found is not None
+    if value.startswith(b"00"):
+        assert (found.trace_id, found.span_id, found.trace_flags.sampled) == expected
+    else:  # a later version: the fields it shares with 00 still count
+        assert found.trace_id == int("a" * 32, 16) and found.span_id == int("b" * 16, 16)
+    assert found.trace_state.get("k") == "v"
