@@ -455,7 +455,7 @@ def _parse(parent: Any, state: Any) -> SpanContext | None:
         if not trace_id or not span_id:
             return None
         trace_state = TraceState.from_header([_text(state)]) if state is not None else TraceState()
-        return SpanContext(trace_id, span_id, True, TraceFlags(flags & 0x01), trace_state)
+        return SpanContext(trace_id, span_id, True, TraceFlags(flags), trace_state)
     carrier = {TRACEPARENT: _text(raw)}
     if state is not None:
         carrier[TRACESTATE] = _text(state)

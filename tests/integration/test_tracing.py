@@ -8,6 +8,7 @@ The collector is ``tests.integration.otlp.OtlpReceiver`` (OTLP/HTTP and gRPC, de
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import subprocess
@@ -73,6 +74,9 @@ def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
                 proc.wait(timeout=10)
 
 
+CALLER_TRACE = "5eed" * 8
+
+
 def one(spans: list[Span], name: str, **attributes: Any) -> Span:
     found = [
         s
@@ -107,9 +111,10 @@ async def test_one_bulk_is_one_connected_trace_from_the_intake_to_the_webhook(
         api_env = otel_env(otlp.http_url, "http/protobuf")
         with api_server(settings, tmp_path, extra_env=api_env) as server:
             async with server.client() as http:
-                taken = await http.post(
+                taken = await http.post(  # from a caller whose trace the intake continues
                     "/v1/galleries/bulk",
                     json=seed_payload("traced-1", ["TR-1", "TR-2"]),
+                    headers={"traceparent": f"00-{CALLER_TRACE}-{'c' * 16}-01"},
                 )
                 assert taken.status_code == 202, taken.text
             consume_env = {**base, **otel_env(otlp.grpc_url, "grpc")}
@@ -140,8 +145,10 @@ async def test_one_bulk_is_one_connected_trace_from_the_intake_to_the_webhook(
         assert otlp.requests["http"] and otlp.requests["grpc"], dict(otlp.requests)
         intake = one(spans, "bulk intake")
         bulk_trace = intake.trace_id
+        assert bulk_trace == CALLER_TRACE
         server_span = next(s for s in spans if s.span_id == intake.parent_id)
         assert server_span.kind == "server" and server_span.service == "streamer-api"
+        assert server_span.parent_id == "c" * 16
         assert intake.attributes["streamer.bulk_uuid"] == taken.json()["bulk_uuid"]
 
         # the receiver got the bulk's trace id in each delivery's traceparent
@@ -277,3 +284,39 @@ async def test_an_otlp_endpoint_that_does_not_answer_never_holds_processing_back
     assert not tracing.enabled()  # the worker's stop shut its tracing down, within the bound
     dropped = [r for r in caplog.records if "dropping" in r.getMessage().lower()]
     assert 1 <= len(dropped) <= 2, [r.getMessage() for r in dropped]
+
+
+def test_publish_writes_its_runs_trace_into_every_event(make_settings, tmp_path: Path) -> None:
+    settings = make_settings(topic_partitions=1)
+    prepare(settings)
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        "\n".join(
+            json.dumps({"type": "media", "sku": f"PUB-{n}", "images": [{"file_path": "/p/a.jpg"}]})
+            for n in range(3)
+        )
+    )
+    with OtlpReceiver() as otlp:
+        env = {**settings_env(settings), **otel_env(otlp.grpc_url, "grpc")}
+        done = subprocess.run(
+            [sys.executable, "-m", "streamer", "publish", str(events)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        spans = otlp.spans()
+    publish = one(spans, "publish")
+    assert publish.service == "streamer-publish" and publish.kind == "producer"
+    messages = read_topic(settings, settings.topics.media_topic)
+    assert len(messages) == 3
+    for message in messages:
+        version, trace_id, span_id, flags = dict(message.headers() or [])["traceparent"].split(b"-")
+        assert (version, trace_id.decode(), span_id.decode()) == (
+            b"00",
+            publish.trace_id,
+            publish.span_id,
+        )
+        assert int(flags, 16) & 1  # sampled (the random-id bit may be set beside it)
