@@ -465,26 +465,33 @@ class GalleryHandler:
                 if r.outcome in (EventOutcome.WRITTEN, EventOutcome.PARTIAL)
             ]
             record = gallery_updated(d, plan.finals[sku], applied)
-            sources = [  # its trace: that of the last event applied (the others linked)
-                item.msg
-                for item, r in reversed(plan.results.get(sku, []))
-                if r.outcome in (EventOutcome.WRITTEN, EventOutcome.PARTIAL)
-            ]
             output.messages.append(
                 OutputMessage(
                     topic=self.outcome_topic,
                     value=self.codec.encode_outcome(record, topic=self.outcome_topic),
                     key=sku.encode(),
                     token=("outcome", record["event_id"]),
-                    headers=tracing.sent_on(
-                        self.outcome_topic, sources, {"streamer.event_id": record["event_id"]}
-                    ),
+                    headers=self._outcome_trace(plan, sku, record["event_id"]),
                 )
             )
         plan.report.outcome_events = len(output.messages)
         if self.settings.etag_source == "index":
             output.messages.extend(await self._behind_the_bucket(tx, plan))
         return output
+
+    def _outcome_trace(
+        self, plan: GalleryPlan, sku: str, event_id: str
+    ) -> list[tuple[str, bytes]] | None:
+        """The outcome's trace headers: it goes on in the trace of the last event applied
+        (the others linked); None while tracing is off (nothing looked at)."""
+        if not tracing.enabled():
+            return None
+        sources = [
+            item.msg
+            for item, r in reversed(plan.results.get(sku, []))
+            if r.outcome in (EventOutcome.WRITTEN, EventOutcome.PARTIAL)
+        ]
+        return tracing.sent_on(self.outcome_topic, sources, {"streamer.event_id": event_id})
 
     async def _behind_the_bucket(self, tx: Transaction, plan: GalleryPlan) -> list[OutputMessage]:
         """Re-checks of images this batch stores with bytes the index says are gone.
