@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -236,13 +237,15 @@ class CompletionRelay:
             return 0
         async with converted():
             await conn.fetchval("SELECT 1")  # the lock's session is alive: still the leader
-        context = [  # each bulk's ImportCompleted is sent on in the bulk's trace
-            tracing.resent(p.topic, [(tracing.TRACEPARENT, p.traceparent.encode())])
+        pending = [  # each bulk's ImportCompleted is sent on in the bulk's trace
+            dataclasses.replace(
+                p, headers=tracing.resent(p.topic, [(tracing.TRACEPARENT, p.traceparent.encode())])
+            )
             if p.traceparent
-            else None
+            else p
             for p in pending
         ]
-        ends = await loop.run_in_executor(None, self._send, publisher, pending, context)
+        ends = await loop.run_in_executor(None, self._send, publisher, pending)
         for topic in sorted({p.topic for p in pending}):
             await mark_published(
                 conn,
@@ -281,20 +284,15 @@ class CompletionRelay:
             ready.extend(p for p in queued if p.topic == topic)
         return ready
 
-    def _send(
-        self,
-        publisher: Publisher,
-        pending: Sequence[Pending],
-        context: Sequence[list[tuple[str, bytes]] | None],
-    ) -> dict[tuple[str, int], int]:
+    def _send(self, publisher: Publisher, pending: Sequence[Pending]) -> dict[tuple[str, int], int]:
         """Produce and wait for every acknowledgment; a failure raises (and ends this tenure)."""
         started = time.monotonic()
-        for p, headers in zip(pending, context, strict=True):
+        for p in pending:
             publisher.produce(
                 p.topic,
                 self.codec.encode_record(p.record, type_name="ImportCompleted", topic=p.topic),
                 key=p.bulk_uuid.encode(),
-                headers=headers,
+                headers=p.headers,
             )
         publisher.flush(timeout_s=self.settings.completion_delivery_timeout_s + 5)
         log.debug("published %d completion(s) in %.3fs", len(pending), time.monotonic() - started)

@@ -251,7 +251,8 @@ class Pending:
     record: dict[str, Any]
     last_processed_at: datetime | None
     topic: str
-    traceparent: str | None = None
+    traceparent: str | None = None  # the bulk's trace (while tracing was on at the intake)
+    headers: list[tuple[str, bytes]] | None = None  # what the relay sends it with
 
 
 async def unpublished(
