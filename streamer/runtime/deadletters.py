@@ -4,8 +4,9 @@ A dead letter is the original message (key, value, headers, timestamp) plus
 ``streamer.error.*`` headers in the spirit of Kafka Connect's
 ``__connect.errors.*``: reason, message, exception class, original topic,
 partition, offset and timestamp, attempts, the job and consumer group that
-failed, first and last failure time. Every job shares one dead-letter topic;
-the ``job`` and ``group`` headers say whose it is.
+failed, first and last failure time, and (while tracing is on) the ``trace_id`` of
+the failed message's trace. Every job shares one dead-letter topic; the ``job`` and
+``group`` headers say whose it is.
 """
 
 from __future__ import annotations
