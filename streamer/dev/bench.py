@@ -11,9 +11,10 @@ galleries (``loadgen``) and measures, in one run on the configured stack:
   ``noop_resync_index`` (the same again with ``STREAMER_ETAG_SOURCE=index``, the object
   index filled beforehand as ``objects reconcile`` fills it: no S3 request),
   ``naive_noop_resync`` (the same re-sync through ``naive.run_naive``), and the cost of
-  tracing: ``trace_off``, ``trace_1.0`` and ``trace_0.01``, the no-op re-sync of events
-  that carry a ``traceparent`` (one trace per 500, as intake bulks do) with tracing off,
-  then on at sampling 1.0 and 0.01 (``parentbased_traceidratio``; spans through the
+  tracing: ``trace_off``, ``trace_1.0`` and ``trace_0.01``, each a first sync of the
+  catalog's galleries under new SKUs (every event writes and publishes an outcome), the
+  events carrying a ``traceparent`` (one trace per 500, as intake bulks do), with tracing
+  off, then on at sampling 1.0 and 0.01 (``parentbased_traceidratio``; spans through the
   SDK's batch processor and encoded as OTLP protobuf, the network send left out).
 
 Each phase reports events, seconds, events/s, images/s, the process's CPU per event
@@ -157,15 +158,16 @@ class BenchContext:
     version: int = field(default_factory=lambda: int(time.time() * 1000))
     published: dict[str, dict[TP, int]] = field(default_factory=dict)
 
-    def catalog(self) -> list[MediaGalleryChanged]:
-        """The catalog with a newer version each time: every re-sync is a re-sync."""
+    def catalog(self, fresh: str | None = None) -> list[MediaGalleryChanged]:
+        """The catalog with a newer version each time: every re-sync is a re-sync. ``fresh``:
+        the catalog's galleries under SKUs of their own instead, each one a first sync."""
         self.version += 1
         return generate_catalog(
             self.n_skus,
             self.images_per_sku,
             self.paths,
             version=self.version,
-            prefix=f"B{self.run}",
+            prefix=f"B{self.run}" + (f"-{fresh}" if fresh else ""),
         )
 
 
@@ -296,11 +298,11 @@ def _publish(
 
 
 def publish_catalog(
-    ctx: BenchContext, phase: str, *, traced: float | None = None
+    ctx: BenchContext, phase: str, *, traced: float | None = None, fresh: str | None = None
 ) -> tuple[int, dict[TP, int]]:
     """Publish the catalog again; keeps only counts (the events themselves would sit in the
     measured process's heap during the phase)."""
-    events = ctx.catalog()
+    events = ctx.catalog(fresh)
     started = time.monotonic()
     ends = _publish(ctx.settings, events, traced=traced)
     seconds = time.monotonic() - started
@@ -580,10 +582,14 @@ class _EncodingSink(SpanExporter):
 
 
 def _traced_phase(name: str, ratio: float | None) -> Callable[[BenchContext], Awaitable[Phase]]:
-    """The no-op re-sync of traced bulks, with tracing off (``ratio`` None) or on."""
+    """A first sync of the catalog's galleries under SKUs of the phase's own, published as
+    traced bulks, with tracing off (``ratio`` None) or on: every step of a batch is traced
+    and every event publishes a ``GalleryUpdated`` (a ``send`` span each while sampled)."""
 
     async def phase(ctx: BenchContext) -> Phase:
-        n, ends = publish_catalog(ctx, name, traced=1.0 if ratio is None else ratio)
+        traced = 1.0 if ratio is None else ratio
+        fresh = name.replace("_", "").replace(".", "")
+        n, ends = publish_catalog(ctx, name, traced=traced, fresh=fresh)
         sink = _EncodingSink()
         if ratio is not None:
             sampler = {
