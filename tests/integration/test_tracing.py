@@ -162,7 +162,6 @@ async def test_one_bulk_is_one_connected_trace_from_the_intake_to_the_webhook(
         batch = next(s for s in gallery if any(t == bulk_trace for t, _ in s.links))
         children = {s.name for s in spans if s.parent_id == batch.span_id}
         assert {"gallery state read", "gallery etag lookup", "commit"} <= children, children
-        assert any(s.parent_id == batch.span_id or s.trace_id == batch.trace_id for s in spans)
 
         # outcomes are sent in the bulk's trace, from the intake's span, linked to the batch
         sends = [s for s in spans if s.name == f"send {settings.topics.outcome_topic}"]
