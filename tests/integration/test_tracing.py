@@ -172,9 +172,11 @@ async def test_one_bulk_is_one_connected_trace_from_the_intake_to_the_webhook(
 
         # the forwarder's POSTs are children of those sends, linked to its batch
         posts = [s for s in spans if s.name == "webhook POST"]
+        assert len(posts) == 2
         assert {p.parent_id for p in posts} == {s.span_id for s in sends}
         assert all(p.service == "streamer-forward" and p.trace_id == bulk_trace for p in posts)
         forward_batches = [s for s in spans if s.name == "process forward"]
+        assert forward_batches
         assert all(any(t == bulk_trace for t, _ in s.links) for s in forward_batches)
         assert {p.attributes["http.response.status_code"] for p in posts} == {204}
 
