@@ -178,7 +178,7 @@ async def test_one_bulk_is_one_connected_trace_from_the_intake_to_the_webhook(
         forward_batches = [s for s in spans if s.name == "process forward"]
         assert forward_batches
         assert all(any(t == bulk_trace for t, _ in s.links) for s in forward_batches)
-        assert {p.attributes["http.response.status_code"] for p in posts} == {204}
+        assert sum(p.attributes.get("http.response.status_code") == 204 for p in posts) == 2
 
         # the bulk's ImportCompleted is sent on in its trace, by the relay in serve
         carried = dict(completion.headers() or [])
