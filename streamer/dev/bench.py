@@ -588,7 +588,7 @@ def _traced_phase(name: str, ratio: float | None) -> Callable[[BenchContext], Aw
 
     async def phase(ctx: BenchContext) -> Phase:
         traced = 1.0 if ratio is None else ratio
-        fresh = name.replace("_", "").replace(".", "")
+        fresh = name.replace("_", "").replace(".", "") + str(ctx.version)  # new each call
         n, ends = publish_catalog(ctx, name, traced=traced, fresh=fresh)
         sink = _EncodingSink()
         if ratio is not None:
