@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
 import stat
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -44,6 +42,7 @@ from tests.integration.support import (
     drained,
     media,
     prepare,
+    process,
     put_image,
     read_topic,
     settings_env,
@@ -128,29 +127,6 @@ def leaks(where: str, text: str | bytes | None) -> list[str]:
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
         return str(reply.read().decode())
-
-
-@contextmanager
-def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A streamer command as a real process, its output in ``log``, stopped with SIGTERM."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamer", *argv],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 def run_command(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ from tests.integration.support import (
     drained,
     media,
     prepare,
+    process,
     put_image,
     read_topic,
     run_until_drained,
@@ -48,30 +46,6 @@ def otel_env(endpoint: str, protocol: str) -> dict[str, str]:
         "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # export within a tenth of a second
     }
-
-
-@contextmanager
-def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A streamer command as a real process, its output in ``log``, stopped with SIGTERM
-    (which exports what its tracer still holds)."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamer", *argv],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 CALLER_TRACE = "5eed" * 8
