@@ -29,7 +29,7 @@ import httpx
 from pydantic import SecretStr
 
 from streamer.dev.stack import DevStack, free_port
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from streamer.ops.schema import migrate_all
 from streamer.ops.topics import create_topics
 from streamer.settings import Settings, load_settings
@@ -134,7 +134,7 @@ async def measure(
                 f"server CPU median {statistics.median(cpu_ms):.3f} ms/item"
             )
             stop = asyncio.Event()
-            worker = GalleryWorker(settings, install_signal_handlers=False)
+            worker = gallery_runner(settings, install_signal_handlers=False)
             task = asyncio.create_task(worker.run(stop))
             started = time.perf_counter()
             while True:

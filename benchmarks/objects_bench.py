@@ -27,9 +27,8 @@ from confluent_kafka import Consumer, TopicPartition
 from streamer.contract.codec import Codec
 from streamer.contract.events import MediaGalleryChanged
 from streamer.contract.publishing import EventPublisher
-from streamer.gallery.worker import GalleryWorker
-from streamer.objects.sqs import SqsSource
-from streamer.objects.worker import ObjectsWorker, make_handler
+from streamer.gallery.worker import gallery_runner
+from streamer.objects.worker import objects_runner
 from streamer.ops.schema import migrate_all
 from streamer.ops.topics import create_topics
 from streamer.runtime.metrics import new_registry
@@ -59,14 +58,24 @@ async def notifications_per_s(settings: Settings, n: int) -> float:
                 topic, record(bucket, key, f"{i:032x}"), key=f"{bucket}/{key}".encode()
             )
         publisher.flush()
-    worker = ObjectsWorker(settings, registry=new_registry(), install_signal_handlers=False)
+    worker = objects_runner(
+        settings.replace(objects_sqs_url=None),  # the topic, not the dev stack's queue
+        registry=new_registry(),
+        install_signal_handlers=False,
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
+
+    def taken() -> float:
+        sample = worker.registry.get_sample_value
+        name = "streamer_object_notifications_total"
+        return sum(sample(name, {"result": r}) or 0.0 for r in ("indexed", "not_newer"))
+
     try:
         while not worker.registry.get_sample_value("streamer_assigned_partitions"):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         started = time.monotonic()
-        while worker.handler.totals["indexed"] + worker.handler.totals["not_newer"] < n:
+        while taken() < n:
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
@@ -122,10 +131,8 @@ async def overwrite_latency(settings: Settings, n: int) -> list[float]:
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
     stop = asyncio.Event()
-    gallery = GalleryWorker(settings, registry=new_registry(), install_signal_handlers=False)
-    source = SqsSource(
-        settings, make_handler(settings), registry=new_registry(), install_signal_handlers=False
-    )
+    gallery = gallery_runner(settings, registry=new_registry(), install_signal_handlers=False)
+    source = objects_runner(settings, registry=new_registry(), install_signal_handlers=False)
     tasks = [asyncio.create_task(gallery.run(stop)), asyncio.create_task(source.run(stop))]
     try:
         for sku in skus:  # the first sync, then the queue quiet

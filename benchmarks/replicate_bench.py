@@ -26,7 +26,7 @@ from streamer.contract.codec import Codec
 from streamer.dev.stack import free_port
 from streamer.ops.schema import migrate_all
 from streamer.ops.topics import create_topics
-from streamer.replicate.worker import ReplicaWorker
+from streamer.replicate.worker import replicate_runner
 from streamer.runtime.database import connect
 from streamer.runtime.metrics import new_registry
 from streamer.runtime.publisher import Publisher
@@ -73,7 +73,7 @@ def record(sku: str, path: str, etag: str, size: int) -> dict[str, Any]:
 
 async def drain(settings: Settings, ends: dict[tuple[str, int], int]) -> tuple[float, float, Any]:
     registry = new_registry()
-    worker = ReplicaWorker(settings, registry=registry, install_signal_handlers=False)
+    worker = replicate_runner(settings, registry=registry, install_signal_handlers=False)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     # The clock starts once the group has assigned partitions: joining is not replication.

@@ -12,16 +12,26 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import AfterValidator, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from streamer.errors import ConfigError
 
-__all__ = ["Section", "default_env_file", "load_section", "variable_name"]
+__all__ = ["NonBlank", "Section", "default_env_file", "load_section", "variable_name"]
 
 S = TypeVar("S", bound="Section")
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+# A name that must say something (a group id, a topic, a bootstrap list): trimmed, never blank.
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
 
 
 def default_env_file() -> Path:

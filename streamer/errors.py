@@ -1,11 +1,18 @@
-"""The errors streamer raises on purpose, shared by the runtime and every job.
+"""The vocabulary every error streamer raises on purpose is built from; each layer adds its own.
 
-Every error carries its own retry decision (``retriable``, on the class) and, when
-it is bound for the dead-letter topic, a stable machine-readable ``reason``.
-Callers read those attributes instead of keeping lists of exception types.
-Retriable errors name the ``dependency`` whose circuit breaker counts them and
-may say how long to wait (``retry_after_s``, e.g. from a ``Retry-After`` header).
-Third-party errors are converted at the boundary with ``raise ... from exc``.
+Every error carries its own retry decision (``retriable``, on the class), true to what
+the runner does with it, and, when it is bound for the dead-letter topic, a stable
+machine-readable ``reason``. Callers read those attributes instead of keeping lists of
+exception types. A ``DependencyUnavailable`` names the ``dependency`` whose circuit
+breaker counts it and may say how long to wait (``retry_after_s``, e.g. from a
+``Retry-After`` header). Third-party errors are converted at the boundary with
+``raise ... from exc``.
+
+The errors themselves live with the layer that raises them: the runtime's in
+``streamer.runtime.errors`` (the broker, the database, the commit's control flow), the
+event contract's in ``streamer.contract.errors`` (undecodable or invalid events, the
+Schema Registry), the object store's in ``streamer.storage.errors``, each job's in its
+own package.
 """
 
 from __future__ import annotations
@@ -13,27 +20,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
-    "BrokerAccessDenied",
-    "BrokerUnavailable",
     "ConfigError",
-    "DatabaseDataError",
-    "DatabaseUnavailable",
-    "DecodeError",
-    "DeliveryError",
-    "DeliveryRefused",
-    "DeliveryUnavailable",
     "DependencyUnavailable",
-    "FencedError",
-    "ImageInvalid",
-    "InvalidEvent",
     "NonRetriableError",
-    "ObjectStoreUnavailable",
     "RetriableError",
-    "SchemaRegistryUnavailable",
-    "SchemaRejected",
-    "StateChanged",
     "StreamerError",
-    "TopicMissing",
 ]
 
 
@@ -51,88 +42,28 @@ class StreamerError(Exception):
 
 
 class RetriableError(StreamerError):
-    """A failure that may pass by itself: retry with backoff, never dead-letter."""
+    """The runner tries the work again: never dead-lettered, never the end of a worker."""
 
     retriable = True
     reason = "retriable"
 
 
 class NonRetriableError(StreamerError):
-    """A failure that will not pass by retrying: dead-letter or report."""
+    """Trying again would fail again: the message is dead-lettered, or the command stops."""
 
     reason = "non_retriable"
 
 
 class ConfigError(NonRetriableError):
+    """A setting names something that does not work (a bucket that does not exist, refused
+    credentials): the command stops with a message naming the setting, changing nothing."""
+
     reason = "config"
 
 
-class BrokerAccessDenied(ConfigError):
-    """Kafka refused this client: wrong SASL credentials or an untrusted TLS certificate."""
-
-    reason = "broker_access_denied"
-
-
-class SchemaRejected(ConfigError):
-    """The Schema Registry refused a writer schema for good: incompatible with the subject's
-    versions under its compatibility level, or invalid. Retrying sends the same schema."""
-
-    reason = "schema_rejected"
-
-
-class DecodeError(NonRetriableError):
-    """Bytes that cannot be read as an event (garbage, truncated, unknown schema)."""
-
-    reason = "undecodable"
-
-
-class InvalidEvent(NonRetriableError):
-    """A decoded event that breaks the contract (empty SKU, too many images, ...)."""
-
-    reason = "invalid_event"
-
-
-class ImageInvalid(NonRetriableError):
-    """One image of an event cannot be applied (bad path); its event's other images still can."""
-
-    reason = "image_invalid"
-
-
-class DatabaseDataError(NonRetriableError):
-    """A data error isolated to one key (constraint violation, value too long)."""
-
-    reason = "database_data_error"
-
-
-class TopicMissing(NonRetriableError):
-    reason = "topic_missing"
-
-
-class FencedError(NonRetriableError):
-    """This worker lost ownership of partitions; its writes must not land."""
-
-    reason = "fenced"
-
-    def __init__(self, partitions: list[tuple[str, int]]) -> None:
-        names = ", ".join(f"{t}[{p}]" for t, p in partitions)
-        super().__init__(f"partitions now owned by another worker: {names}")
-        self.partitions = partitions
-
-
-class StateChanged(NonRetriableError):
-    """What a batch was planned on changed before it could commit (another writer got there
-    first, e.g. a worker holding the SKU's partition of the other topic): plan it again."""
-
-    reason = "state_changed"
-
-    def __init__(self, keys: list[str]) -> None:
-        shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-        super().__init__(f"changed since this batch read them: {shown}")
-        self.keys = keys
-
-
 class DependencyUnavailable(RetriableError):
-    """A dependency did not answer (or refused for now); its circuit breaker counts these."""
+    """A dependency did not answer (or refused for now): retried with backoff, counted by the
+    dependency's circuit breaker, and waited out with the partitions paused."""
 
     dependency: str = "unknown"
     reason = "dependency_unavailable"
@@ -142,37 +73,3 @@ class DependencyUnavailable(RetriableError):
     ) -> None:
         super().__init__(message, reason=reason)
         self.retry_after_s = retry_after_s
-
-
-class ObjectStoreUnavailable(DependencyUnavailable):
-    dependency = "s3"
-
-
-class DatabaseUnavailable(DependencyUnavailable):
-    dependency = "postgres"
-
-
-class BrokerUnavailable(DependencyUnavailable):
-    dependency = "kafka"
-
-
-class DeliveryError(StreamerError):
-    """The broker did not acknowledge produced messages; catch this for either kind below."""
-
-    reason = "delivery_failed"
-
-
-class DeliveryRefused(DeliveryError, NonRetriableError):
-    """Refused for good (too large, unknown topic, bad configuration)."""
-
-    reason = "delivery_refused"
-
-
-class DeliveryUnavailable(DeliveryError, BrokerUnavailable):
-    """Not acknowledged in time; the messages may go through later."""
-
-    reason = "delivery_unavailable"
-
-
-class SchemaRegistryUnavailable(DependencyUnavailable):
-    dependency = "schema_registry"

@@ -36,6 +36,7 @@ from streamer.errors import StreamerError
 from streamer.runtime import tracing
 from streamer.runtime.database import Database
 from streamer.runtime.metrics import new_registry
+from streamer.runtime.retention import Pruning, pruner_for
 from streamer.settings import Settings
 from streamer.storage.clients import make_s3_client
 from streamer.tracking.metrics import TrackingMetrics
@@ -85,6 +86,7 @@ def create_app(
     gallery: GalleryReader | None = None,
     registry: CollectorRegistry | None = None,
     relay: bool = True,
+    pruning: Pruning | None = None,
 ) -> FastAPI:
     registry = registry if registry is not None else new_registry()
     api_metrics = ApiMetrics(registry)
@@ -125,10 +127,15 @@ def create_app(
                 metrics=tracking_metrics,
             )
             relay_task = asyncio.create_task(app.state.relay.run(stop))
+        pruner = pruner_for(pruning, database, registry)
+        pruning_task = asyncio.create_task(pruner.run()) if pruner is not None else None
         log.info("streamer serve: ready")
         try:
             yield
         finally:
+            if pruning_task is not None:
+                pruning_task.cancel()
+                await asyncio.gather(pruning_task, return_exceptions=True)
             stop.set()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(sampler_task, timeout=10)

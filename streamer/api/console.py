@@ -223,7 +223,7 @@ async def dead_letters(
     job: str | None = None,
 ) -> Response:
     wanted = DeadLetterFilter(
-        reason=reason or None, sku=sku or None, topic=topic or None, job=job or None
+        reason=reason or None, key=sku or None, topic=topic or None, job=job or None
     )
     letters = await _letters(request)
     matching = [r for r in letters if wanted.matches(r)]

@@ -32,20 +32,15 @@ from streamer.api.metrics import ApiMetrics
 from streamer.api.problems import RETRY_AFTER_S
 from streamer.api.settings import ApiSettings
 from streamer.contract.codec import Codec
+from streamer.contract.errors import InvalidEvent
 from streamer.contract.events import MediaGalleryChanged, ProductChanged
 from streamer.contract.ingest import Ack, Ingested, VersionClock, parse_bulk, parse_jsonl
 from streamer.contract.publishing import topic_for
 from streamer.contract.topics import TopicSettings
-from streamer.errors import (
-    DatabaseUnavailable,
-    DeliveryRefused,
-    DependencyUnavailable,
-    InvalidEvent,
-    StreamerError,
-    TopicMissing,
-)
+from streamer.errors import DependencyUnavailable, StreamerError
 from streamer.runtime import tracing
 from streamer.runtime.database import Database
+from streamer.runtime.errors import DatabaseUnavailable, DeliveryRefused, TopicMissing
 from streamer.runtime.publisher import Publisher
 from streamer.runtime.settings import KafkaSettings
 from streamer.tracking.model import item_header
@@ -337,7 +332,7 @@ class Intake:
                 reports[r.ack.id] = f"refused by the producer: {exc.message}"
         deadline = time.monotonic() + self.delivery_wait_s
         while len(reports) < len(ready) and time.monotonic() < deadline:
-            publisher.producer.poll(0.05)
+            publisher.poll(0.05)
         failed = {item: error for item, error in reports.items() if error is not None}
         for r in ready:
             if r.ack.id not in reports:

@@ -21,7 +21,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamer.api.auth import Principal
-from streamer.errors import InvalidEvent, SchemaRejected, StreamerError
+from streamer.contract.errors import InvalidEvent, SchemaRejected
+from streamer.errors import StreamerError
 
 __all__ = ["RETRY_AFTER_S", "ApiError", "install", "problem"]
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import uvicorn
 
 from streamer.api.app import GalleryReader, create_app
+from streamer.runtime.retention import Pruning
 from streamer.settings import Settings
 
 __all__ = ["serve"]
 
 
-def serve(settings: Settings, *, gallery: GalleryReader | None = None) -> None:
+def serve(
+    settings: Settings, *, gallery: GalleryReader | None = None, pruning: Pruning | None = None
+) -> None:
     """Serve until SIGTERM/SIGINT (uvicorn drains open requests, then the lifespan closes)."""
-    app = create_app(settings, gallery=gallery)
+    app = create_app(settings, gallery=gallery, pruning=pruning)
     uvicorn.run(
         app,
         host=settings.api.api_host,

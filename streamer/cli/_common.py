@@ -16,10 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from streamer.config import default_env_file
+from streamer.config import Section, default_env_file
 from streamer.errors import StreamerError
+from streamer.runtime.job import Job
 from streamer.runtime.logs import configure_logging
-from streamer.settings import Settings, load_settings
+from streamer.runtime.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
+from streamer.settings import Settings, load_settings, unknown_variables
 
 __all__ = [
     "TidyGroup",
@@ -28,6 +30,7 @@ __all__ = [
     "note",
     "out_console",
     "run",
+    "run_job",
     "settings_from",
     "settings_origin",
     "tidy_help",
@@ -36,6 +39,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# What the product's log lines carry beside the runtime's fields (README: STREAMER_LOG_FORMAT).
+LOG_FIELDS = ("sku",)
 log = logging.getLogger("streamer.cli")
 
 # Errors are one unwrapped line, so scripts and log search can match them whole.
@@ -72,21 +77,39 @@ def settings_origin() -> str:
     return "; ".join(parts)
 
 
-def settings_from(**overrides: Any) -> Settings:
-    """Load settings or exit with the message naming the bad setting."""
+def settings_from(*, require: tuple[type[Section], ...] = (), **overrides: Any) -> Settings:
+    """Load settings or exit with the message naming the bad setting.
+
+    The runtime's sections (Kafka, PostgreSQL, the runtime) and ``require`` are validated
+    now; others only if the command reads them. A ``STREAMER_*`` variable that is no
+    setting is reported either way."""
     global _json_logs
     try:
         settings = load_settings(**overrides)
-    except StreamerError as exc:
+        settings.require(KafkaSettings, DatabaseSettings, RuntimeSettings, *require)
+    except (StreamerError, TypeError) as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
-    configure_logging(settings.runtime.log_level, settings.runtime.log_format)
+    configure_logging(settings.runtime.log_level, settings.runtime.log_format, fields=LOG_FIELDS)
+    for name in unknown_variables(default_env_file()):
+        log.warning("%s is not a setting streamer knows; it is ignored", name)
     _json_logs = settings.runtime.log_format == "json"
     global _origin_shown
     if not default_env_file().exists() and not _variables():
         note(f"no settings found, using the defaults: {settings_origin()}")
         _origin_shown = True
     return settings
+
+
+def run_job(job: Job, **overrides: Any) -> None:
+    """``streamer <job>``: one worker of the job, until SIGTERM/SIGINT."""
+    from streamer.ops.retention import RetentionSettings, pruning
+
+    settings = settings_from(require=(*job.sections, RetentionSettings), **overrides)
+    assert job.runner is not None, f"{job.name} runs no worker"
+    with fail_cleanly():
+        stats = run(job.runner(settings, pruning=pruning(settings.retention)).run())
+    err_console.print(f"stopped after {stats.batches} batches, {stats.messages} messages")
 
 
 def _variables() -> list[str]:

@@ -30,6 +30,7 @@ def serve(
     """
     from streamer.api.server import serve as run_server
     from streamer.gallery.export import load_gallery
+    from streamer.ops.retention import pruning
 
     settings = settings_from(api_host=host, api_port=port)
     if not settings.api.full_tokens():
@@ -40,14 +41,14 @@ def serve(
         raise typer.Exit(2)
     with fail_cleanly(), traced("streamer-api"):
         _check_broker(settings)
-        run_server(settings, gallery=load_gallery)
+        run_server(settings, gallery=load_gallery, pruning=pruning(settings.retention))
 
 
 def _check_broker(settings: Settings) -> None:
     """Refused credentials or certificates end the start (librdkafka would retry them
     forever); a broker that does not answer yet is the intake's 503 until it does."""
-    from streamer.errors import BrokerUnavailable
     from streamer.runtime.connection import check_broker
+    from streamer.runtime.errors import BrokerUnavailable
 
     topics = settings.topics
     try:

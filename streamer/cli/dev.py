@@ -224,8 +224,9 @@ def bench(
         list[str] | None,
         typer.Option(
             "--phase",
-            help="run only these phases (repeatable): first_sync, noop_resync, "
-            "noop_resync_index, naive_noop_resync, trace_off, trace_1.0, trace_0.01",
+            help="run only these phases, in this order (repeatable; a phase may be given "
+            "twice): first_sync, noop_resync, noop_resync_pruning, noop_resync_index, "
+            "naive_noop_resync, trace_off, trace_1.0, trace_0.01",
         ),
     ] = None,
     forward: Annotated[
@@ -234,7 +235,8 @@ def bench(
     ] = None,
 ) -> None:
     """Throughput benchmark on the configured stack: ceilings of the parts, then first sync,
-    no-op re-sync (S3 look-ups, then the object index) and the naive consumer's no-op re-sync,
+    no-op re-sync (S3 look-ups, the same with the retention pruner busy beside it, then the
+    object index) and the naive consumer's no-op re-sync,
     each beside what binds it (or, with
     --forward N, webhook deliveries/s to a local receiver, single and batched)."""
     from streamer.dev.bench import format_table, run_benchmark

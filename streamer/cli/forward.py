@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from streamer.cli._common import err_console, fail_cleanly, run, settings_from
+from streamer.cli._common import err_console, fail_cleanly, run, run_job, settings_from
+from streamer.forward.job import JOB
 
-__all__ = ["forward_app"]
+__all__ = ["forward_app", "register"]
 
 forward_app = typer.Typer(
     help=(
@@ -33,14 +34,7 @@ def forward(
     """Run a forwarder worker until SIGTERM/SIGINT (the batch in hand is delivered first)."""
     if ctx.invoked_subcommand is not None:
         return
-    from streamer.forward.worker import ForwardWorker
-
-    settings = settings_from(
-        forward_group_id=group_id, kafka_bootstrap=bootstrap, metrics_port=metrics_port
-    )
-    with fail_cleanly():
-        stats = run(ForwardWorker(settings).run())
-    err_console.print(f"stopped after {stats.batches} batches")
+    run_job(JOB, forward_group_id=group_id, kafka_bootstrap=bootstrap, metrics_port=metrics_port)
 
 
 @forward_app.command("test-connection")
@@ -55,7 +49,7 @@ def connection_test(
     """Send one signed test event; report status, latency and whether the receiver accepted it."""
     from streamer.forward.probe import send_test_event
 
-    settings = settings_from(webhook_url=url)
+    settings = settings_from(require=JOB.sections, webhook_url=url)
     if not settings.forward.webhook_url:
         err_console.print("[red]error:[/red] STREAMER_WEBHOOK_URL is not set (or pass --url)")
         raise typer.Exit(2)
@@ -88,3 +82,7 @@ def connection_test(
         typer.echo(f"response {a.excerpt[:300]}")
     if not result.ok:
         raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(forward_app, name="forward")

@@ -10,9 +10,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from streamer.cli._common import err_console, fail_cleanly, out_console, run, settings_from
+from streamer.cli._common import (
+    err_console,
+    fail_cleanly,
+    out_console,
+    run,
+    run_job,
+    settings_from,
+)
+from streamer.gallery.job import JOB
 
-__all__ = ["consume", "gallery_app"]
+__all__ = ["consume", "gallery_app", "register"]
 
 gallery_app = typer.Typer(help="Read stored galleries.", no_args_is_help=True)
 
@@ -35,18 +43,19 @@ def consume(
     ] = None,
 ) -> None:
     """Run a gallery consumer-group worker until SIGTERM/SIGINT (the batch in hand is finished first)."""
-    from streamer.gallery.worker import GalleryWorker
-
-    settings = settings_from(
+    run_job(
+        JOB,
         group_id=group_id,
         kafka_bootstrap=bootstrap,
         metrics_port=metrics_port,
         batch_max_events=batch_max_events,
         batch_max_wait_ms=batch_max_wait_ms,
     )
-    with fail_cleanly():
-        stats = run(GalleryWorker(settings).run())
-    err_console.print(f"stopped after {stats.batches} batches")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("consume")(consume)
+    app.add_typer(gallery_app, name="gallery")
 
 
 @gallery_app.command("show")
@@ -59,7 +68,7 @@ def show(
     wrap at the terminal's width instead of being cut)."""
     from streamer.gallery.export import load_gallery
 
-    settings = settings_from()
+    settings = settings_from(require=JOB.sections)
     with fail_cleanly():
         gallery = run(load_gallery(settings.database.dsn, sku))
     if gallery is None:
@@ -102,7 +111,7 @@ def export(
     if fmt != "jsonl":
         err_console.print("[red]error:[/red] --format must be jsonl")
         raise typer.Exit(2)
-    settings = settings_from()
+    settings = settings_from(require=JOB.sections)
 
     async def dump() -> int:
         n = 0

@@ -9,9 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streamer.cli._common import err_console, fail_cleanly, run, settings_from
+from streamer.cli._common import err_console, fail_cleanly, run, run_job, settings_from
+from streamer.objects.job import JOB
 
-__all__ = ["objects_app"]
+__all__ = ["objects_app", "register"]
 
 objects_app = typer.Typer(
     help="The object index: bucket notifications in, ETags without S3 requests, galleries that "
@@ -33,24 +34,13 @@ def consume(
     metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="0 disables")] = None,
 ) -> None:
     """Keep the object index current until SIGTERM/SIGINT, from the topic or the SQS queue."""
-    settings = settings_from(
+    run_job(
+        JOB,
         objects_group_id=group_id,
         objects_topic=topic,
         objects_sqs_url=sqs_url,
         metrics_port=metrics_port,
     )
-    with fail_cleanly():
-        if settings.objects.objects_sqs_url:
-            from streamer.objects.sqs import SqsSource
-            from streamer.objects.worker import make_handler
-
-            stats = run(SqsSource(settings, make_handler(settings)).run())
-            err_console.print(f"stopped after {stats.rounds} rounds, {stats.messages} messages")
-        else:
-            from streamer.objects.worker import ObjectsWorker
-
-            done = run(ObjectsWorker(settings).run())
-            err_console.print(f"stopped after {done.batches} batches")
 
 
 @objects_app.command("reconcile")
@@ -70,7 +60,7 @@ def reconcile(
     from streamer.objects.reconcile import reconcile as run_reconcile
     from streamer.objects.worker import make_handler
 
-    settings = settings_from()
+    settings = settings_from(require=JOB.sections)
     console = Console(stderr=True)
     with Progress(console=console, transient=True) as bar, fail_cleanly():
         task = bar.add_task("listing", total=None)
@@ -94,3 +84,7 @@ def reconcile(
     for kind, keys in kinds.items():
         for key in keys[:limit]:
             err_console.print(f"  {kind}: {key}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(objects_app, name="objects")

@@ -177,7 +177,7 @@ def dlq_show(
     from streamer.runtime.replay import DeadLetterFilter
 
     settings = settings_from()
-    wanted = DeadLetterFilter(reason=reason, sku=sku, topic=topic, job=job)
+    wanted = DeadLetterFilter(reason=reason, key=sku, topic=topic, job=job)
     with fail_cleanly():
         letters = [r for r in _letters(settings) if wanted.matches(r)]
     replayed = _replayed(settings)
@@ -229,7 +229,7 @@ def dlq_replay(
     settings = settings_from()
     wanted = DeadLetterFilter(
         reason=reason,
-        sku=sku,
+        key=sku,
         job=job,
         since_ms=_ms(since, "--since"),
         until_ms=_ms(until, "--until"),

@@ -28,12 +28,8 @@ from streamer.cli._common import (
     traced,
     waiting,
 )
-from streamer.errors import (
-    DeliveryError,
-    InvalidEvent,
-    SchemaRegistryUnavailable,
-    SchemaRejected,
-)
+from streamer.contract.errors import InvalidEvent, SchemaRegistryUnavailable, SchemaRejected
+from streamer.runtime.errors import DeliveryError
 
 __all__ = ["EXIT_FAILED", "EXIT_TIMEOUT", "publish"]
 

@@ -9,9 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streamer.cli._common import err_console, fail_cleanly, run, settings_from
+from streamer.cli._common import err_console, fail_cleanly, run, run_job, settings_from
+from streamer.replicate.job import JOB
 
-__all__ = ["replicate_app"]
+__all__ = ["register", "replicate_app"]
 
 replicate_app = typer.Typer(
     help="Copy the images of changed galleries to a destination store (STREAMER_REPLICA_*)."
@@ -35,18 +36,13 @@ def replicate(
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"replica_bucket": bucket}
         return
-    from streamer.replicate.worker import ReplicaWorker
-
-    settings = settings_from(
+    run_job(
+        JOB,
         replica_group_id=group_id,
         replica_bucket=bucket,
         metrics_port=metrics_port,
         batch_max_events=batch_max_events,
     )
-    with fail_cleanly():
-        settings.replica.bucket()
-        stats = run(ReplicaWorker(settings).run())
-    err_console.print(f"stopped after {stats.batches} batches")
 
 
 @replicate_app.command("verify")
@@ -66,7 +62,7 @@ def verify(
 
     from streamer.replicate.verify import verify_replica
 
-    settings = settings_from(**(ctx.obj or {}))
+    settings = settings_from(require=JOB.sections, **(ctx.obj or {}))
     console = Console(stderr=True)
     with Progress(console=console, transient=True) as bar:
         tasks: dict[str, TaskID] = {}
@@ -115,3 +111,7 @@ def _paths(report: object, limit: int) -> dict[str, list[str]]:
         for kind in ("missing", "stale", "extra", "source_missing")
         if getattr(report, kind)
     }
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(replicate_app, name="replicate")

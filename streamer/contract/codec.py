@@ -24,10 +24,10 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
+from streamer.contract.errors import DecodeError, SchemaRegistryUnavailable, SchemaRejected
 from streamer.contract.events import EventType, MediaGalleryChanged, ProductChanged, parse_event
 from streamer.contract.lean import RECHECK, GalleryInput, LeanEvent, lean_event, lean_recheck
 from streamer.contract.schemas import KnownSchema, current_schemas, known_schemas
-from streamer.errors import DecodeError, SchemaRegistryUnavailable, SchemaRejected
 
 __all__ = ["SINGLE_OBJECT_MAGIC", "Codec", "DecodedRecord", "event_record", "registry_config"]
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from streamer.errors import ImageInvalid, InvalidEvent
+from streamer.contract.errors import ImageInvalid, InvalidEvent
 
 __all__ = [
     "MANAGED_ROLES",

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from streamer.contract.errors import InvalidEvent
 from streamer.contract.events import EventType, MediaGalleryChanged, ProductChanged, parse_event
-from streamer.errors import InvalidEvent
 
 __all__ = ["Ack", "Ingested", "VersionClock", "detect_format", "parse_bulk", "parse_jsonl"]
 

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from pydantic_core import to_json
 
+from streamer.contract.errors import ImageInvalid, InvalidEvent
 from streamer.contract.events import (
     MAX_IMAGES_PER_EVENT,
     MAX_LABEL_CHARS,
@@ -40,7 +41,6 @@ from streamer.contract.events import (
     parse_event,
     utc_millis,
 )
-from streamer.errors import ImageInvalid, InvalidEvent
 
 __all__ = [
     "RECHECK",

@@ -8,6 +8,8 @@ galleries (``loadgen``) and measures, in one run on the configured stack:
   PostgreSQL's raw upsert rows/s with the gallery's own statement;
 - the phases, in ``PHASES`` order: ``first_sync`` (one worker drains the catalog),
   ``noop_resync`` (the same galleries again, newer versions: nothing to write),
+  ``noop_resync_pruning`` (the same, right after, while the retention pruner works through
+  a backlog of bookkeeping rows past their retention: the hot path must not slow down),
   ``noop_resync_index`` (the same again with ``STREAMER_ETAG_SOURCE=index``, the object
   index filled beforehand as ``objects reconcile`` fills it: no S3 request),
   ``naive_noop_resync`` (the same re-sync through ``naive.run_naive``), and the cost of
@@ -29,13 +31,14 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import statistics
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, TopicPartition
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -47,16 +50,19 @@ from streamer.contract.publishing import EventPublisher
 from streamer.dev.loadgen import generate_catalog, object_paths, upload_objects
 from streamer.dev.naive import run_naive
 from streamer.gallery.etags import EtagSource, S3EtagSource
+from streamer.gallery.handler import GalleryHandler
 from streamer.gallery.repository import _UPSERT_IMAGE
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from streamer.objects.reconcile import reconcile
 from streamer.objects.worker import make_handler
+from streamer.ops.retention import bookkeeping
 from streamer.ops.schema import migrate_all
 from streamer.ops.topics import create_topics
 from streamer.runtime import tracing
 from streamer.runtime.database import connect
 from streamer.runtime.metrics import new_registry
 from streamer.runtime.publisher import Publisher
+from streamer.runtime.retention import Pruning
 from streamer.settings import Settings
 from streamer.storage.clients import make_object_store
 from streamer.storage.keys import s3_key
@@ -74,6 +80,7 @@ __all__ = [
 Log = Callable[[str], None]
 TP = tuple[str, int]
 _PROGRESS_EVERY_S = 2.0
+AGED_PER_SKU = 20  # bookkeeping rows past their retention, per SKU, for noop_resync_pruning
 
 
 @dataclass(frozen=True)
@@ -455,12 +462,16 @@ async def worker_phase(
     images: int,
     timeout_s: float,
     settings: Settings | None = None,
+    pruning: Pruning | None = None,
 ) -> Phase:
     """One in-process worker drains what was published; the clock starts once it owns its
     partitions, so the group join is not counted."""
     registry = new_registry()
-    worker = GalleryWorker(
-        settings or ctx.settings, registry=registry, install_signal_handlers=False
+    worker = gallery_runner(
+        settings or ctx.settings,
+        registry=registry,
+        install_signal_handlers=False,
+        pruning=pruning,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
@@ -469,7 +480,7 @@ async def worker_phase(
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
-        etags = _s3_source(worker.handler.etags)
+        etags = _s3_source(cast(GalleryHandler, worker.handler).etags)
         before = dict(etags.totals) if isinstance(etags, S3EtagSource) else {}
         with peak_rss() as peak:
             threads0, machine0 = _thread_cpu_s(), _machine_busy()
@@ -490,6 +501,16 @@ async def worker_phase(
         )
         + (f"; the machine was {100 * busy / total:.0f}% busy" if total else "")
     )
+    if pruning is not None:
+        pruned = sum(
+            s.value
+            for m in registry.collect()
+            for s in m.samples
+            if s.name == "streamer_retention_deleted_rows_total"
+        )
+        ctx.log(
+            f"{name}: the pruner deleted {pruned:,.0f} rows meanwhile ({pruned / seconds:,.0f}/s)"
+        )
     totals = etags.totals if isinstance(etags, S3EtagSource) else {}
     delta = {k: totals.get(k, 0) - before.get(k, 0) for k in ("head", "list", "listed_keys")}
     rows = sum(
@@ -519,6 +540,44 @@ async def first_sync(ctx: BenchContext) -> Phase:
 async def noop_resync(ctx: BenchContext) -> Phase:
     n, ends = publish_catalog(ctx, "noop_resync")
     return await worker_phase(ctx, "noop_resync", ends, n, n * ctx.images_per_sku, 900)
+
+
+async def noop_resync_pruning(ctx: BenchContext) -> Phase:
+    """The no-op re-sync again, while the worker's retention pruner deletes a backlog of
+    ``event_outcomes`` rows dated past their retention (``AGED_PER_SKU`` per SKU, more than it
+    can delete during the phase, so it works throughout). Run right after ``noop_resync``
+    (or alternate them with ``--phase``): the ratio of the two is the pruner's cost to the
+    hot path. The rows are this run's own; any other row of the database older than the
+    retention would go too, as it would in production."""
+    aged = AGED_PER_SKU * ctx.n_skus
+    started = time.monotonic()
+    async with connect(ctx.settings.database.dsn) as conn:
+        await conn.execute(
+            'INSERT INTO event_outcomes (event_id, sku, outcome, topic, partition, "offset",'
+            " recorded_at) SELECT gen_random_uuid(), $1 || i, 'written', $1, 0, i,"
+            " now() - interval '400 days' + i * interval '1 millisecond'"
+            " FROM generate_series(1, $2::int) AS i",
+            f"B{ctx.run}-aged-",
+            aged,
+        )
+    ctx.log(
+        f"noop_resync_pruning: {aged:,} event_outcomes rows past their retention, "
+        f"written in {time.monotonic() - started:.1f}s"
+    )
+    n, ends = publish_catalog(ctx, "noop_resync_pruning")
+    r = ctx.settings.retention
+    pruning = Pruning(bookkeeping(r), interval_s=1.0, batch_rows=r.retention_batch_rows)
+    phase = await worker_phase(
+        ctx, "noop_resync_pruning", ends, n, n * ctx.images_per_sku, 900, pruning=pruning
+    )
+    async with connect(ctx.settings.database.dsn) as conn:
+        left = await conn.fetchval(
+            "SELECT count(*) FROM event_outcomes WHERE sku LIKE $1", f"B{ctx.run}-aged-%"
+        )
+    ctx.log(
+        f"noop_resync_pruning: {left:,} aged rows still left at the end (0: it ran out of work)"
+    )
+    return phase
 
 
 async def noop_resync_index(ctx: BenchContext) -> Phase:
@@ -610,6 +669,7 @@ def _traced_phase(name: str, ratio: float | None) -> Callable[[BenchContext], Aw
 PHASES: dict[str, Callable[[BenchContext], Awaitable[Phase]]] = {
     "first_sync": first_sync,
     "noop_resync": noop_resync,
+    "noop_resync_pruning": noop_resync_pruning,
     "noop_resync_index": noop_resync_index,
     "naive_noop_resync": naive_noop_resync,
     "trace_off": _traced_phase("trace_off", None),
@@ -655,6 +715,17 @@ def explain(result: BenchResult, log: Log) -> None:
     noop, naive = by_name.get("noop_resync"), by_name.get("naive_noop_resync")
     if noop and naive and naive.events_per_s:
         log(f"noop_resync is {noop.events_per_s / naive.events_per_s:,.1f}x naive_noop_resync")
+    plain = [p.events_per_s for p in result.phases if p.name == "noop_resync"]
+    pruning = [p.events_per_s for p in result.phases if p.name == "noop_resync_pruning"]
+    if plain and pruning:
+        log(
+            f"noop_resync_pruning ran at {statistics.median(pruning) / statistics.median(plain):.2f}"
+            f" of noop_resync's events/s (medians of {len(pruning)} and {len(plain)} runs: "
+            + ", ".join(f"{v:,.0f}" for v in pruning)
+            + " vs "
+            + ", ".join(f"{v:,.0f}" for v in plain)
+            + ")"
+        )
 
 
 def _count(n: float) -> str:

@@ -26,12 +26,13 @@ from pydantic import SecretStr
 
 from streamer.contract.codec import Codec
 from streamer.dev.receiver import free_port
-from streamer.forward.worker import ForwardWorker
+from streamer.forward.worker import forward_runner
 from streamer.ops.schema import migrate_all
 from streamer.ops.topics import create_topics
 from streamer.runtime.database import connect
 from streamer.runtime.metrics import new_registry
 from streamer.runtime.publisher import Publisher
+from streamer.runtime.runner import Runner
 from streamer.settings import Settings
 
 __all__ = ["ForwardResult", "run_forward_benchmark"]
@@ -94,7 +95,7 @@ def _cpu_s() -> float:
 
 
 async def _drain(
-    settings: Settings, ends: dict[tuple[str, int], int], worker: ForwardWorker
+    settings: Settings, ends: dict[tuple[str, int], int], worker: Runner[Any, Any, Any]
 ) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
@@ -159,7 +160,7 @@ async def run_forward_benchmark(
                 ends = dict(publisher.end_offsets)
             mode = "one event per request" if size == 1 else f"batches of up to {size}"
             log(f"forwarding {n_events} events, {mode}")
-            worker = ForwardWorker(s, registry=new_registry(), install_signal_handlers=False)
+            worker = forward_runner(s, registry=new_registry(), install_signal_handlers=False)
             cpu0, t0 = _cpu_s(), time.perf_counter()
             await _drain(s, ends, worker)
             seconds, cpu = time.perf_counter() - t0, _cpu_s() - cpu0

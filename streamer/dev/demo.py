@@ -26,7 +26,7 @@ from streamer.dev.demo_forward import show_forwarding
 from streamer.dev.demo_objects import show_objects
 from streamer.dev.demo_replicate import show_replication
 from streamer.dev.stack import DevStack, shown_url
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from streamer.ops.schema import migrate_all
 from streamer.ops.topics import create_topics
 from streamer.runtime.database import connect
@@ -206,7 +206,7 @@ class Demo:
         )
 
         self.publisher.start()
-        worker = GalleryWorker(s, registry=self.registry, install_signal_handlers=False)
+        worker = gallery_runner(s, registry=self.registry, install_signal_handlers=False)
         self._worker_task = asyncio.create_task(worker.run(self._stop))
         try:
             await self._story(skus, etags)

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from rich.table import Table
 
 from streamer.dev.receiver import Receiver
-from streamer.forward.worker import ForwardWorker
+from streamer.forward.worker import forward_runner
 from streamer.runtime.metrics import new_registry
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ async def show_forwarding(demo: Demo, step: int) -> None:
             webhook_secret=SecretStr(secret),
             webhook_timeout_s=5.0,
         )
-        worker = ForwardWorker(settings, registry=new_registry(), install_signal_handlers=False)
+        worker = forward_runner(settings, registry=new_registry(), install_signal_handlers=False)
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
         get = worker.registry.get_sample_value

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, TopicPartition
 
 from streamer.contract.codec import Codec
-from streamer.objects.sqs import SqsSource
-from streamer.objects.worker import make_handler
+from streamer.objects.worker import objects_runner
 from streamer.runtime.metrics import new_registry
 from streamer.settings import Settings
 from streamer.storage.keys import s3_key
@@ -72,9 +71,7 @@ async def show_objects(demo: Demo, step: int, skus: list[str]) -> None:
         c.check(False, "the dev stack has no notification queue (STREAMER_OBJECTS_SQS_URL)")
         return
     settings = s.replace(objects_sqs_wait_s=1)
-    source = SqsSource(
-        settings, make_handler(settings), registry=new_registry(), install_signal_handlers=False
-    )
+    source = objects_runner(settings, registry=new_registry(), install_signal_handlers=False)
     stop = asyncio.Event()
     task = asyncio.create_task(source.run(stop))
     target = skus[6]  # a gallery no earlier step changed

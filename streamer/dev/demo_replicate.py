@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from streamer.replicate.worker import ReplicaWorker
+from streamer.replicate.worker import replicate_runner
 from streamer.runtime.metrics import new_registry
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ async def show_replication(demo: Demo, step: int, skus: list[str]) -> None:
         return await asyncio.to_thread(replica) == await galleries()
 
     registry = new_registry()
-    worker = ReplicaWorker(settings, registry=registry, install_signal_handlers=False)
+    worker = replicate_runner(settings, registry=registry, install_signal_handlers=False)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:

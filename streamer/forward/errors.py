@@ -7,7 +7,8 @@ the retriable ones.
 
 from __future__ import annotations
 
-from streamer.errors import DecodeError, DependencyUnavailable, NonRetriableError
+from streamer.contract.errors import DecodeError
+from streamer.errors import DependencyUnavailable, NonRetriableError
 
 __all__ = [
     "UnexpectedEvent",

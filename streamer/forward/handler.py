@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Message
 
 from streamer.contract.codec import Codec
+from streamer.contract.errors import InvalidEvent
 from streamer.contract.events import ProductChanged
 from streamer.contract.topics import TopicSettings
-from streamer.errors import InvalidEvent, NonRetriableError, StreamerError
+from streamer.errors import NonRetriableError, StreamerError
 from streamer.forward.client import WebhookClient
 from streamer.forward.dispatch import Dispatcher
 from streamer.forward.errors import (
@@ -67,6 +68,10 @@ class ForwardPlan:
 
 
 class ForwardHandler(SimpleHandler[ForwardPlan]):
+    """Effects: the deliveries. Each is idempotent at the receiver by its ``webhook-id``
+    (also ``Idempotency-Key``), which depends only on the events it carries, so a batch
+    delivered again after a crash, a retry or a redelivery is recognised there."""
+
     name = "forward"
     dependencies = ("webhook",)
 
@@ -80,7 +85,6 @@ class ForwardHandler(SimpleHandler[ForwardPlan]):
         client: WebhookClient | None = None,
     ) -> None:
         self.settings = settings
-        self.group_id = settings.forward_group_id
         self.outcome_topic = topics.outcome_topic
         self.product_topic = topics.product_topic if settings.forward_product_events else None
         self.topics = tuple(t for t in (self.outcome_topic, self.product_topic) if t)
@@ -115,9 +119,12 @@ class ForwardHandler(SimpleHandler[ForwardPlan]):
     def disabled(self) -> str | None:
         return self.dispatcher.disabled if self.dispatcher is not None else None
 
+    def not_ready(self) -> list[str]:
+        return [self.disabled] if self.disabled is not None else []
+
     # -- the steps ------------------------------------------------------------------------
 
-    async def prepare(self, batch: Batch) -> ForwardPlan:
+    async def decode(self, batch: Batch) -> ForwardPlan:
         plan = ForwardPlan()
         items: dict[str, Item] = {}
         by_partition: dict[TopicPartition, list[Item]] = {}
@@ -163,17 +170,17 @@ class ForwardHandler(SimpleHandler[ForwardPlan]):
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidEvent(f"GalleryUpdated cannot be delivered: {exc!r}") from exc
 
-    async def plan(self, prepared: ForwardPlan) -> ForwardPlan:
+    async def effects(self, plan: ForwardPlan) -> None:
+        """Deliver (the ledger keeps each delivery's attempts and answer, for ``persist``)."""
         dispatcher = self.dispatcher
         assert dispatcher is not None, "start() was not called"
-        if prepared.deliveries:
-            await self.ctx.call("webhook", lambda: dispatcher.deliver(prepared.deliveries))
-        return prepared
+        if plan.deliveries:
+            await self.ctx.call("webhook", lambda: dispatcher.deliver(plan.deliveries))
 
-    async def write(self, tx: Transaction, plan: ForwardPlan) -> Output:
+    async def persist(self, tx: Transaction, plan: ForwardPlan, effects: None) -> Output:
         output = Output()
         for msg, error in plan.rejects:
-            output.letters.append(self.ctx.dead_letter(msg, error, sku=_key(msg)))
+            output.letters.append(self.ctx.dead_letter(msg, error, details=_sku(_key(msg))))
             output.counts["undeliverable"] += 1
         for delivery in plan.deliveries:
             entry = self.ledger.get(delivery.webhook_id)
@@ -210,12 +217,12 @@ class ForwardHandler(SimpleHandler[ForwardPlan]):
             "webhook.batch_events": str(len(delivery.items)),
         }
         return [
-            self.ctx.dead_letter(msg, error, sku=item.sku, details=details)
+            self.ctx.dead_letter(msg, error, details={**details, "sku": item.sku})
             for item in delivery.items
             for msg in item.messages
         ]
 
-    def committed(self, plan: ForwardPlan, output: Output) -> None:
+    def committed(self, plan: ForwardPlan, effects: None, output: Output) -> None:
         metrics = self.metrics
         assert metrics is not None
         seen: set[str] = set()
@@ -228,6 +235,10 @@ class ForwardHandler(SimpleHandler[ForwardPlan]):
             metrics.events.labels(entry.final).inc(len(delivery.items))
             metrics.attempts.observe(entry.count)
         self.ledger.clear()
+
+
+def _sku(key: str | None) -> dict[str, str] | None:
+    return {"sku": key} if key else None
 
 
 def _key(msg: Message) -> str | None:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 
-from streamer.config import Section
+from streamer.config import NonBlank, Section
 
 __all__ = ["ForwardSettings"]
 
@@ -22,7 +22,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # a tab is allowed
 
 
 class ForwardSettings(Section):
-    forward_group_id: str = Field("streamer-forward", description="the forwarder's consumer group")
+    forward_group_id: NonBlank = Field(
+        "streamer-forward", description="the forwarder's consumer group"
+    )
     forward_product_events: bool = Field(
         False, description="also deliver ProductChanged events from the product topic"
     )
@@ -51,13 +53,6 @@ class ForwardSettings(Section):
         description="send the W3C traceparent header (while tracing is on); false for a "
         "third party that should not see trace ids",
     )
-
-    @field_validator("forward_group_id")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value.strip()
 
     @field_validator("webhook_url")
     @classmethod

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from streamer.contract.codec import Codec
+from streamer.contract.topics import TopicSettings
+from streamer.errors import ConfigError
 from streamer.forward.client import WebhookClient
-from streamer.forward.handler import ForwardHandler, ForwardPlan
+from streamer.forward.handler import ForwardHandler
 from streamer.forward.settings import ForwardSettings
-from streamer.runtime.health import Readiness
+from streamer.runtime.job import Sections
+from streamer.runtime.retention import Pruning
 from streamer.runtime.runner import Runner
+from streamer.runtime.settings import KafkaSettings, RuntimeSettings
 
-if TYPE_CHECKING:
-    from streamer.settings import Settings
-
-__all__ = ["BATCH_BUDGET_S", "WAVES_PER_BATCH", "ForwardWorker", "batch_bound"]
+__all__ = ["BATCH_BUDGET_S", "WAVES_PER_BATCH", "batch_bound", "forward_runner"]
 
 # A batch is delivered before the next poll: bound it so that a slow receiver (every
 # request near the timeout) or a low rate limit cannot hold one past max.poll.interval.
@@ -36,47 +37,34 @@ def batch_bound(batch_max_events: int, s: ForwardSettings) -> int:
     return max(1, min(batch_max_events, bound))
 
 
-class ForwardWorker(Runner[ForwardPlan]):
+def forward_runner(
+    sections: Sections,
+    *,
+    registry: CollectorRegistry | None = None,
+    client: WebhookClient | None = None,
+    install_signal_handlers: bool = True,
+    pruning: Pruning | None = None,
+) -> Runner[Any, Any, Any]:
     """One member of the forwarder's consumer group (``streamer forward``)."""
-
-    handler: ForwardHandler
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        registry: CollectorRegistry | None = None,
-        client: WebhookClient | None = None,
-        install_signal_handlers: bool = True,
-    ) -> None:
-        forward = settings.forward
-        if not forward.webhook_url:
-            from streamer.errors import ConfigError
-
-            raise ConfigError(
-                "STREAMER_WEBHOOK_URL is not set: where should the forwarder deliver?"
-            )
-        handler = ForwardHandler(
-            forward,
-            settings.topics,
-            codec=Codec.for_registry(settings.kafka.schema_registry_url),
-            failure_threshold=settings.runtime.circuit_failure_threshold,
-            client=client,
-        )
-        runtime = settings.runtime.model_copy(
-            update={"batch_max_events": batch_bound(settings.runtime.batch_max_events, forward)}
-        )
-        super().__init__(
-            handler,
-            kafka=settings.kafka,
-            database=settings.database,
-            runtime=runtime,
-            registry=registry,
-            install_signal_handlers=install_signal_handlers,
-        )
-
-    def readiness(self) -> Readiness:
-        ready = super().readiness()
-        if self.handler.disabled is None:
-            return ready
-        return Readiness(ready=False, reasons=(*ready.reasons, self.handler.disabled))
+    forward = sections.section(ForwardSettings)
+    if not forward.webhook_url:
+        raise ConfigError("STREAMER_WEBHOOK_URL is not set: where should the forwarder deliver?")
+    runtime = sections.section(RuntimeSettings)
+    handler = ForwardHandler(
+        forward,
+        sections.section(TopicSettings),
+        codec=Codec.for_registry(sections.section(KafkaSettings).schema_registry_url),
+        failure_threshold=runtime.circuit_failure_threshold,
+        client=client,
+    )
+    return Runner.of(
+        handler,
+        sections,
+        group_id=forward.forward_group_id,
+        runtime=runtime.model_copy(
+            update={"batch_max_events": batch_bound(runtime.batch_max_events, forward)}
+        ),
+        registry=registry,
+        install_signal_handlers=install_signal_handlers,
+        pruning=pruning,
+    )

@@ -62,6 +62,8 @@ def diff(stored: SkuState, folded: SkuState) -> SkuDiff:
         or folded.enabled != stored.enabled
         or folded.product_version != stored.product_version
         or folded.gallery_version != stored.gallery_version
+        or folded.product_event_id != stored.product_event_id
+        or folded.gallery_event_id != stored.gallery_event_id
     )
     return SkuDiff(
         sku=folded.sku,

@@ -76,10 +76,12 @@ class S3EtagSource:
         sizes: FolderSizes | None = None,
         page_keys: int = PAGE_KEYS,
         timeout_s: float = 5.0,
+        bucket: str | None = None,
     ) -> None:
         if mode not in ETAG_SOURCES:
             raise ValueError(f"unknown ETag source {mode!r}; one of {', '.join(ETAG_SOURCES)}")
         self.store = store
+        self.bucket = bucket  # for messages only: the store knows its bucket
         self.mode = mode
         self.sizes = sizes if sizes is not None else FolderSizes()
         self._concurrency = concurrency
@@ -123,6 +125,10 @@ class S3EtagSource:
         if heads:
             infos = await _all([self._head(k) for k in heads])
             found.update(zip(heads, infos, strict=True))
+            absent = [k for k, info in zip(heads, infos, strict=True) if info is None]
+            if absent and not listings:
+                # A listing that answered proves the bucket; without one, a 404 may be its.
+                await self._confirm_bucket(absent[0])
         if self._checks:
             hits = sum(1 for v in found.values() if v is not None)
             self._checks["found"].inc(hits)
@@ -139,7 +145,7 @@ class S3EtagSource:
             except FileNotFoundError:
                 return None
             except _STORE_ERRORS as exc:
-                raise object_store_error(exc, f"HEAD {key}") from exc
+                raise object_store_error(exc, f"HEAD {key}", bucket=self.bucket) from exc
             finally:
                 self._last_activity = time.monotonic()
                 self.totals["head"] += 1
@@ -152,6 +158,26 @@ class S3EtagSource:
             size=meta["size"],
             content_type=result.attributes.get("Content-Type"),
         )
+
+    async def _confirm_bucket(self, key: str) -> None:
+        """HEAD answers 404 for a key that does not exist and for a bucket that does not: an
+        absence is believed once a listing (under the key: nothing or next to nothing to
+        read) shows the bucket is there. Otherwise the ``s3`` circuit opens and the batch
+        waits; a wrong or deleted bucket never turns into ``object_missing``."""
+        async with self._slot():
+            self._last_activity = time.monotonic()
+            try:
+                async for _chunk in obstore.list(self.store, prefix=key, chunk_size=1):
+                    break
+            except _STORE_ERRORS as exc:
+                raise object_store_error(
+                    exc, f"confirming {key} is missing", bucket=self.bucket
+                ) from exc
+            finally:
+                self._last_activity = time.monotonic()
+                self.totals["list"] += 1
+                if self._requests:
+                    self._requests["list"].inc()
 
     async def _list_folder(
         self, folder: str, wanted: list[str], budget: float | None
@@ -176,7 +202,7 @@ class S3EtagSource:
             except FileNotFoundError:
                 pass  # no such folder: every wanted key is missing
             except _STORE_ERRORS as exc:
-                raise object_store_error(exc, f"LIST {folder}") from exc
+                raise object_store_error(exc, f"LIST {folder}", bucket=self.bucket) from exc
             finally:
                 self._last_activity = time.monotonic()
                 self.totals["list"] += max(1, pages)
@@ -245,4 +271,5 @@ def make_etag_source(
         concurrency=s3.head_concurrency,
         metrics=metrics,
         timeout_s=s3.head_timeout_s,
+        bucket=s3.s3_bucket,
     )

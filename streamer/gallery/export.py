@@ -10,7 +10,8 @@ from streamer.runtime.database import connect
 __all__ = ["export_galleries", "load_gallery"]
 
 _PRODUCTS = """
-SELECT sku, product_version, gallery_version, deleted, name, enabled, row_version, updated_at
+SELECT sku, product_version, gallery_version, deleted, name, enabled, row_version, updated_at,
+       product_event_id::text AS product_event_id, gallery_event_id::text AS gallery_event_id
 FROM products {where} ORDER BY sku
 """
 _IMAGES = """
@@ -26,6 +27,8 @@ def _gallery(product: Any, images: list[Any], *, detail: bool) -> dict[str, Any]
         "sku": product["sku"],
         "version": max(product["product_version"], product["gallery_version"]),
         "deleted": product["deleted"],
+        "name": product["name"],
+        "enabled": product["enabled"],
         "images": [
             {
                 "file_path": i["file_path"],
@@ -51,10 +54,10 @@ def _gallery(product: Any, images: list[Any], *, detail: bool) -> dict[str, Any]
     }
     if detail:
         out |= {
-            "name": product["name"],
-            "enabled": product["enabled"],
             "product_version": product["product_version"],
+            "product_event_id": product["product_event_id"],
             "gallery_version": product["gallery_version"],
+            "gallery_event_id": product["gallery_event_id"],
             "row_version": product["row_version"],
             "updated_at": product["updated_at"].isoformat(),
         }

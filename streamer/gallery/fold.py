@@ -4,6 +4,21 @@ The fold is a left fold: folding a list in two halves, persisting the state
 between, gives the same final state as folding it whole. That is what makes
 batch boundaries (and so crashes and rebalances) invisible in the result.
 
+Two rules make the result independent of batches, redeliveries and the retention of
+outcomes (README, "Event contract"):
+
+- The first event to reach a version keeps it: the SKU's state remembers which event set
+  each of its versions, and an event with an older version, or with the same version and
+  another id, is stale. The same event again (a redelivery, a replay of its dead letter) is
+  applied again, which changes nothing unless objects changed. So a redelivered event is
+  either stale or the one that set the version, and a tie is never decided by which copy
+  of an event arrived last, nor by the retention of outcomes.
+- An event id is owned by the first event under it that was written, partial or
+  dead-lettered (``seen``, shared by every SKU of a batch and read from the store): the
+  same content again is a duplicate (applied again only after partial or dead-lettered,
+  which is how a replay completes it), other content is dead-lettered
+  (``duplicate_event_id``). An event that changed nothing owns no id: no-ops cost no write.
+
 Most events of a re-sync change nothing. Such an event costs a comparison: when
 every image it lists resolves to the stored image as it is (same ETag, metadata
 and roles) and nothing stored would be removed or lose a role, the stored images
@@ -13,7 +28,7 @@ are kept as they are (the same mapping) and nothing is rebuilt or sorted.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -26,9 +41,18 @@ from streamer.contract.lean import (
     LeanRecheck,
     lean_fingerprint,
 )
-from streamer.gallery.state import ObjectInfo, SkuState, StoredImage, display_order
+from streamer.gallery.state import ObjectInfo, SeenEvent, SkuState, StoredImage, display_order
 
-__all__ = ["EventOutcome", "EventResult", "FoldResult", "FoldRules", "fold", "keys_in_play"]
+__all__ = [
+    "REPLAYABLE",
+    "EventOutcome",
+    "EventResult",
+    "FoldResult",
+    "FoldRules",
+    "fold",
+    "fold_batch",
+    "keys_in_play",
+]
 
 Event = GalleryInput
 
@@ -42,6 +66,10 @@ class EventOutcome(StrEnum):
     DEAD_LETTERED = "dead_lettered"
 
 
+# Outcomes after which the same event may come back (a dead-letter replay) and be applied.
+REPLAYABLE = frozenset({EventOutcome.PARTIAL.value, EventOutcome.DEAD_LETTERED.value})
+
+
 @dataclass(frozen=True)
 class EventResult:
     event: Event
@@ -49,6 +77,7 @@ class EventResult:
     invalid_images: tuple[LeanImage, ...] = ()
     reason: str | None = None
     message: str | None = None
+    fingerprint: str | None = None  # set when the event now owns its id (written, partial)
 
 
 @dataclass(frozen=True)
@@ -73,28 +102,24 @@ def _trusted(image: LeanImage, rules: FoldRules) -> bool:
 def keys_in_play(
     state: SkuState, events: Sequence[Event], rules: FoldRules | None = None
 ) -> set[str]:
-    """Paths whose objects must be looked up: valid images of media events that are not stale."""
+    """Paths whose objects the fold may look up: the valid images of every media event that
+    is not stale against ``state`` (versions only grow, so such an event is stale whatever
+    comes before it), and the paths of re-checks.
+
+    An event earlier in the batch is not assumed to apply: it may be dead-lettered (its id
+    reused) or stale, and then leaves the version where it was, so a later event it would
+    have made stale is applied after all and needs its objects.
+    """
     rules = rules or FoldRules()
     if rules.image_limit == 0:
         return set()
-    product_version, gallery_version = state.product_version, state.gallery_version
+    gallery = state.gallery_key
     paths: set[str] = set()
     for event in events:
-        if isinstance(event, LeanProduct):
-            if event.version >= product_version and not (
-                event.op is ProductOp.DELETE and event.version < gallery_version
-            ):
-                product_version = event.version
-                if event.op is ProductOp.DELETE:
-                    gallery_version = max(gallery_version, event.version)
-            continue
         if isinstance(event, LeanRecheck):
             paths.update(event.file_paths)
-            continue
-        if event.version < gallery_version:
-            continue
-        gallery_version = event.version
-        paths.update(i.file_path for i in event.images if i.valid and not _trusted(i, rules))
+        elif isinstance(event, LeanMedia) and not _is_older(event, gallery):
+            paths.update(i.file_path for i in event.images if i.valid and not _trusted(i, rules))
     return paths
 
 
@@ -198,6 +223,8 @@ def _apply_media(
             state.images,
             True,
             state.row_version,
+            state.product_event_id,
+            event.event_id,
         )
         return new, invalid
 
@@ -254,7 +281,14 @@ def _apply_media(
     removed = sum(1 for p in state.images if p not in images)
     if removed:
         counts["removed"] += removed
-    new = replace(state, gallery_version=event.version, images=images, deleted=False, exists=True)
+    new = replace(
+        state,
+        gallery_version=event.version,
+        gallery_event_id=event.event_id,
+        images=images,
+        deleted=False,
+        exists=True,
+    )
     return new, invalid
 
 
@@ -312,48 +346,67 @@ def _apply_recheck(
     return (state if images is None else replace(state, images=images)), invalid
 
 
+def _is_older(event: LeanProduct | LeanMedia, claimed: tuple[int, str]) -> bool:
+    """Whether the event is stale against a stored (version, event_id that set it): an older
+    version, or the same version set by another event ("": by an event not known, which
+    the event then takes over)."""
+    return event.version < claimed[0] or (
+        event.version == claimed[0] and claimed[1] != "" and event.event_id != claimed[1]
+    )
+
+
 def fold(
     state: SkuState,
     events: Sequence[Event],
     objects: Mapping[str, ObjectInfo | None],
     rules: FoldRules,
+    seen: MutableMapping[str, SeenEvent] | None = None,
 ) -> FoldResult:
-    """Apply events in order; each gets an outcome, and the final state is returned."""
+    """Apply events in order; each gets an outcome, and the final state is returned.
+
+    ``seen``: the event ids already owned (from the store, and by the batch's events folded
+    before these); the ids these events come to own are added to it.
+    """
     results: list[EventResult] = []
     counts: Counter[str] = Counter()
     unknown_roles = 0
-    seen: dict[str, Event] = {}
+    owned: MutableMapping[str, SeenEvent] = {} if seen is None else seen
     current = state
     for event in events:
-        first = seen.get(event.event_id)
-        if first is not None:
-            if first == event or lean_fingerprint(first) == lean_fingerprint(event):
-                results.append(EventResult(event, EventOutcome.DUPLICATE))
-            else:
+        prior = owned.get(event.event_id)
+        if prior is not None:
+            if prior.fingerprint != lean_fingerprint(event):
                 results.append(
                     EventResult(
                         event,
                         EventOutcome.DEAD_LETTERED,
                         reason="duplicate_event_id",
-                        message=f"event_id {event.event_id} appears twice with different payloads",
+                        message=f"event_id {event.event_id} was seen before "
+                        "with a different payload",
                     )
                 )
-            continue
+                continue
+            if prior.outcome not in REPLAYABLE:
+                results.append(EventResult(event, EventOutcome.DUPLICATE))
+                continue
 
         if isinstance(event, LeanProduct):
             # A DELETE removes the gallery too, so it must be as new as the gallery.
-            if event.version < current.product_version or (
-                event.op is ProductOp.DELETE and event.version < current.gallery_version
+            if _is_older(event, current.product_key) or (
+                event.op is ProductOp.DELETE and _is_older(event, current.gallery_key)
             ):
                 results.append(EventResult(event, EventOutcome.STALE))
                 continue
             if event.op is ProductOp.DELETE:
                 if current.images:
                     counts["removed"] += len(current.images)
+                # Not older than the gallery: it now holds the gallery's version too.
                 new = replace(
                     current,
                     product_version=event.version,
-                    gallery_version=max(current.gallery_version, event.version),
+                    product_event_id=event.event_id,
+                    gallery_version=event.version,
+                    gallery_event_id=event.event_id,
                     deleted=True,
                     images={},
                     exists=True,
@@ -362,6 +415,7 @@ def fold(
                 new = replace(
                     current,
                     product_version=event.version,
+                    product_event_id=event.event_id,
                     name=event.name,
                     enabled=event.enabled,
                     deleted=False,
@@ -375,7 +429,7 @@ def fold(
             new, invalid = _apply_recheck(current, event, objects, rules, counts)
         else:
             unknown_roles += sum(len(i.unknown_roles) for i in event.images)
-            if event.version < current.gallery_version:
+            if _is_older(event, current.gallery_key):
                 results.append(EventResult(event, EventOutcome.STALE))
                 continue
             if rules.image_limit == 0:
@@ -384,8 +438,9 @@ def fold(
                 continue
             new, invalid = _apply_media(current, event, objects, rules, counts)
 
-        changed = not new.same_content(current)
         if invalid:
+            fingerprint = lean_fingerprint(event)
+            owned[event.event_id] = SeenEvent(fingerprint, EventOutcome.PARTIAL.value)
             results.append(
                 EventResult(
                     event,
@@ -393,16 +448,51 @@ def fold(
                     invalid_images=tuple(invalid),
                     reason=invalid[0].invalid_reason,
                     message="; ".join(f"{i.invalid_message or i.invalid_reason}" for i in invalid),
+                    fingerprint=fingerprint,
                 )
             )
+        elif not new.same_content(current):
+            fingerprint = lean_fingerprint(event)
+            owned[event.event_id] = SeenEvent(fingerprint, EventOutcome.WRITTEN.value)
+            results.append(EventResult(event, EventOutcome.WRITTEN, fingerprint=fingerprint))
         else:
-            results.append(
-                EventResult(event, EventOutcome.WRITTEN if changed else EventOutcome.NOOP)
-            )
-            if changed:
-                # Remembered as the store remembers it (an outcome row): a duplicate of a
-                # no-op, stale or partial event is folded again, in this batch as in a later
-                # one, so where batches split never changes the result.
-                seen[event.event_id] = event
+            results.append(EventResult(event, EventOutcome.NOOP))
         current = new
     return FoldResult(current, results, counts, unknown_roles)
+
+
+def fold_batch(
+    states: Mapping[str, SkuState],
+    events: Sequence[Event],
+    objects: Mapping[str, ObjectInfo | None],
+    rules: FoldRules,
+    seen: MutableMapping[str, SeenEvent],
+) -> dict[str, FoldResult]:
+    """A batch's events (in consume order) folded onto their SKUs' states, ids judged in
+    consume order across SKUs, as if every event were a batch of its own.
+
+    Event ids belong to one SKU in every batch but a source's mistake: then each SKU folds
+    in one go. An id under two SKUs makes its owner depend on which came first, so such a
+    batch folds event by event, in consume order.
+    """
+    by_sku: dict[str, list[Event]] = {}
+    sku_of: dict[str, str] = {}
+    shared = False
+    for event in events:
+        by_sku.setdefault(event.sku, []).append(event)
+        shared = shared or sku_of.setdefault(event.event_id, event.sku) != event.sku
+    if not shared:
+        return {sku: fold(states[sku], its, objects, rules, seen) for sku, its in by_sku.items()}
+    current = {sku: states[sku] for sku in by_sku}
+    results: dict[str, list[EventResult]] = {sku: [] for sku in by_sku}
+    counts: dict[str, Counter[str]] = {sku: Counter() for sku in by_sku}
+    unknown: Counter[str] = Counter()
+    for event in events:
+        one = fold(current[event.sku], [event], objects, rules, seen)
+        current[event.sku] = one.state
+        results[event.sku].extend(one.results)
+        counts[event.sku].update(one.image_counts)
+        unknown[event.sku] += one.unknown_roles
+    return {
+        sku: FoldResult(current[sku], results[sku], counts[sku], unknown[sku]) for sku in by_sku
+    }

@@ -2,21 +2,21 @@
 
 The data path of a batch, top to bottom (the runtime's checkpoint commits it):
 
-1. ``prepare``: decode and validate every message (what cannot be read becomes a
+1. ``decode``: decode and validate every message (what cannot be read becomes a
    dead letter); load the stored state of the batch's SKUs and the event ids seen
    before and, at the same time, look up the ETags of every distinct object the
    events name (as if nothing were stored: a superset of what the fold needs).
 2. ``plan``: fold each SKU's events in consume order onto its stored state and
    diff the result; derive the outcome rows, request counts and dead letters.
-
-The runtime prepares batch N+1 while batch N commits, so N+1's state read may
-predate N's commit. ``committed(N)`` keeps what N wrote (final states of the SKUs
-it changed, the outcomes it recorded) and ``plan(N+1)`` lays them over N+1's reads
-when those began before N committed: the fold always starts from what is stored.
-The ETag look-up does not depend on the stored state at all, so it is never short.
-3. ``write`` (inside the checkpoint's transaction): the gallery rows of every
+3. ``persist`` (inside the checkpoint's transaction): the gallery rows of every
    changed SKU (a SKU whose rows the database refuses is dead-lettered alone),
    the event outcomes; returns the dead letters and ``GalleryUpdated`` events.
+
+The job has no effects outside PostgreSQL and Kafka. It looks ahead: the runtime decodes
+batch N+1 while batch N commits, so N+1's state read may predate N's commit. Its reads
+(``states`` by SKU, ``seen`` by event id) and what ``persist`` wrote (same kinds) let the
+runtime lay N's writes over N+1's reads before N+1 is planned: the fold always starts from
+what is stored. The ETag look-up does not depend on the stored state, so it is never short.
 """
 
 from __future__ import annotations
@@ -35,30 +35,32 @@ from typing import Any
 from confluent_kafka import Message
 
 from streamer.contract.codec import Codec
+from streamer.contract.errors import InvalidEvent
 from streamer.contract.events import EventType
 from streamer.contract.lean import RECHECK, GalleryInput, LeanRecheck, lean_fingerprint
 from streamer.contract.topics import TopicSettings
-from streamer.errors import DatabaseDataError, InvalidEvent, StreamerError
+from streamer.errors import StreamerError
 from streamer.gallery.diff import SkuDiff, diff
 from streamer.gallery.etags import EtagSource, make_etag_source
-from streamer.gallery.fold import EventOutcome, EventResult, FoldRules, fold, keys_in_play
+from streamer.gallery.fold import EventOutcome, EventResult, FoldRules, fold_batch, keys_in_play
 from streamer.gallery.metrics import GalleryMetrics
 from streamer.gallery.outcomes import gallery_updated
 from streamer.gallery.repository import (
     GalleryRepository,
     OutcomeRow,
     RowCounts,
-    SeenEvent,
     apply_diffs,
     record_outcomes,
 )
 from streamer.gallery.settings import GallerySettings
-from streamer.gallery.state import ObjectInfo, SkuState
+from streamer.gallery.state import ObjectInfo, SeenEvent, SkuState
 from streamer.objectindex.store import read_objects_locked
 from streamer.runtime import tracing
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.deadletters import DeadLetter
-from streamer.runtime.handler import Batch, HandlerContext, Output, OutputMessage
+from streamer.runtime.errors import DatabaseDataError
+from streamer.runtime.handler import Batch, HandlerBase, HandlerContext, Output, OutputMessage
+from streamer.storage.checks import check_bucket_at_start
 from streamer.storage.keys import s3_key
 from streamer.storage.settings import S3Settings
 from streamer.tracking.model import TrackedOutcome, tracked_item
@@ -71,28 +73,17 @@ log = logging.getLogger(__name__)
 Event = GalleryInput
 # What keys_in_play starts from to name every object an event could need.
 _NOTHING_STORED = SkuState("")
-# Outcomes after which the same event may come back from a dead-letter replay and be applied.
-_REPLAYABLE = {EventOutcome.PARTIAL.value, EventOutcome.DEAD_LETTERED.value}
 
 
 @dataclass
 class BatchReport:
-    """What batches did; the handler adds them up for logs and tests."""
+    """What a batch did, for its metrics."""
 
     messages: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     images: Counter[str] = field(default_factory=Counter)
-    dead_letters: Counter[str] = field(default_factory=Counter)
     outcome_events: int = 0
     rows_written: int = 0
-
-    def add(self, other: BatchReport) -> None:
-        self.messages += other.messages
-        self.outcomes.update(other.outcomes)
-        self.images.update(other.images)
-        self.dead_letters.update(other.dead_letters)
-        self.outcome_events += other.outcome_events
-        self.rows_written += other.rows_written
 
 
 @dataclass
@@ -102,27 +93,25 @@ class _Item:
 
 
 @dataclass
-class _Prepared:
+class _Decoded:
     messages: int
     decode_letters: list[DeadLetter]
+    items: list[_Item]  # in consume order
     by_sku: dict[str, list[_Item]]
     states: dict[str, SkuState]
     seen: dict[str, SeenEvent]
     objects: dict[str, ObjectInfo | None]  # by file path
-    commits_before: int  # batches committed when the reads began
+
+    @property
+    def reads(self) -> dict[str, dict[Any, Any]]:
+        """What the runtime lays the previous batch's writes over (see the module)."""
+        return {"states": self.states, "seen": self.seen}
 
 
-@dataclass
-class _Committed:
-    """What the last committed batch wrote, for the batch prepared while it committed."""
-
-    finals: dict[str, SkuState] = field(default_factory=dict)
-    seen: dict[str, SeenEvent] = field(default_factory=dict)
-
-
-@dataclass
+@dataclass(frozen=True)
 class GalleryPlan:
-    """Everything ``write`` needs, derived from the fold; rebuilt without SKUs that fail."""
+    """Everything ``persist`` needs, derived from the fold. Never changed once made: a SKU
+    the database refuses makes ``persist`` derive another plan without it."""
 
     messages: int
     decode_letters: list[DeadLetter]
@@ -130,19 +119,28 @@ class GalleryPlan:
     diffs: dict[str, SkuDiff]
     finals: dict[str, SkuState]
     images: Counter[str]
+    unknown_roles: int = 0
     letters: list[DeadLetter] = field(default_factory=list)
     outcome_rows: list[OutcomeRow] = field(default_factory=list)
     request_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     tracked: list[TrackedOutcome] = field(default_factory=list)  # items of intake bulks
     report: BatchReport = field(default_factory=BatchReport)
-    rows: RowCounts = field(default_factory=dict)
 
 
-class GalleryHandler:
+@dataclass(frozen=True)
+class _Persisted:
+    """What ``persist`` did: the plan it carried out (without refused SKUs) and the rows."""
+
+    plan: GalleryPlan
+    rows: RowCounts
+
+
+class GalleryHandler(HandlerBase):
     """The gallery sync, as a handler on the runtime (``streamer consume``)."""
 
     name = "gallery"
     dependencies = ("s3",)
+    look_ahead = True
 
     def __init__(
         self,
@@ -154,7 +152,6 @@ class GalleryHandler:
         etags: EtagSource | None = None,
     ) -> None:
         self.settings = settings
-        self.group_id = settings.group_id
         self.topics = (topics.product_topic, topics.media_topic)
         self.outcome_topic = topics.outcome_topic
         self.media_topic = topics.media_topic
@@ -171,14 +168,13 @@ class GalleryHandler:
             topics.product_topic: EventType.PRODUCT,
             topics.media_topic: EventType.MEDIA,
         }
-        self.report = BatchReport()
-        self._commits = 0
-        self._last = _Committed()
 
     async def start(self, ctx: HandlerContext) -> None:
         self.ctx = ctx
         self.metrics = GalleryMetrics(ctx.registry)
         self.repository = GalleryRepository(ctx.database)
+        if self.settings.image_limit != 0:  # 0: gallery sync off, S3 is never asked
+            await check_bucket_at_start(self.s3)
         self.etags = self._etags or make_etag_source(
             self.s3, self.settings.etag_source, self.metrics, database=ctx.database
         )
@@ -186,10 +182,10 @@ class GalleryHandler:
     async def stop(self) -> None:
         await self.etags.close()
 
-    # -- 1. decode, state, ETags -------------------------------------------------------
+    # -- 1. decode: messages, state, ETags -------------------------------------------------------
 
     def _letter(self, msg: Message, error: StreamerError, sku: str | None = None) -> DeadLetter:
-        return self.ctx.dead_letter(msg, error, sku=sku)
+        return self.ctx.dead_letter(msg, error, details={"sku": sku} if sku else None)
 
     def _decode(self, messages: Sequence[Message]) -> tuple[list[_Item], list[DeadLetter]]:
         items: list[_Item] = []
@@ -234,8 +230,8 @@ class GalleryHandler:
             self.metrics.events_consumed.labels(topic, event_type).inc(n)
         return items, letters
 
-    async def prepare(self, batch: Batch) -> _Prepared:
-        commits_before = self._commits
+    async def decode(self, batch: Batch) -> _Decoded:
+        began = time.perf_counter()
         items, letters = self._decode(batch.messages)
         by_sku: dict[str, list[_Item]] = defaultdict(list)
         for item in items:
@@ -251,15 +247,27 @@ class GalleryHandler:
         )
         # Re-checked objects changed after the index may have been read: asked afresh.
         fresh = {p for i in items if isinstance(i.event, LeanRecheck) for p in i.event.file_paths}
+        decoded = time.perf_counter()
         lookup = asyncio.ensure_future(self._lookup(paths, fresh))
         try:
             states, seen = await self._load(by_sku, items)
+            loaded = time.perf_counter()
             objects = await lookup
         finally:
             if not lookup.done():
                 lookup.cancel()
             await asyncio.gather(lookup, return_exceptions=True)
-        return _Prepared(len(batch), letters, dict(by_sku), states, seen, objects, commits_before)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "decoded %d messages: decode %.1f ms, state read %.1f ms, ETags of %d objects "
+                "%.1f ms (beside the state read)",
+                len(batch),
+                1000 * (decoded - began),
+                1000 * (loaded - decoded),
+                len(paths),
+                1000 * (time.perf_counter() - decoded),
+            )
+        return _Decoded(len(batch), letters, items, dict(by_sku), states, seen, objects)
 
     async def _load(
         self, by_sku: Mapping[str, list[_Item]], items: list[_Item]
@@ -296,110 +304,72 @@ class GalleryHandler:
 
     # -- 2. fold and diff ------------------------------------------------------------------
 
-    def _catch_up(self, prepared: _Prepared) -> None:
-        """Lay the last committed batch's writes over reads that began before it committed."""
-        behind = self._commits - prepared.commits_before
-        if behind == 0:
-            return
-        if behind > 1:
-            raise RuntimeError(
-                f"a batch prepared {behind} commits ago cannot be planned: the runtime prepares "
-                "at most one batch ahead"
-            )
-        for sku, final in self._last.finals.items():
-            if sku in prepared.states:
-                prepared.states[sku] = final
-        for event_id, seen in self._last.seen.items():
-            prepared.seen[event_id] = seen
-        prepared.commits_before = self._commits
-
-    async def plan(self, prepared: _Prepared) -> GalleryPlan:
-        self._catch_up(prepared)
+    def plan(self, decoded: _Decoded) -> GalleryPlan:
         results: dict[str, list[tuple[_Item, EventResult]]] = {}
         diffs: dict[str, SkuDiff] = {}
         finals: dict[str, SkuState] = {}
         images: Counter[str] = Counter()
-        for sku, sku_items in prepared.by_sku.items():
-            kept, done = self._seen_before(sku_items, prepared.seen)
-            results[sku] = done
-            if not kept:
-                continue
-            state = prepared.states[sku]
-            folded = fold(state, [i.event for i in kept], prepared.objects, self.rules)
-            results[sku].extend(zip(kept, folded.results, strict=True))
+        unknown_roles = 0
+        # The ids of the batch's events seen before; the fold adds those the batch comes to own.
+        seen = dict(decoded.seen)
+        folds = fold_batch(
+            decoded.states, [i.event for i in decoded.items], decoded.objects, self.rules, seen
+        )
+        for sku, sku_items in decoded.by_sku.items():
+            folded = folds[sku]
+            results[sku] = list(zip(sku_items, folded.results, strict=True))
             images.update(folded.image_counts)
-            if folded.unknown_roles:
-                self.metrics.unknown_roles.inc(folded.unknown_roles)
+            unknown_roles += folded.unknown_roles
+            state = decoded.states[sku]
             d = diff(state, folded.state)
             if not d.is_noop:
                 diffs[sku] = d
                 # As it will be stored: the overlay of the next batch reads this version.
                 finals[sku] = dataclasses.replace(folded.state, row_version=state.row_version + 1)
-        plan = GalleryPlan(
-            prepared.messages, prepared.decode_letters, results, diffs, finals, images
+        return self._derive(
+            GalleryPlan(
+                decoded.messages,
+                decoded.decode_letters,
+                results,
+                diffs,
+                finals,
+                images,
+                unknown_roles,
+            )
         )
-        self._derive(plan)
-        return plan
 
-    @staticmethod
-    def _seen_before(
-        items: list[_Item], seen: Mapping[str, SeenEvent]
-    ) -> tuple[list[_Item], list[tuple[_Item, EventResult]]]:
-        """Events to fold, and those already applied in an earlier batch (duplicates, reused ids)."""
-        kept: list[_Item] = []
-        done: list[tuple[_Item, EventResult]] = []
-        for item in items:
-            prior = seen.get(item.event.event_id)
-            if prior is None or prior.outcome in _REPLAYABLE:
-                kept.append(item)
-            elif prior.fingerprint == lean_fingerprint(item.event):
-                done.append((item, EventResult(item.event, EventOutcome.DUPLICATE)))
-            else:
-                done.append(
-                    (
-                        item,
-                        EventResult(
-                            item.event,
-                            EventOutcome.DEAD_LETTERED,
-                            reason="duplicate_event_id",
-                            message=f"event_id {item.event.event_id} was seen before "
-                            "with a different payload",
-                        ),
-                    )
-                )
-        return kept, done
-
-    def _derive(self, plan: GalleryPlan) -> None:
-        """Outcome rows, request counts, dead letters and the report, from the fold results."""
-        plan.letters = list(plan.decode_letters)
-        plan.outcome_rows = []
-        plan.request_counts = Counter()
-        plan.tracked = []
-        plan.report = BatchReport(messages=plan.messages, images=Counter(plan.images))
-        plan.report.outcomes[EventOutcome.DEAD_LETTERED.value] += len(plan.decode_letters)
+    def _derive(self, plan: GalleryPlan) -> GalleryPlan:
+        """The plan with its outcome rows, request counts, dead letters and report, from the
+        fold results."""
+        letters = list(plan.decode_letters)
+        outcome_rows: list[OutcomeRow] = []
+        request_counts: Counter[tuple[str, str]] = Counter()
+        tracked: list[TrackedOutcome] = []
+        report = BatchReport(messages=plan.messages, images=Counter(plan.images))
+        report.outcomes[EventOutcome.DEAD_LETTERED.value] += len(plan.decode_letters)
         for letter in plan.decode_letters:
-            self._track(plan, letter.headers, EventOutcome.DEAD_LETTERED.value, letter.reason)
+            self._track(tracked, letter.headers, EventOutcome.DEAD_LETTERED.value, letter.reason)
         for sku_results in plan.results.values():
             for item, result in sku_results:
                 event, outcome = item.event, result.outcome
-                plan.report.outcomes[outcome.value] += 1
+                report.outcomes[outcome.value] += 1
                 if event.request_id:
-                    plan.request_counts[(event.request_id, outcome.value)] += 1
+                    request_counts[(event.request_id, outcome.value)] += 1
                     # Only events with a request id can belong to an intake bulk.
-                    self._track(plan, item.msg.headers(), outcome.value, result.reason)
+                    self._track(tracked, item.msg.headers(), outcome.value, result.reason)
                 recordable = outcome in (EventOutcome.WRITTEN, EventOutcome.PARTIAL) or (
                     # A reused event_id must not overwrite the row of the event that owns the id.
                     outcome is EventOutcome.DEAD_LETTERED and result.reason != "duplicate_event_id"
                 )
                 if recordable:
-                    plan.outcome_rows.append(
+                    outcome_rows.append(
                         OutcomeRow(
                             event_id=event.event_id,
                             sku=event.sku,
                             request_id=event.request_id,
                             outcome=outcome.value,
                             reason=result.reason,
-                            fingerprint=lean_fingerprint(event),
+                            fingerprint=result.fingerprint or lean_fingerprint(event),
                             topic=item.msg.topic() or "",
                             partition=item.msg.partition() or 0,
                             offset=item.msg.offset() or 0,
@@ -408,20 +378,31 @@ class GalleryHandler:
                 if outcome in (EventOutcome.PARTIAL, EventOutcome.DEAD_LETTERED):
                     reason = result.reason or "invalid_event"
                     message = result.message or _describe_invalid(result)
-                    plan.letters.append(
+                    letters.append(
                         self._letter(item.msg, InvalidEvent(message, reason=reason), event.sku)
                     )
+        return dataclasses.replace(
+            plan,
+            letters=letters,
+            outcome_rows=outcome_rows,
+            request_counts=request_counts,
+            tracked=tracked,
+            report=report,
+        )
 
     @staticmethod
-    def _track(plan: GalleryPlan, headers: Any, outcome: str, reason: str | None) -> None:
+    def _track(
+        tracked: list[TrackedOutcome], headers: Any, outcome: str, reason: str | None
+    ) -> None:
         found = tracked_item(headers)
         if found is not None:
-            plan.tracked.append(TrackedOutcome(found.bulk_uuid, found.item_id, outcome, reason))
+            tracked.append(TrackedOutcome(found.bulk_uuid, found.item_id, outcome, reason))
 
-    def _reject(self, plan: GalleryPlan, bad: Mapping[str, DatabaseDataError]) -> None:
-        """The SKUs whose rows the database refused are dead-lettered instead (in place)."""
+    def _without(self, plan: GalleryPlan, bad: Mapping[str, DatabaseDataError]) -> GalleryPlan:
+        """The plan with the SKUs whose rows the database refused dead-lettered instead."""
+        results = dict(plan.results)
         for sku, error in bad.items():
-            plan.results[sku] = [
+            results[sku] = [
                 (
                     item,
                     EventResult(
@@ -431,53 +412,65 @@ class GalleryHandler:
                         message=error.message,
                     ),
                 )
-                if r.outcome is not EventOutcome.DUPLICATE
+                # A duplicate, or a reused id, keeps its outcome: the id stays its owner's.
+                if r.outcome is not EventOutcome.DUPLICATE and r.reason != "duplicate_event_id"
                 else (item, r)
                 for item, r in plan.results[sku]
             ]
-            plan.diffs.pop(sku, None)
-            plan.finals.pop(sku, None)
-        self._derive(plan)
+        diffs = {sku: d for sku, d in plan.diffs.items() if sku not in bad}
+        finals = {sku: f for sku, f in plan.finals.items() if sku not in bad}
+        return self._derive(dataclasses.replace(plan, results=results, diffs=diffs, finals=finals))
 
-    # -- 3. write, inside the checkpoint's transaction -------------------------------------
+    # -- 3. persist, inside the checkpoint's transaction -----------------------------------
 
-    async def write(self, tx: Transaction, plan: GalleryPlan) -> Output:
+    async def effects(self, plan: GalleryPlan) -> None:
+        return None  # the gallery's only effects are its writes and its outcome events
+
+    async def persist(self, tx: Transaction, plan: GalleryPlan, effects: None) -> Output:
         rows: list[RowCounts] = []
 
         async def write_skus(skus: Collection[str]) -> None:
             rows.append(await apply_diffs(tx.conn, [plan.diffs[s] for s in skus]))
 
         bad = await tx.isolate(list(plan.diffs), write_skus)
-        if bad:
-            self._reject(plan, bad)
-        await record_outcomes(tx.conn, plan.outcome_rows, plan.request_counts)
-        if plan.tracked:
-            await record_tracked(tx.conn, plan.tracked)
-        plan.rows = sum(map(Counter, rows), Counter())
-        plan.report.rows_written = sum(plan.rows.values())
-        output = Output(letters=plan.letters, counts=Counter(plan.report.outcomes))
-        for sku, d in plan.diffs.items():
+        done = self._without(plan, bad) if bad else plan
+        await record_outcomes(tx.conn, done.outcome_rows, done.request_counts)
+        if done.tracked:
+            await record_tracked(tx.conn, done.tracked)
+        written: RowCounts = sum(map(Counter, rows), Counter())
+        output = Output(
+            letters=done.letters,
+            counts=Counter(done.report.outcomes),
+            writes=self.writes(done),
+            detail=_Persisted(done, written),
+        )
+        for sku, d in done.diffs.items():
             if not d.gallery_changed:
                 continue  # a product row alone (name, enabled, a first version) is no gallery change
             applied = [
                 item.event
-                for item, r in plan.results.get(sku, [])
+                for item, r in done.results.get(sku, [])
                 if r.outcome in (EventOutcome.WRITTEN, EventOutcome.PARTIAL)
             ]
-            record = gallery_updated(d, plan.finals[sku], applied)
+            record = gallery_updated(d, done.finals[sku], applied)
             output.messages.append(
                 OutputMessage(
                     topic=self.outcome_topic,
                     value=self.codec.encode_outcome(record, topic=self.outcome_topic),
                     key=sku.encode(),
                     token=("outcome", record["event_id"]),
-                    headers=self._outcome_trace(plan, sku, record["event_id"]),
+                    headers=self._outcome_trace(done, sku, record["event_id"]),
                 )
             )
-        plan.report.outcome_events = len(output.messages)
         if self.settings.etag_source == "index":
-            output.messages.extend(await self._behind_the_bucket(tx, plan))
+            output.messages.extend(await self._behind_the_bucket(tx, done))
         return output
+
+    @staticmethod
+    def writes(done: GalleryPlan) -> dict[str, dict[Any, Any]]:
+        """What a plan carried out leaves stored, in the shape of ``_Decoded.reads``."""
+        seen = {r.event_id: SeenEvent(r.fingerprint, r.outcome) for r in done.outcome_rows}
+        return {"states": dict(done.finals), "seen": seen}
 
     def _outcome_trace(
         self, plan: GalleryPlan, sku: str, event_id: str
@@ -545,28 +538,24 @@ class GalleryHandler:
             log.info("%d galleries stored behind the bucket: re-checks published", len(out))
         return out
 
-    def committed(self, plan: GalleryPlan, output: Output) -> None:
-        report = plan.report
-        for letter in plan.letters:
-            report.dead_letters[letter.reason] += 1
+    def committed(self, plan: GalleryPlan, effects: None, output: Output) -> None:
+        persisted: _Persisted = output.detail
+        done, report = persisted.plan, persisted.plan.report
         for outcome, n in report.outcomes.items():
             self.metrics.events_processed.labels(outcome).inc(n)
         for result, n in report.images.items():
             self.metrics.images.labels(result).inc(n)
-        for op, n in plan.rows.items():
+        for op, n in persisted.rows.items():
             if n:
                 self.metrics.db_rows_written.labels(op).inc(n)
-        self.metrics.outcome_events.inc(report.outcome_events)
-        for sku_results in plan.results.values():
-            for _item, done in sku_results:
-                if isinstance(done.event, LeanRecheck):
-                    self.metrics.rechecks.labels(_recheck_result(done)).inc()
-        self.report.add(report)
-        self._last = _Committed(
-            finals=dict(plan.finals),
-            seen={r.event_id: SeenEvent(r.fingerprint, r.outcome) for r in plan.outcome_rows},
-        )
-        self._commits += 1
+        outcome_events = sum(1 for m in output.messages if m.topic == self.outcome_topic)
+        self.metrics.outcome_events.inc(outcome_events)
+        if done.unknown_roles:
+            self.metrics.unknown_roles.inc(done.unknown_roles)
+        for sku_results in done.results.values():
+            for _item, applied in sku_results:
+                if isinstance(applied.event, LeanRecheck):
+                    self.metrics.rechecks.labels(_recheck_result(applied)).inc()
 
 
 def _recheck_result(result: EventResult) -> str:

@@ -15,17 +15,18 @@ from typing import Any
 
 import asyncpg
 
-from streamer.errors import StateChanged
 from streamer.gallery.diff import SkuDiff
-from streamer.gallery.state import SkuState, StoredImage
+from streamer.gallery.state import SeenEvent, SkuState, StoredImage
 from streamer.runtime.database import Database, converted
+from streamer.runtime.errors import StateChanged
 
 __all__ = ["GalleryRepository", "OutcomeRow", "RowCounts", "SeenEvent"]
 
 RowCounts = dict[str, int]
 
 _SELECT_PRODUCTS = """
-SELECT sku, product_version, gallery_version, deleted, name, enabled, row_version
+SELECT sku, product_version, gallery_version, deleted, name, enabled, row_version,
+       COALESCE(product_event_id::text, ''), COALESCE(gallery_event_id::text, '')
 FROM products WHERE sku = ANY($1::text[])
 """
 # Roles come comma-joined (cheaper to decode than a text[]), columns in StoredImage's order.
@@ -41,8 +42,11 @@ FROM event_outcomes WHERE event_id = ANY($1::uuid[])
 # Products rows are written compare-and-set on the row_version the batch read: a row
 # changed since (or created by someone else) is not matched, and the batch is planned again.
 _INSERT_PRODUCT = """
-INSERT INTO products (sku, product_version, gallery_version, deleted, name, enabled)
-SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::text[], $6::bool[])
+INSERT INTO products
+    (sku, product_version, gallery_version, deleted, name, enabled, product_event_id,
+     gallery_event_id)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::text[], $6::bool[],
+                     $7::uuid[], $8::uuid[])
 ON CONFLICT (sku) DO NOTHING
 RETURNING sku
 """
@@ -50,10 +54,12 @@ _UPDATE_PRODUCT = """
 UPDATE products p SET
     product_version = u.product_version, gallery_version = u.gallery_version,
     deleted = u.deleted, name = u.name, enabled = u.enabled,
+    product_event_id = u.product_event_id, gallery_event_id = u.gallery_event_id,
     row_version = p.row_version + 1, updated_at = now()
 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::text[], $6::bool[],
-            $7::bigint[])
-    AS u(sku, product_version, gallery_version, deleted, name, enabled, read_version)
+            $7::uuid[], $8::uuid[], $9::bigint[])
+    AS u(sku, product_version, gallery_version, deleted, name, enabled, product_event_id,
+         gallery_event_id, read_version)
 WHERE p.sku = u.sku AND p.row_version = u.read_version
 RETURNING p.sku
 """
@@ -95,12 +101,6 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
 ON CONFLICT (request_id, outcome) DO UPDATE SET
     events = request_outcomes.events + EXCLUDED.events, updated_at = now()
 """
-
-
-@dataclass(frozen=True, slots=True)
-class SeenEvent:
-    fingerprint: str | None
-    outcome: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +157,11 @@ class GalleryRepository:
                 version,
             )  # fmt: skip
         states: dict[str, SkuState] = {}
-        for sku, product_version, gallery_version, deleted, name, enabled, rv in products:
-            images = by_sku.get(sku, {})
+        for sku, pv, gv, deleted, name, enabled, rv, product_id, gallery_id in products:
             states[sku] = SkuState(
-                sku, product_version, gallery_version, deleted, name, enabled, images, True, rv
-            )
+                sku, pv, gv, deleted, name, enabled, by_sku.get(sku, {}), True, rv,
+                product_id, gallery_id,
+            )  # fmt: skip
         for sku in keys:
             if sku not in states:
                 states[sku] = SkuState(sku)
@@ -189,7 +189,10 @@ async def apply_diffs(conn: asyncpg.Connection, diffs: Iterable[SkuDiff]) -> Row
     for d in diffs:
         if d.product is not None:
             p = d.product
-            row = (p.sku, p.product_version, p.gallery_version, p.deleted, p.name, p.enabled)
+            row = (
+                p.sku, p.product_version, p.gallery_version, p.deleted, p.name, p.enabled,
+                p.product_event_id or None, p.gallery_event_id or None,
+            )  # fmt: skip
             if d.read_version:
                 updated.append((*row, d.read_version))
             else:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["ObjectInfo", "SkuState", "StoredImage", "display_order"]
+__all__ = ["ObjectInfo", "SeenEvent", "SkuState", "StoredImage", "display_order"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +52,19 @@ class SkuState:
     # a SKU written by someone else since this batch read it is planned again, never
     # overwritten (its product and media partitions may belong to two workers).
     row_version: int = 0
+    # The event_id of the event that set each version ("": not known, a row written before
+    # they were kept): the first event to reach a version keeps it, so a tie with another
+    # event is stale whatever arrives later.
+    product_event_id: str = ""
+    gallery_event_id: str = ""
+
+    @property
+    def product_key(self) -> tuple[int, str]:
+        return (self.product_version, self.product_event_id)
+
+    @property
+    def gallery_key(self) -> tuple[int, str]:
+        return (self.gallery_version, self.gallery_event_id)
 
     def same_content(self, other: SkuState) -> bool:
         """Equal in everything but the version numbers (and content versions, which follow
@@ -69,6 +82,15 @@ class SkuState:
         if mine.keys() != theirs.keys():
             return False
         return all(_image_key(image) == _image_key(theirs[path]) for path, image in mine.items())
+
+
+@dataclass(frozen=True, slots=True)
+class SeenEvent:
+    """An event id already owned: the fingerprint of the content it came with, and its outcome
+    (``written``, ``partial`` or ``dead_lettered``; only those own an id)."""
+
+    fingerprint: str | None
+    outcome: str
 
 
 def _image_key(image: StoredImage) -> tuple[object, ...]:

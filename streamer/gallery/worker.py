@@ -1,47 +1,47 @@
-"""A gallery worker: the runtime's batch loop around the gallery handler, built from settings."""
+"""A gallery worker: the runtime's runner around the gallery handler, built from settings."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from streamer.contract.codec import Codec
+from streamer.contract.topics import TopicSettings
 from streamer.gallery.etags import EtagSource
-from streamer.gallery.handler import GalleryHandler, GalleryPlan
+from streamer.gallery.handler import GalleryHandler
+from streamer.gallery.settings import GallerySettings
+from streamer.runtime.job import Sections
+from streamer.runtime.retention import Pruning
 from streamer.runtime.runner import Runner
+from streamer.runtime.settings import KafkaSettings
+from streamer.storage.settings import S3Settings
 
-if TYPE_CHECKING:
-    from streamer.settings import Settings
-
-__all__ = ["GalleryWorker"]
+__all__ = ["gallery_runner"]
 
 
-class GalleryWorker(Runner[GalleryPlan]):
+def gallery_runner(
+    sections: Sections,
+    *,
+    registry: CollectorRegistry | None = None,
+    etags: EtagSource | None = None,
+    install_signal_handlers: bool = True,
+    pruning: Pruning | None = None,
+) -> Runner[Any, Any, Any]:
     """One member of the gallery consumer group (``streamer consume``)."""
-
-    handler: GalleryHandler
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        registry: CollectorRegistry | None = None,
-        etags: EtagSource | None = None,
-        install_signal_handlers: bool = True,
-    ) -> None:
-        handler = GalleryHandler(
-            settings.gallery,
-            settings.topics,
-            settings.s3,
-            codec=Codec.for_registry(settings.kafka.schema_registry_url),
-            etags=etags,
-        )
-        super().__init__(
-            handler,
-            kafka=settings.kafka,
-            database=settings.database,
-            runtime=settings.runtime,
-            registry=registry,
-            install_signal_handlers=install_signal_handlers,
-        )
+    gallery = sections.section(GallerySettings)
+    handler = GalleryHandler(
+        gallery,
+        sections.section(TopicSettings),
+        sections.section(S3Settings),
+        codec=Codec.for_registry(sections.section(KafkaSettings).schema_registry_url),
+        etags=etags,
+    )
+    return Runner.of(
+        handler,
+        sections,
+        group_id=gallery.group_id,
+        registry=registry,
+        install_signal_handlers=install_signal_handlers,
+        pruning=pruning,
+    )

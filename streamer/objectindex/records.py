@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote_plus
 
-from streamer.errors import DecodeError
+from streamer.contract.errors import DecodeError
 
 __all__ = [
     "OBSERVATION_SKEW",

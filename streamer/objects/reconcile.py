@@ -12,21 +12,28 @@ bounds a run over a very large bucket.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from streamer.objectindex.records import OBSERVATION_SKEW, ObjectChange
 from streamer.objectindex.store import live_under, read_objects
 from streamer.objects.handler import ObjectsHandler, ObjectsPlan
-from streamer.runtime.checkpoint import Transaction
+from streamer.runtime.checkpoint import Checkpoint, NoOffsets
+from streamer.runtime.connection import check_broker
 from streamer.runtime.database import Database
+from streamer.runtime.job import Sections
 from streamer.runtime.publisher import Publisher
+from streamer.runtime.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
+from streamer.storage.checks import check_bucket_with
 from streamer.storage.clients import make_s3_client
-
-if TYPE_CHECKING:
-    from streamer.settings import Settings
+from streamer.storage.errors import object_store_error
+from streamer.storage.settings import S3Settings
 
 __all__ = ["ReconcileReport", "reconcile"]
 
@@ -62,29 +69,40 @@ def _time(value: object) -> datetime:
 
 
 async def reconcile(
-    settings: Settings,
+    sections: Sections,
     handler: ObjectsHandler,
     *,
     prefix: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ReconcileReport:
-    bucket = settings.s3.s3_bucket
+    s3, kafka = sections.section(S3Settings), sections.section(KafkaSettings)
+    runtime = sections.section(RuntimeSettings)
+    bucket = s3.s3_bucket
     if prefix is None:
-        base = settings.s3.s3_prefix.strip("/")
+        base = s3.s3_prefix.strip("/")
         prefix = f"{base}/" if base else ""
     report = ReconcileReport(prefix)
     started = datetime.now(UTC) - OBSERVATION_SKEW
-    client = make_s3_client(settings.s3)
-    database = Database(settings.database)
-    publisher = Publisher(settings.kafka)
+    client = make_s3_client(s3)
+    # Before anything is written: a wrong bucket would list empty and mark the index gone.
+    await asyncio.to_thread(check_bucket_with, client, bucket, s3.s3_prefix)
+    await asyncio.to_thread(check_broker, kafka)
+    database = Database(sections.section(DatabaseSettings))
+    publisher = Publisher(kafka)
     await database.start()
     publisher.start()
+    checkpoint = Checkpoint(
+        NoOffsets(database),
+        publisher,
+        dlq_topic=runtime.dlq_topic,
+        dlq_max_value_bytes=runtime.dlq_max_value_bytes,
+        delivery_timeout_s=kafka.delivery_timeout_ms / 1000,
+    )
     try:
         async with database.acquire() as conn:
             indexed = {o.key: o.etag async for o in live_under(conn, bucket, prefix)}
         changes: list[ObjectChange] = []
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for page in pages:
+        for page in _pages(client, bucket, prefix):
             keys = [obj["Key"] for obj in page.get("Contents", [])]
             async with database.acquire() as conn:
                 known = await read_objects(conn, bucket, keys)
@@ -102,36 +120,41 @@ async def reconcile(
                     )
                 )
             if len(changes) >= _BATCH:
-                await _apply(database, publisher, handler, changes, report)
+                await _apply(checkpoint, handler, changes, report)
                 changes = []
             if progress is not None:
                 progress(report.listed)
         for key in sorted(indexed):
             report.gone.append(key)
             changes.append(ObjectChange(bucket, key, True, None, None, started))
-        await _apply(database, publisher, handler, changes, report)
+        await _apply(checkpoint, handler, changes, report)
     finally:
         publisher.close()
         await database.stop()
     return report
 
 
+def _pages(client: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+    """The listing's pages; a failure (the bucket deleted meanwhile, access revoked, the
+    store down) ends the run as a streamer error that says which, never as a traceback."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    try:
+        yield from pages
+    except (ClientError, BotoCoreError) as exc:
+        raise object_store_error(exc, f"LIST {prefix}", bucket=bucket) from exc
+
+
 async def _apply(
-    database: Database,
-    publisher: Publisher,
+    checkpoint: Checkpoint,
     handler: ObjectsHandler,
     changes: list[ObjectChange],
     report: ReconcileReport,
 ) -> None:
-    """The objects job's own write (index rows, re-checks published before the commit)."""
+    """The objects job's own ``persist`` through the runtime's checkpoint: index rows
+    written, re-checks published and acknowledged, then COMMIT (a listing has no offsets)."""
     if not changes:
         return
     plan = ObjectsPlan(changes=list(changes))
-    async with database.acquire() as conn, conn.transaction():
-        output = await handler.write(Transaction(conn), plan)
-        for m in output.messages:
-            publisher.produce(m.topic, m.value, key=m.key, headers=m.headers)
-        if output.messages:
-            publisher.flush()
-    report.repaired += len(plan.taken)
-    report.rechecks += plan.rechecks
+    output = await checkpoint.commit({}, partial(handler.persist, plan=plan))
+    report.repaired += output.counts["indexed"]
+    report.rechecks += output.counts["rechecks"]

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from streamer.config import Section
+from streamer.config import NonBlank, Section
 
 __all__ = ["ObjectsSettings"]
 
 
 class ObjectsSettings(Section):
-    objects_group_id: str = "streamer-objects"
-    objects_topic: str = Field(
+    objects_group_id: NonBlank = "streamer-objects"
+    objects_topic: NonBlank = Field(
         "catalog.objects.v1", description="Bucket notifications (MinIO's Kafka target, S3 records)"
     )
     objects_sqs_url: str | None = Field(
@@ -21,10 +21,3 @@ class ObjectsSettings(Section):
     objects_sqs_visibility_s: int = Field(
         60, ge=1, description="How long a received SQS message stays hidden until deleted"
     )
-
-    @field_validator("objects_group_id", "objects_topic")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value.strip()

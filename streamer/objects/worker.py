@@ -1,47 +1,65 @@
-"""An objects worker: the runtime's batch loop around the objects handler, built from settings."""
+"""An objects worker: the runtime's runner around the objects handler, on the Kafka topic of
+bucket notifications or, when ``STREAMER_OBJECTS_SQS_URL`` is set, on S3's SQS queue."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from streamer.contract.codec import Codec
-from streamer.objects.handler import ObjectsHandler, ObjectsPlan
+from streamer.contract.topics import TopicSettings
+from streamer.objects.handler import ObjectsHandler
+from streamer.objects.queue import check_queue, make_sqs_client
+from streamer.objects.settings import ObjectsSettings
+from streamer.runtime.job import Sections
+from streamer.runtime.retention import Pruning
 from streamer.runtime.runner import Runner
+from streamer.runtime.settings import KafkaSettings
+from streamer.runtime.source import Source
+from streamer.runtime.sqs_source import SqsSource
+from streamer.storage.settings import S3Settings
 
-if TYPE_CHECKING:
-    from streamer.settings import Settings
-
-__all__ = ["ObjectsWorker", "make_handler"]
+__all__ = ["make_handler", "objects_runner"]
 
 
-def make_handler(settings: Settings) -> ObjectsHandler:
+def make_handler(sections: Sections) -> ObjectsHandler:
     return ObjectsHandler(
-        settings.objects,
-        settings.topics,
-        settings.s3,
-        codec=Codec.for_registry(settings.kafka.schema_registry_url),
+        sections.section(ObjectsSettings),
+        sections.section(TopicSettings),
+        sections.section(S3Settings),
+        codec=Codec.for_registry(sections.section(KafkaSettings).schema_registry_url),
     )
 
 
-class ObjectsWorker(Runner[ObjectsPlan]):
-    """One member of the objects consumer group (``streamer objects consume``, Kafka source)."""
-
-    handler: ObjectsHandler
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        registry: CollectorRegistry | None = None,
-        install_signal_handlers: bool = True,
-    ) -> None:
-        super().__init__(
-            make_handler(settings),
-            kafka=settings.kafka,
-            database=settings.database,
-            runtime=settings.runtime,
-            registry=registry,
-            install_signal_handlers=install_signal_handlers,
+def objects_runner(
+    sections: Sections,
+    *,
+    registry: CollectorRegistry | None = None,
+    install_signal_handlers: bool = True,
+    pruning: Pruning | None = None,
+    sqs_client: Any = None,
+) -> Runner[Any, Any, Any]:
+    """One worker of the object index (``streamer objects consume``): a member of its
+    consumer group, or a receiver of the SQS queue."""
+    o = sections.section(ObjectsSettings)
+    source: Source | None = None
+    if o.objects_sqs_url:
+        client = sqs_client or make_sqs_client(o.objects_sqs_url, sections.section(S3Settings))
+        source = SqsSource(
+            client,
+            o.objects_sqs_url,
+            wait_s=o.objects_sqs_wait_s,
+            visibility_s=o.objects_sqs_visibility_s,
+            check=partial(check_queue, client, o.objects_sqs_url),
         )
+    return Runner.of(
+        make_handler(sections),
+        sections,
+        group_id=o.objects_group_id,
+        source=source,
+        registry=registry,
+        install_signal_handlers=install_signal_handlers,
+        pruning=pruning,
+    )

@@ -62,7 +62,7 @@ def dead_letter_view(
         "message": r.message,
         "exception_class": r.exception_class,
         "original": f"{r.topic}[{r.partition}]@{r.offset}",
-        "sku": r.sku,
+        "sku": r.detail("sku") or r.key_text,
         "attempts": r.attempts,
         "job": r.job,
         "group": r.group_id,

@@ -15,8 +15,8 @@ from typing import Any
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from streamer.errors import BrokerUnavailable
 from streamer.runtime.database import connect
+from streamer.runtime.errors import BrokerUnavailable
 from streamer.settings import Settings
 
 __all__ = ["JobSpec", "JobView", "Member", "PartitionView", "describe_jobs", "job_specs"]

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
+from streamer.jobs import migrations
 from streamer.runtime.migrations import migrate
 
-__all__ = ["JOB_MIGRATIONS", "migrate_all"]
-
-# The runtime's own tables come first (``migrate`` applies them); then each job's.
-JOB_MIGRATIONS = (
-    "streamer.gallery.sql",
-    "streamer.tracking.sql",
-    "streamer.replicate.sql",
-    "streamer.objectindex.sql",
-    "streamer.api.sql",
-)
+__all__ = ["migrate_all"]
 
 
 async def migrate_all(dsn: str) -> list[str]:
-    """Create or upgrade every table; idempotent and safe to run from several processes."""
-    return await migrate(dsn, JOB_MIGRATIONS)
+    """Create or upgrade every table (the runtime's, then each job's as ``streamer.jobs``
+    lists them); idempotent and safe to run from several processes."""
+    return await migrate(dsn, migrations())

@@ -9,9 +9,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from streamer.errors import BrokerUnavailable
 from streamer.runtime.connection import check_broker
 from streamer.runtime.database import connect
+from streamer.runtime.errors import BrokerUnavailable
 from streamer.runtime.replay import read_dead_letters
 from streamer.runtime.settings import KafkaSettings
 from streamer.settings import Settings

@@ -6,6 +6,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streamer.errors import StreamerError
+from streamer.jobs import JOBS
 from streamer.runtime.connection import check_broker
 from streamer.settings import Settings
 
@@ -13,15 +14,10 @@ __all__ = ["create_topics", "topic_names"]
 
 
 def topic_names(settings: Settings) -> list[str]:
-    t = settings.topics
-    return [
-        t.product_topic,
-        t.media_topic,
-        t.outcome_topic,
-        t.import_completed_topic,
-        settings.objects.objects_topic,
-        settings.runtime.dlq_topic,
-    ]
+    """Every job's topics (``streamer.jobs``), the intake's completions and the dead letters."""
+    named = [t for job in JOBS for t in job.topics(settings)]
+    named += [settings.topics.import_completed_topic, settings.runtime.dlq_topic]
+    return list(dict.fromkeys(named))
 
 
 def create_topics(

@@ -25,12 +25,19 @@ from typing import Any, TypeVar
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from streamer.errors import ObjectStoreUnavailable
 from streamer.replicate.errors import SourceChanged, replica_error
 from streamer.replicate.metrics import REQUESTS, ReplicaMetrics
 from streamer.replicate.rules import SOURCE_ETAG_KEY, ReplicaHead, is_identical
 from streamer.runtime import tracing
-from streamer.storage.errors import MISSING_CODES, error_code, object_store_error
+from streamer.storage.checks import confirm_bucket
+from streamer.storage.errors import (
+    MISSING_CODES,
+    SOURCE,
+    ObjectStoreUnavailable,
+    StoreNames,
+    error_code,
+    object_store_error,
+)
 from streamer.storage.keys import s3_key
 
 __all__ = ["Call", "Copier", "Ensured", "Failed", "SourceObject"]
@@ -93,6 +100,7 @@ class Copier:
         part_size_bytes: int,
         max_image_bytes: int,
         metrics: ReplicaMetrics,
+        replica_names: StoreNames | None = None,
     ) -> None:
         self.source = source
         self.source_bucket = source_bucket
@@ -100,6 +108,7 @@ class Copier:
         self.replica = replica
         self.replica_bucket = replica_bucket
         self.replica_prefix = replica_prefix
+        self.replica_names = replica_names
         self.server_side = server_side
         self.mode = "server_side" if server_side else "streamed"
         self.max_image_bytes = max_image_bytes
@@ -152,6 +161,12 @@ class Copier:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
+    def _source_error(self, exc: Exception, what: str) -> Exception:
+        return object_store_error(exc, what, bucket=self.source_bucket, names=SOURCE)
+
+    def _replica_error(self, exc: Exception, what: str) -> Exception:
+        return replica_error(exc, what, bucket=self.replica_bucket, names=self.replica_names)
+
     # -- single requests (blocking, run in the pool) ----------------------------------------
 
     def _head_source(self, path: str) -> SourceObject | None:
@@ -161,10 +176,14 @@ class Copier:
             resp = self.source.head_object(Bucket=self.source_bucket, Key=key)
         except ClientError as exc:
             if error_code(exc) in MISSING_CODES:
+                # 404 is also a HEAD's answer for a bucket that does not exist: believed only
+                # once the bucket is known to be there (a deleted bucket pauses, not dead-letters).
+                self._requests[("source", "list")].inc()
+                confirm_bucket(self.source, self.source_bucket, key)
                 return None
-            raise object_store_error(exc, f"HEAD {key}") from exc
+            raise self._source_error(exc, f"HEAD {key}") from exc
         except BotoCoreError as exc:
-            raise object_store_error(exc, f"HEAD {key}") from exc
+            raise self._source_error(exc, f"HEAD {key}") from exc
         return SourceObject(
             etag=_etag(resp.get("ETag")),
             size=int(resp.get("ContentLength", 0)),
@@ -180,9 +199,9 @@ class Copier:
         except ClientError as exc:
             if error_code(exc) in MISSING_CODES:
                 return None
-            raise replica_error(exc, f"HEAD {key}") from exc
+            raise self._replica_error(exc, f"HEAD {key}") from exc
         except BotoCoreError as exc:
-            raise replica_error(exc, f"HEAD {key}") from exc
+            raise self._replica_error(exc, f"HEAD {key}") from exc
         meta = resp.get("Metadata") or {}
         return ReplicaHead(
             etag=_etag(resp.get("ETag")),
@@ -207,9 +226,9 @@ class Copier:
             code = error_code(exc)
             if code in MISSING_CODES or code in ("PreconditionFailed", "412"):
                 raise SourceChanged(f"{self.source_key(path)} changed during the copy") from exc
-            raise replica_error(exc, f"COPY to {key}") from exc
+            raise self._replica_error(exc, f"COPY to {key}") from exc
         except BotoCoreError as exc:
-            raise replica_error(exc, f"COPY to {key}") from exc
+            raise self._replica_error(exc, f"COPY to {key}") from exc
 
     def _copy_streamed(self, path: str, src: SourceObject) -> None:
         source_key, key = self.source_key(path), self.replica_key(path)
@@ -222,9 +241,9 @@ class Copier:
             code = error_code(exc)
             if code in MISSING_CODES or code in ("PreconditionFailed", "412"):
                 raise SourceChanged(f"{source_key} changed during the copy") from exc
-            raise object_store_error(exc, f"GET {source_key}") from exc
+            raise self._source_error(exc, f"GET {source_key}") from exc
         except BotoCoreError as exc:
-            raise object_store_error(exc, f"GET {source_key}") from exc
+            raise self._source_error(exc, f"GET {source_key}") from exc
         body = resp["Body"]
         self._requests[("replica", "put")].inc()
         try:
@@ -236,7 +255,7 @@ class Copier:
                 Config=self._transfer,
             )
         except (ClientError, BotoCoreError) as exc:
-            raise replica_error(exc, f"PUT {key}") from exc
+            raise self._replica_error(exc, f"PUT {key}") from exc
         except (OSError, ValueError) as exc:
             # The source stream broke off mid-body: nothing was completed at the destination.
             raise ObjectStoreUnavailable(f"reading {source_key} failed: {exc}") from exc
@@ -249,7 +268,7 @@ class Copier:
         try:
             self.replica.delete_object(Bucket=self.replica_bucket, Key=key)
         except (ClientError, BotoCoreError) as exc:
-            raise replica_error(exc, f"DELETE {key}") from exc
+            raise self._replica_error(exc, f"DELETE {key}") from exc
 
     # -- what the handler and verify call --------------------------------------------------
 
@@ -319,7 +338,7 @@ class Copier:
                 if path is not None:
                     yield path, _etag(obj.get("ETag")), int(obj.get("Size", 0))
         except (ClientError, BotoCoreError) as exc:
-            raise object_store_error(exc, f"LIST {self.source_bucket}") from exc
+            raise self._source_error(exc, f"LIST {self.source_bucket}") from exc
 
     def list_replica(self, path_prefix: str) -> Iterator[tuple[str, str, int]]:
         try:
@@ -328,4 +347,4 @@ class Copier:
                 if path is not None:
                     yield path, _etag(obj.get("ETag")), int(obj.get("Size", 0))
         except (ClientError, BotoCoreError) as exc:
-            raise replica_error(exc, f"LIST {self.replica_bucket}") from exc
+            raise self._replica_error(exc, f"LIST {self.replica_bucket}") from exc

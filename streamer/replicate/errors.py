@@ -5,7 +5,7 @@ from __future__ import annotations
 from botocore.exceptions import BotoCoreError, ClientError
 
 from streamer.errors import DependencyUnavailable, NonRetriableError
-from streamer.storage.errors import DENIED_CODES, error_code
+from streamer.storage.errors import StoreNames, object_store_error
 
 __all__ = ["ReplicaUnavailable", "SourceChanged", "replica_error"]
 
@@ -22,16 +22,19 @@ class SourceChanged(NonRetriableError):
     reason = "source_changed"
 
 
-def replica_error(exc: ClientError | BotoCoreError | Exception, what: str) -> ReplicaUnavailable:
-    if isinstance(exc, ClientError):
-        code = error_code(exc) or "?"
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
-        if code in DENIED_CODES or status == 403:
-            return ReplicaUnavailable(
-                f"the replica store denied access to {what}: {code} (HTTP {status}); check "
-                "STREAMER_REPLICA_ACCESS_KEY_ID (or the source's credentials when "
-                "STREAMER_REPLICA_ENDPOINT_URL is unset) and the bucket policy",
-                reason="access_denied",
-            )
-        return ReplicaUnavailable(f"replica {what} failed: {code} (HTTP {status})")
-    return ReplicaUnavailable(f"replica {what} failed: {type(exc).__name__}: {exc}")
+def replica_error(
+    exc: ClientError | BotoCoreError | Exception,
+    what: str,
+    *,
+    bucket: str | None = None,
+    names: StoreNames | None = None,
+) -> DependencyUnavailable:
+    """A failed request to the destination, naming the replica's settings when it says the
+    configuration is wrong (a missing bucket, refused credentials)."""
+    return object_store_error(
+        exc,
+        what,
+        bucket=bucket,
+        names=names or StoreNames(store="the replica store", bucket="STREAMER_REPLICA_BUCKET"),
+        error=ReplicaUnavailable,
+    )

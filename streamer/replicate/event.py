@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from streamer.contract.codec import Codec
-from streamer.errors import DecodeError, InvalidEvent
+from streamer.contract.errors import DecodeError, InvalidEvent
 
 __all__ = ["GalleryImage", "GalleryState", "decode_gallery"]
 

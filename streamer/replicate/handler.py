@@ -2,22 +2,24 @@
 
 The data path of a batch, top to bottom (the runtime's checkpoint commits it):
 
-1. ``prepare``: decode every record (what cannot be read is dead-lettered) and keep each
-   SKU's newest one: it carries the SKU's whole resulting gallery.
-2. ``plan``: load what this destination holds for the batch's SKUs and paths (versions,
-   references, per-path records); skip stale records; apply the image limit; for every
-   path the records do not already vouch for, HEAD source and destination and copy
-   only what differs (``Copier.ensure``, bounded by ``STREAMER_REPLICA_CONCURRENCY``).
-   A missing or oversized source object fails that image alone.
-3. ``write`` (inside the checkpoint's transaction, under per-path advisory locks):
+1. ``decode``: decode every record (what cannot be read is dead-lettered) and keep each
+   SKU's newest one: it carries the SKU's whole resulting gallery; load what this
+   destination holds for the batch's SKUs and paths (versions, references, per-path
+   records).
+2. ``plan``: skip stale records; apply the image limit; the paths the records do not
+   already vouch for are to be checked.
+3. ``effects``: for each of those, HEAD source and destination and copy only what
+   differs (``Copier.ensure``, bounded by ``STREAMER_REPLICA_CONCURRENCY``). A missing or
+   oversized source object fails that image alone. Idempotent: a copy run again finds
+   the destination identical (two HEADs, no copy).
+4. ``persist`` (inside the checkpoint's transaction, under per-path advisory locks):
    re-check any path another worker changed meanwhile, then references, per-path
    records, versions; paths without references are marked for deletion. Returns the
    dead letters (one per failed image, with its path).
 
-After the commit a background task deletes what was marked (``deletes.take_deletes``).
-Copies happen before the commit, so a crash re-runs them: they find the destination
-identical (two HEADs, no copy). Destination outages raise ``ReplicaUnavailable`` and
-pause the worker on the ``replica`` circuit; source outages on ``s3``.
+After the commit a background task, supervised by the runtime, deletes what was marked
+(``deletes.take_deletes``). Destination outages raise ``ReplicaUnavailable`` and pause
+the worker on the ``replica`` circuit; source outages on ``s3``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from functools import partial
 from confluent_kafka import Message
 
 from streamer.contract.codec import Codec
+from streamer.contract.errors import ImageInvalid, InvalidEvent
 from streamer.contract.topics import TopicSettings
-from streamer.errors import DependencyUnavailable, ImageInvalid, InvalidEvent, StreamerError
+from streamer.errors import DependencyUnavailable, StreamerError
 from streamer.replicate.copier import Copier, Ensured, Failed
 from streamer.replicate.deletes import take_deletes
 from streamer.replicate.errors import ReplicaUnavailable
@@ -53,7 +56,8 @@ from streamer.replicate.stores import make_copier
 from streamer.runtime import tracing
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.deadletters import DeadLetter
-from streamer.runtime.handler import Batch, HandlerContext, Output
+from streamer.runtime.handler import Batch, HandlerBase, HandlerContext, Output
+from streamer.storage.checks import check_bucket_at_start
 from streamer.storage.settings import S3Settings
 
 __all__ = ["ReplicaPlan", "ReplicateHandler"]
@@ -64,33 +68,51 @@ log = logging.getLogger(__name__)
 DELETE_POLL_S = 5.0
 
 
-@dataclass
-class _Prepared:
+@dataclass(frozen=True)
+class _Decoded:
     messages: int
     letters: list[DeadLetter]
     newest: dict[str, Keyed[Message]]
     superseded: int
     # Per SKU, the paths of its superseded records: a batch that copied them and never
     # committed (a crash, a fencing) leaves them at the destination with no reference.
-    passed: dict[str, set[str]] = field(default_factory=dict)
+    passed: dict[str, set[str]]
+    versions: dict[str, int]
+    refs: dict[str, set[str]]
+    observed: dict[str, ObjectRow]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReplicaPlan:
-    """What ``write`` records, and what the batch did (for metrics)."""
+    """What the batch copies and records; never changed once made."""
 
-    letters: list[DeadLetter] = field(default_factory=list)
-    versions: dict[str, int] = field(default_factory=dict)
-    added: list[tuple[str, str]] = field(default_factory=list)
-    removed: list[tuple[str, str]] = field(default_factory=list)
-    removed_paths: set[str] = field(default_factory=set)
-    passed_paths: set[str] = field(default_factory=set)
-    ensured: dict[str, Ensured] = field(default_factory=dict)
+    letters: list[DeadLetter]
+    events: Counter[str]
+    dropped_limit: int = 0
+    # sku -> (its newest record, the paths it keeps)
+    changes: dict[str, tuple[Keyed[Message], list[str]]] = field(default_factory=dict)
+    refs: dict[str, set[str]] = field(default_factory=dict)
+    passed: dict[str, set[str]] = field(default_factory=dict)
+    recorded: dict[str, Ensured] = field(default_factory=dict)  # vouched for by the records
+    to_check: list[str] = field(default_factory=list)
     observed: dict[str, ObjectRow] = field(default_factory=dict)
-    events: Counter[str] = field(default_factory=Counter)
-    images: Counter[str] = field(default_factory=Counter)
-    failures: Counter[str] = field(default_factory=Counter)
-    marked: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Copied:
+    """What ``effects`` did: the paths now at the destination, and those that failed."""
+
+    ensured: dict[str, Ensured] = field(default_factory=dict)
+    failed: dict[str, Failed] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """What ``persist`` recorded, for the metrics and the deleter."""
+
+    images: Counter[str]
+    failures: Counter[str]
+    marked: list[str]
 
 
 def _gen(row: ObjectRow | None) -> int:
@@ -103,7 +125,7 @@ def moved(seen: ObjectRow | None, now: ObjectRow | None) -> bool:
     return deleting or _gen(seen) != _gen(now)
 
 
-class ReplicateHandler:
+class ReplicateHandler(HandlerBase):
     """The replicator, as a handler on the runtime (``streamer replicate``)."""
 
     name = "replicate"
@@ -114,33 +136,29 @@ class ReplicateHandler:
     ) -> None:
         self.settings = settings
         self.s3 = s3
-        self.group_id = settings.replica_group_id
         self.topics = (topics.outcome_topic,)
         self.codec = codec
         self.limit = settings.replica_image_limit
         self.destination = settings.destination(s3)
-        self.totals: Counter[str] = Counter()
-        self._deleter: asyncio.Task[None] | None = None
 
     async def start(self, ctx: HandlerContext) -> None:
         self.ctx = ctx
         self.metrics = ReplicaMetrics(ctx.registry)
+        if self.limit != 0:  # 0: replication off, neither store is asked
+            await check_bucket_at_start(self.s3)
+            await check_bucket_at_start(self.settings.store(self.s3), self.settings.names())
         self.copier: Copier = make_copier(self.settings, self.s3, self.metrics)
         self.repo = ReplicaRepository(ctx.database, self.destination)
         self._wake = asyncio.Event()
         self._wake.set()  # a round at start takes what a previous worker left pending
-        self._deleter = asyncio.create_task(self._delete_loop(), name="replica-deletes")
+        ctx.spawn("replica-deletes", self._delete_loop)
 
     async def stop(self) -> None:
-        if self._deleter is not None:
-            self._deleter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._deleter
         self.copier.close()
 
-    # -- 1. decode ---------------------------------------------------------------------
+    # -- 1. decode, and what the destination holds -------------------------------------
 
-    async def prepare(self, batch: Batch) -> _Prepared:
+    async def decode(self, batch: Batch) -> _Decoded:
         items: list[Keyed[Message]] = []
         letters: list[DeadLetter] = []
         for msg in batch.messages:
@@ -157,7 +175,7 @@ class ReplicateHandler:
                     f"message key {key[:80] if key else None!r} is not the SKU {gallery.sku!r}",
                     reason="key_mismatch",
                 )
-                letters.append(self.ctx.dead_letter(msg, error, sku=gallery.sku))
+                letters.append(self.ctx.dead_letter(msg, error, details={"sku": gallery.sku}))
                 continue
             items.append(Keyed(gallery, msg))
         newest, superseded = newest_per_sku(items)
@@ -165,133 +183,157 @@ class ReplicateHandler:
         for keyed in superseded:
             paths = passed.setdefault(keyed.gallery.sku, set())
             paths.update(img.file_path for img in keyed.gallery.images)
-        return _Prepared(len(batch), letters, newest, len(superseded), passed)
+        versions: dict[str, int] = {}
+        refs: dict[str, set[str]] = {}
+        observed: dict[str, ObjectRow] = {}
+        if newest and self.limit != 0:
+            with tracing.span("replica state read", {"streamer.skus": len(newest)}):
+                versions, refs = await self.ctx.call(
+                    "postgres", partial(self.repo.load_skus, list(newest))
+                )
+                paths_in_play = {img.file_path for k in newest.values() for img in k.gallery.images}
+                held = set().union(*(refs.get(sku, set()) for sku in newest))
+                observed = await self.ctx.call(
+                    "postgres", partial(self.repo.load_objects, list(paths_in_play | held))
+                )
+        return _Decoded(
+            len(batch), letters, newest, len(superseded), passed, versions, refs, observed
+        )
 
-    # -- 2. look up, copy ----------------------------------------------------------------
+    # -- 2. plan -------------------------------------------------------------------------
 
-    async def plan(self, prepared: _Prepared) -> ReplicaPlan:
-        self._surface_deleter_failure()
-        plan = ReplicaPlan(letters=list(prepared.letters))
-        plan.events["superseded"] += prepared.superseded
-        plan.events["dead_lettered"] += len(prepared.letters)
+    def plan(self, decoded: _Decoded) -> ReplicaPlan:
+        events: Counter[str] = Counter()
+        events["superseded"] += decoded.superseded
+        events["dead_lettered"] += len(decoded.letters)
         if self.limit == 0:
-            plan.events["off"] += len(prepared.newest)
-            return plan
-        if not prepared.newest:
-            return plan
-        with tracing.span("replica state read", {"streamer.skus": len(prepared.newest)}):
-            versions, refs = await self.ctx.call(
-                "postgres", partial(self.repo.load_skus, list(prepared.newest))
-            )
+            events["off"] += len(decoded.newest)
+            return ReplicaPlan(list(decoded.letters), events)
         changes: dict[str, tuple[Keyed[Message], list[str]]] = {}
         wanted: dict[str, set[str]] = {}
-        for sku, keyed in prepared.newest.items():
-            if keyed.gallery.version < versions.get(sku, keyed.gallery.version):
-                plan.events["stale"] += 1
+        dropped = 0
+        for sku, keyed in decoded.newest.items():
+            if keyed.gallery.version < decoded.versions.get(sku, keyed.gallery.version):
+                events["stale"] += 1
                 continue
-            kept, dropped = select_images(keyed.gallery, self.limit)
-            plan.images["dropped_limit"] += dropped
+            kept, dropped_here = select_images(keyed.gallery, self.limit)
+            dropped += dropped_here
             changes[sku] = (keyed, [img.file_path for img in kept])
             for img in kept:
                 wanted.setdefault(img.file_path, set()).add(img.etag)
-        held = set().union(*(refs.get(sku, set()) for sku in changes))
-        observed = await self.ctx.call(
-            "postgres", partial(self.repo.load_objects, list(wanted.keys() | held))
-        )
-        plan.observed = observed
-        failed: dict[str, Failed] = {}
-        to_check = []
+        recorded: dict[str, Ensured] = {}
+        to_check: list[str] = []
         for path, etags in wanted.items():
-            row = observed.get(path)
+            row = decoded.observed.get(path)
             if row is not None and is_recorded(row, etags):
-                plan.ensured[path] = Ensured("recorded", row.etag or "", 0)
+                recorded[path] = Ensured("recorded", row.etag or "", 0)
             else:
                 to_check.append(path)
-        with tracing.span("replica ensure", {"streamer.paths": len(to_check)}):
+        return ReplicaPlan(
+            list(decoded.letters),
+            events,
+            dropped,
+            changes,
+            decoded.refs,
+            decoded.passed,
+            recorded,
+            to_check,
+            decoded.observed,
+        )
+
+    # -- 3. copy what differs --------------------------------------------------------------
+
+    async def effects(self, plan: ReplicaPlan) -> Copied:
+        with tracing.span("replica ensure", {"streamer.paths": len(plan.to_check)}):
             results = await asyncio.gather(
-                *(self.copier.ensure(p, self.ctx.call) for p in to_check), return_exceptions=True
+                *(self.copier.ensure(p, self.ctx.call) for p in plan.to_check),
+                return_exceptions=True,
             )
-        for path, result in zip(to_check, results, strict=True):
+        copied = Copied(dict(plan.recorded))
+        for path, result in zip(plan.to_check, results, strict=True):
             if isinstance(result, BaseException):
                 raise result
             if isinstance(result, Failed):
-                failed[path] = result
+                copied.failed[path] = result
             else:
-                plan.ensured[path] = result
-        for sku, (keyed, paths) in changes.items():
-            change = ref_change(refs.get(sku, set()), paths, failed)
-            plan.added += [(sku, p) for p in sorted(change.added)]
-            plan.removed += [(sku, p) for p in sorted(change.removed)]
-            plan.removed_paths |= change.removed
-            plan.passed_paths |= prepared.passed.get(sku, set()) - set(paths)
-            plan.versions[sku] = keyed.gallery.version
-            plan.events["applied"] += 1
+                copied.ensured[path] = result
+        return copied
+
+    # -- 4. record, inside the checkpoint's transaction ---------------------------------------
+
+    async def persist(self, tx: Transaction, plan: ReplicaPlan, effects: Copied) -> Output:
+        conn = tx.conn
+        letters = list(plan.letters)
+        events = Counter(plan.events)
+        images: Counter[str] = Counter({"dropped_limit": plan.dropped_limit})
+        failures: Counter[str] = Counter()
+        added: list[tuple[str, str]] = []
+        removed: list[tuple[str, str]] = []
+        removed_paths: set[str] = set()
+        passed_paths: set[str] = set()
+        versions: dict[str, int] = {}
+        ensured, failed = dict(effects.ensured), effects.failed
+        for sku, (keyed, paths) in plan.changes.items():
+            change = ref_change(plan.refs.get(sku, set()), paths, failed)
+            added += [(sku, p) for p in sorted(change.added)]
+            removed += [(sku, p) for p in sorted(change.removed)]
+            removed_paths |= change.removed
+            passed_paths |= plan.passed.get(sku, set()) - set(paths)
+            versions[sku] = keyed.gallery.version
+            events["applied"] += 1
             for path in paths:
                 if path in failed:
                     f = failed[path]
-                    plan.images["failed"] += 1
-                    plan.failures[f.reason] += 1
-                    plan.letters.append(
+                    images["failed"] += 1
+                    failures[f.reason] += 1
+                    letters.append(
                         self.ctx.dead_letter(
                             keyed.item,
                             ImageInvalid(f.message, reason=f.reason),
-                            sku=sku,
-                            details={"file_path": path},
+                            details={"sku": sku, "file_path": path},
                         )
                     )
                 else:
-                    plan.images[plan.ensured[path].result] += 1
-        return plan
+                    images[ensured[path].result] += 1
+        marked: list[str] = []
+        if versions:
+            await self.repo.lock(conn, shared=ensured, exclusive=removed_paths | passed_paths)
+            now = await self.repo.objects(conn, ensured)
+            for path in [p for p in ensured if moved(plan.observed.get(p), now.get(p))]:
+                # Another worker changed this path since the batch looked: check it again,
+                # locked (idempotent, as every copy is).
+                result = await self.copier.ensure(path, self.ctx.call)
+                if isinstance(result, Failed):
+                    raise ReplicaUnavailable(
+                        f"{path} changed at the source while this batch was written; retrying",
+                        retry_after_s=0.0,
+                    )
+                ensured[path] = result
+            await self.repo.set_refs(conn, added, removed)
+            marked = await self.repo.mark_unreferenced(conn, removed_paths)
+            # Paths only superseded records held may have been copied by an attempt of this
+            # batch that never committed: any no SKU references is deleted (a no-op if absent).
+            marked += await self.repo.mark_extra(conn, passed_paths - ensured.keys())
+            await self.repo.mark_present(
+                conn,
+                {p: (e.etag, e.size) for p, e in ensured.items() if e.result != "recorded"},
+            )
+            await self.repo.set_versions(conn, versions)
+        return Output(letters=letters, counts=events, detail=_Recorded(images, failures, marked))
 
-    # -- 3. record, inside the checkpoint's transaction ---------------------------------------
-
-    async def write(self, tx: Transaction, plan: ReplicaPlan) -> Output:
-        conn = tx.conn
-        output = Output(letters=plan.letters, counts=Counter(plan.events))
-        if not plan.versions:
-            return output
-        await self.repo.lock(
-            conn, shared=plan.ensured, exclusive=plan.removed_paths | plan.passed_paths
-        )
-        now = await self.repo.objects(conn, plan.ensured)
-        for path in [p for p in plan.ensured if moved(plan.observed.get(p), now.get(p))]:
-            # Another worker changed this path since ``plan`` looked: check it again, locked.
-            result = await self.copier.ensure(path, self.ctx.call)
-            if isinstance(result, Failed):
-                raise ReplicaUnavailable(
-                    f"{path} changed at the source while this batch was written; retrying",
-                    retry_after_s=0.0,
-                )
-            plan.ensured[path] = result
-        await self.repo.set_refs(conn, plan.added, plan.removed)
-        plan.marked = await self.repo.mark_unreferenced(conn, plan.removed_paths)
-        # Paths only superseded records held may have been copied by an attempt of this
-        # batch that never committed: any no SKU references is deleted (a no-op if absent).
-        plan.marked += await self.repo.mark_extra(conn, plan.passed_paths - plan.ensured.keys())
-        await self.repo.mark_present(
-            conn,
-            {p: (e.etag, e.size) for p, e in plan.ensured.items() if e.result != "recorded"},
-        )
-        await self.repo.set_versions(conn, plan.versions)
-        return output
-
-    def committed(self, plan: ReplicaPlan, output: Output) -> None:
-        for outcome, n in plan.events.items():
+    def committed(self, plan: ReplicaPlan, effects: Copied, output: Output) -> None:
+        recorded: _Recorded = output.detail
+        for outcome, n in output.counts.items():
             self.metrics.events.labels(outcome).inc(n)
-        for result, n in plan.images.items():
-            self.metrics.images.labels(result).inc(n)
-        for reason, n in plan.failures.items():
+        for result, n in recorded.images.items():
+            if n:
+                self.metrics.images.labels(result).inc(n)
+        for reason, n in recorded.failures.items():
             self.metrics.failures.labels(reason).inc(n)
-        self.totals.update(plan.images)
-        if plan.marked:
+        if recorded.marked:
             self._wake.set()
 
     # -- deletes, after the commit ---------------------------------------------------------
-
-    def _surface_deleter_failure(self) -> None:
-        """A deleter that died of an unexpected error stops the worker instead of idling."""
-        if self._deleter is not None and self._deleter.done() and not self._deleter.cancelled():
-            self._deleter.result()
 
     async def _delete_loop(self) -> None:
         while True:

@@ -23,6 +23,7 @@ FAILURE_REASONS = ("object_missing", "object_too_large")
 REQUESTS = (
     ("source", "head"),
     ("source", "get"),
+    ("source", "list"),
     ("replica", "head"),
     ("replica", "copy"),
     ("replica", "put"),

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
-from streamer.config import Section
+from streamer.config import NonBlank, Section
 from streamer.errors import ConfigError
+from streamer.storage.errors import StoreNames
 from streamer.storage.settings import S3Settings
 
 __all__ = ["ReplicaSettings"]
 
 
 class ReplicaSettings(Section):
-    replica_group_id: str = "streamer-replicate"
+    replica_group_id: NonBlank = "streamer-replicate"
     replica_bucket: str | None = Field(None, description="Destination bucket; required to run")
     replica_prefix: str = "media/catalog/product"
     replica_endpoint_url: str | None = Field(
@@ -41,17 +42,23 @@ class ReplicaSettings(Section):
             )
         return value
 
-    @field_validator("replica_group_id")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value.strip()
-
     @property
     def server_side(self) -> bool:
         """Same endpoint as the source: S3 copies the bytes itself (CopyObject)."""
         return self.replica_endpoint_url is None
+
+    def names(self) -> StoreNames:
+        """The settings that configure the destination, for messages that say what to fix:
+        on the source's endpoint the source's credentials sign the requests."""
+        if self.server_side:
+            return StoreNames(store="the replica store", bucket="STREAMER_REPLICA_BUCKET")
+        return StoreNames(
+            store="the replica store",
+            bucket="STREAMER_REPLICA_BUCKET",
+            endpoint="STREAMER_REPLICA_ENDPOINT_URL",
+            access_key_id="STREAMER_REPLICA_ACCESS_KEY_ID",
+            secret_access_key="STREAMER_REPLICA_SECRET_ACCESS_KEY",  # noqa: S106 - its name
+        )
 
     def bucket(self) -> str:
         if not self.replica_bucket or not self.replica_bucket.strip():
@@ -66,10 +73,13 @@ class ReplicaSettings(Section):
         return f"{endpoint.rstrip('/')}/{self.bucket()}/{self.replica_prefix.strip('/')}"
 
     def store(self, source: S3Settings) -> S3Settings:
-        """The destination as S3 settings (client timeouts sized for copies, not HEADs)."""
+        """The destination as S3 settings: its bucket and prefix, the source's endpoint and
+        credentials when it shares them (client timeouts sized for copies, not HEADs)."""
         if self.server_side:
             return source.model_copy(
                 update={
+                    "s3_bucket": self.bucket(),
+                    "s3_prefix": self.replica_prefix,
                     "head_timeout_s": self.replica_timeout_s,
                     "head_concurrency": self.replica_concurrency,
                 }

@@ -34,4 +34,5 @@ def make_copier(settings: ReplicaSettings, s3: S3Settings, metrics: ReplicaMetri
         part_size_bytes=settings.replica_part_size_bytes,
         max_image_bytes=settings.replica_max_image_bytes,
         metrics=metrics,
+        replica_names=settings.names(),
     )

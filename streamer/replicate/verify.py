@@ -35,6 +35,7 @@ from streamer.runtime.database import Database
 from streamer.runtime.metrics import new_registry
 from streamer.runtime.retry import RetryPolicy, retry_async
 from streamer.runtime.settings import DatabaseSettings, RuntimeSettings
+from streamer.storage.checks import check_bucket_with
 from streamer.storage.settings import S3Settings
 
 __all__ = ["Progress", "VerifyReport", "verify_replica"]
@@ -102,6 +103,15 @@ async def verify_replica(
         return await retry_async(fn, dependency=dependency, policy=policy)
 
     try:
+        # Before anything is read or repaired: a wrong bucket would look empty or all missing.
+        await asyncio.to_thread(check_bucket_with, copier.source, s3.s3_bucket, s3.s3_prefix)
+        await asyncio.to_thread(
+            check_bucket_with,
+            copier.replica,
+            replica.bucket(),
+            replica.replica_prefix,
+            replica.names(),
+        )
         async with Database(database) as db:
             repo = ReplicaRepository(db, report.destination)
             async with db.acquire() as conn:

@@ -1,44 +1,45 @@
-"""A replicator worker: the runtime's batch loop around the replicate handler, built from settings."""
+"""A replicator worker: the runtime's runner around the replicate handler, built from settings."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from streamer.contract.codec import Codec
-from streamer.replicate.handler import ReplicaPlan, ReplicateHandler
+from streamer.contract.topics import TopicSettings
+from streamer.replicate.handler import ReplicateHandler
+from streamer.replicate.settings import ReplicaSettings
+from streamer.runtime.job import Sections
+from streamer.runtime.retention import Pruning
 from streamer.runtime.runner import Runner
+from streamer.runtime.settings import KafkaSettings
+from streamer.storage.settings import S3Settings
 
-if TYPE_CHECKING:
-    from streamer.settings import Settings
-
-__all__ = ["ReplicaWorker"]
+__all__ = ["replicate_runner"]
 
 
-class ReplicaWorker(Runner[ReplicaPlan]):
+def replicate_runner(
+    sections: Sections,
+    *,
+    registry: CollectorRegistry | None = None,
+    install_signal_handlers: bool = True,
+    pruning: Pruning | None = None,
+) -> Runner[Any, Any, Any]:
     """One member of the replicator's consumer group (``streamer replicate``)."""
-
-    handler: ReplicateHandler
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        registry: CollectorRegistry | None = None,
-        install_signal_handlers: bool = True,
-    ) -> None:
-        handler = ReplicateHandler(
-            settings.replica,
-            settings.topics,
-            settings.s3,
-            codec=Codec.for_registry(settings.kafka.schema_registry_url),
-        )
-        super().__init__(
-            handler,
-            kafka=settings.kafka,
-            database=settings.database,
-            runtime=settings.runtime,
-            registry=registry,
-            install_signal_handlers=install_signal_handlers,
-        )
+    replica = sections.section(ReplicaSettings)
+    replica.bucket()  # refuses to start without a destination bucket
+    handler = ReplicateHandler(
+        replica,
+        sections.section(TopicSettings),
+        sections.section(S3Settings),
+        codec=Codec.for_registry(sections.section(KafkaSettings).schema_registry_url),
+    )
+    return Runner.of(
+        handler,
+        sections,
+        group_id=replica.replica_group_id,
+        registry=registry,
+        install_signal_handlers=install_signal_handlers,
+        pruning=pruning,
+    )

@@ -10,24 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
-from streamer.errors import BrokerUnavailable, DatabaseDataError, DeliveryRefused
 from streamer.runtime import tracing
-from streamer.runtime.database import converted
+from streamer.runtime.database import Database, converted
+from streamer.runtime.errors import BrokerUnavailable, DatabaseDataError, DeliveryRefused
 from streamer.runtime.faults import crash_point
-from streamer.runtime.handler import Batch, Handler, Output
+from streamer.runtime.handler import Output
 
-__all__ = ["Checkpoint", "Producer", "Transaction", "TransactionSource"]
+__all__ = ["Checkpoint", "NoOffsets", "Producer", "Transaction", "TransactionSource"]
 
 log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
-P = TypeVar("P")
 TopicPartition = tuple[str, int]
 
 
@@ -78,6 +78,25 @@ class TransactionSource(Protocol):
     ) -> None: ...
 
 
+class NoOffsets:
+    """The transaction source where there are no offsets to fence: a queue (its messages
+    are deleted after the commit) or a one-off run such as ``objects reconcile``."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with converted(), self.database.acquire() as conn, conn.transaction():
+            yield Transaction(conn)
+
+    async def advance(
+        self, tx: Transaction, offsets: Mapping[TopicPartition, tuple[int, int]]
+    ) -> None:
+        if offsets:
+            raise ValueError("a source without offsets was asked to advance some")
+
+
 class Producer(Protocol):
     def produce(
         self,
@@ -98,12 +117,15 @@ class Checkpoint:
     1. Open one PostgreSQL transaction.
     2. Advance the batch's offsets, fenced by this worker's epoch: the row locks come
        first, so a new owner's claim waits for us; a partition claimed by another
-       worker raises ``FencedError`` and nothing of the batch lands.
-    3. The handler's writes (``Handler.write``). A data error isolated to one key is
+       worker raises ``FencedError`` and nothing of the batch lands. (A queue has no
+       offsets: its messages are deleted after the commit, by the source.)
+    3. The handler's writes (``Handler.persist``). A data error isolated to one key is
        found with a savepoint per key (``Transaction.isolate``); the handler
        dead-letters that key and writes the others.
     4. Still inside the transaction, publish the dead letters and output messages and
-       wait until the broker acknowledged every one of them. Messages acknowledged by
+       wait until the broker acknowledged every one of them, once, within the delivery
+       timeout: a broker that does not acknowledge ends the attempt (the transaction
+       rolls back) instead of holding it open through retries. Messages acknowledged by
        an earlier attempt at the same batch are not published again.
     5. Commit. Only now have the offsets passed the batch's messages.
 
@@ -120,52 +142,59 @@ class Checkpoint:
         dlq_topic: str,
         dlq_max_value_bytes: int,
         delivery_timeout_s: float,
-        call: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None,
     ) -> None:
         self.store = store
         self.producer = producer
         self.dlq_topic = dlq_topic
         self.dlq_max_value_bytes = dlq_max_value_bytes
         self.delivery_timeout_s = delivery_timeout_s
-        self._call = call
         # Acknowledged by the broker during an attempt at a batch that has not committed yet.
         self._acked: set[Hashable] = set()
+        # Seconds each step of the last successful commit took (the runner logs them).
+        self.timings: dict[str, float] = {}
 
     async def commit(
         self,
-        batch: Batch,
-        epochs: Mapping[TopicPartition, int],
-        handler: Handler[Any, P],
-        plan: P,
+        offsets: Mapping[TopicPartition, tuple[int, int]],
+        persist: Callable[[Transaction], Awaitable[Output]],
     ) -> Output:
-        offsets = {tp: (offset, epochs[tp]) for tp, offset in batch.next_offsets.items()}
+        """``offsets``: (topic, partition) -> (next offset, epoch); ``persist``: the
+        handler's writes, given the open transaction."""
+        clock = time.perf_counter
+        began = clock()
         with tracing.span("commit", {"streamer.partitions": len(offsets)}):
             async with self.store.transaction() as tx:  # 1
                 await self.store.advance(tx, offsets)  # 2
                 crash_point("after_offsets")
-                output = await handler.write(tx, plan)  # 3
+                wrote = clock()
+                output = await persist(tx)  # 3
+                published = clock()
                 await self._publish_acknowledged(output)  # 4
                 crash_point("after_publish")
+                committing = clock()
         self._acked.clear()  # 5: committed on leaving the block
+        self.timings = {
+            "offsets": wrote - began,
+            "write": published - wrote,
+            "publish": committing - published,
+            "commit": clock() - committing,
+        }
         return output
 
+    def forget(self) -> None:
+        """The batch in hand was given up (a stop, a rebalance): a later batch publishes
+        what it needs afresh."""
+        self._acked.clear()
+
     async def _publish_acknowledged(self, output: Output) -> None:
-        loop = asyncio.get_running_loop()
-
-        async def publish() -> None:
-            try:
-                await loop.run_in_executor(None, self._publish, output)
-            except DeliveryRefused as exc:
-                # Not the data's fault, and nothing to dead-letter it to: the batch waits,
-                # paused and visible (circuit kafka open), until the topic accepts it.
-                raise BrokerUnavailable(
-                    f"the broker refused this batch's dead letters or outputs: {exc.message}"
-                ) from exc
-
-        if self._call is not None:
-            await self._call("kafka", publish)
-        else:
-            await publish()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._publish, output)
+        except DeliveryRefused as exc:
+            # Not the data's fault, and nothing to dead-letter it to: the batch waits,
+            # paused and visible (circuit kafka open), until the topic accepts it.
+            raise BrokerUnavailable(
+                f"the broker refused this batch's dead letters or outputs: {exc.message}"
+            ) from exc
 
     def _publish(self, output: Output) -> None:
         sent: list[Hashable] = []

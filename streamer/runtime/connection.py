@@ -8,15 +8,16 @@ a broker that merely does not answer is reported as unavailable (retriable).
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from streamer.errors import BrokerAccessDenied, BrokerUnavailable
+from streamer.runtime.errors import BrokerAccessDenied, BrokerUnavailable
 from streamer.runtime.settings import KafkaSettings
 
-__all__ = ["check_broker", "denied"]
+__all__ = ["check_broker", "check_broker_async", "denied"]
 
 _HINTS = {
     KafkaError._AUTHENTICATION: (
@@ -102,3 +103,10 @@ def _check_topics(
         error = meta.error if meta is not None else None
         if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
             raise BrokerAccessDenied(denied(settings, "Describe", f"topic {topic!r}"))
+
+
+async def check_broker_async(
+    settings: KafkaSettings, *, timeout_s: float = 10.0, topics: tuple[str, ...] = ()
+) -> None:
+    """``check_broker`` off the event loop."""
+    await asyncio.to_thread(check_broker, settings, timeout_s=timeout_s, topics=topics)

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from streamer.errors import DatabaseDataError, DatabaseUnavailable
+from streamer.runtime.errors import DatabaseDataError, DatabaseUnavailable
 from streamer.runtime.settings import DatabaseSettings
 
 __all__ = ["Database", "connect", "convert_error", "converted"]

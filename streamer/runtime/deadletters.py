@@ -77,7 +77,6 @@ class DeadLetter:
     attempts: int = 1
     first_failure_ms: int | None = None
     last_failure_ms: int | None = None
-    sku: str | None = None
     truncated_from: int | None = None
     value_sha256: str | None = None
     details: tuple[tuple[str, str], ...] = ()
@@ -160,7 +159,6 @@ class DeadLetter:
         group_id: str,
         job: str = "",
         attempts: int | None = None,
-        sku: str | None = None,
         details: dict[str, str] | None = None,
     ) -> DeadLetter:
         """The dead letter for ``msg``.
@@ -168,7 +166,8 @@ class DeadLetter:
         A message that failed before and came back from a replay carries its attempts
         and first failure time in headers: this failure counts one more attempt and
         keeps that first failure time. ``details`` are extra ``streamer.error.*``
-        headers a job adds (an HTTP status, a response excerpt); never secrets.
+        headers a job adds (what its key is, e.g. ``sku``; an HTTP status, a response
+        excerpt); never secrets.
         """
         now = int(time.time() * 1000)
         _kind, ts = msg.timestamp()
@@ -189,7 +188,6 @@ class DeadLetter:
             attempts=attempts if attempts is not None else previous + 1,
             first_failure_ms=first_failure_ms or now,
             last_failure_ms=now,
-            sku=sku,
             details=tuple(sorted((details or {}).items())),
         )
 
@@ -214,8 +212,6 @@ class DeadLetter:
             "first_failure": str(self.first_failure_ms or ""),
             "last_failure": str(self.last_failure_ms or ""),
         }
-        if self.sku:
-            error["sku"] = self.sku
         if self.trace_id:
             error["trace_id"] = self.trace_id
         if self.truncated_from is not None:
@@ -256,9 +252,8 @@ class DeadLetterRecord:
     group_id: str
     first_failure_ms: int | None
     last_failure_ms: int | None
-    sku: str | None
     job: str = ""
-    details: tuple[tuple[str, str], ...] = ()
+    details: tuple[tuple[str, str], ...] = ()  # what the job added (e.g. ``sku``)
     trace_id: str | None = None
 
     @classmethod
@@ -267,7 +262,7 @@ class DeadLetterRecord:
         error = {k[len(HEADER_PREFIX) :]: v for k, v in headers if k.startswith(HEADER_PREFIX)}
         known = {
             "reason", "message", "exception.class", "topic", "partition", "offset",
-            "timestamp", "attempts", "group", "job", "first_failure", "last_failure", "sku",
+            "timestamp", "attempts", "group", "job", "first_failure", "last_failure",
             "trace_id",
         }  # fmt: skip
         return cls(
@@ -288,11 +283,18 @@ class DeadLetterRecord:
             group_id=_text(error.get("group")) or "",
             first_failure_ms=_int(error.get("first_failure")),
             last_failure_ms=_int(error.get("last_failure")),
-            sku=_text(error.get("sku")),
             job=_text(error.get("job")) or "",
             trace_id=_text(error.get("trace_id")),
             details=tuple(sorted((k, _text(v) or "") for k, v in error.items() if k not in known)),
         )
+
+    def detail(self, name: str) -> str | None:
+        """A header the failing job added, e.g. ``detail("sku")``."""
+        return dict(self.details).get(name)
+
+    @property
+    def key_text(self) -> str | None:
+        return self.key.decode("utf-8", "replace") if self.key is not None else None
 
     @property
     def last_failure(self) -> datetime | None:

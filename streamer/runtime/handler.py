@@ -1,21 +1,45 @@
 """What a job gives the runtime, and what crosses between them.
 
-A job is a handler: which topics it reads, which dependencies it has (each gets a
-circuit breaker), how it plans a batch and what it writes and publishes. The
-runtime does the rest (group membership, ownership, the commit order, retries,
-pauses, dead letters, draining, health and metrics). A handler runs in three steps:
+A job is a handler: the topics it reads, the dependencies it calls (each gets a circuit
+breaker; PostgreSQL and Kafka are the runtime's own), and its steps. The runtime does the
+rest: group membership and partition ownership, the commit order, retries, pauses, dead
+letters, draining, health and metrics. The steps, in the order the runtime calls them for
+each batch (``streamer.runtime.pipeline`` reads top to bottom the same way):
 
-- ``prepare(batch)``: decode, validate and look up, with no writes. The
-  runtime may run it while the previous batch is still being committed, so it
-  must not depend on that batch's writes.
-- ``plan(prepared)``: whatever must see the previous batch's writes; it runs
-  once that batch has committed.
-- ``write(tx, plan)``: inside the checkpoint's transaction; returns the dead
-  letters and output messages the checkpoint publishes before it commits.
+1. ``decode(batch)``: read the messages and whatever the job's state says about them
+   (reads only: no write, no call with an effect outside). What cannot be read becomes a
+   dead letter in the plan, never an exception. May run more than once for a batch (the
+   batch is decoded again after a rebalance, or when ``StateChanged`` says its reads
+   went stale). A handler with ``look_ahead`` has ``decode(N+1)`` run while batch N
+   commits: its ``Decoded`` then exposes ``reads`` and its ``persist`` returns ``writes``,
+   and the runtime lays N's writes over N+1's reads before ``plan`` (``lookahead.py``).
+2. ``plan(decoded)``: pure and synchronous: what the batch will do, derived from the
+   decoded messages and reads. The plan is never changed afterwards: every later step
+   reads it, and a retry reuses it.
+3. ``effects(plan)``: calls to the outside world that must happen before the commit
+   (an HTTP delivery, an object copy). They run again when the batch is retried or
+   redelivered, so each must be idempotent; the job states its rule (a stable
+   ``webhook-id``; a copy skipped when the destination holds the bytes). Returns what
+   happened, for ``persist``.
+4. ``persist(tx, plan, effects)``: inside the checkpoint's transaction, after the
+   fenced offsets: the job's writes; returns the ``Output`` (dead letters, messages to
+   publish before the commit, counts). May run more than once (the transaction is rolled
+   back and tried again), so it changes neither the plan nor the effects.
+5. ``committed(plan, effects, output)``: after the commit, for metrics and caches.
 
-Retriable errors (``DependencyUnavailable``) from any step make the runtime
-pause and retry the batch; non-retriable problems of single messages become
-dead letters in the ``Output``, never exceptions.
+``assigned`` and ``revoked`` are called on the event loop when the worker gains or loses
+partitions: revoked ones before any later batch is handed over, assigned ones before
+their first message. Background work (the replicator's deletes) is started through
+``ctx.spawn``: the runtime supervises it and stops it with the worker.
+
+Errors: a ``DependencyUnavailable`` from any step makes the runtime retry, pausing the
+partitions while the dependency's circuit is open; ``StateChanged`` makes it decode and
+plan again; any other error stops the worker (a bug, or a ``ConfigError``). Problems of
+single messages are dead letters in the ``Output``, never exceptions.
+
+``start(ctx)`` is where a job checks its own dependencies (its buckets, say) with the
+clients and credentials it will use, after the runtime checked the broker and
+PostgreSQL: a ``ConfigError`` there ends the worker before it joins its group.
 """
 
 from __future__ import annotations
@@ -38,38 +62,57 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Batch",
+    "Call",
     "Handler",
+    "HandlerBase",
     "HandlerContext",
     "Output",
     "OutputMessage",
     "SimpleHandler",
-    "start_handler",
+    "TopicPartition",
 ]
 
+D = TypeVar("D")
 P = TypeVar("P")
-Q = TypeVar("Q")
+E = TypeVar("E")
 TopicPartition = tuple[str, int]
+T = TypeVar("T")
+
+
+class Call(Protocol):
+    """Calls ``fn`` with retries and the named dependency's circuit breaker."""
+
+    def __call__(self, dependency: str, fn: Callable[[], Awaitable[T]], /) -> Awaitable[T]: ...
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Messages of one poll, all of partitions this worker owns, each partition in order."""
+    """Messages of one poll, all of partitions this worker owns.
+
+    ``messages`` keeps the poll's order, in which each partition's messages come in offset
+    order (a job folding a key across two topics reads them here, together);
+    ``partitions`` gives each partition's messages on their own.
+    """
 
     messages: Sequence[Message]
-    # Its span while tracing is on (``tracing.begin_batch``); kept by ``keep``.
+    # Its span while tracing is on (``tracing.begin_batch``), kept by ``keep``.
     trace: Any = field(default=None, compare=False, repr=False)
+
+    @cached_property
+    def partitions(self) -> dict[TopicPartition, list[Message]]:
+        out: dict[TopicPartition, list[Message]] = {}
+        for msg in self.messages:
+            out.setdefault((msg.topic() or "", msg.partition() or 0), []).append(msg)
+        return out
 
     @cached_property
     def next_offsets(self) -> dict[TopicPartition, int]:
         """The offset after each partition's last message: where the commit moves it."""
-        out: dict[TopicPartition, int] = {}
-        for msg in self.messages:
-            tp = (msg.topic() or "", msg.partition() or 0)
-            out[tp] = max(out.get(tp, 0), (msg.offset() or 0) + 1)
-        return out
+        return {tp: (msgs[-1].offset() or 0) + 1 for tp, msgs in self.partitions.items()}
 
     def keep(self, wanted: Callable[[Message], bool]) -> Batch:
-        return Batch([m for m in self.messages if wanted(m)], self.trace)
+        kept = [m for m in self.messages if wanted(m)]
+        return self if len(kept) == len(self.messages) else Batch(kept, self.trace)
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -88,11 +131,18 @@ class OutputMessage:
 
 @dataclass
 class Output:
-    """What a batch publishes before its commit, and what it did (for logs and stats)."""
+    """What ``persist`` returns: published before the commit, then handed to ``committed``.
+
+    ``writes``: what the batch wrote, by kind and key, for a look-ahead handler (laid over
+    the reads of the batch decoded while this one committed). ``detail``: the job's own
+    account of the batch, for its ``committed``.
+    """
 
     letters: list[DeadLetter] = field(default_factory=list)
     messages: list[OutputMessage] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
+    writes: Mapping[str, Mapping[Any, Any]] = field(default_factory=dict)
+    detail: Any = None
 
 
 @dataclass(frozen=True)
@@ -103,33 +153,27 @@ class HandlerContext:
     group_id: str
     registry: CollectorRegistry
     database: Database
-    # Calls ``fn`` with retries and the named dependency's circuit breaker.
-    call: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+    call: Call
+    # Starts a background task the runtime supervises: it is cancelled when the worker
+    # stops, and an error it dies of stops the worker.
+    spawn: Callable[[str, Callable[[], Awaitable[None]]], None]
 
     def dead_letter(
-        self,
-        msg: Message,
-        error: BaseException,
-        *,
-        sku: str | None = None,
-        details: Mapping[str, str] | None = None,
+        self, msg: Message, error: BaseException, *, details: Mapping[str, str] | None = None
     ) -> DeadLetter:
         letter = DeadLetter.from_error(
-            msg, error, group_id=self.group_id, job=self.job, sku=sku, details=dict(details or {})
+            msg, error, group_id=self.group_id, job=self.job, details=dict(details or {})
         )
         return tracing.traced_letter(letter, msg)
 
 
-class Handler(Protocol[Q, P]):
-    """Q: what ``prepare`` finds out; P: the plan ``write`` carries out."""
+class Handler(Protocol[D, P, E]):
+    """D: what ``decode`` finds; P: the plan; E: what ``effects`` did."""
 
     @property
     def name(self) -> str:
         """The job's name, in logs and in dead letters' ``job`` header."""
         ...
-
-    @property
-    def group_id(self) -> str: ...
 
     @property
     def topics(self) -> Sequence[str]: ...
@@ -139,27 +183,40 @@ class Handler(Protocol[Q, P]):
         """What the job calls besides PostgreSQL and Kafka; each gets a circuit breaker."""
         ...
 
+    @property
+    def look_ahead(self) -> bool:
+        """Whether ``decode`` may run while the previous batch commits (see the module)."""
+        ...
+
     async def start(self, ctx: HandlerContext) -> None: ...
 
     async def stop(self) -> None: ...
 
-    async def prepare(self, batch: Batch) -> Q: ...
+    def assigned(self, partitions: Sequence[TopicPartition]) -> None: ...
 
-    async def plan(self, prepared: Q) -> P: ...
+    def revoked(self, partitions: Sequence[TopicPartition]) -> None: ...
 
-    async def write(self, tx: Transaction, plan: P) -> Output: ...
+    async def decode(self, batch: Batch) -> D: ...
 
-    def committed(self, plan: P, output: Output) -> None: ...
+    def plan(self, decoded: D) -> P: ...
+
+    async def effects(self, plan: P) -> E: ...
+
+    async def persist(self, tx: Transaction, plan: P, effects: E) -> Output: ...
+
+    def committed(self, plan: P, effects: E, output: Output) -> None: ...
+
+    def not_ready(self) -> list[str]: ...
 
 
-class SimpleHandler(Generic[P]):
-    """Defaults for the optional steps, so a small handler writes only what it does:
-    ``prepare`` and ``write``, with the prepared batch as its own plan."""
+class HandlerBase:
+    """Defaults for what most handlers leave alone: the lifecycle, the rebalance hooks,
+    readiness, no look-ahead, no dependencies of their own."""
 
     name: str = "job"
-    group_id: str = "streamer"
     topics: Sequence[str] = ()
     dependencies: Sequence[str] = ()
+    look_ahead: bool = False
     ctx: HandlerContext
 
     async def start(self, ctx: HandlerContext) -> None:
@@ -168,27 +225,26 @@ class SimpleHandler(Generic[P]):
     async def stop(self) -> None:
         return None
 
-    async def plan(self, prepared: P) -> P:
-        return prepared
-
-    def committed(self, plan: P, output: Output) -> None:
+    def assigned(self, partitions: Sequence[TopicPartition]) -> None:
         return None
 
+    def revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        return None
 
-async def start_handler(
-    handler: Handler[Any, Any],
-    *,
-    registry: CollectorRegistry,
-    database: Database,
-    call: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]],
-) -> None:
-    """Start a handler with what the runtime lends it, whatever source feeds its batches."""
-    await handler.start(
-        HandlerContext(
-            job=handler.name,
-            group_id=handler.group_id,
-            registry=registry,
-            database=database,
-            call=call,
-        )
-    )
+    def not_ready(self) -> list[str]:
+        """Why the job cannot work now, for ``/readyz`` (e.g. deliveries disabled)."""
+        return []
+
+
+class SimpleHandler(HandlerBase, Generic[D]):
+    """Defaults for the optional steps too, so a small handler writes only what it does:
+    ``decode`` and ``persist``, with the decoded batch as its own plan and no effects."""
+
+    def plan(self, decoded: D) -> D:
+        return decoded
+
+    async def effects(self, plan: D) -> None:
+        return None
+
+    def committed(self, plan: D, effects: None, output: Output) -> None:
+        return None

@@ -27,7 +27,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streamer.errors import BrokerAccessDenied
+from streamer.runtime.errors import BrokerAccessDenied
 
 __all__ = ["ConsumerThread", "RebalanceListener"]
 
@@ -86,6 +86,12 @@ class ConsumerThread:
     def __init__(self, config: dict[str, Any], listener: RebalanceListener) -> None:
         self._config = config
         self._listener = listener
+        # An eager assignor (classic range) hands over the whole assignment at each
+        # rebalance (``assign``); a cooperative one (cooperative-sticky, KIP-848) only what
+        # changed (``incremental_assign``). librdkafka refuses the other call.
+        classic = config.get("group.protocol", "classic") == "classic"
+        strategy = str(config.get("partition.assignment.strategy", ""))
+        self._eager = classic and "cooperative" not in strategy
         self._thread: _DaemonThread | None = None
         self._consumer: Consumer | None = None
         self.paused = False
@@ -118,17 +124,18 @@ class ConsumerThread:
         await self.call(subscribe)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        assign = consumer.assign if self._eager else consumer.incremental_assign
         starts = self._listener.on_assign(_tps(partitions))
         if starts is None:
             # Take them, but paused: nothing is fetched until the database vouches for a position.
-            consumer.incremental_assign(partitions)
+            assign(partitions)
             consumer.pause(partitions)
             return
         positioned = [
             TopicPartition(t, p, offset if offset >= 0 else OFFSET_INVALID)
             for (t, p), offset in starts.items()
         ]
-        consumer.incremental_assign(positioned)
+        assign(positioned)
         # librdkafka keeps a partition's pause across a revoke: one paused during an
         # outage and assigned back later would never be fetched again. Say it each time.
         (consumer.pause if self.paused else consumer.resume)(positioned)
@@ -223,12 +230,22 @@ class ConsumerThread:
         await self.call(apply)
 
     async def lag(self, partitions: Iterable[TP], floors: dict[TP, int]) -> dict[TP, int]:
+        """Messages behind the high-water mark per partition, from what the fetches already
+        said: the high-water mark of the last fetch response (no request to the broker);
+        only a partition not fetched yet is asked. Asking every time cost a broker round
+        trip per partition on the consumer's thread, which on the dev broker grows with the
+        partition's length: seconds of every refresh after half an hour of soak."""
+
         def measure() -> dict[TP, int]:
             out: dict[TP, int] = {}
             for topic, partition in partitions:
                 tp = TopicPartition(topic, partition)
                 try:
-                    _low, high = self.consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+                    _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                    if high < 0:
+                        _low, high = self.consumer.get_watermark_offsets(
+                            tp, timeout=1.0, cached=False
+                        )
                     position = self.consumer.position([tp])[0].offset
                 except KafkaException:
                     continue

@@ -1,12 +1,13 @@
 """Logs a person or a log pipeline can read: ``STREAMER_LOG_FORMAT=text`` or ``json``.
 
 Every module logs through the standard ``logging`` module; structlog renders the
-records. In JSON every line carries the same fields (``job``, ``group``,
-``topic``, ``partition``, ``offset``, ``sku``, ``reason``, ``trace_id``, ``span_id``;
-null where they do not apply) beside ``event`` (the message), ``level``, ``logger`` and
-``timestamp``, so a pipeline can index them without guessing. Call sites pass the fields
-with ``extra={...}``; the job and group are set once per process; the trace and span ids
-are those of the current span while tracing is on (a text line shows them only then).
+records. In JSON every line carries the same fields (the runtime's ``job``, ``group``,
+``topic``, ``partition``, ``offset``, ``key``, ``reason``, ``trace_id``, ``span_id``, and
+those the product adds when it configures logging, e.g. ``sku``; null where they do not
+apply) beside ``event`` (the message), ``level``, ``logger`` and ``timestamp``, so a
+pipeline can index them without guessing. Call sites pass the fields with
+``extra={...}``; the job and group are set once per process; the trace and span ids are
+those of the current span while tracing is on (a text line shows them only then).
 """
 
 from __future__ import annotations
@@ -28,11 +29,18 @@ __all__ = [
     "KAFKA_CLIENT_LOGGER",
     "configure_logging",
     "kafka_client_logger",
+    "log_fields",
     "set_process_fields",
 ]
 
-FIELDS = ("job", "group", "topic", "partition", "offset", "sku", "reason", "trace_id", "span_id")
+FIELDS = ("job", "group", "topic", "partition", "offset", "key", "reason", "trace_id", "span_id")
+_fields: list[str] = list(FIELDS)
 _process: dict[str, Any] = {}
+
+
+def log_fields() -> tuple[str, ...]:
+    """Every field a line carries: the runtime's and those added by ``configure_logging``."""
+    return tuple(_fields)
 
 
 def set_process_fields(**fields: Any) -> None:
@@ -41,7 +49,7 @@ def set_process_fields(**fields: Any) -> None:
 
 
 def _fill(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for name in FIELDS:
+    for name in _fields:
         event.setdefault(name, _process.get(name))
     return event
 
@@ -56,13 +64,19 @@ def _trace_ids(
 
 
 def configure_logging(
-    level: str = "INFO", fmt: Literal["text", "json"] = "text", stream: TextIO | None = None
+    level: str = "INFO",
+    fmt: Literal["text", "json"] = "text",
+    stream: TextIO | None = None,
+    *,
+    fields: tuple[str, ...] = (),
 ) -> None:
+    """``fields``: what the product adds to the runtime's ``FIELDS`` (``sku``, say)."""
+    _fields[:] = [*FIELDS, *(f for f in fields if f not in FIELDS)]
     pre_chain: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.stdlib.ExtraAdder(allow=FIELDS),
+        structlog.stdlib.ExtraAdder(allow=tuple(_fields)),
         _trace_ids,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -18,9 +18,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from streamer.errors import FencedError, StreamerError
+from streamer.errors import StreamerError
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.database import Database, converted
+from streamer.runtime.errors import FencedError
 
 __all__ = ["OffsetClaim", "OffsetStore", "Owner", "Partitions", "TopicPartition"]
 
@@ -159,13 +160,14 @@ class Owner:
         *,
         claim_timeout_s: float,
         claim_deadline_s: float,
-        on_change: Callable[[str], None],
+        on_change: Callable[[str, Sequence[TopicPartition]], None],
     ) -> None:
         self.store = store
         self.partitions = Partitions()
         self.claim_timeout_s = claim_timeout_s
         self.claim_deadline_s = claim_deadline_s
-        self.on_change = on_change  # called with "assign", "revoke" or "lost"
+        # called with "assign", "revoke", "lost" or "fenced" and the partitions
+        self.on_change = on_change
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def on_assign(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int] | None:
@@ -183,24 +185,24 @@ class Owner:
                         "could not claim assigned partitions yet (%s); holding them paused", exc
                     )
                     self.partitions.unclaimed.update(partitions)
-                    self.on_change("assign")
+                    self.on_change("assign", partitions)
                     return None
                 log.warning("claiming partitions failed, retrying: %s", exc)
                 time.sleep(0.5)
         for claim in claims:
             self.partitions.own(claim)
-        self.on_change("assign")
+        self.on_change("assign", partitions)
         return {(c.topic, c.partition): c.next_offset for c in claims}
 
     def on_revoke(self, partitions: list[TopicPartition], kind: str) -> None:
         self.partitions.drop(partitions)
         log.info("%s %s", kind, ", ".join(f"{t}[{p}]" for t, p in partitions))
-        self.on_change(kind)
+        self.on_change(kind, partitions)
 
-    def fenced(self, partitions: list[TopicPartition]) -> None:
+    def fenced(self, partitions: Sequence[TopicPartition]) -> None:
         """Another worker claimed these: treat them as revoked until the group says otherwise."""
         self.partitions.drop(partitions)
-        self.on_change("fenced")
+        self.on_change("fenced", partitions)
 
     async def claim_late(self) -> dict[TopicPartition, int]:
         """Claim partitions held paused since a failed claim; returns where to resume them."""

@@ -9,8 +9,8 @@ from collections.abc import Iterator, Mapping
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from streamer.errors import BrokerUnavailable
 from streamer.runtime.connection import check_broker
+from streamer.runtime.errors import BrokerUnavailable
 from streamer.runtime.settings import KafkaSettings
 
 __all__ = ["read_messages"]

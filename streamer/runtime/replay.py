@@ -40,7 +40,7 @@ class DeadLetterFilter:
     """Which dead letters a listing or a replay is about; unset fields match everything."""
 
     reason: str | None = None
-    sku: str | None = None
+    key: str | None = None  # the original message's key (a SKU, for the gallery's topics)
     topic: str | None = None
     job: str | None = None
     since_ms: int | None = None
@@ -49,8 +49,7 @@ class DeadLetterFilter:
     def matches(self, record: DeadLetterRecord) -> bool:
         if self.reason and record.reason != self.reason:
             return False
-        key = record.key.decode("utf-8", "replace") if record.key is not None else None
-        if self.sku and record.sku != self.sku and key != self.sku:
+        if self.key and record.key_text != self.key:
             return False
         if self.topic and record.topic != self.topic:
             return False

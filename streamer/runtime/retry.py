@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from streamer.errors import StreamerError
+from streamer.errors import DependencyUnavailable, StreamerError
 from streamer.runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:
@@ -52,15 +52,17 @@ async def retry_async(
     dependency: str,
     policy: RetryPolicy,
     breaker: CircuitBreaker | None = None,
+    breakers: Mapping[str, CircuitBreaker] | None = None,
     metrics: RuntimeMetrics | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> T:
     """Call ``fn`` until it succeeds, a non-retriable error occurs, or retrying is pointless.
 
-    Only errors that say ``retriable`` are retried, never sooner than their
+    Only ``DependencyUnavailable`` is retried here (other retriable errors, a fenced or
+    re-planned batch, are the runner's to take again), never sooner than their
     ``retry_after_s`` when they carry one; a wait longer than the policy's largest
     backoff is not slept here but re-raised, for the runner to wait out paused and
-    polling. A non-retriable ``StreamerError``
+    polling. Any other ``StreamerError``
     proves the dependency answered, so it counts as a success for the breaker (it
     must not wedge a half-open probe). ``CircuitOpenError`` is raised without calling
     ``fn`` when the breaker refuses; once the breaker opens during the retries, or
@@ -73,17 +75,18 @@ async def retry_async(
             breaker.check()
         try:
             result = await fn()
-        except StreamerError as exc:
-            if not exc.retriable:
-                if breaker is not None:
-                    breaker.record_success()
-                raise
-            if breaker is not None and getattr(exc, "dependency", dependency) == dependency:
-                breaker.record_failure(exc.message)
+        except DependencyUnavailable as exc:
+            # Counted by the breaker of the dependency that failed: a commit (PostgreSQL's
+            # call) whose publication finds Kafka down counts against Kafka's.
+            failed = (breakers or {}).get(exc.dependency)
+            if failed is None and breaker is not None and exc.dependency == dependency:
+                failed = breaker
+            if failed is not None:
+                failed.record_failure(exc.message)
             if attempt >= policy.max_attempts or (breaker is not None and breaker.state == "open"):
                 raise
             # Never sooner than the dependency asked for (e.g. an HTTP Retry-After).
-            asked_s = getattr(exc, "retry_after_s", None) or 0.0
+            asked_s = exc.retry_after_s or 0.0
             if asked_s > policy.max_backoff_ms / 1000:
                 # A wait this long is the runner's: it pauses and keeps polling meanwhile,
                 # where sleeping here would outlast max.poll.interval.ms.
@@ -101,6 +104,12 @@ async def retry_async(
             )
             await sleep(delay)
             continue
+        except StreamerError:
+            # Any other answer proves the dependency answered: a success for the breaker
+            # (it must not wedge a half-open probe); the error is the caller's.
+            if breaker is not None:
+                breaker.record_success()
+            raise
         if breaker is not None:
             breaker.record_success()
         return result

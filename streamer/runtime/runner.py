@@ -1,39 +1,28 @@
-"""The batch loop: one member of a job's consumer group, around the job's handler.
+"""A worker: one job's handler on one source, from start-up to a bounded stop.
 
-Poll a batch (bounded by count and wait), keep what this worker owns, hand it to the
-handler and the checkpoint, mirror the committed offsets to Kafka. While a dependency
-is down the worker keeps the batch in hand, pauses every assigned partition and keeps
-polling (so it stays in the group), then retries the same batch when the circuit
-breaker lets a probe through or the error's retry-after has passed.
+The runner owns the lifecycle and delegates the rest: the source brings batches
+(``source.py``: a Kafka group member or an SQS queue), the pipeline takes each through
+the handler's steps and the checkpoint (``pipeline.py``), and background tasks (the
+retention pruner, a job's own) run supervised beside them.
+
+Start-up, in order: the broker is checked with the credentials the worker will use
+(refused ones end the start; a broker that does not answer yet is waited for by the
+client), PostgreSQL is waited for, the publisher and the handler start (the handler
+checks its own dependencies), background tasks start, then the source.
+
+The loop polls a batch, bounded by count and wait, and hands it to the pipeline; the
+consumer lag gauge is refreshed every ``STREAMER_LAG_REFRESH_S``.
 
 SIGTERM/SIGINT (or ``stop``) start a drain bounded by ``STREAMER_SHUTDOWN_GRACE_S``
 from the moment of the signal: the batch in hand is finished and committed if it can
 be within the bound, otherwise abandoned uncommitted (its messages are redelivered);
-then the group is left, as far as the rest of the bound allows.
-
-Overlap. While batch N is written and committed, the next batch N+1 is polled and
-``prepare(N+1)`` runs (for the gallery: decode, state read, ETag look-up); ``plan(N+1)``
-runs only after N committed and ``committed(N)`` was called. What keeps the order:
-
-- Offsets and writes still commit one batch at a time, in poll order: N+1's commit
-  starts after N's ended, so per-partition (and so per-key) order is unchanged.
-- ``prepare`` writes nothing, so running it early changes no state. It may read what
-  N has not committed yet; a handler whose plan depends on such reads corrects them in
-  ``plan`` from what it kept in ``committed(N)`` (the gallery overlays N's final states
-  and recorded outcomes; see ``GalleryHandler``).
-- N+1's early preparation is used only if N committed at its first attempt and the
-  partition ownership did not change meanwhile. If N's commit failed (an outage, a
-  fence) or a rebalance happened, N+1 is filtered again to the partitions still owned
-  and prepared afresh after N committed; an early preparation that failed is dropped
-  the same way (its error, if retriable, comes back when N+1 is prepared again).
-- On a stop, N+1 is dropped uncommitted (its messages are redelivered).
+then the source is closed (the group left), as far as the rest of the bound allows. A
+background task that dies of an error stops the worker with that error.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import gc
 import logging
 import os
@@ -41,111 +30,77 @@ import signal
 import socket
 import time
 import uuid
-from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
-from streamer.errors import (
-    BrokerUnavailable,
-    DependencyUnavailable,
-    FencedError,
-    StateChanged,
-    StreamerError,
-)
-from streamer.runtime import tracing
+from streamer.errors import DependencyUnavailable, StreamerError
+from streamer.runtime import faults, tracing
 from streamer.runtime.checkpoint import Checkpoint
 from streamer.runtime.circuit import CircuitBreaker
-from streamer.runtime.connection import check_broker
+from streamer.runtime.connection import check_broker_async
 from streamer.runtime.database import Database
-from streamer.runtime.handler import Batch, Handler, Output, start_handler
+from streamer.runtime.errors import BrokerUnavailable
+from streamer.runtime.handler import Batch, Handler, HandlerContext, TopicPartition
 from streamer.runtime.health import HealthServer, Readiness
-from streamer.runtime.kafka import ConsumerThread
+from streamer.runtime.job import Sections
+from streamer.runtime.kafka_source import KafkaSource
 from streamer.runtime.logs import set_process_fields
+from streamer.runtime.lookahead import Ahead, Decoding
 from streamer.runtime.metrics import RuntimeMetrics, new_registry
-from streamer.runtime.ownership import OffsetStore, Owner
+from streamer.runtime.pipeline import Pipeline, RunnerStats
 from streamer.runtime.publisher import Publisher
+from streamer.runtime.retention import Pruning, pruner_for
 from streamer.runtime.retry import RetryPolicy, retry_async
 from streamer.runtime.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
+from streamer.runtime.source import Source, SourceContext
+from streamer.runtime.sqs_source import SqsSource
 
 __all__ = ["Runner", "RunnerStats"]
 
 log = logging.getLogger(__name__)
 
+D = TypeVar("D")
 P = TypeVar("P")
+E = TypeVar("E")
 T = TypeVar("T")
-TP = tuple[str, int]
 # The runtime's own dependencies: offsets live in PostgreSQL, outputs go to Kafka.
 RUNTIME_DEPENDENCIES = ("postgres", "kafka")
 
 
-@dataclass
-class _Ahead(Generic[T]):
-    """The next batch: polled, and being prepared, while the current one commits."""
-
-    polled: asyncio.Task[Batch]
-    generation: int  # the ownership generation when the poll started
-    prepared: asyncio.Task[T] | None = None
-    usable: bool = True  # False once the current batch's commit failed
-
-    async def drop(self) -> None:
-        """Forget the early preparation (and its error, if it failed)."""
-        if self.prepared is not None:
-            self.prepared.cancel()
-            await asyncio.gather(self.prepared, return_exceptions=True)
-            self.prepared = None
-        await asyncio.gather(self.polled, return_exceptions=True)
-
-
-@dataclass
-class RunnerStats:
-    batches: int = 0
-    messages: int = 0
-    dead_letters: Counter[str] = field(default_factory=Counter)
-    counts: Counter[str] = field(default_factory=Counter)
-    rebalances: int = 0
-    fenced_batches: int = 0
-    replanned_batches: int = 0
-    outage_waits: int = 0
-    abandoned_batches: int = 0
-
-
-class Runner(Generic[P]):
+class Runner(Generic[D, P, E]):
     """``await run(stop)`` until ``stop`` is set or a signal arrives."""
 
     def __init__(
         self,
-        handler: Handler[Any, P],
+        handler: Handler[D, P, E],
         *,
+        group_id: str,
         kafka: KafkaSettings,
         database: DatabaseSettings,
         runtime: RuntimeSettings,
+        source: Source | None = None,
         registry: CollectorRegistry | None = None,
         install_signal_handlers: bool = True,
+        pruning: Pruning | None = None,
     ) -> None:
         self.handler = handler
+        self.group_id = group_id
         self.kafka_settings = kafka
         self.settings = runtime
         self.registry = registry if registry is not None else new_registry()
-        dependencies = list(dict.fromkeys([*handler.dependencies, *RUNTIME_DEPENDENCIES]))
+        self.source: Source = source or KafkaSource(
+            kafka, group_id, claim_timeout_s=database.database_timeout_s * 2
+        )
+        own = ("sqs",) if isinstance(self.source, SqsSource) else ()
+        dependencies = list(dict.fromkeys([*handler.dependencies, *RUNTIME_DEPENDENCIES, *own]))
         self.metrics = RuntimeMetrics(self.registry, dependencies)
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stats = RunnerStats()
         self.health_port: int | None = None
         self.database = Database(database)
-        self.offsets = OffsetStore(self.database, handler.group_id, self.owner)
         self.publisher = Publisher(kafka)
-        self.ownership = Owner(
-            self.offsets,
-            claim_timeout_s=database.database_timeout_s * 2,
-            claim_deadline_s=max(5.0, kafka.session_timeout_ms / 1000),
-            on_change=self._partitions_changed,
-        )
-        self.partitions = self.ownership.partitions
-        self._lag_series: set[TP] = set()
         self.policy = RetryPolicy.from_settings(runtime)
         self.breakers = {
             dep: CircuitBreaker(
@@ -156,113 +111,109 @@ class Runner(Generic[P]):
             )
             for dep in dependencies
         }
+        self._stop = asyncio.Event()
+        self.source.attach(
+            SourceContext(
+                database=self.database,
+                metrics=self.metrics,
+                owner=self.owner,
+                changed=self._changed,
+            )
+        )
         self.checkpoint = Checkpoint(
-            self.offsets,
+            self.source.store,
             self.publisher,
             dlq_topic=runtime.dlq_topic,
             dlq_max_value_bytes=runtime.dlq_max_value_bytes,
             delivery_timeout_s=kafka.delivery_timeout_ms / 1000,
-            call=self.call,
         )
-        self.consumer = ConsumerThread(self._consumer_config(), self.ownership)
+        self.pipeline: Pipeline[D, P, E] = Pipeline(
+            handler,
+            self.source,
+            self.checkpoint,
+            call=self.call,
+            metrics=self.metrics,
+            stats=self.stats,
+            stopping=self._stop,
+            outage_wait_s=runtime.circuit_reset_timeout_s,
+            poll=self._poll,
+            group_id=group_id,
+            messaging_system="aws_sqs" if own else "kafka",
+        )
+        self.pruning = pruning
         self._install_signals = install_signal_handlers
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop = asyncio.Event()
         self._heartbeat = time.monotonic()
         self._started = False
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tracing = False  # this runner set tracing up (and shuts it down)
-        # Bumped on every assignment change: an early preparation older than it is redone.
-        self._ownership_generation = 0
 
-    # -- what handlers and the checkpoint call -----------------------------------------
+    @classmethod
+    def of(
+        cls, handler: Handler[D, P, E], sections: Sections, *, group_id: str, **kw: Any
+    ) -> Runner[D, P, E]:
+        """A runner for ``handler`` with the runtime's sections of ``sections``."""
+        return cls(
+            handler,
+            group_id=group_id,
+            kafka=sections.section(KafkaSettings),
+            database=sections.section(DatabaseSettings),
+            runtime=kw.pop("runtime", None) or sections.section(RuntimeSettings),
+            **kw,
+        )
+
+    # -- what handlers and the pipeline call -------------------------------------------------
 
     async def call(self, dependency: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """``fn`` with retries, counted by the dependency's circuit breaker."""
+        """``fn`` with retries, refused at once while ``dependency``'s circuit is open; each
+        failure counts against the breaker of the dependency it names."""
         return await retry_async(
             fn,
             dependency=dependency,
             policy=self.policy,
             breaker=self.breakers.get(dependency),
+            breakers=self.breakers,
             metrics=self.metrics,
         )
 
-    # -- the Kafka side ------------------------------------------------------------------
+    def spawn(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        """A background task, cancelled when the worker stops; dying of an error stops it."""
 
-    def _consumer_config(self) -> dict[str, Any]:
-        k = self.kafka_settings
-        return k.client_config(
-            **k.group_config(self.handler.group_id),
-            **{
-                "client.id": self.owner,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": k.fetch_wait_max_ms,
-                "max.poll.interval.ms": k.max_poll_interval_ms,
-                "enable.partition.eof": False,
-            },
-        )
+        async def supervised() -> None:
+            await work()
 
-    def _partitions_changed(self, kind: str) -> None:
-        self._ownership_generation += 1
-        if kind != "fenced":
-            self.metrics.rebalances.labels(kind).inc()
-            self.stats.rebalances += 1
-        if kind in ("revoke", "lost"):
-            for topic, partition in self._lag_series - set(self.partitions.epochs):
-                with contextlib.suppress(KeyError):
-                    self.metrics.consumer_lag.remove(topic, str(partition))
-            self._lag_series &= set(self.partitions.epochs)
-        self._update_partition_gauges()
+        self._tasks[name] = asyncio.create_task(supervised(), name=name)
 
-    def _update_partition_gauges(self) -> None:
-        owned = len(self.partitions.epochs)
-        self.metrics.assigned_partitions.set(owned)
-        self.metrics.paused_partitions.set(owned if self.consumer.paused else 0)
-
-    def _usable(self, message: Message) -> bool:
-        """Ours to apply: of a partition we own, and not applied before."""
-        tp = (message.topic() or "", message.partition() or 0)
-        return self.partitions.owns(tp, message.offset() or 0)
-
-    async def _set_paused(self, paused: bool) -> None:
-        await self.consumer.set_paused(list(self.partitions.epochs), paused)
-        self._update_partition_gauges()
-
-    # -- health ------------------------------------------------------------------------
+    # -- health --------------------------------------------------------------------------
 
     def liveness(self) -> bool:
         limit_s = max(60.0, self.kafka_settings.max_poll_interval_ms / 1000)
         return time.monotonic() - self._heartbeat < limit_s
 
     def readiness(self) -> Readiness:
-        reasons = []
-        if not self.consumer.started:
-            reasons.append("consumer not started")
-        elif not self.partitions.epochs:
-            reasons.append("no partitions assigned")
+        reasons = [*self.source.not_ready(), *self.handler.not_ready()]
         for dep, breaker in self.breakers.items():
             if breaker.state == "open":
                 detail = f": {breaker.last_error}" if breaker.last_error else ""
                 reasons.append(f"circuit {dep} open{detail}")
         return Readiness(ready=not reasons, reasons=tuple(reasons))
 
-    # -- the loop ------------------------------------------------------------------------
+    # -- the lifecycle ---------------------------------------------------------------------
 
     def stop(self) -> None:
         self._stop.set()
 
     async def run(self, stop: asyncio.Event | None = None) -> RunnerStats:
         """Consume until stopped; see the module docstring for how the stop is bounded."""
-        self._loop = asyncio.get_running_loop()
-        self.ownership.loop = self._loop
+        loop = asyncio.get_running_loop()
         if stop is not None:
             self._stop = stop
+            self.pipeline.stopping = stop
         if self._install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self._loop.add_signal_handler(sig, self._stop.set)
-        set_process_fields(job=self.handler.name, group=self.handler.group_id)
-        self._tracing = tracing.configure(f"streamer-{self.handler.name}")  # tracing
+                loop.add_signal_handler(sig, self._stop.set)
+        set_process_fields(job=self.handler.name, group=self.group_id)
+        faults.announce()
+        self._tracing = tracing.configure(f"streamer-{self.handler.name}")
         health = self._start_health()
         stop_deadline: float | None = None
         try:
@@ -272,12 +223,15 @@ class Runner(Generic[P]):
             # as the process: frozen, the collector's full passes walk only what batches
             # allocate. Without it they walked it all, a fifth of a no-op re-sync's CPU.
             gc.freeze()
-            main = asyncio.create_task(self._consume_loop())
+            main = asyncio.create_task(self._loop())
             stopping = asyncio.create_task(self._stop.wait())
             try:
-                await asyncio.wait({main, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {main, stopping, *self._tasks.values()}, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 stopping.cancel()
+            self._surface_task_failure(main)
             if main.done():
                 main.result()
             else:
@@ -302,14 +256,11 @@ class Runner(Generic[P]):
         return health
 
     async def _start(self) -> bool:
-        """Kafka checked, database (waited for), publisher, handler, subscription; False if
-        stopped meanwhile. Refused credentials or certificates end the start with
-        ``BrokerAccessDenied``; a broker that does not answer yet is left to librdkafka."""
+        """Broker checked, database (waited for), publisher, handler, background tasks,
+        source; False if stopped meanwhile. Refused credentials or certificates end the
+        start with ``BrokerAccessDenied``; a broker that does not answer yet is waited for."""
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                None,
-                lambda: check_broker(self.kafka_settings, topics=tuple(self.handler.topics)),
-            )
+            await check_broker_async(self.kafka_settings, topics=tuple(self.handler.topics))
         except BrokerUnavailable as exc:
             log.warning("%s; consuming starts when it answers", exc)
         while True:
@@ -326,12 +277,90 @@ class Runner(Generic[P]):
                 except TimeoutError:
                     continue
         self.publisher.start()
-        await start_handler(
-            self.handler, registry=self.registry, database=self.database, call=self.call
+        await self.handler.start(
+            HandlerContext(
+                job=self.handler.name,
+                group_id=self.group_id,
+                registry=self.registry,
+                database=self.database,
+                call=self.call,
+                spawn=self.spawn,
+            )
         )
         self._started = True
-        await self.consumer.start(self.handler.topics)
+        pruner = pruner_for(self.pruning, self.database, self.registry)
+        if pruner is not None:
+            self.spawn("retention", pruner.run)
+        await self.source.start(self.handler.topics)
         return True
+
+    def _changed(self, kind: str, partitions: Sequence[TopicPartition]) -> None:
+        if kind == "assign":
+            self.stats.rebalances += 1
+            self.handler.assigned(partitions)
+        elif kind in ("revoke", "lost", "fenced"):
+            self.stats.rebalances += kind != "fenced"
+            self.handler.revoked(partitions)
+
+    def _surface_task_failure(self, main: asyncio.Task[None]) -> None:
+        """A background task that ended on its own ends the worker with its error."""
+        for name, task in self._tasks.items():
+            if task.done() and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    main.cancel()
+                    log.error("background task %s failed: %r; stopping", name, error)
+                    raise error
+
+    async def _poll(self) -> Batch:
+        """One poll, bounded by count and wait, kept to what this worker owns; an outage of
+        the source itself (a queue that does not answer) is waited out like any other."""
+        s = self.settings
+        while True:
+            try:
+                batch = await self.source.poll(s.batch_max_events, s.batch_max_wait_ms / 1000)
+                break
+            except DependencyUnavailable as exc:
+                breaker = self.breakers.get(exc.dependency)
+                if breaker is not None:
+                    breaker.record_failure(exc.message)
+                log.warning("the source is unavailable, waiting: %s", exc)
+                if self._stop.is_set():
+                    return Batch(())
+                await asyncio.sleep(exc.retry_after_s or self.settings.circuit_reset_timeout_s)
+        self._heartbeat = time.monotonic()
+        return batch
+
+    async def _loop(self) -> None:
+        last_lag = 0.0
+        ahead: Ahead | None = None
+        try:
+            while not self._stop.is_set():
+                waited = time.perf_counter()
+                early: Decoding | None = None
+                if ahead is None:
+                    batch = await self._poll()
+                else:
+                    batch, early = await ahead.take(self.source.owns, self.source.generation)
+                    ahead = None
+                if batch.messages:
+                    ahead = await self.pipeline.run(batch, early, time.perf_counter() - waited)
+                if time.monotonic() - last_lag >= self.settings.lag_refresh_s:
+                    last_lag = time.monotonic()
+                    await self._refresh_lag()
+        finally:
+            if ahead is not None:
+                await ahead.drop()
+
+    async def _refresh_lag(self) -> None:
+        started = time.perf_counter()
+        lags = await self.source.lag()
+        log.debug(
+            "lag of %d partitions refreshed in %.1f ms: %s",
+            len(lags),
+            1000 * (time.perf_counter() - started),
+            sum(lags.values()),
+        )
 
     async def _drain(self, main: asyncio.Task[None], deadline: float) -> None:
         """Let the batch in hand finish within the bound; abandon it uncommitted otherwise."""
@@ -343,7 +372,6 @@ class Runner(Generic[P]):
         if done:
             main.result()
             return
-        self.stats.abandoned_batches += 1
         log.warning(
             "the batch in hand did not finish within the shutdown bound (%.0fs); "
             "it is left uncommitted and will be consumed again",
@@ -352,214 +380,24 @@ class Runner(Generic[P]):
         main.cancel()
         await asyncio.gather(main, return_exceptions=True)
 
-    async def _poll(self) -> Batch:
-        """One poll, bounded by count and wait, kept to what this worker owns."""
-        s = self.settings
-        raw = await self.consumer.consume(s.batch_max_events, s.batch_max_wait_ms / 1000)
-        self._heartbeat = time.monotonic()
-        if self.partitions.unclaimed:
-            starts = await self.ownership.claim_late()
-            await self.consumer.resume_claimed(starts)
-            self._update_partition_gauges()
-        batch = Batch(raw).keep(self._usable)
-        return tracing.begin_batch(batch, job=self.handler.name, group=self.handler.group_id)
-
-    async def _consume_loop(self) -> None:
-        s = self.settings
-        last_lag = 0.0
-        ahead: _Ahead[Any] | None = None
-        try:
-            while not self._stop.is_set():
-                if ahead is None:
-                    batch, early = await self._poll(), None
-                else:
-                    batch, early = await self._take(ahead)
-                    ahead = None
-                if batch.messages:
-                    with tracing.batch_scope(batch):  # tracing
-                        ahead = await self._handle(batch, early)
-                if time.monotonic() - last_lag >= s.lag_refresh_s:
-                    last_lag = time.monotonic()
-                    await self._refresh_lag()
-        finally:
-            if ahead is not None:
-                await ahead.drop()
-
-    async def _take(self, ahead: _Ahead[Any]) -> tuple[Batch, asyncio.Task[Any] | None]:
-        """The batch polled during the previous commit, with its early preparation if that
-        still holds (see the module docstring); otherwise filtered again, to prepare anew."""
-        batch = await ahead.polled
-        kept = batch.keep(self._usable)
-        if (
-            ahead.usable
-            and ahead.prepared is not None
-            and ahead.generation == self._ownership_generation
-            and len(kept) == len(batch)
-        ):
-            return batch, ahead.prepared
-        await ahead.drop()
-        return kept, None
-
-    async def _look_ahead(self) -> _Ahead[Any]:
-        """Poll the next batch and start preparing it, while the current one commits."""
-        generation = self._ownership_generation
-        polled = asyncio.ensure_future(self._poll())
-        ahead: _Ahead[Any] = _Ahead(polled, generation)
-
-        async def prepare_when_polled() -> Any:
-            batch = await polled
-            if not batch.messages:
-                return None
-            with tracing.activate(batch):  # tracing
-                return await self.handler.prepare(batch)
-
-        ahead.prepared = asyncio.ensure_future(prepare_when_polled())
-        return ahead
-
-    async def _handle(
-        self, batch: Batch, early: asyncio.Task[Any] | None = None
-    ) -> _Ahead[Any] | None:
-        """Process one batch, waiting out outages with partitions paused; gives up only on stop.
-
-        ``early``: this batch's preparation, started while the previous batch committed.
-        Returns the next batch, polled (and being prepared) while this one committed.
-        """
-        started = time.perf_counter()
-        outage_started: float | None = None
-        consumed = Counter(m.topic() or "" for m in batch.messages)
-        for topic, n in consumed.items():
-            self.metrics.messages_consumed.labels(topic).inc(n)
-        ahead: _Ahead[Any] | None = None
-        try:
-            while batch.messages:
-                try:
-                    if early is not None:
-                        task, early = early, None
-                        prepared = await task
-                    else:
-                        prepared = await self.handler.prepare(batch)
-                    plan = await self.handler.plan(prepared)
-                    epochs = dict(self.partitions.epochs)
-                    commit = functools.partial(
-                        self.checkpoint.commit, batch, epochs, self.handler, plan
-                    )
-                    committing = asyncio.ensure_future(self.call("postgres", commit))
-                    if ahead is None and not self._stop.is_set() and not self.consumer.paused:
-                        ahead = await self._look_ahead()
-                    output: Output = await committing
-                except StateChanged as exc:
-                    # Another writer committed to keys this batch read: read them again.
-                    self.stats.replanned_batches += 1
-                    self.metrics.replanned.inc()
-                    log.info("batch planned on stale state, planning it again: %s", exc)
-                    if ahead is not None:
-                        ahead.usable = False
-                    batch = batch.keep(self._usable)
-                    continue
-                except FencedError as exc:
-                    self.stats.fenced_batches += 1
-                    self.metrics.fenced.inc()
-                    log.warning("batch fenced, dropping partitions we no longer own: %s", exc)
-                    self.ownership.fenced(exc.partitions)
-                    batch = batch.keep(self._usable)
-                    if ahead is not None:
-                        ahead.usable = False
-                    continue
-                except DependencyUnavailable as exc:
-                    if ahead is not None:
-                        ahead.usable = False
-                    if outage_started is None:
-                        outage_started = time.monotonic()
-                        self.stats.outage_waits += 1
-                        log.warning("dependency unavailable, pausing partitions: %s", exc)
-                        await self._set_paused(True)
-                    if self._stop.is_set():
-                        log.warning(
-                            "stopping during an outage: the batch in hand is left uncommitted"
-                        )
-                        return ahead
-                    await self._idle(exc.retry_after_s or self.settings.circuit_reset_timeout_s)
-                    batch = batch.keep(self._usable)
-                    continue
-                if outage_started is not None:
-                    log.info(
-                        "dependency back after %.1fs, resuming", time.monotonic() - outage_started
-                    )
-                self._committed(batch, plan, output, started)
-                await self.consumer.mirror_commit(batch.next_offsets)
-                break
-        except BaseException:
-            if ahead is not None:
-                await ahead.drop()
-            raise
-        finally:
-            if early is not None:
-                early.cancel()
-                await asyncio.gather(early, return_exceptions=True)
-        if self.consumer.paused:
-            await self._set_paused(False)
-        return ahead
-
-    def _committed(self, batch: Batch, plan: P, output: Output, started: float) -> None:
-        self.partitions.passed(batch.next_offsets)
-        self.handler.committed(plan, output)
-        tracing.batch_committed(batch, output)  # tracing
-        self.stats.batches += 1
-        self.stats.messages += len(batch)
-        self.stats.counts.update(output.counts)
-        for letter in output.letters:
-            self.stats.dead_letters[letter.reason] += 1
-            self.metrics.dead_letters.labels(letter.reason).inc()
-            log.info(
-                "dead-lettered: %s",
-                letter.message,
-                extra={
-                    "topic": letter.topic,
-                    "partition": letter.partition,
-                    "offset": letter.offset,
-                    "sku": letter.sku,
-                    "reason": letter.reason,
-                },
-            )
-        self.metrics.batch_size.observe(len(batch))
-        self.metrics.batch_duration.observe(time.perf_counter() - started)
-        self.metrics.last_commit.set(time.time())
-
-    async def _idle(self, seconds: float) -> None:
-        """Keep polling (partitions paused) so the group keeps this member while we wait."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self._stop.is_set():
-            stray = await self.consumer.consume(
-                100, min(0.2, max(0.01, deadline - time.monotonic()))
-            )
-            self._heartbeat = time.monotonic()
-            if stray:
-                log.debug(
-                    "%d messages arrived while paused; they will be fetched again", len(stray)
-                )
-                await self.consumer.seek_back(Batch(stray).keep(self._usable).messages)
-
-    async def _refresh_lag(self) -> None:
-        lags = await self.consumer.lag(list(self.partitions.epochs), dict(self.partitions.floors))
-        for (topic, partition), lag in lags.items():
-            self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
-            self._lag_series.add((topic, partition))
-
     async def _shutdown(self, deadline: float | None, health: HealthServer | None) -> None:
         remaining = (
             self.settings.shutdown_grace_s if deadline is None else deadline - time.monotonic()
         )
-        await self.consumer.close(timeout_s=max(1.0, remaining))
+        await self.source.close(timeout_s=max(1.0, remaining))
         try:
             self.publisher.close(timeout_s=min(5.0, max(1.0, remaining)))
         except StreamerError as exc:
             log.warning("closing the publisher: %s", exc)
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         if self._started:
             await self.handler.stop()
         await self.database.stop()
         if health is not None:
             health.stop()
-        if self._tracing:  # tracing
+        if self._tracing:
             tracing.shutdown(timeout_s=min(5.0, max(1.0, remaining)))
         s = self.stats
         log.info(

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from streamer.config import Section
+from streamer.config import NonBlank, Section
 from streamer.runtime.logs import kafka_client_logger
 
 __all__ = ["DatabaseSettings", "KafkaSettings", "RuntimeSettings"]
@@ -16,7 +16,7 @@ _SECRET_PROPERTIES = ("password", "secret", "key.password", "sasl.oauthbearer.co
 
 
 class KafkaSettings(Section):
-    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    kafka_bootstrap: NonBlank = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
     kafka: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="librdkafka properties passed through (SASL, TLS, ...)",
@@ -34,16 +34,16 @@ class KafkaSettings(Section):
         description="consumer: KIP-848's protocol (Apache Kafka 4.0+); the broker then owns "
         "the session timeout (group.consumer.session.timeout.ms)",
     )
+    partition_assignor: Literal["range", "cooperative-sticky", "uniform"] = Field(
+        "range",
+        description="range: partition p of every topic a job reads goes to the same member "
+        "(co-partitioned: a SKU's product and media events meet in one worker) and each "
+        "topic's partitions are spread evenly; cooperative-sticky (classic) and uniform "
+        "(consumer) balance partition counts, not topics",
+    )
     session_timeout_ms: int = Field(45000, ge=1000)
     max_poll_interval_ms: int = Field(300000, ge=1000)
     delivery_timeout_ms: int = Field(30000, ge=1000)
-
-    @field_validator("kafka_bootstrap")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value.strip()
 
     def properties(self) -> dict[str, str]:
         """Pass-through properties in librdkafka's dotted names (values are kept secret here)."""
@@ -52,15 +52,36 @@ class KafkaSettings(Section):
             for key, value in self.kafka.items()
         }
 
+    @model_validator(mode="after")
+    def _assignor_of_its_protocol(self) -> KafkaSettings:
+        allowed = {"classic": ("range", "cooperative-sticky"), "consumer": ("range", "uniform")}
+        if self.partition_assignor not in allowed[self.group_protocol]:
+            raise ValueError(
+                f"STREAMER_PARTITION_ASSIGNOR={self.partition_assignor} is not an assignor of "
+                f"STREAMER_GROUP_PROTOCOL={self.group_protocol} (it takes "
+                f"{' or '.join(allowed[self.group_protocol])})"
+            )
+        return self
+
     def group_config(self, group_id: str) -> dict[str, Any]:
         """A group member's settings. Under KIP-848 (``consumer``) the broker assigns
         partitions and keeps the session: librdkafka refuses the classic protocol's session,
-        heartbeat and assignor settings there."""
+        heartbeat and client-side assignor settings there.
+
+        Why ``range`` by default: with members joining one by one (a deployment rolling out,
+        a scale-out), ``cooperative-sticky`` and ``uniform`` balance partition counts and
+        handed one member every media partition and the other every product partition
+        (measured on Kafka 4.1, 12 + 12 partitions: the second worker idled); ``range``
+        gives each member the same slice of every topic."""
         if self.group_protocol == "consumer":
-            return {"group.id": group_id, "group.protocol": "consumer"}
+            return {
+                "group.id": group_id,
+                "group.protocol": "consumer",
+                "group.remote.assignor": self.partition_assignor,
+            }
         return {
             "group.id": group_id,
-            "partition.assignment.strategy": "cooperative-sticky",
+            "partition.assignment.strategy": self.partition_assignor,
             "session.timeout.ms": self.session_timeout_ms,
             "heartbeat.interval.ms": max(100, self.session_timeout_ms // 6),
         }

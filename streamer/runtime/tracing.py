@@ -401,8 +401,9 @@ class BatchTrace:
     committed: bool = False
 
 
-def begin_batch(batch: Batch, *, job: str, group: str) -> Batch:
-    """``batch`` with its span started: a root, linked to its events' traces."""
+def begin_batch(batch: Batch, *, job: str, group: str, system: str = "kafka") -> Batch:
+    """``batch`` with its span started: a root, linked to its events' traces. ``system``:
+    where its messages came from (``kafka``, or ``aws_sqs`` for a queue's)."""
     if _setup.state is None or not batch.messages or batch.trace is not None:
         return batch
     state = _setup.state
@@ -410,7 +411,7 @@ def begin_batch(batch: Batch, *, job: str, group: str) -> Batch:
     links = _chosen_links(contexts, state.max_links)
     topics = sorted({m.topic() or "" for m in batch.messages})
     attributes: dict[str, Any] = {
-        "messaging.system": "kafka",
+        "messaging.system": system,
         "messaging.operation.type": "process",
         "messaging.consumer.group.name": group,
         "messaging.batch.message_count": len(batch.messages),

@@ -41,9 +41,11 @@ from datetime import UTC, datetime
 import asyncpg
 
 from streamer.contract.codec import Codec
-from streamer.errors import DecodeError, StreamerError, TopicMissing
+from streamer.contract.errors import DecodeError
+from streamer.errors import StreamerError
 from streamer.runtime import tracing
 from streamer.runtime.database import converted
+from streamer.runtime.errors import TopicMissing
 from streamer.runtime.publisher import Publisher
 from streamer.runtime.readback import read_messages
 from streamer.runtime.settings import DatabaseSettings, KafkaSettings

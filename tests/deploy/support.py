@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.ops.metrics import registry_with_every_metric
+from tests.deploy.metrics import registry_with_every_metric
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from streamer.cli import app
 from streamer.errors import ConfigError
-from streamer.ops.metrics import registry_with_every_metric
 from streamer.settings import Settings, load_settings
+from tests.deploy.metrics import registry_with_every_metric
 from tests.deploy.support import DEPLOY, ROOT
 
 pytestmark = pytest.mark.deploy

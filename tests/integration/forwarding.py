@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streamer.dev.receiver import Receiver
-from streamer.forward.worker import ForwardWorker
+from streamer.forward.worker import forward_runner
 from streamer.runtime.metrics import new_registry
 from streamer.settings import Settings
 from tests.integration.support import Sender, prepare, stored_offsets, wait_for
@@ -121,7 +121,7 @@ async def forward_drained(settings: Settings, ends: dict[tuple[str, int], int]) 
 class Running:
     """A forwarder worker running in this process."""
 
-    worker: ForwardWorker
+    worker: Any
     task: asyncio.Task[Any]
     settings: Settings
 
@@ -144,7 +144,7 @@ class Running:
 @asynccontextmanager
 async def forwarder(settings: Settings) -> AsyncIterator[Running]:
     """A forwarder worker in this process, stopped when the block ends."""
-    worker = ForwardWorker(settings, registry=new_registry(), install_signal_handlers=False)
+    worker = forward_runner(settings, registry=new_registry(), install_signal_handlers=False)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:

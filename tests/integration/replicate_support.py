@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 from prometheus_client import CollectorRegistry
 
-from streamer.replicate.worker import ReplicaWorker
+from streamer.replicate.worker import replicate_runner
 from streamer.runtime.metrics import new_registry
 from streamer.settings import Settings
 from tests.integration.support import Sender, fetch, read_topic, run_until_drained, wait_for
@@ -97,8 +97,8 @@ async def replicated(settings: Settings, ends: dict[tuple[str, int], int]) -> bo
 @asynccontextmanager
 async def running_replicator(
     settings: Settings, registry: CollectorRegistry | None = None
-) -> AsyncIterator[tuple[ReplicaWorker, asyncio.Task[Any]]]:
-    worker = ReplicaWorker(
+) -> AsyncIterator[tuple[Any, asyncio.Task[Any]]]:
+    worker = replicate_runner(
         settings, registry=registry or new_registry(), install_signal_handlers=False
     )
     stop = asyncio.Event()

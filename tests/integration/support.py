@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from pydantic import SecretStr
 from streamer.contract.codec import Codec
 from streamer.contract.events import MediaGalleryChanged, ProductChanged
 from streamer.gallery.export import export_galleries
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from streamer.ops.schema import migrate_all
 from streamer.settings import Settings
 from streamer.storage.keys import s3_key
@@ -168,6 +169,25 @@ class Sender:
         assert not self.errors, self.errors
 
 
+def counted(worker: Any, metric: str, label: str) -> Counter[str]:
+    """A worker's counter by one label, as its /metrics would show it (no test-only state)."""
+    out: Counter[str] = Counter()
+    for family in worker.registry.collect():
+        for sample in family.samples:
+            if sample.name == metric and label in sample.labels:
+                out[sample.labels[label]] += int(sample.value)
+    return out
+
+
+def processed(worker: Any) -> Counter[str]:
+    """What the gallery worker did with the events it processed, by outcome."""
+    return counted(worker, "streamer_events_processed_total", "outcome")
+
+
+def rows_written(worker: Any) -> int:
+    return sum(counted(worker, "streamer_db_rows_written_total", "operation").values())
+
+
 async def stored_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     conn = await asyncpg.connect(settings.database.dsn)
     try:
@@ -199,10 +219,10 @@ async def drained(settings: Settings, ends: dict[tuple[str, int], int]) -> bool:
 @asynccontextmanager
 async def drained_worker(
     settings: Settings, ends: dict[tuple[str, int], int], *, timeout_s: float = 90, **worker_kw: Any
-) -> AsyncIterator[GalleryWorker]:
+) -> AsyncIterator[Any]:
     """An in-process worker, yielded once every partition's stored offset reaches its end
     and stopped when the block ends."""
-    worker = GalleryWorker(settings, install_signal_handlers=False, **worker_kw)
+    worker = gallery_runner(settings, install_signal_handlers=False, **worker_kw)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -221,7 +241,7 @@ async def drained_worker(
 
 async def run_until_drained(
     settings: Settings, ends: dict[tuple[str, int], int], *, timeout_s: float = 90, **worker_kw: Any
-) -> GalleryWorker:
+) -> Any:
     """Run an in-process worker until every partition's stored offset reaches its end."""
     async with drained_worker(settings, ends, timeout_s=timeout_s, **worker_kw) as worker:
         return worker
@@ -272,7 +292,8 @@ def read_topic(
 
 def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-    for name, value in settings.flat().items():
+    every = {name: value for kind in Settings.kinds() for name, value in settings.section(kind)}
+    for name, value in every.items():
         if value is None or isinstance(value, dict):
             continue
         if isinstance(value, SecretStr):

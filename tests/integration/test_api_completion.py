@@ -9,7 +9,7 @@ import time
 import pytest
 
 from streamer.contract.codec import Codec
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from tests.integration.api_support import api_server
 from tests.integration.support import prepare, put_image, read_topic, wait_for
 
@@ -44,7 +44,7 @@ async def test_bulk_of_ten_thousand_items_completes_once(
         for i in range(ITEMS)
     ]
     stop = asyncio.Event()
-    workers = [GalleryWorker(settings, install_signal_handlers=False) for _ in range(2)]
+    workers = [gallery_runner(settings, install_signal_handlers=False) for _ in range(2)]
     tasks = [asyncio.create_task(w.run(stop)) for w in workers]
     try:
         with api_server(settings, tmp_path) as server:

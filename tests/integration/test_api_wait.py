@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from streamer.contract.codec import Codec
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from streamer.settings import Settings
 from tests.integration.api_support import FULL_TOKEN, ApiServer, api_server, seed_payload
 from tests.integration.support import fetch, prepare, put_image, read_topic, wait_for
@@ -102,7 +102,7 @@ async def test_a_hundred_requests_wait_on_one_connection_while_another_process_r
                 assert refused.json()["reason"] == "too_many_waiters"
                 assert refused.headers["retry-after"] == "5"
 
-                worker = GalleryWorker(settings, install_signal_handlers=False)
+                worker = gallery_runner(settings, install_signal_handlers=False)
                 worker_task = asyncio.create_task(worker.run(stop))
                 replies = await asyncio.wait_for(asyncio.gather(*requests), timeout=240)
             for reply in replies:
@@ -125,7 +125,7 @@ async def test_a_failed_item_makes_the_wait_answer_say_so(make_settings, tmp_pat
     settings = make_settings()
     prepare(settings)
     stop = asyncio.Event()
-    worker = GalleryWorker(settings, install_signal_handlers=False)
+    worker = gallery_runner(settings, install_signal_handlers=False)
     task = asyncio.create_task(worker.run(stop))
     try:
         with api_server(settings, tmp_path) as server:
@@ -196,7 +196,7 @@ async def test_import_completed_goes_to_the_topic_of_the_deployment_that_took_th
     theirs = ours.replace(import_completed_topic=ours.topics.import_completed_topic + ".other")
     create_topics_only(theirs)
     stop = asyncio.Event()
-    worker = GalleryWorker(ours, install_signal_handlers=False)
+    worker = gallery_runner(ours, install_signal_handlers=False)
     task = asyncio.create_task(worker.run(stop))
     try:
         with api_server(theirs, tmp_path) as leader:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from streamer.dev.stack import free_port
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from tests.integration.support import (
     drained_worker,
     media,
@@ -146,7 +146,7 @@ async def test_publish_wait_follows_the_bulk_and_exits_by_outcome(
     assert "timed out" in timed_out.stderr and "streamer status --request-id" in timed_out.stderr
 
     stop = asyncio.Event()
-    worker = GalleryWorker(settings, install_signal_handlers=False)
+    worker = gallery_runner(settings, install_signal_handlers=False)
     task = asyncio.create_task(worker.run(stop))
     try:
         ok = await asyncio.to_thread(

@@ -15,7 +15,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from tests.integration.api_support import FULL_TOKEN, READ_TOKEN, api_server
 from tests.integration.browser import chromium, screenshot
 from tests.integration.support import Sender, prepare, put_image, wait_for
@@ -57,6 +57,22 @@ def text_of(driver, element_id: str) -> str:
     return str(find(driver, By.ID, element_id).text)
 
 
+def shows(driver, element_id: str, expected: str) -> bool:
+    """Whether the element comes to hold the text. Two pages in a row can carry the same id
+    (the dry run and the replay), so the element is looked up again until it does: the one
+    found first may belong to the page that is going away."""
+    try:
+        return bool(
+            WebDriverWait(driver, 30).until(
+                expected_conditions.text_to_be_present_in_element((By.ID, element_id), expected)
+            )
+        )
+    except TimeoutException:
+        raise AssertionError(
+            f"no {expected!r} in #{element_id} on {driver.current_url}: {driver.page_source[:3000]}"
+        ) from None
+
+
 def log_in(driver, url: str, token: str) -> None:
     driver.get(f"{url}/ui/")
     assert "/ui/login" in driver.current_url, "pages need a login"
@@ -83,7 +99,7 @@ async def test_console_end_to_end(make_settings, tmp_path, s3_client) -> None:
     ]
     Sender(settings).raw(settings.topics.media_topic, b"CON-X", b"garbage, not avro at all")
     stop = asyncio.Event()
-    worker = GalleryWorker(settings, install_signal_handlers=False)
+    worker = gallery_runner(settings, install_signal_handlers=False)
     task = asyncio.create_task(worker.run(stop))
     loop = asyncio.get_running_loop()
     try:
@@ -176,12 +192,12 @@ async def test_console_end_to_end(make_settings, tmp_path, s3_client) -> None:
             def replay() -> None:
                 driver.find_element(By.CLASS_NAME, "select-letter").click()
                 driver.find_element(By.ID, "dry-run").click()
-                assert "1 of 1 selected dead letter(s) would be sent" in text_of(
-                    driver, "replay-result"
+                assert shows(
+                    driver, "replay-result", "1 of 1 selected dead letter(s) would be sent"
                 )
                 screenshot(driver, "06-replay-dry-run")
                 driver.find_element(By.ID, "confirm-replay").click()
-                assert "Replayed 1 dead letter(s)" in text_of(driver, "replay-result")
+                assert shows(driver, "replay-result", "Replayed 1 dead letter(s)")
                 screenshot(driver, "07-replayed")
 
             await loop.run_in_executor(None, replay)

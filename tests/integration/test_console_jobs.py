@@ -11,7 +11,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from tests.integration.api_support import FULL_TOKEN, api_server
 from tests.integration.browser import chromium, screenshot
 from tests.integration.support import prepare, put_image, replay, wait_for
@@ -29,7 +29,7 @@ async def test_jobs_page_charts_and_pages_instead_of_json(
     put_image(s3_client, settings, "/jobs/manual.pdf", b"%PDF-1.4 not an image")
     put_image(s3_client, settings, "/jobs/broken.png", b"these bytes are not a PNG")
     stop = asyncio.Event()
-    worker = GalleryWorker(settings, install_signal_handlers=False)
+    worker = gallery_runner(settings, install_signal_handlers=False)
     task = asyncio.create_task(worker.run(stop))
     loop = asyncio.get_running_loop()
     env = {"STREAMER_API_SAMPLE_INTERVAL_S": "1"}

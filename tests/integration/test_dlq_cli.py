@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from streamer.cli import app
 from streamer.contract.codec import Codec
-from streamer.errors import DecodeError, ImageInvalid
+from streamer.contract.errors import DecodeError, ImageInvalid
 from streamer.runtime.deadletters import DeadLetter
 from streamer.runtime.publisher import Publisher
 from streamer.settings import Settings
@@ -43,7 +43,11 @@ def dead_letter(
         timestamp=(TIMESTAMP_CREATE_TIME, 1_700_000_000_000 + offset),
     )
     return DeadLetter.from_error(
-        original, error, group_id=settings.gallery.group_id, job="gallery", sku=key.decode()
+        original,
+        error,
+        group_id=settings.gallery.group_id,
+        job="gallery",
+        details={"sku": key.decode()},
     )
 
 
@@ -119,7 +123,7 @@ def test_show_filters_and_decodes_or_shows_raw_bytes(
     assert sorted(item["sku"] for item in shown) == ["SKU-A", "SKU-B"]
     for item in shown:
         assert item["reason"] == "object_missing"
-        assert item["exception_class"] == "streamer.errors.ImageInvalid"
+        assert item["exception_class"] == "streamer.contract.errors.ImageInvalid"
         assert item["original"].startswith(f"{settings.topics.media_topic}[0]@")
         assert item["event"]["sku"] == item["sku"]
         assert item["event"]["images"][0]["file_path"] == "/x.jpg"

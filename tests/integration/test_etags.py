@@ -1,5 +1,6 @@
 """ETag look-ups against the S3 API server: HEAD, LIST and the cost-based choice agree, a
-missing object is None, and a listing stopped at its budget leaves nothing unresolved."""
+missing object is None (a missing bucket is an outage), and a listing stopped at its budget
+leaves nothing unresolved."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import hashlib
 
 import pytest
 
-from streamer.errors import ObjectStoreUnavailable
 from streamer.gallery.etag_plan import FolderSizes
 from streamer.gallery.etags import S3EtagSource, make_etag_source
 from streamer.gallery.metrics import GalleryMetrics
 from streamer.runtime.metrics import new_registry
 from streamer.storage.clients import make_object_store
+from streamer.storage.errors import ObjectStoreUnavailable
 from streamer.storage.keys import s3_key
 
 pytestmark = pytest.mark.integration
@@ -66,7 +67,24 @@ async def test_lookup_returns_etag_size_and_missing(make_settings, s3_client, so
     if source == "list":
         assert requests(metrics, "list") == 2 and requests(metrics, "head") == 0
     else:  # auto: too few keys per folder to be worth a listing
-        assert requests(metrics, "head") == 7 and requests(metrics, "list") == 0
+        # and one listing under a missing key: a HEAD's 404 is also a missing bucket's answer.
+        assert requests(metrics, "head") == 7 and requests(metrics, "list") == 1
+
+
+@pytest.mark.parametrize("source", ["head", "list"])
+async def test_a_bucket_that_does_not_exist_is_an_outage_not_missing_objects(
+    make_settings, source: str
+) -> None:
+    settings = make_settings(etag_source=source, s3_bucket="no-such-bucket")
+    etags = make_etag_source(settings.s3, settings.gallery.etag_source)
+    try:
+        with pytest.raises(ObjectStoreUnavailable) as info:
+            await etags.lookup([s3_key(settings.s3.s3_prefix, "/x/a.jpg")])
+    finally:
+        await etags.close()
+    assert info.value.retriable and info.value.reason == "bucket_missing"
+    assert "'no-such-bucket' does not exist" in info.value.message
+    assert "STREAMER_S3_BUCKET" in info.value.message
 
 
 async def test_unreachable_endpoint_is_a_retriable_error(make_settings) -> None:

@@ -112,7 +112,7 @@ async def test_every_bad_input_lands_in_the_dlq_with_its_reason(make_settings, s
     for letter in letters:
         assert letter.topic == topic
         assert letter.group_id == settings.gallery.group_id
-        assert letter.exception_class.startswith("streamer.errors.")
+        assert letter.exception_class.startswith("streamer.")
         assert letter.message
         assert letter.attempts == 1
         assert letter.first_failure_ms is not None
@@ -151,7 +151,7 @@ async def test_a_database_error_of_one_sku_dead_letters_only_that_sku(
     stored = {r["sku"] for r in await fetch(settings, "SELECT sku FROM gallery_images")}
     assert stored == {"DB-1", "DB-3"}
     letters = dead_letters(settings)
-    assert [(r.reason, r.sku) for r in letters] == [("database_data_error", "DB-2")]
+    assert [(r.reason, r.detail("sku")) for r in letters] == [("database_data_error", "DB-2")]
     assert "no_poison" in letters[0].message
 
 

@@ -94,7 +94,7 @@ async def test_a_delivery_that_keeps_failing_while_others_pass_is_dead_lettered(
     (letter,) = dead_letters(settings)
     details = dict(letter.details)
     assert letter.reason == "webhook_failing"
-    assert letter.job == "forward" and letter.sku == "FWD-03"
+    assert letter.job == "forward" and letter.detail("sku") == "FWD-03"
     assert details["webhook.status"] == "500"
     assert details["webhook.attempts"] == "3"
     assert details["webhook.response"] == "NullPointerException in handler"
@@ -213,7 +213,7 @@ async def test_400_for_one_sku_dead_letters_it_and_delivers_the_rest_then_replay
                 await running.drained(outcomes)
         assert_received(receiver, published, missing=refused)
         letters = dead_letters(settings)
-        assert {(r.reason, r.sku) for r in letters} == {("webhook_refused", "FWD-05")}
+        assert {(r.reason, r.detail("sku")) for r in letters} == {("webhook_refused", "FWD-05")}
         assert len(letters) == 2
         details = dict(letters[0].details)
         assert details["webhook.status"] == "400"
@@ -366,7 +366,11 @@ async def test_an_undecodable_outcome_is_dead_lettered_and_the_rest_delivered(
             await running.drained(outcomes)
         assert_received(receiver, published)
     (letter,) = dead_letters(settings)
-    assert (letter.reason, letter.job, letter.sku) == ("unknown_framing", "forward", "FWD-BAD")
+    assert (letter.reason, letter.job, letter.detail("sku")) == (
+        "unknown_framing",
+        "forward",
+        "FWD-BAD",
+    )
 
 
 async def test_batches_carry_items_in_order_under_stable_ids(make_settings) -> None:

@@ -19,17 +19,17 @@ import boto3
 import pytest
 
 from streamer.contract.codec import Codec
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from streamer.objectindex.records import ObjectChange, parse_notification
 from streamer.objectindex.store import upsert_changes
 from streamer.objects.reconcile import reconcile
-from streamer.objects.sqs import SqsSource
-from streamer.objects.worker import ObjectsWorker, make_handler
+from streamer.objects.worker import make_handler, objects_runner
 from streamer.runtime.metrics import new_registry
 from streamer.settings import Settings
 from streamer.storage.keys import s3_key
 from tests.integration.support import (
     Sender,
+    counted,
     dead_letters,
     fetch,
     media,
@@ -44,6 +44,15 @@ from tests.integration.support import (
 pytestmark = pytest.mark.integration
 
 T_OLD = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def records(worker: Any) -> Counter[str]:
+    """Notification records by result, as the worker's /metrics counts them."""
+    return counted(worker, "streamer_object_notifications_total", "result")
+
+
+def undecodable(worker: Any) -> int:
+    return counted(worker, "streamer_dead_letters_total", "reason")["undecodable"]
 
 
 def objects_settings(make_settings: Any, **overrides: Any) -> Settings:
@@ -118,7 +127,7 @@ async def test_index_from_kafka_is_exact_through_out_of_order_and_duplicate_deli
     sender.raw(topic, b"k", b"{not json")
     sender.flush()
 
-    worker = ObjectsWorker(settings, registry=new_registry(), install_signal_handlers=False)
+    worker = objects_runner(settings, registry=new_registry(), install_signal_handlers=False)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -126,14 +135,7 @@ async def test_index_from_kafka_is_exact_through_out_of_order_and_duplicate_deli
         async def consumed() -> bool:
             if task.done():
                 task.result()
-            return (
-                worker.handler.totals["batches"] > 0
-                and sum(
-                    worker.handler.totals[k]
-                    for k in ("indexed", "not_newer", "other_bucket", "test_event", "dead_lettered")
-                )
-                >= len(sequence) + 2
-            )
+            return sum(records(worker).values()) + undecodable(worker) >= len(sequence) + 2
 
         await wait_for(consumed, timeout_s=60, what="the notifications to be consumed")
     finally:
@@ -144,8 +146,8 @@ async def test_index_from_kafka_is_exact_through_out_of_order_and_duplicate_deli
         "x/gone.jpg": (None, True),
         "x/no-seq.jpg": ("n2", False),
     }
-    totals = worker.handler.totals
-    assert (totals["other_bucket"], totals["test_event"], totals["dead_lettered"]) == (1, 1, 1)
+    totals = records(worker)
+    assert (totals["other_bucket"], totals["test_event"], undecodable(worker)) == (1, 1, 1)
     letters = dead_letters(settings)
     assert [letter.reason for letter in letters] == ["undecodable"]
 
@@ -164,6 +166,9 @@ class Recording:
 
     def delete_message_batch(self, **kwargs: Any) -> Any:
         return self.client.delete_message_batch(**kwargs)
+
+    def get_queue_attributes(self, **kwargs: Any) -> Any:
+        return self.client.get_queue_attributes(**kwargs)
 
 
 async def test_sqs_notifications_from_s3_keep_the_index_and_galleries_follow_an_overwrite(
@@ -206,14 +211,10 @@ async def test_sqs_notifications_from_s3_keep_the_index_and_galleries_follow_an_
     s3.put_object(Bucket=bucket, Key=key_b, Body=b"b-1")
 
     recording = Recording(sqs)
-    source = SqsSource(
-        settings,
-        make_handler(settings),
-        registry=new_registry(),
-        client=recording,
-        install_signal_handlers=False,
+    source = objects_runner(
+        settings, registry=new_registry(), sqs_client=recording, install_signal_handlers=False
     )
-    gallery = GalleryWorker(settings, registry=new_registry(), install_signal_handlers=False)
+    gallery = gallery_runner(settings, registry=new_registry(), install_signal_handlers=False)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(source.run(stop)), asyncio.create_task(gallery.run(stop))]
 
@@ -321,9 +322,9 @@ async def test_sqs_notifications_from_s3_keep_the_index_and_galleries_follow_an_
     )
     assert after == {"SKU-1": 1, "SKU-2": 1}
     missing = [d for d in dead_letters(settings) if d.reason == "object_missing"]
-    assert [d.sku for d in missing] == ["SKU-1"]
-    assert source.handler.totals["test_event"] == 1  # S3's own, when the queue was configured
-    assert source.handler.totals["not_newer"] >= 1  # the late first put (duplicates tie in time)
+    assert [d.detail("sku") for d in missing] == ["SKU-1"]
+    assert records(source)["test_event"] == 1  # S3's own, when the queue was configured
+    assert records(source)["not_newer"] >= 1  # the late first put (duplicates tie in time)
     reg = gallery.registry
     assert reg.get_sample_value("streamer_gallery_rechecks_total", {"result": "changed"}) == 2
     assert (
@@ -495,14 +496,14 @@ async def test_the_sqs_source_waits_for_postgresql_at_start(make_settings, stack
         database_url=f"postgresql://nobody:x@127.0.0.1:{free_port()}/none",
         circuit_reset_timeout_s=0.1,
     )
-    source = SqsSource(settings, make_handler(settings), install_signal_handlers=False)
+    source = objects_runner(settings, registry=new_registry(), install_signal_handlers=False)
     stop = asyncio.Event()
     task = asyncio.create_task(source.run(stop))
     await asyncio.sleep(1.0)  # several attempts at 0.1 s apart
     assert not task.done(), task.exception() if task.done() else None
     stop.set()
     stats = await asyncio.wait_for(task, timeout=10)
-    assert stats.rounds == 0
+    assert stats.batches == 0
 
 
 class StaleThenIndexed:
@@ -555,7 +556,7 @@ async def test_a_gallery_written_behind_the_index_rechecks_itself(make_settings,
     source = StaleThenIndexed(settings, key, "old-etag", new)
     sender = Sender(settings)
     sender.send([media("SKU-RACE", 1, [{"file_path": "/race/a.jpg"}])])
-    worker = GalleryWorker(
+    worker = gallery_runner(
         settings, registry=new_registry(), install_signal_handlers=False, etags=source
     )
     stop = asyncio.Event()

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from streamer.cli import app
 from streamer.dev.stack import free_port
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from tests.integration.support import (
     Sender,
     drained,
@@ -63,13 +63,16 @@ async def test_metrics_match_the_run_and_lag_drains(make_settings, s3_client) ->
     ]
     sender.send(first)
     sender.send(
-        [e.model_copy(update={"event_id": e.event_id[:-4] + "beef"}) for e in first[:4]]
-    )  # no-ops
+        [
+            e.model_copy(update={"event_id": e.event_id[:-4] + "beef", "version": 2})
+            for e in first[:4]
+        ]
+    )  # re-syncs with a newer version: no-ops
     sender.send([media("M-BAD", 1, [{"file_path": "/m/missing.jpg"}])])
     sender.raw(settings.topics.media_topic, b"junk", b"not avro at all")
     sender.flush()
 
-    worker = GalleryWorker(settings, install_signal_handlers=False)
+    worker = gallery_runner(settings, install_signal_handlers=False)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:

@@ -21,7 +21,7 @@ from moto.server import ThreadedMotoServer
 from prometheus_client import CollectorRegistry
 
 from streamer.dev.stack import ensure_database, free_port, with_database
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from streamer.runtime.metrics import new_registry
 from streamer.settings import Settings
 from tests.integration.support import (
@@ -85,7 +85,7 @@ async def run_with_outage(
     sender = Sender(settings)
     sender.send(batch)
     metrics = new_registry()
-    worker = GalleryWorker(settings, registry=metrics, install_signal_handlers=False)
+    worker = gallery_runner(settings, registry=metrics, install_signal_handlers=False)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     seen: dict[str, float] = {}

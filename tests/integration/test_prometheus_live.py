@@ -23,8 +23,8 @@ from pydantic import SecretStr
 
 from streamer.dev.receiver import Receiver
 from streamer.dev.stack import free_port
-from streamer.forward.worker import ForwardWorker
-from streamer.objects.worker import ObjectsWorker
+from streamer.forward.worker import forward_runner
+from streamer.objects.worker import objects_runner
 from streamer.runtime.metrics import new_registry
 from tests.deploy.support import PROMETHEUS
 from tests.deploy.test_dashboard import as_promql, queries
@@ -107,7 +107,7 @@ async def objects_job(settings: Any) -> AsyncIterator[int]:
     admin = AdminClient(objects.kafka.client_config())
     for future in admin.create_topics([NewTopic(objects.objects.objects_topic, 1, 1)]).values():
         future.result(timeout=30)
-    worker = ObjectsWorker(objects, registry=new_registry(), install_signal_handlers=False)
+    worker = objects_runner(objects, registry=new_registry(), install_signal_handlers=False)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
 
@@ -131,7 +131,7 @@ async def forwarding_job(settings: Any, receiver: Receiver) -> AsyncIterator[int
     forward = settings.replace(
         webhook_url=receiver.url, webhook_secret=SecretStr(SECRET), metrics_port=free_port()
     )
-    worker = ForwardWorker(forward, registry=new_registry(), install_signal_handlers=False)
+    worker = forward_runner(forward, registry=new_registry(), install_signal_handlers=False)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
 

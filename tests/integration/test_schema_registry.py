@@ -29,15 +29,16 @@ from typer.testing import CliRunner
 
 from streamer.cli import app
 from streamer.contract.codec import Codec, event_record
+from streamer.contract.errors import SchemaRejected
 from streamer.contract.schemas import schema_dir
-from streamer.errors import SchemaRejected
-from streamer.gallery.worker import GalleryWorker
+from streamer.gallery.worker import gallery_runner
 from tests.integration.api_support import api_server, seed_payload
 from tests.integration.support import (
     Sender,
     fetch,
     media,
     prepare,
+    processed,
     product,
     put_image,
     read_topic,
@@ -153,7 +154,7 @@ async def test_publish_registers_the_writer_schemas_and_the_consumer_reads_the_f
         messages.extend(got)
 
     worker = await run_until_drained(settings, ends_of(messages))
-    assert worker.handler.report.outcomes["written"] >= 1
+    assert processed(worker)["written"] >= 1
     assert (await gallery(settings, "REG-1"))["/reg/a.jpg"]["etag"] == etag
     # The consumer's own outcome events are framed for the same registry.
     outcomes = read_all(settings, settings.topics.outcome_topic, 1)
@@ -310,7 +311,7 @@ async def test_a_worker_whose_outcome_schema_is_refused_stops_with_the_reason_an
     sender = Sender(settings)
     sender.send([media("W-1", 1, [{"file_path": "/w/a.jpg"}])])
 
-    worker = GalleryWorker(settings, install_signal_handlers=False)
+    worker = gallery_runner(settings, install_signal_handlers=False)
     with pytest.raises(SchemaRejected) as info:
         await asyncio.wait_for(worker.run(asyncio.Event()), timeout=120)
     assert f"GalleryUpdated schema for subject {outcome_subject}" in info.value.message

@@ -21,11 +21,12 @@ from typer.testing import CliRunner
 from streamer.cli import app
 from streamer.config import load_section
 from streamer.contract.codec import SINGLE_OBJECT_MAGIC, Codec, event_record
+from streamer.contract.errors import DecodeError, InvalidEvent
 from streamer.contract.events import MAX_IMAGES_PER_EVENT, MAX_VERSION, parse_event
 from streamer.contract.ingest import VersionClock, parse_bulk, parse_jsonl
 from streamer.contract.lean import lean_event, lean_of
 from streamer.contract.schemas import schema_dir
-from streamer.errors import ConfigError, DecodeError, InvalidEvent
+from streamer.errors import ConfigError
 from streamer.forward.client import WebhookClient
 from streamer.forward.settings import ForwardSettings
 from streamer.forward.signing import SigningKeys

@@ -12,11 +12,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pytest
 
-from streamer.errors import (
+from streamer.runtime.checkpoint import Checkpoint, Transaction
+from streamer.runtime.deadletters import DeadLetter
+from streamer.runtime.errors import (
     BrokerUnavailable,
     DatabaseDataError,
     DatabaseUnavailable,
@@ -24,8 +27,6 @@ from streamer.errors import (
     DeliveryUnavailable,
     FencedError,
 )
-from streamer.runtime.checkpoint import Checkpoint, Transaction
-from streamer.runtime.deadletters import DeadLetter
 from streamer.runtime.handler import Batch, Output, OutputMessage, SimpleHandler
 
 pytestmark = pytest.mark.unit
@@ -142,12 +143,11 @@ class CountPerKey(SimpleHandler[Batch]):
     """Counts messages per key; the key ``poison`` is refused by the "database"."""
 
     name = "count"
-    group_id = "g"
 
-    async def prepare(self, batch: Batch) -> Batch:
+    async def decode(self, batch: Batch) -> Batch:
         return batch
 
-    async def write(self, tx: Transaction, plan: Batch) -> Output:
+    async def persist(self, tx: Transaction, plan: Batch, effects: None = None) -> Output:
         self.log.append("write")
         per_key = Counter(m.key().decode() for m in plan.messages)
 
@@ -163,7 +163,9 @@ class CountPerKey(SimpleHandler[Batch]):
             key = msg.key().decode()
             if key in bad:
                 output.letters.append(
-                    DeadLetter.from_error(msg, bad[key], group_id="g", job="count", sku=key)
+                    DeadLetter.from_error(
+                        msg, bad[key], group_id="g", job="count", details={"key": key}
+                    )
                 )
         for key in sorted(set(per_key) - set(bad)):
             output.messages.append(
@@ -173,6 +175,12 @@ class CountPerKey(SimpleHandler[Batch]):
 
     def __init__(self, log: list[str]) -> None:
         self.log = log
+
+
+async def commit(checkpoint: Checkpoint, handler: CountPerKey, b: Batch) -> Output:
+    """What the pipeline asks of the checkpoint: the batch's offsets (epoch 1), its persist."""
+    offsets = {tp: (offset, 1) for tp, offset in b.next_offsets.items()}
+    return await checkpoint.commit(offsets, partial(handler.persist, plan=b, effects=None))
 
 
 def setup() -> tuple[Store, Broker, CountPerKey, Checkpoint]:
@@ -191,7 +199,7 @@ def batch(*keys: str, start: int = 0) -> Batch:
 
 async def test_writes_publishes_and_commits_in_the_documented_order() -> None:
     store, broker, handler, checkpoint = setup()
-    output = await checkpoint.commit(batch("a", "b", "a"), {TP: 1}, handler, batch("a", "b", "a"))
+    output = await commit(checkpoint, handler, batch("a", "b", "a"))
     assert store.log == [
         "begin",
         "advance",
@@ -212,7 +220,7 @@ async def test_a_fenced_commit_lands_nothing_and_publishes_nothing() -> None:
     store.epochs[TP] = 2  # another worker claimed the partition since we did
     b = batch("a", "b")
     with pytest.raises(FencedError) as info:
-        await checkpoint.commit(b, {TP: 1}, handler, b)
+        await commit(checkpoint, handler, b)
     assert info.value.partitions == [TP]
     assert (store.rows, store.offsets, store.commits) == ({}, {}, 0)
     assert broker.acked == [] and "write" not in store.log
@@ -224,10 +232,10 @@ async def test_a_delivery_failure_at_the_publish_step_rolls_the_batch_back() -> 
     broker.fail_flush = DeliveryUnavailable("1 message(s) not acknowledged by the broker")
     b = batch("a", "b")
     with pytest.raises(DeliveryUnavailable):
-        await checkpoint.commit(b, {TP: 1}, handler, b)
+        await commit(checkpoint, handler, b)
     assert (store.rows, store.offsets, store.commits) == ({}, {}, 0)
     assert broker.acked == []
-    await checkpoint.commit(b, {TP: 1}, handler, b)  # the broker is back: the retry lands it
+    await commit(checkpoint, handler, b)  # the broker is back: the retry lands it
     assert store.rows == {"a": 1, "b": 1} and store.offsets == {TP: 2}
     assert sorted(broker.acked) == [("out", b"a"), ("out", b"b")]
 
@@ -237,7 +245,7 @@ async def test_a_refused_delivery_waits_as_an_outage_instead_of_crashing() -> No
     broker.fail_flush = DeliveryRefused("Message size too large")
     b = batch("a")
     with pytest.raises(BrokerUnavailable, match="refused") as info:
-        await checkpoint.commit(b, {TP: 1}, handler, b)
+        await commit(checkpoint, handler, b)
     assert info.value.retriable and info.value.dependency == "kafka"
     assert store.commits == 0
 
@@ -247,29 +255,31 @@ async def test_a_retried_batch_does_not_publish_what_the_broker_already_acknowle
     store.fail_commit = True  # published and acknowledged, then the COMMIT is lost
     b = batch("a", "b", "poison")
     with pytest.raises(DatabaseUnavailable):
-        await checkpoint.commit(b, {TP: 1}, handler, b)
+        await commit(checkpoint, handler, b)
     assert (store.rows, store.commits) == ({}, 0)
     published_once = list(broker.acked)
     assert sorted(published_once) == [("dlq", b"poison"), ("out", b"a"), ("out", b"b")]
 
     store.log.clear()
-    await checkpoint.commit(b, {TP: 1}, handler, b)
+    await commit(checkpoint, handler, b)
     assert "flush" not in store.log and not any(e.startswith("produce") for e in store.log)
     assert broker.acked == published_once, "nothing published twice"
     assert store.rows == {"a": 1, "b": 1} and store.offsets == {TP: 3}
 
     store.log.clear()  # the next batch publishes again: the guard is per batch
-    await checkpoint.commit(batch("a", start=3), {TP: 1}, handler, batch("a", start=3))
+    await commit(checkpoint, handler, batch("a", start=3))
     assert broker.acked[-1] == ("out", b"a") and store.rows["a"] == 2
 
 
 async def test_a_data_error_of_one_key_dead_letters_that_key_only() -> None:
     store, broker, handler, checkpoint = setup()
     b = batch("a", "poison", "b", "poison")
-    output = await checkpoint.commit(b, {TP: 1}, handler, b)
+    output = await commit(checkpoint, handler, b)
     assert store.rows == {"a": 1, "b": 1}, "the other keys are written"
     assert store.offsets == {TP: 4}, "the offsets pass the dead-lettered messages too"
-    assert [(letter.sku, letter.reason, letter.offset) for letter in output.letters] == [
+    assert [
+        (dict(letter.details)["key"], letter.reason, letter.offset) for letter in output.letters
+    ] == [
         ("poison", "database_data_error", 1),
         ("poison", "database_data_error", 3),
     ]

@@ -17,9 +17,9 @@ from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from streamer.contract.codec import SINGLE_OBJECT_MAGIC, Codec, event_record, registry_config
+from streamer.contract.errors import DecodeError
 from streamer.contract.events import MediaGalleryChanged, ProductChanged
 from streamer.contract.schemas import schema_dir
-from streamer.errors import DecodeError
 from tests.samples import unknown_schema_message
 
 pytestmark = pytest.mark.unit
@@ -188,7 +188,7 @@ def test_bad_bytes_raise_decode_error_with_reason(value, reason: str) -> None:
 
 
 def test_event_that_decodes_but_breaks_the_contract_is_invalid_not_undecodable() -> None:
-    from streamer.errors import InvalidEvent
+    from streamer.contract.errors import InvalidEvent
 
     codec = Codec()
     record = event_record(media_event())

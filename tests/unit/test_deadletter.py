@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
 
-from streamer.errors import ImageInvalid
+from streamer.contract.errors import ImageInvalid
 from streamer.runtime.deadletters import (
     HEADER_PREFIX,
     DeadLetter,
@@ -68,14 +68,14 @@ def letter_for(msg: Message, **kw: object) -> DeadLetter:
 
 def test_from_error_keeps_the_original_message_and_names_the_error() -> None:
     before = int(time.time() * 1000)
-    letter = letter_for(original(), sku="SKU-1")
+    letter = letter_for(original(), details={"sku": "SKU-1"})
     after = int(time.time() * 1000)
     assert (letter.key, letter.value) == (b"SKU-1", b"\xc3\x01avro-bytes")
     assert letter.headers == [("traceparent", b"00-abc-01")]
     assert (letter.topic, letter.partition, letter.offset) == (SOURCE, 3, 41)
     assert letter.timestamp_ms == 1_700_000_000_123
     assert (letter.reason, letter.message) == ("object_missing", "object /a.jpg is missing")
-    assert letter.exception_class == "streamer.errors.ImageInvalid"
+    assert letter.exception_class == "streamer.contract.errors.ImageInvalid"
     assert letter.attempts == 1
     assert letter.first_failure_ms is not None and before <= letter.first_failure_ms <= after
     assert letter.last_failure_ms == letter.first_failure_ms
@@ -89,7 +89,7 @@ def test_unexpected_errors_get_a_reason_too() -> None:
 
 
 def test_headers_round_trip_through_the_dead_letter_topic() -> None:
-    letter = letter_for(original(), sku="SKU-1")
+    letter = letter_for(original(), details={"sku": "SKU-1"})
     headers = dict(letter.kafka_headers())
     for name in (
         "reason",
@@ -123,7 +123,7 @@ def test_headers_round_trip_through_the_dead_letter_topic() -> None:
     )
     assert (record.topic, record.partition, record.offset) == (SOURCE, 3, 41)
     assert record.timestamp_ms == 1_700_000_000_123
-    assert (record.attempts, record.group_id, record.sku) == (1, "streamer", "SKU-1")
+    assert (record.attempts, record.group_id, record.detail("sku")) == (1, "streamer", "SKU-1")
     assert (record.first_failure_ms, record.last_failure_ms) == (
         letter.first_failure_ms,
         letter.last_failure_ms,
@@ -135,7 +135,7 @@ def test_sku_header_only_when_known_and_missing_timestamp_reads_back_as_none() -
     letter = letter_for(msg)
     assert HEADER_PREFIX + "sku" not in dict(letter.kafka_headers())
     record = DeadLetterRecord.from_message(on_dlq(letter))
-    assert record.sku is None
+    assert record.detail("sku") is None
     assert record.timestamp_ms is None
 
 
@@ -151,7 +151,7 @@ def test_message_header_is_cut_to_4_kib_without_splitting_a_character() -> None:
 
 
 def test_error_headers_of_an_earlier_failure_are_replaced_not_stacked() -> None:
-    first = letter_for(original(), sku="SKU-1")
+    first = letter_for(original(), details={"sku": "SKU-1"})
     again = DeadLetter.from_error(
         original(headers=first.kafka_headers()), ValueError("x"), group_id="g"
     )
@@ -163,7 +163,9 @@ def test_error_headers_of_an_earlier_failure_are_replaced_not_stacked() -> None:
 
 def test_attempts_and_first_failure_carry_through_a_replay() -> None:
     first = replace(
-        letter_for(original(), sku="SKU-1"), first_failure_ms=1000, last_failure_ms=1000
+        letter_for(original(), details={"sku": "SKU-1"}),
+        first_failure_ms=1000,
+        last_failure_ms=1000,
     )
     record = DeadLetterRecord.from_message(on_dlq(first, offset=9))
 
@@ -175,7 +177,7 @@ def test_attempts_and_first_failure_carry_through_a_replay() -> None:
     assert attempts_from_headers(back.headers()) == (1, 1000)
 
     previous, _ = attempts_from_headers(back.headers())
-    second = letter_for(back, attempts=previous + 1, sku="SKU-1")
+    second = letter_for(back, attempts=previous + 1, details={"sku": "SKU-1"})
     assert second.first_failure_ms == 1000, "the first failure is kept across the replay"
     assert second.last_failure_ms is not None and second.last_failure_ms > 1000
     record2 = DeadLetterRecord.from_message(on_dlq(second, offset=10))
@@ -198,21 +200,21 @@ def test_attempts_from_headers_of_a_fresh_or_garbled_message(
     assert attempts_from_headers(headers) == (0, None)
 
 
-def test_filters_by_reason_sku_topic_and_time() -> None:
-    letter = replace(letter_for(original(), sku="SKU-1"), last_failure_ms=5000)
+def test_filters_by_reason_key_topic_and_time() -> None:
+    letter = replace(letter_for(original(), details={"sku": "SKU-1"}), last_failure_ms=5000)
     record = DeadLetterRecord.from_message(on_dlq(letter))
     assert DeadLetterFilter().matches(record)
-    assert DeadLetterFilter(reason="object_missing", sku="SKU-1", topic=SOURCE).matches(record)
+    assert DeadLetterFilter(reason="object_missing", key="SKU-1", topic=SOURCE).matches(record)
     assert not DeadLetterFilter(reason="undecodable").matches(record)
-    assert not DeadLetterFilter(sku="SKU-2").matches(record)
+    assert not DeadLetterFilter(key="SKU-2").matches(record)
     assert not DeadLetterFilter(topic="catalog.product.v1").matches(record)
     assert DeadLetterFilter(since_ms=5000, until_ms=5000).matches(record)
     assert not DeadLetterFilter(since_ms=5001).matches(record)
     assert not DeadLetterFilter(until_ms=4999).matches(record)
     assert DeadLetterFilter(job="gallery").matches(record)
     assert not DeadLetterFilter(job="forward").matches(record)
-    unknown_sku = DeadLetterRecord.from_message(on_dlq(letter_for(original())))
-    assert DeadLetterFilter(sku="SKU-1").matches(unknown_sku), "falls back to the message key"
+    no_detail = DeadLetterRecord.from_message(on_dlq(letter_for(original())))
+    assert DeadLetterFilter(key="SKU-1").matches(no_detail), "the message key, whatever the job"
 
 
 def test_oversized_value_is_cut_with_its_size_and_hash() -> None:

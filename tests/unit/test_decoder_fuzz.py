@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamer.contract.codec import SINGLE_OBJECT_MAGIC, Codec
+from streamer.contract.errors import DecodeError, InvalidEvent
 from streamer.contract.events import MediaGalleryChanged, ProductChanged
 from streamer.contract.schemas import known_schemas
-from streamer.errors import DecodeError, InvalidEvent
 
 pytestmark = pytest.mark.unit
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
+
 import pytest
 
+from streamer.runtime import faults
 from streamer.runtime.faults import CrashPoints
 
 pytestmark = pytest.mark.unit
@@ -37,3 +43,51 @@ def test_an_unknown_point_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         CrashPoints.from_env()
     monkeypatch.setenv("STREAMER_TEST_CRASH_POINTS", "after_offsets:0.5, after_publish:0.25")
     assert CrashPoints.from_env().probabilities == {"after_offsets": 0.5, "after_publish": 0.25}
+
+
+def test_the_variable_alone_arms_nothing_at_import() -> None:
+    """A deployment that carries the variable by accident: importing the module (as every
+    worker does) and passing a point leaves the process alive. In a child process, so that
+    a failure kills the child, not the test run."""
+    code = (
+        "from streamer.runtime import faults\n"
+        "faults.crash_point('after_offsets'); faults.crash_point('after_publish')\n"
+        "print('alive', faults.armed())\n"
+    )
+    env = {**os.environ, "STREAMER_TEST_CRASH_POINTS": "after_offsets:1.0,after_publish:1.0"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().split() == ["alive", "False"]
+
+
+def test_armed_at_start_from_the_variable_and_announced_loudly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("STREAMER_TEST_CRASH_POINTS", "after_offsets:1.0")
+    monkeypatch.setattr(faults, "_points", CrashPoints({}))
+    with caplog.at_level(logging.WARNING, logger="streamer.runtime.faults"):
+        faults.announce()
+    assert "set but ignored" in caplog.text and "ARMED" not in caplog.text
+    assert not faults.armed()
+
+    caplog.clear()
+    points = faults.arm_from_env()
+    killed: list[str] = []
+    points._kill = lambda: killed.append("killed")
+    with caplog.at_level(logging.WARNING, logger="streamer.runtime.faults"):
+        faults.announce()
+        faults.crash_point("after_offsets")
+    assert "TEST CRASH POINTS ARMED (after_offsets:1)" in caplog.text
+    assert killed == ["killed"]
+
+
+def test_nothing_announced_when_nothing_is_asked(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("STREAMER_TEST_CRASH_POINTS", raising=False)
+    monkeypatch.setattr(faults, "_points", CrashPoints({}))
+    with caplog.at_level(logging.DEBUG, logger="streamer.runtime.faults"):
+        faults.announce()
+    assert caplog.text == ""

@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.contract.events import MediaGalleryChanged, ProductChanged
-from streamer.contract.lean import LeanEvent, lean_of
+from streamer.contract.lean import LeanEvent, lean_fingerprint, lean_of
 from streamer.gallery import fold as fold_module
 from streamer.gallery.diff import diff, image_result_counts
-from streamer.gallery.fold import EventOutcome, FoldRules, fold, keys_in_play
-from streamer.gallery.state import ObjectInfo, SkuState, StoredImage
+from streamer.gallery.fold import EventOutcome, FoldRules, fold, fold_batch, keys_in_play
+from streamer.gallery.state import ObjectInfo, SeenEvent, SkuState, StoredImage
 
 pytestmark = pytest.mark.unit
 
@@ -44,11 +44,13 @@ def media(
     )
 
 
-def product(version: int, op: str = "UPSERT", name: str | None = "n") -> LeanEvent:
+def product(
+    version: int, op: str = "UPSERT", name: str | None = "n", event_id: str | None = None
+) -> LeanEvent:
     return lean_of(
         ProductChanged.model_validate(
             {
-                "event_id": str(uuid.uuid4()),
+                "event_id": event_id or str(uuid.uuid4()),
                 "sku": "S",
                 "version": version,
                 "occurred_at": NOW,
@@ -115,8 +117,9 @@ def test_first_sync_inserts_every_image_with_its_etag() -> None:
 
 
 def test_identical_resend_is_a_noop_with_no_writes() -> None:
-    start = state(stored("/a.jpg", roles=("image",)))
-    result, d = run(start, [media(1, [{"file_path": "/a.jpg", "roles": ["image"]}])])
+    event = media(1, [{"file_path": "/a.jpg", "roles": ["image"]}])
+    start = state(stored("/a.jpg", roles=("image",)), gallery_event_id=event.event_id)
+    result, d = run(start, [event])
     assert result.results[0].outcome is EventOutcome.NOOP
     assert d.is_noop
 
@@ -177,6 +180,59 @@ def test_equal_version_is_applied_again_idempotently() -> None:
     start = state(stored("/a.jpg"), version=5)
     result, _ = run(start, [media(5, [{"file_path": "/a.jpg"}])])
     assert result.results[0].outcome is EventOutcome.NOOP
+
+
+FIRST, SECOND = "f0000000-0000-4000-8000-000000000000", "10000000-0000-4000-8000-000000000000"
+
+
+def test_the_first_event_to_reach_a_version_keeps_it() -> None:
+    """Two events with one version: the first keeps it and the second is stale, whatever
+    their ids; the first again is a duplicate."""
+    first = media(5, [{"file_path": "/a.jpg"}], "REPLACE", event_id=FIRST)
+    second = media(5, [{"file_path": "/b.jpg"}], "REPLACE", event_id=SECOND)
+    result, _ = run(state(stored("/c.jpg"), version=1), [first, second, first])
+    assert [r.outcome for r in result.results] == [
+        EventOutcome.WRITTEN,
+        EventOutcome.STALE,
+        EventOutcome.DUPLICATE,
+    ]
+    assert set(result.state.images) == {"/a.jpg"}
+    assert result.state.gallery_key == (5, FIRST)
+
+
+def test_a_product_version_tie_goes_to_the_first() -> None:
+    events = [product(5, name="first", event_id=SECOND), product(5, name="then", event_id=FIRST)]
+    result, d = run(state(version=1), events)
+    assert result.state.name == "first"
+    assert d.product is not None and d.product.product_key == (5, SECOND)
+
+
+def test_a_re_sent_no_op_event_does_not_undo_the_event_that_tied_with_it() -> None:
+    """Regression: equal versions were applied in arrival order, and a no-op leaves no
+    outcome row, so a no-op re-sent after a tying event was applied again and undid it: the
+    state depended on whether a copy came back (and, for any event, on the retention)."""
+    resync = product(5, name="old", event_id=FIRST)
+    rename = product(5, name="new", event_id=SECOND)
+    start = state(version=1, name="old")
+    once, _ = run(start, [resync, rename])
+    again, _ = run(start, [resync, rename, resync])
+    assert [r.outcome for r in again.results] == [
+        EventOutcome.NOOP,
+        EventOutcome.STALE,
+        EventOutcome.NOOP,
+    ]
+    assert once.state == again.state and again.state.name == "old"
+
+
+def test_a_version_set_by_an_unknown_event_is_taken_over_once() -> None:
+    """A row stored before versions kept their event: the next event with that version takes
+    it over (a version-only write, the watermark), and another one after it is stale."""
+    start = state(stored("/a.jpg"), version=5)
+    takeover = media(5, [{"file_path": "/a.jpg"}], event_id=FIRST)
+    result, d = run(start, [takeover, media(5, [{"file_path": "/b.jpg"}], event_id=SECOND)])
+    assert [r.outcome for r in result.results] == [EventOutcome.NOOP, EventOutcome.STALE]
+    assert not d.images_changed and d.product is not None
+    assert d.product.gallery_key == (5, FIRST)
 
 
 def test_delete_removes_the_gallery_and_an_older_media_event_after_it_is_stale() -> None:
@@ -296,6 +352,30 @@ def test_image_limit(limit, kept, dropped) -> None:
     result, _ = run(SkuState(sku="S"), [media(1, images)], rules=FoldRules(image_limit=limit))
     assert sorted(result.state.images) == kept
     assert result.image_counts["dropped_limit"] == dropped
+
+
+def test_other_content_under_the_id_of_a_partial_event_is_dead_lettered() -> None:
+    """Regression: a partial event's id let other content through (it was replayable), which
+    then took the id over: the partial event's own replay was dead-lettered instead of
+    completing it. The id stays the partial event's; its replay still applies."""
+    event_id = str(uuid.uuid4())
+    partial = media(1, [{"file_path": "/a.jpg"}, {"file_path": "/late.jpg"}], event_id=event_id)
+    other = media(2, [{"file_path": "/b.jpg"}], event_id=event_id)
+    first, _ = run(SkuState(sku="S"), [partial, other])
+    assert [r.outcome for r in first.results] == [
+        EventOutcome.PARTIAL,
+        EventOutcome.DEAD_LETTERED,
+    ]
+    assert first.results[1].reason == "duplicate_event_id"
+    assert set(first.state.images) == {"/a.jpg"}
+    seen = {event_id: SeenEvent(first.results[0].fingerprint, "partial")}
+    uploaded = {**OBJECTS, "/late.jpg": obj("etag-late")}
+    replay = fold(first.state, [other, partial], uploaded, RULES, seen)
+    assert [r.outcome for r in replay.results] == [
+        EventOutcome.DEAD_LETTERED,
+        EventOutcome.WRITTEN,
+    ]
+    assert set(replay.state.images) == {"/a.jpg", "/late.jpg"}
 
 
 def test_duplicate_event_id_same_content_is_a_duplicate_different_content_is_dead_lettered() -> (
@@ -461,21 +541,84 @@ def test_the_fast_path_on_re_syncs_that_echo_the_stored_state(
     assert diff(start, fast.state) == diff(start, full.state)
 
 
-def test_a_duplicate_of_a_no_op_event_is_folded_again_wherever_the_batch_splits() -> None:
-    """Regression: the fold remembered every event id of its batch, the store only those that
-    wrote. A duplicate of a no-op event after an out-of-order delete then resurrected the
-    gallery or not depending on whether both copies fell into one batch."""
+@pytest.mark.parametrize("delete_first", [False, True])
+def test_a_duplicate_of_a_no_op_event_after_a_tying_delete_changes_nothing(
+    delete_first: bool,
+) -> None:
+    """Regression (twice over): the fold remembered every event id of its batch, the store only
+    those that wrote, so a duplicate of a no-op event after an out-of-order delete resurrected
+    the gallery or not depending on whether both copies fell into one batch. Folded again
+    in any batch since, it still resurrected it: a re-sent event changing state. Now the
+    first of the two to reach version 4 keeps it, and the copy changes nothing, wherever
+    batches split."""
     start = state(stored("/a.jpg"), version=1)
     resync = media(4, [{"file_path": "/a.jpg"}])
-    events = [resync, product(4, "DELETE"), resync]
+    delete = product(4, "DELETE")
+    events = [delete, resync, delete] if delete_first else [resync, delete, resync]
     whole = fold(start, events, OBJECTS, RULES)
-    assert [r.outcome for r in whole.results] == [
-        EventOutcome.NOOP,
-        EventOutcome.WRITTEN,
-        EventOutcome.WRITTEN,
-    ]
+    once = fold(start, events[:2], OBJECTS, RULES)
+    assert whole.state == once.state
     for cut in (1, 2):
         first = fold(start, events[:cut], OBJECTS, RULES)
         second = fold(first.state, events[cut:], OBJECTS, RULES)
         assert second.state == whole.state
-    assert not whole.state.deleted and set(whole.state.images) == {"/a.jpg"}
+    assert whole.state.deleted is delete_first
+    assert whole.results[1].outcome is EventOutcome.STALE
+
+
+def test_an_id_reused_by_two_skus_in_one_batch_is_judged_in_consume_order() -> None:
+    """Regression: SKUs were folded one by one, each remembering only its own ids, so an id
+    written by one SKU and reused by another was dead-lettered when they came in two batches
+    but applied twice in one (the outcome row then went to whichever was recorded last)."""
+    event_id = str(uuid.uuid4())
+    a = media(1, [{"file_path": "/a.jpg"}], event_id=event_id)
+    b = lean_of(
+        MediaGalleryChanged.model_validate(
+            {**_model_fields(a), "sku": "T", "images": [{"file_path": "/b.jpg"}]}
+        )
+    )
+    states = {"S": SkuState("S"), "T": SkuState("T")}
+    seen: dict[str, SeenEvent] = {}
+    together = fold_batch(states, [a, b], OBJECTS, RULES, seen)
+    assert together["S"].results[0].outcome is EventOutcome.WRITTEN
+    assert together["T"].results[0].outcome is EventOutcome.DEAD_LETTERED
+    assert together["T"].results[0].reason == "duplicate_event_id"
+    assert set(seen) == {event_id} and seen[event_id].fingerprint == lean_fingerprint(a)
+    apart: dict[str, SeenEvent] = {}
+    fold_batch(states, [a], OBJECTS, RULES, apart)
+    later = fold_batch(states, [b], OBJECTS, RULES, apart)
+    assert later["T"].results[0].reason == "duplicate_event_id"
+    assert together["T"].state == later["T"].state == states["T"]
+
+
+def _model_fields(event: LeanEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "version": event.version,
+        "occurred_at": event.occurred_at,
+        "source": event.source,
+        "mode": "UPSERT",
+    }
+
+
+def test_objects_are_looked_up_for_an_event_after_one_dead_lettered_for_its_id() -> None:
+    """Regression (found by the chaos campaign, seed 3): the objects a batch looks up were
+    named by replaying versions through the batch, as if every event applied. An event
+    dead-lettered for a reused id moved that replay's version past a later, older event,
+    whose objects were then not looked up; the fold applied that event and found its
+    object "missing": a false object_missing dead letter, the image not stored."""
+    event_id = str(uuid.uuid4())
+    owner = media(10, [{"file_path": "/a.jpg"}], event_id=event_id)
+    reused = media(12, [{"file_path": "/b.jpg"}], "REPLACE", event_id=event_id)
+    later = media(11, [{"file_path": "/c.jpg"}], "REPLACE")
+    wanted = keys_in_play(SkuState(""), [reused, later])  # as the handler asks, before reading
+    assert "/c.jpg" in wanted
+    looked_up = {p: o for p, o in OBJECTS.items() if p in wanted}
+    start = state(stored("/a.jpg"), version=10, gallery_event_id=event_id)
+    seen = {event_id: SeenEvent(lean_fingerprint(owner), "written")}
+    result = fold(start, [reused, later], looked_up, RULES, seen)
+    assert [r.outcome for r in result.results] == [
+        EventOutcome.DEAD_LETTERED,
+        EventOutcome.WRITTEN,
+    ]
+    assert set(result.state.images) == {"/c.jpg"}

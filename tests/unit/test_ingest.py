@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from streamer.contract.errors import InvalidEvent
 from streamer.contract.ingest import VersionClock, detect_format, parse_bulk, parse_jsonl
-from streamer.errors import InvalidEvent
 
 pytestmark = pytest.mark.unit
 

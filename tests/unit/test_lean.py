@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from streamer.contract.codec import Codec
+from streamer.contract.errors import InvalidEvent
 from streamer.contract.events import fingerprint, parse_event
 from streamer.contract.lean import lean_event, lean_fingerprint, lean_of
-from streamer.errors import InvalidEvent, StreamerError
+from streamer.errors import StreamerError
 
 pytestmark = pytest.mark.unit
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.unit
 
 def emit(fmt: str) -> str:
     out = io.StringIO()
-    configure_logging("INFO", fmt, stream=out)  # type: ignore[arg-type]
+    configure_logging("INFO", fmt, stream=out, fields=("sku",))  # type: ignore[arg-type]
     set_process_fields(job="gallery", group="g1")
     log = logging.getLogger("streamer.test")
     log.info("dead-lettered: x", extra={"topic": "t", "partition": 3, "offset": 9, "sku": "S"})
@@ -31,7 +31,7 @@ def test_json_lines_carry_the_same_fields_every_time() -> None:
     lines = [json.loads(line) for line in emit("json").splitlines() if line.startswith("{")]
     assert len(lines) == 2
     for line in lines:
-        assert set(FIELDS) <= set(line), line
+        assert {*FIELDS, "sku"} <= set(line), line
         assert line["job"] == "gallery" and line["group"] == "g1"
     assert (lines[0]["topic"], lines[0]["partition"], lines[0]["offset"], lines[0]["sku"]) == (
         "t", 3, 9, "S",

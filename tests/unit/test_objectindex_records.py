@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from streamer.errors import DecodeError
+from streamer.contract.errors import DecodeError
 from streamer.objectindex.records import (
     ObjectChange,
     latest_per_key,

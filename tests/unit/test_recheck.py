@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from streamer.contract.codec import Codec
+from streamer.contract.errors import InvalidEvent
 from streamer.contract.lean import LeanRecheck
-from streamer.errors import InvalidEvent
 from streamer.gallery.diff import diff
 from streamer.gallery.fold import EventOutcome, FoldRules, fold, keys_in_play
 from streamer.gallery.outcomes import gallery_updated

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from streamer.contract.codec import Codec
-from streamer.errors import ConfigError, DecodeError, InvalidEvent
+from streamer.contract.errors import DecodeError, InvalidEvent
+from streamer.errors import ConfigError
 from streamer.replicate.event import GalleryState, decode_gallery
 from streamer.replicate.handler import moved
 from streamer.replicate.repository import lock_key

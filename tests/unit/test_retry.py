@@ -8,15 +8,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamer.errors import (
-    DatabaseDataError,
-    DatabaseUnavailable,
-    ObjectStoreUnavailable,
-    RetriableError,
-)
 from streamer.runtime.circuit import CircuitBreaker, CircuitOpenError
+from streamer.runtime.errors import DatabaseDataError, DatabaseUnavailable, StateChanged
 from streamer.runtime.metrics import RuntimeMetrics as Metrics
 from streamer.runtime.retry import RetryPolicy, retry_async
+from streamer.storage.errors import ObjectStoreUnavailable
 
 pytestmark = pytest.mark.unit
 
@@ -188,9 +184,9 @@ async def test_non_retriable_answer_counts_as_the_dependency_being_up() -> None:
 
 async def test_errors_of_another_dependency_do_not_trip_this_breaker() -> None:
     breaker = CircuitBreaker("s3", failure_threshold=1, reset_timeout_s=5)
-    call = failing([DatabaseUnavailable("pg down"), RetriableError("throttled")])
+    call = failing([DatabaseUnavailable("pg down"), ObjectStoreUnavailable("throttled")])
     sleep = Recorder()
-    with pytest.raises(RetriableError, match="throttled"):
+    with pytest.raises(ObjectStoreUnavailable, match="throttled"):
         await retry_async(
             call,
             dependency="s3",
@@ -198,7 +194,7 @@ async def test_errors_of_another_dependency_do_not_trip_this_breaker() -> None:
             breaker=breaker,
             sleep=sleep,
         )
-    # The PostgreSQL error did not count against S3; the unlabelled retriable one did.
+    # The PostgreSQL error did not count against S3; the S3 one did.
     assert breaker.state == "open"
     assert call.calls == 2  # type: ignore[attr-defined]
 
@@ -225,3 +221,16 @@ async def test_a_wait_longer_than_the_largest_backoff_is_left_to_the_runner(
     assert info.value.retry_after_s == 3600
     assert sleep.delays == []
     assert call.calls == 1  # type: ignore[attr-defined]
+
+
+async def test_a_batch_the_runner_takes_again_is_not_retried_here() -> None:
+    """A fenced or re-planned batch is retriable for the runner (it takes the batch again at
+    once), not a dependency's failure to back off from: raised at once, breaker untouched."""
+    breaker = CircuitBreaker("postgres", failure_threshold=1, reset_timeout_s=5)
+    call = failing([StateChanged(["SKU-1"])])
+    with pytest.raises(StateChanged):
+        await retry_async(
+            call, dependency="postgres", policy=POLICY, breaker=breaker, sleep=Recorder()
+        )
+    assert StateChanged.retriable and call.calls == 1  # type: ignore[attr-defined]
+    assert breaker.state == "closed"

@@ -1,21 +1,21 @@
-"""The runner's overlap without servers: batch N+1 is polled and prepared while N commits,
-planned only after N committed, and prepared afresh when N's commit failed or was fenced.
+"""The look-ahead without servers: batch N+1 is polled and decoded while N commits, planned
+only after N committed (on N's writes), and decoded afresh when N's commit failed or was fenced.
 
-The consumer, the checkpoint and the handler are small fakes that log what the runner
-asks of them; a commit waits (bounded) until the next batch's preparation has begun,
-so the overlap is shown by the order of the log, never by timing.
+The source, the checkpoint and the handler are small fakes that log what the runner asks
+of them; a commit waits (bounded) until the next batch's decode has begun, so the overlap
+is shown by the order of the log, never by timing.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from streamer.errors import DatabaseUnavailable, FencedError
-from streamer.runtime.handler import Batch, Output, SimpleHandler
+from streamer.runtime.errors import DatabaseUnavailable, FencedError
+from streamer.runtime.handler import Batch, HandlerBase, Output
 from streamer.runtime.runner import Runner
 from streamer.runtime.settings import DatabaseSettings, KafkaSettings, RuntimeSettings
 from tests.unit.test_checkpoint import Msg
@@ -33,94 +33,146 @@ def name(batch: Batch) -> str:
     return "+".join(f"{m.partition()}:{m.offset()}" for m in batch.messages)
 
 
-class Recorder(SimpleHandler[Batch]):
+@dataclass
+class Decoded:
+    batch: Batch
+    reads: dict[str, dict[str, Any]] = field(default_factory=lambda: {"last": {}})
+
+
+class Recorder(HandlerBase):
+    """A look-ahead handler: each batch reads the name of the last batch committed (as a
+    job reads its stored state) and writes its own name."""
+
     topics = (TOPIC,)
+    look_ahead = True
 
     def __init__(self, log: list[str]) -> None:
         self.log = log
-        self.preparing: dict[str, asyncio.Event] = {}
+        self.decoding: dict[str, asyncio.Event] = {}
+        self.stored = "-"  # what the database holds: written at each commit
+        self.planned_on: dict[str, str] = {}
 
-    def started_preparing(self, batch_name: str) -> asyncio.Event:
-        return self.preparing.setdefault(batch_name, asyncio.Event())
+    def started_decoding(self, batch_name: str) -> asyncio.Event:
+        return self.decoding.setdefault(batch_name, asyncio.Event())
 
-    async def prepare(self, batch: Batch) -> Batch:
-        self.log.append(f"prepare {name(batch)}")
-        self.started_preparing(name(batch)).set()
+    async def decode(self, batch: Batch) -> Decoded:
+        self.log.append(f"decode {name(batch)}")
+        self.started_decoding(name(batch)).set()
+        read = self.stored
         await asyncio.sleep(0)
-        return batch
+        return Decoded(batch, {"last": {"name": read}})
 
-    async def plan(self, prepared: Batch) -> Batch:
-        self.log.append(f"plan {name(prepared)}")
-        return prepared
+    def plan(self, decoded: Decoded) -> Batch:
+        self.log.append(f"plan {name(decoded.batch)}")
+        self.planned_on[name(decoded.batch)] = decoded.reads["last"]["name"]
+        return decoded.batch
 
-    async def write(self, tx: Any, plan: Batch) -> Output:
-        return Output()
+    async def effects(self, plan: Batch) -> None:
+        return None
 
-    def committed(self, plan: Batch, output: Output) -> None:
+    async def persist(self, tx: Any, plan: Batch, effects: None) -> Output:
+        self.stored = name(plan)
+        return Output(writes={"last": {"name": name(plan)}})
+
+    def committed(self, plan: Batch, effects: None, output: Output) -> None:
         self.log.append(f"committed {name(plan)}")
 
 
-class FakeConsumer:
+class FakeSource:
     """Scripted polls; nothing is fetched while paused; stops the runner when out of polls."""
 
-    def __init__(self, polls: list[list[Msg]], runner: Runner[Any]) -> None:
+    def __init__(self, polls: list[list[Msg]]) -> None:
         self.polls = polls
-        self.runner = runner
+        self.runner: Runner[Any, Any, Any] | None = None
         self.paused = False
-        self.started = True
+        self.generation = 0
+        self.epochs = {(TOPIC, 0): 1, (TOPIC, 1): 1}
+        self.store: Any = None
 
-    async def consume(self, count: int, timeout_s: float) -> list[Msg]:
+    def attach(self, ctx: Any) -> None:
+        return None
+
+    async def start(self, topics: Any) -> None:
+        return None
+
+    async def close(self, timeout_s: float) -> None:
+        return None
+
+    async def poll(self, max_messages: int, wait_s: float) -> Batch:
         await asyncio.sleep(0)
         if self.paused:
-            return []
+            return Batch([])
         if not self.polls:
+            assert self.runner is not None
             self.runner.stop()
-            return []
-        return self.polls.pop(0)
+            return Batch([])
+        return Batch(self.polls.pop(0)).keep(self.owns)
 
-    async def set_paused(self, partitions: Any, paused: bool) -> None:
+    def owns(self, msg: Any) -> bool:
+        return (msg.topic(), msg.partition()) in self.epochs
+
+    def positions(self, batch: Batch) -> dict[Any, tuple[int, int]]:
+        return {tp: (o, self.epochs[tp]) for tp, o in batch.next_offsets.items()}
+
+    async def committed(self, batch: Batch) -> None:
+        return None
+
+    def fenced(self, partitions: Any) -> None:
+        for tp in partitions:
+            self.epochs.pop(tp, None)
+        self.generation += 1
+
+    async def pause(self, paused: bool) -> None:
         self.paused = paused
 
-    async def seek_back(self, messages: Sequence[Msg]) -> None:
-        return None
+    async def idle(self, seconds: float) -> None:
+        await asyncio.sleep(0)
 
-    async def mirror_commit(self, offsets: Any) -> None:
-        return None
-
-    async def lag(self, partitions: Any, floors: Any) -> dict[Any, int]:
+    async def lag(self) -> dict[Any, int]:
         return {}
+
+    def not_ready(self) -> list[str]:
+        return []
 
 
 class FakeCheckpoint:
-    """Each commit waits until the next batch's preparation began (if one is expected),
-    then fails as scripted or calls the handler's write."""
+    """Each commit waits until the next batch's decode began (if one is expected), then
+    fails as scripted or runs the handler's persist."""
 
     def __init__(self, handler: Recorder, log: list[str], overlap: dict[str, str]) -> None:
         self.handler = handler
         self.log = log
-        self.overlap = overlap  # batch -> the batch whose preparation its commit waits for
+        self.overlap = overlap  # batch -> the batch whose decode its commit waits for
         self.failures: dict[str, list[BaseException]] = {}
+        self.timings: dict[str, float] = {}
 
-    async def commit(self, batch: Batch, epochs: Any, handler: Any, plan: Batch) -> Output:
-        this = name(batch)
+    async def commit(self, offsets: Any, persist: Any) -> Output:
+        this = name(persist.keywords["plan"])
         self.log.append(f"commit {this}")
         following = self.overlap.get(this)
         if following is not None:
-            await asyncio.wait_for(self.handler.started_preparing(following).wait(), timeout=30)
+            await asyncio.wait_for(self.handler.started_decoding(following).wait(), timeout=30)
         failures = self.failures.get(this)
         if failures:
             self.log.append(f"commit failed {this}")
             raise failures.pop(0)
-        output = await handler.write(None, plan)
+        output: Output = await persist(None)
         self.log.append(f"commit done {this}")
         return output
 
+    def forget(self) -> None:
+        return None
 
-def make_runner(polls: list[list[Msg]], overlap: dict[str, str]) -> tuple[Runner[Any], list[str]]:
+
+def make_runner(
+    polls: list[list[Msg]], overlap: dict[str, str]
+) -> tuple[Runner[Any, Any, Any], list[str]]:
     log: list[str] = []
     handler = Recorder(log)
-    runner: Runner[Any] = Runner(
+    source = FakeSource(polls)
+    runner: Runner[Any, Any, Any] = Runner(
         handler,
+        group_id="g",
         kafka=KafkaSettings(),
         database=DatabaseSettings(),
         runtime=RuntimeSettings(
@@ -130,13 +182,11 @@ def make_runner(polls: list[list[Msg]], overlap: dict[str, str]) -> tuple[Runner
             circuit_reset_timeout_s=0.01,
             lag_refresh_s=3600,
         ),
+        source=source,  # type: ignore[arg-type]
         install_signal_handlers=False,
     )
-    runner.consumer = FakeConsumer(polls, runner)  # type: ignore[assignment]
-    runner.checkpoint = FakeCheckpoint(handler, log, overlap)  # type: ignore[assignment]
-    for partition in (0, 1):
-        runner.partitions.epochs[(TOPIC, partition)] = 1
-        runner.partitions.floors[(TOPIC, partition)] = 0
+    source.runner = runner
+    runner.pipeline.checkpoint = FakeCheckpoint(handler, log, overlap)  # type: ignore[assignment]
     return runner, log
 
 
@@ -144,12 +194,12 @@ def before(log: list[str], first: str, second: str) -> bool:
     return log.index(first) < log.index(second)
 
 
-async def test_the_next_batch_is_prepared_while_one_commits_and_planned_after() -> None:
+async def test_the_next_batch_is_decoded_while_one_commits_and_planned_after() -> None:
     runner, log = make_runner([msgs(0, 1), msgs(2, 3), msgs(4)], {"0:0+0:1": "0:2+0:3"})
-    await runner._consume_loop()
-    assert log.count("prepare 0:2+0:3") == 1, log  # the early preparation was used
-    assert before(log, "commit 0:0+0:1", "prepare 0:2+0:3")
-    assert before(log, "prepare 0:2+0:3", "commit done 0:0+0:1"), "prepared during the commit"
+    await runner._loop()
+    assert log.count("decode 0:2+0:3") == 1, log  # the early decode was used
+    assert before(log, "commit 0:0+0:1", "decode 0:2+0:3")
+    assert before(log, "decode 0:2+0:3", "commit done 0:0+0:1"), "decoded during the commit"
     assert before(log, "committed 0:0+0:1", "plan 0:2+0:3"), "planned only after N committed"
     assert [line for line in log if line.startswith("commit done")] == [
         "commit done 0:0+0:1",
@@ -159,14 +209,24 @@ async def test_the_next_batch_is_prepared_while_one_commits_and_planned_after() 
     assert runner.stats.batches == 3 and runner.stats.messages == 5
 
 
-async def test_a_failed_commit_makes_the_next_batch_prepare_again_after_it() -> None:
+async def test_the_batch_decoded_ahead_is_planned_on_what_the_previous_one_wrote() -> None:
+    """Its read predates the previous commit; the runtime lays that commit's writes over it,
+    so no job keeps look-ahead bookkeeping of its own."""
+    runner, log = make_runner([msgs(0), msgs(1), msgs(2)], {"0:0": "0:1", "0:1": "0:2"})
+    handler: Recorder = runner.handler  # type: ignore[assignment]
+    await runner._loop()
+    assert before(log, "decode 0:1", "commit done 0:0"), log  # read before 0:0 was stored
+    assert handler.planned_on == {"0:0": "-", "0:1": "0:0", "0:2": "0:1"}
+
+
+async def test_a_failed_commit_makes_the_next_batch_decode_again_after_it() -> None:
     runner, log = make_runner([msgs(0), msgs(1), msgs(2)], {"0:0": "0:1"})
-    runner.checkpoint.failures["0:0"] = [DatabaseUnavailable("down for a moment")]  # type: ignore[attr-defined]
-    await runner._consume_loop()
+    runner.pipeline.checkpoint.failures["0:0"] = [DatabaseUnavailable("down for a moment")]  # type: ignore[attr-defined]
+    await runner._loop()
     assert log.count("commit failed 0:0") == 1
-    assert log.count("prepare 0:1") == 2, log  # the early one, dropped, then afresh
-    second = [i for i, line in enumerate(log) if line == "prepare 0:1"][1]
-    assert second > log.index("committed 0:0"), "prepared again only after N committed"
+    assert log.count("decode 0:1") == 2, log  # the early one, dropped, then afresh
+    second = [i for i, line in enumerate(log) if line == "decode 0:1"][1]
+    assert second > log.index("committed 0:0"), "decoded again only after N committed"
     assert [line for line in log if line.startswith("committed")] == [
         "committed 0:0",
         "committed 0:1",
@@ -179,10 +239,10 @@ async def test_a_fenced_commit_drops_the_lost_partition_from_the_next_batch_too(
         [[*msgs(0), *msgs(0, partition=1)], [*msgs(1), *msgs(1, partition=1)]],
         {"0:0+1:0": "0:1+1:1"},
     )
-    runner.checkpoint.failures["0:0+1:0"] = [FencedError([(TOPIC, 1)])]  # type: ignore[attr-defined]
-    await runner._consume_loop()
+    runner.pipeline.checkpoint.failures["0:0+1:0"] = [FencedError([(TOPIC, 1)])]  # type: ignore[attr-defined]
+    await runner._loop()
     assert "commit failed 0:0+1:0" in log
     assert "committed 0:0" in log and "committed 0:1" in log, log
     assert not any(line.endswith("1:1") and line.startswith("plan") for line in log)
-    assert before(log, "committed 0:0", "prepare 0:1")  # prepared again, without partition 1
-    assert runner.stats.fenced_batches == 1
+    assert before(log, "committed 0:0", "decode 0:1")  # decoded again, without partition 1
+    assert runner.registry.get_sample_value("streamer_fenced_batches_total") == 1

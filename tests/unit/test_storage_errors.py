@@ -1,4 +1,5 @@
-"""S3 failures: an access denial pauses like an outage but says what to check."""
+"""S3 failures: a missing bucket or an access denial pauses like an outage but says what to
+check, naming the settings of the store that refused."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from obstore.exceptions import GenericError, PermissionDeniedError, UnauthenticatedError
 
+from streamer.replicate.errors import replica_error
+from streamer.replicate.settings import ReplicaSettings
 from streamer.runtime.circuit import CircuitBreaker
-from streamer.storage.errors import object_store_error
+from streamer.storage.errors import object_store_error, refusal
 
 pytestmark = pytest.mark.unit
 
@@ -28,12 +31,80 @@ def client_error(code: str, status: int) -> ClientError:
         ("403", 403),
     ],
 )
-def test_a_denial_names_the_credentials_and_the_policy(code: str, status: int) -> None:
-    error = object_store_error(client_error(code, status), "HEAD media/a.jpg")
+def test_a_denial_names_the_credentials(code: str, status: int) -> None:
+    error = object_store_error(client_error(code, status), "HEAD media/a.jpg", bucket="cat")
     assert error.retriable and error.dependency == "s3"
     assert error.reason == "access_denied"
-    assert "denied access to HEAD media/a.jpg" in error.message
-    assert "credentials" in error.message and "bucket policy" in error.message
+    assert error.message.startswith("HEAD media/a.jpg: S3 ")
+    assert "STREAMER_S3_SECRET_ACCESS_KEY" in error.message
+
+
+def test_each_refusal_says_what_to_fix() -> None:
+    def message(code: str, status: int = 403) -> str:
+        return object_store_error(client_error(code, status), "HEAD a.jpg", bucket="cat").message
+
+    assert message("AccessDenied") == (
+        "HEAD a.jpg: S3 denied access to bucket 'cat' (AccessDenied, HTTP 403): check the "
+        "credentials (STREAMER_S3_ACCESS_KEY_ID and STREAMER_S3_SECRET_ACCESS_KEY, or the AWS "
+        "credential chain when they are unset) and the bucket policy"
+    )
+    assert message("SignatureDoesNotMatch") == (
+        "HEAD a.jpg: S3 refused the secret key (SignatureDoesNotMatch, HTTP 403): check "
+        "STREAMER_S3_SECRET_ACCESS_KEY, the secret of STREAMER_S3_ACCESS_KEY_ID"
+    )
+    assert "does not know the access key" in message("InvalidAccessKeyId")
+    assert message("NoSuchBucket", 404) == (
+        "HEAD a.jpg: S3 bucket 'cat' does not exist (NoSuchBucket, HTTP 404): check "
+        "STREAMER_S3_BUCKET (and STREAMER_S3_ENDPOINT_URL, which says where it is)"
+    )
+
+
+def test_a_missing_bucket_is_an_outage_never_a_missing_object() -> None:
+    error = object_store_error(client_error("NoSuchBucket", 404), "LIST a/", bucket="cat")
+    assert error.retriable and error.reason == "bucket_missing"
+    assert refusal(client_error("404", 404)) is None  # a HEAD's 404: the caller confirms
+
+
+def test_obstore_answers_are_read_from_the_server_reply() -> None:
+    body = (
+        "Generic S3 error: Error performing list request: Error performing GET "
+        "http://s3/cat?list-type=2 in 5ms - Server returned non-2xx status code: 404 Not Found: "
+        '<?xml version="1.0"?>\n<Error><Code>NoSuchBucket</Code><Message>x</Message></Error>'
+        "\n\nDebug source: ..."
+    )
+    missing = object_store_error(GenericError(body), "LIST a/", bucket="cat")
+    assert missing.reason == "bucket_missing" and "STREAMER_S3_BUCKET" in missing.message
+    denied = GenericError(
+        body.replace("404 Not Found", "403 Forbidden").replace(
+            "NoSuchBucket", "SignatureDoesNotMatch"
+        )
+    )
+    assert object_store_error(denied, "LIST a/").reason == "access_denied"
+    assert "STREAMER_S3_SECRET_ACCESS_KEY" in object_store_error(denied, "LIST a/").message
+    server = GenericError(
+        body.replace("404 Not Found", "500 Internal").replace("NoSuchBucket", "InternalError")
+    )
+    assert object_store_error(server, "LIST a/").reason == "dependency_unavailable"
+
+
+def test_the_replica_store_names_its_own_settings() -> None:
+    other = ReplicaSettings(
+        replica_bucket="copy",
+        replica_endpoint_url="http://r2/",
+        replica_access_key_id="k",
+        replica_secret_access_key="s",
+    )
+    error = replica_error(
+        client_error("SignatureDoesNotMatch", 403), "PUT a.jpg", bucket="copy", names=other.names()
+    )
+    assert error.dependency == "replica" and error.reason == "access_denied"
+    assert "STREAMER_REPLICA_SECRET_ACCESS_KEY" in error.message
+    same = ReplicaSettings(replica_bucket="copy")
+    gone = replica_error(
+        client_error("NoSuchBucket", 404), "COPY", bucket="copy", names=same.names()
+    )
+    assert gone.reason == "bucket_missing" and "STREAMER_REPLICA_BUCKET" in gone.message
+    assert "STREAMER_S3_ENDPOINT_URL" in gone.message  # same endpoint as the source
 
 
 def test_an_outage_says_what_failed_without_blaming_credentials() -> None:
@@ -69,7 +140,7 @@ def test_an_obstore_denial_is_named_without_its_debug_dump(error: Exception) -> 
     converted = object_store_error(error, "HEAD media/a.jpg")
     assert converted.retriable is True
     assert converted.reason == "access_denied"
-    assert "denied access to HEAD media/a.jpg" in converted.message
+    assert converted.message.startswith("HEAD media/a.jpg: ")
     assert "Debug" not in converted.message
 
 

@@ -16,7 +16,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from streamer.errors import ConfigError, InvalidEvent
+from streamer.contract.errors import InvalidEvent
+from streamer.errors import ConfigError
 from streamer.runtime import tracing
 from streamer.runtime.deadletters import DeadLetter, DeadLetterRecord
 from streamer.runtime.handler import Batch, HandlerContext, Output
@@ -276,7 +277,14 @@ def test_a_dead_letter_is_recorded_in_its_events_trace_and_names_it(
 ) -> None:
     msg = Msg([("traceparent", traceparent(99, 3)), ("streamer.bulk.item", b"b:1")])
     batch = tracing.begin_batch(Batch([msg]), job="gallery", group="g")
-    ctx = HandlerContext(job="gallery", group_id="g", registry=None, database=None, call=None)  # type: ignore[arg-type]
+    ctx = HandlerContext(
+        job="gallery",
+        group_id="g",
+        registry=None,
+        database=None,
+        call=None,
+        spawn=None,  # type: ignore[arg-type]
+    )
     with tracing.batch_scope(batch):
         letter = ctx.dead_letter(msg, InvalidEvent("bad image", reason="object_missing"))
     (dead,) = named(spans, "dead-letter")

@@ -10,6 +10,7 @@ from streamer.gallery.metrics import GalleryMetrics
 from streamer.objects.metrics import ObjectsMetrics
 from streamer.replicate.metrics import ReplicaMetrics
 from streamer.runtime.metrics import RuntimeMetrics, new_registry
+from streamer.runtime.retention import RetentionMetrics
 from streamer.tracking.metrics import TrackingMetrics
 
 __all__ = ["registry_with_every_metric"]
@@ -24,4 +25,5 @@ def registry_with_every_metric() -> CollectorRegistry:
     TrackingMetrics(registry)
     ReplicaMetrics(registry)
     ObjectsMetrics(registry)
+    RetentionMetrics(registry)
     return registry
