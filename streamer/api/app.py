@@ -33,6 +33,7 @@ from streamer.api.sampling import JobSampler
 from streamer.api.waiters import CompletionWaiters
 from streamer.contract.codec import Codec
 from streamer.errors import StreamerError
+from streamer.runtime import tracing
 from streamer.runtime.database import Database
 from streamer.runtime.metrics import new_registry
 from streamer.runtime.retention import Pruning, pruner_for
@@ -155,6 +156,7 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
+    tracing.instrument_app(app)  # server spans, while tracing is on
     app.state.settings = settings
     app.state.tokens = TokenBook(settings.api.full_tokens(), settings.api.read_tokens())
     app.state.registry = registry

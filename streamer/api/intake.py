@@ -5,8 +5,9 @@ ingest, exactly as ``streamer publish`` does them. Then, in this order:
 
 1. the broker is asked for the topics (down: 503, nothing published, nothing tracked);
 2. the bulk and every item are written to PostgreSQL (down: 503, nothing published);
-3. every accepted event is produced with a ``streamer.bulk.item`` header, and the
-   delivery report of each one is awaited;
+3. every accepted event is produced with a ``streamer.bulk.item`` header (and, while
+   tracing is on, the request's ``traceparent``), and the delivery report of each one
+   is awaited;
 4. the bulk is settled: acknowledged items are tracked to completion, the others
    are named in the answer (503 with ``Retry-After``), never silently half-published.
 """
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError
+from opentelemetry.trace import SpanKind
 
 from streamer.api.metrics import ApiMetrics
 from streamer.api.problems import RETRY_AFTER_S
@@ -36,6 +38,7 @@ from streamer.contract.ingest import Ack, Ingested, VersionClock, parse_bulk, pa
 from streamer.contract.publishing import topic_for
 from streamer.contract.topics import TopicSettings
 from streamer.errors import DependencyUnavailable, StreamerError
+from streamer.runtime import tracing
 from streamer.runtime.database import Database
 from streamer.runtime.errors import DatabaseUnavailable, DeliveryRefused, TopicMissing
 from streamer.runtime.publisher import Publisher
@@ -185,6 +188,22 @@ class Intake:
     # -- track, publish, settle -----------------------------------------------------------
 
     async def _take(self, kind: str, ingested: Ingested, ready: list[_Ready]) -> IntakeReply:
+        """The request as one span (the parent of every event's trace), around ``_track``."""
+        attributes = {
+            "streamer.bulk.kind": kind,
+            "streamer.items": len(ingested.acks),
+            "streamer.items.accepted": len(ready),
+        }
+        with tracing.span("bulk intake", attributes, kind=SpanKind.PRODUCER) as traced:
+            reply = await self._track(kind, ingested, ready)
+            if tracing.enabled():
+                traced.set_attribute("streamer.bulk_uuid", reply.bulk_uuid or "")
+                traced.set_attribute("streamer.request_id", str(reply.body.get("request_id", "")))
+                if reply.status_code >= 500:
+                    tracing.failed_with(traced, str(reply.body.get("reason", "unavailable")))
+        return reply
+
+    async def _track(self, kind: str, ingested: Ingested, ready: list[_Ready]) -> IntakeReply:
         request_id = ingested.request_id or f"bulk-{uuid.uuid4()}"
         event_ids = {r.ack.id: r.event.event_id for r in ready}
         if not ready:
@@ -238,13 +257,15 @@ class Intake:
                     kind=kind,
                     items=new,
                     completion_topic=self.topics.import_completed_topic,
+                    traceparent=tracing.current_traceparent(),
                 )
         except DatabaseUnavailable as exc:
             log.warning("intake: tracking a bulk: %s", exc)
             return self._unavailable(
                 "database_unavailable", "PostgreSQL is unavailable; nothing was published"
             )
-        failed = await loop.run_in_executor(None, self._publish, bulk_uuid, ready)
+        context = tracing.headers_of_current()
+        failed = await loop.run_in_executor(None, self._publish, bulk_uuid, ready, context)
         for r in ready:
             if r.ack.id in failed:
                 r.ack.status, r.ack.reason = "undeliverable", "delivery_failed"
@@ -278,8 +299,12 @@ class Intake:
         )
         return IntakeReply(202, body)
 
-    def _publish(self, bulk_uuid: str, ready: Sequence[_Ready]) -> dict[int, str]:
+    def _publish(
+        self, bulk_uuid: str, ready: Sequence[_Ready], context: list[tuple[str, bytes]]
+    ) -> dict[int, str]:
         """Produce every event and wait for each one's report; returns item id -> error.
+
+        ``context``: the request's trace headers, on every event (none while tracing is off).
 
         After a failed delivery the producer is replaced: an idempotent producer whose
         requests timed out may be fenced by the broker for good (seen with Tansu), and a
@@ -300,7 +325,7 @@ class Intake:
                     r.topic,
                     r.value,
                     key=r.event.sku.encode(),
-                    headers=[item_header(bulk_uuid, r.ack.id)],
+                    headers=[item_header(bulk_uuid, r.ack.id), *context],
                     on_delivery=functools.partial(report, r.ack.id),
                 )
             except DeliveryRefused as exc:

@@ -34,6 +34,7 @@ __all__ = [
     "settings_from",
     "settings_origin",
     "tidy_help",
+    "traced",
     "waiting",
 ]
 
@@ -150,6 +151,21 @@ def fail_cleanly() -> Iterator[None]:
             if not _origin_shown:
                 err_console.print(f"[dim]settings: {escape(settings_origin())}[/dim]")
         raise typer.Exit(1) from exc
+
+
+@contextmanager
+def traced(service: str) -> Iterator[None]:
+    """Tracing for this command while the ``OTEL_*`` variables ask for it (a bad value is
+    refused with its name before anything runs); what it recorded is exported at the end."""
+    from streamer.runtime import tracing
+
+    with fail_cleanly():
+        owned = tracing.configure(service)
+    try:
+        yield
+    finally:
+        if owned:
+            tracing.shutdown()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from streamer.cli._common import err_console, fail_cleanly, settings_from
+from streamer.cli._common import err_console, fail_cleanly, settings_from, traced
 
 if TYPE_CHECKING:
     from streamer.settings import Settings
@@ -39,7 +39,7 @@ def serve(
             "Set one or more long random tokens (comma-separated)."
         )
         raise typer.Exit(2)
-    with fail_cleanly():
+    with fail_cleanly(), traced("streamer-api"):
         _check_broker(settings)
         run_server(settings, gallery=load_gallery, pruning=pruning(settings.retention))
 

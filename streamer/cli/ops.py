@@ -17,6 +17,7 @@ from streamer.cli._common import (
     out_console,
     run,
     settings_from,
+    traced,
     waiting,
 )
 
@@ -235,6 +236,7 @@ def dlq_replay(
     )
     with (
         fail_cleanly(),
+        traced("streamer-dlq"),
         waiting(
             f"reading {settings.runtime.dlq_topic} and replaying through Kafka at "
             f"{settings.kafka.kafka_bootstrap}"

@@ -25,6 +25,7 @@ from streamer.cli._common import (
     out_console,
     run,
     settings_from,
+    traced,
     waiting,
 )
 from streamer.contract.errors import InvalidEvent, SchemaRegistryUnavailable, SchemaRejected
@@ -81,17 +82,16 @@ def publish(
     if kind not in ("bulk", "jsonl"):
         err_console.print("[red]error:[/red] --format must be auto, jsonl or bulk")
         raise typer.Exit(2)
-    if wait:
-        _publish_and_wait(settings, text, kind, source, timeout_s, as_json, file)
-        return
-    _publish(settings, text, kind, source, as_json, file)
+    with traced("streamer-publish"):
+        if wait:
+            _publish_and_wait(settings, text, kind, source, timeout_s, as_json, file)
+            return
+        _publish(settings, text, kind, source, as_json, file)
 
 
 def _publish(settings: Any, text: str, kind: str, source: str, as_json: bool, file: Path) -> None:
-    from streamer.contract.codec import Codec
     from streamer.contract.ingest import VersionClock, parse_bulk, parse_jsonl
-    from streamer.contract.publishing import EventPublisher
-    from streamer.runtime.publisher import Publisher
+    from streamer.runtime import tracing
 
     clock = VersionClock()
     try:
@@ -103,6 +103,22 @@ def _publish(settings: Any, text: str, kind: str, source: str, as_json: bool, fi
         err_console.print(f"[red]error:[/red] {escape(f'{file}: {exc}')}")
         raise typer.Exit(2) from exc
 
+    attributes = {
+        "streamer.request_id": ingested.request_id or "",
+        "streamer.items": len(ingested.acks),
+    }
+    with tracing.span("publish", attributes, kind=tracing.SpanKind.PRODUCER):
+        _send(settings, ingested)
+    _acknowledge(ingested, as_json)
+
+
+def _send(settings: Any, ingested: Any) -> None:
+    """Produce every accepted event, each with the run's trace context."""
+    from streamer.contract.codec import Codec
+    from streamer.contract.publishing import EventPublisher
+    from streamer.runtime import tracing
+    from streamer.runtime.publisher import Publisher
+
     if ingested.events:
         with fail_cleanly():
             publisher = Publisher(settings.kafka)
@@ -110,7 +126,10 @@ def _publish(settings: Any, text: str, kind: str, source: str, as_json: bool, fi
             with waiting(f"checking the topics on Kafka at {settings.kafka.kafka_bootstrap}"):
                 publisher.check_topics([settings.topics.product_topic, settings.topics.media_topic])
             events = EventPublisher(
-                publisher, Codec.for_registry(settings.kafka.schema_registry_url), settings.topics
+                publisher,
+                Codec.for_registry(settings.kafka.schema_registry_url),
+                settings.topics,
+                headers=tracing.headers_of_current(),
             )
             progress = Progress(
                 TextColumn("publishing"),
@@ -146,6 +165,8 @@ def _publish(settings: Any, text: str, kind: str, source: str, as_json: bool, fi
                 with contextlib.suppress(DeliveryError):
                     publisher.close(timeout_s=1.0)
 
+
+def _acknowledge(ingested: Any, as_json: bool) -> None:
     ack = ingested.acknowledgment()
     if as_json:
         print(json.dumps(ack, indent=2))

@@ -33,10 +33,18 @@ def topic_for(event: Event, topics: TopicSettings) -> str:
 class EventPublisher:
     """Encodes and produces events; delivery is the producer's to confirm (``flush``)."""
 
-    def __init__(self, producer: Producing, codec: Codec, topics: TopicSettings) -> None:
+    def __init__(
+        self,
+        producer: Producing,
+        codec: Codec,
+        topics: TopicSettings,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         self.producer = producer
         self.codec = codec
         self.topics = topics
+        self.headers = headers or None  # on every event (the trace context of the run)
 
     def prepare(self, events: Iterable[Event]) -> None:
         """Register the writer schemas these events need before any is produced, so a schema
@@ -50,5 +58,8 @@ class EventPublisher:
     def publish(self, event: Event) -> None:
         topic = topic_for(event, self.topics)
         self.producer.produce(
-            topic, self.codec.encode(event, topic=topic), key=event.sku.encode("utf-8")
+            topic,
+            self.codec.encode(event, topic=topic),
+            key=event.sku.encode("utf-8"),
+            headers=self.headers,
         )

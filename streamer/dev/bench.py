@@ -11,8 +11,13 @@ galleries (``loadgen``) and measures, in one run on the configured stack:
   ``noop_resync_pruning`` (the same, right after, while the retention pruner works through
   a backlog of bookkeeping rows past their retention: the hot path must not slow down),
   ``noop_resync_index`` (the same again with ``STREAMER_ETAG_SOURCE=index``, the object
-  index filled beforehand as ``objects reconcile`` fills it: no S3 request) and
-  ``naive_noop_resync`` (the same re-sync through ``naive.run_naive``).
+  index filled beforehand as ``objects reconcile`` fills it: no S3 request),
+  ``naive_noop_resync`` (the same re-sync through ``naive.run_naive``), and the cost of
+  tracing: ``trace_off``, ``trace_1.0`` and ``trace_0.01``, each a first sync of the
+  catalog's galleries under new SKUs (every event writes and publishes an outcome), the
+  events carrying a ``traceparent`` (one trace per 500, as intake bulks do), with tracing
+  off, then on at sampling 1.0 and 0.01 (``parentbased_traceidratio``; spans through the
+  SDK's batch processor and encoded as OTLP protobuf, the network send left out).
 
 Each phase reports events, seconds, events/s, images/s, the process's CPU per event
 (the consumer with its client threads: librdkafka, obstore, asyncpg), S3 requests,
@@ -36,6 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from confluent_kafka import Consumer, TopicPartition
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from streamer.contract.codec import Codec
 from streamer.contract.events import MediaGalleryChanged
@@ -51,6 +58,7 @@ from streamer.objects.worker import make_handler
 from streamer.ops.retention import bookkeeping
 from streamer.ops.schema import migrate_all
 from streamer.ops.topics import create_topics
+from streamer.runtime import tracing
 from streamer.runtime.database import connect
 from streamer.runtime.metrics import new_registry
 from streamer.runtime.publisher import Publisher
@@ -157,15 +165,16 @@ class BenchContext:
     version: int = field(default_factory=lambda: int(time.time() * 1000))
     published: dict[str, dict[TP, int]] = field(default_factory=dict)
 
-    def catalog(self) -> list[MediaGalleryChanged]:
-        """The catalog with a newer version each time: every re-sync is a re-sync."""
+    def catalog(self, fresh: str | None = None) -> list[MediaGalleryChanged]:
+        """The catalog with a newer version each time: every re-sync is a re-sync. ``fresh``:
+        the catalog's galleries under SKUs of their own instead, each one a first sync."""
         self.version += 1
         return generate_catalog(
             self.n_skus,
             self.images_per_sku,
             self.paths,
             version=self.version,
-            prefix=f"B{self.run}",
+            prefix=f"B{self.run}" + (f"-{fresh}" if fresh else ""),
         )
 
 
@@ -270,22 +279,39 @@ class Progress:
 # -- setting up ---------------------------------------------------------------------------
 
 
-def _publish(settings: Settings, events: list[MediaGalleryChanged]) -> dict[TP, int]:
+TRACE_BULK = 500  # events per trace when the catalog is published as traced bulks
+
+
+def _traceparent(ratio: float) -> list[tuple[str, bytes]]:
+    """A bulk's trace context as an intake sampling at ``ratio`` would write it."""
+    trace_id, span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    sampled = "01" if int(trace_id[16:], 16) < ratio * 2**64 else "00"
+    return [("traceparent", f"00-{trace_id}-{span_id}-{sampled}".encode())]
+
+
+def _publish(
+    settings: Settings, events: list[MediaGalleryChanged], *, traced: float | None = None
+) -> dict[TP, int]:
+    """``traced``: the events carry a trace context per ``TRACE_BULK``, sampled at that ratio."""
     codec = Codec.for_registry(settings.kafka.schema_registry_url)
     with Publisher(settings.kafka) as publisher:
-        events_out = EventPublisher(publisher, codec, settings.topics)
-        for event in events:
-            events_out.publish(event)
+        for start in range(0, len(events), TRACE_BULK):
+            headers = _traceparent(traced) if traced is not None else None
+            events_out = EventPublisher(publisher, codec, settings.topics, headers=headers)
+            for event in events[start : start + TRACE_BULK]:
+                events_out.publish(event)
         publisher.flush()
         return dict(publisher.end_offsets)
 
 
-def publish_catalog(ctx: BenchContext, phase: str) -> tuple[int, dict[TP, int]]:
+def publish_catalog(
+    ctx: BenchContext, phase: str, *, traced: float | None = None, fresh: str | None = None
+) -> tuple[int, dict[TP, int]]:
     """Publish the catalog again; keeps only counts (the events themselves would sit in the
     measured process's heap during the phase)."""
-    events = ctx.catalog()
+    events = ctx.catalog(fresh)
     started = time.monotonic()
-    ends = _publish(ctx.settings, events)
+    ends = _publish(ctx.settings, events, traced=traced)
     seconds = time.monotonic() - started
     ctx.log(
         f"{phase}: published {len(events):,} events in {seconds:.1f}s "
@@ -595,12 +621,60 @@ async def naive_noop_resync(ctx: BenchContext) -> Phase:
     )
 
 
+class _EncodingSink(SpanExporter):
+    """Spans encoded as an OTLP exporter encodes them, then dropped: the CPU of tracing in
+    the worker's process without a collector's (or the network's) share."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+    def export(self, spans: Any) -> SpanExportResult:
+        encode_spans(spans).SerializeToString()
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def _traced_phase(name: str, ratio: float | None) -> Callable[[BenchContext], Awaitable[Phase]]:
+    """A first sync of the catalog's galleries under SKUs of the phase's own, published as
+    traced bulks, with tracing off (``ratio`` None) or on: every step of a batch is traced
+    and every event publishes a ``GalleryUpdated`` (a ``send`` span each while sampled)."""
+
+    async def phase(ctx: BenchContext) -> Phase:
+        traced = 1.0 if ratio is None else ratio
+        fresh = name.replace("_", "").replace(".", "") + str(ctx.version)  # new each call
+        n, ends = publish_catalog(ctx, name, traced=traced, fresh=fresh)
+        sink = _EncodingSink()
+        if ratio is not None:
+            sampler = {
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": str(ratio),
+            }
+            tracing.configure("streamer-bench", exporter=sink, environ=sampler, batched=True)
+        try:
+            return await worker_phase(ctx, name, ends, n, n * ctx.images_per_sku, 900)
+        finally:
+            tracing.shutdown()
+            if ratio is not None:
+                ctx.log(f"{name}: {sink.spans:,} spans exported ({sink.spans / n:.3f} per event)")
+
+    return phase
+
+
 PHASES: dict[str, Callable[[BenchContext], Awaitable[Phase]]] = {
     "first_sync": first_sync,
     "noop_resync": noop_resync,
     "noop_resync_pruning": noop_resync_pruning,
     "noop_resync_index": noop_resync_index,
     "naive_noop_resync": naive_noop_resync,
+    "trace_off": _traced_phase("trace_off", None),
+    "trace_1.0": _traced_phase("trace_1.0", 1.0),
+    "trace_0.01": _traced_phase("trace_0.01", 0.01),
 }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -49,7 +49,9 @@ class WebhookClient:
             raise ValueError("STREAMER_WEBHOOK_URL is not set")
         self.url = settings.webhook_url
         self.origin = settings.origin
+        self.host = urlsplit(settings.webhook_url).hostname or ""
         self.timeout_s = settings.webhook_timeout_s
+        self.traceparent = settings.webhook_traceparent
         self._keys = keys
         self._clock = clock
         self._static = settings.static_headers()
@@ -102,12 +104,19 @@ class WebhookClient:
                 text = text.replace(form, "[redacted]")
         return text
 
-    async def post(self, webhook_id: str, body: bytes) -> Answer:
-        """Sign and send ``body``; signed anew per attempt (receivers reject stale timestamps)."""
+    async def post(
+        self, webhook_id: str, body: bytes, *, trace: Mapping[str, str] | None = None
+    ) -> Answer:
+        """Sign and send ``body``; signed anew per attempt (receivers reject stale timestamps).
+
+        ``trace``: the delivery's ``traceparent`` (and ``tracestate``), sent unless
+        ``STREAMER_WEBHOOK_TRACEPARENT`` is false."""
         if self._client is None:
             await self.start()
         assert self._client is not None
         headers = dict(signature_headers(self._keys, webhook_id, int(self._clock()), body))
+        if trace and self.traceparent:
+            headers.update(trace)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):

@@ -24,6 +24,9 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.trace import SpanKind
 
 from streamer.forward.client import WebhookClient
 from streamer.forward.errors import WebhookDeliveriesLeft, WebhookDisabled, WebhookUnavailable
@@ -32,6 +35,7 @@ from streamer.forward.metrics import ForwardMetrics
 from streamer.forward.pacing import Pacer
 from streamer.forward.payloads import Delivery
 from streamer.forward.responses import Answer
+from streamer.runtime import tracing
 
 __all__ = ["Dispatcher"]
 
@@ -118,8 +122,20 @@ class Dispatcher:
     async def _send(self, delivery: Delivery, state: _Pass) -> None:
         started = self.ledger.started(delivery.webhook_id)
         self.metrics.in_flight.inc()
+        attributes = {
+            "http.request.method": "POST",
+            "server.address": self.client.host,
+            "streamer.webhook.id": delivery.webhook_id,
+            "streamer.events": len(delivery.items),
+        }
         try:
-            answer = await self.client.post(delivery.webhook_id, delivery.body)
+            with tracing.span_after(
+                "webhook POST", delivery.messages, attributes, kind=SpanKind.CLIENT
+            ) as sending:
+                answer = await self.client.post(
+                    delivery.webhook_id, delivery.body, trace=tracing.http_headers_of(sending)
+                )
+                _traced(sending, answer)
         finally:
             self.metrics.in_flight.dec()
         self.metrics.requests.labels(answer.result).inc()
@@ -186,3 +202,14 @@ class Dispatcher:
             f"(last answer: {last})"
         )
         return kind(message, retry_after_s=wait)
+
+
+def _traced(sending: Any, answer: Answer) -> None:
+    """The answer on the delivery's span: its status and result, failed unless delivered."""
+    if not tracing.enabled():
+        return
+    if answer.status is not None:
+        sending.set_attribute("http.response.status_code", answer.status)
+    sending.set_attribute("streamer.webhook.result", answer.result)
+    if answer.kind != "delivered":
+        tracing.failed_with(sending, answer.result)

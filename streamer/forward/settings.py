@@ -48,6 +48,11 @@ class ForwardSettings(Section):
     webhook_batch_max_bytes: int = Field(
         1_000_000, ge=1024, description="bound on a batch request's body"
     )
+    webhook_traceparent: bool = Field(
+        True,
+        description="send the W3C traceparent header (while tracing is on); false for a "
+        "third party that should not see trace ids",
+    )
 
     @field_validator("webhook_url")
     @classmethod

@@ -23,6 +23,7 @@ from obstore.exceptions import BaseError
 from streamer.gallery.etag_plan import KEY_COST, PAGE_KEYS, FolderSizes, plan_lookups
 from streamer.gallery.metrics import GalleryMetrics
 from streamer.gallery.state import ObjectInfo
+from streamer.runtime import tracing
 from streamer.storage.clients import make_object_store
 from streamer.storage.errors import object_store_error
 from streamer.storage.settings import S3Settings
@@ -118,6 +119,9 @@ class S3EtagSource:
         for part, unresolved in await _all(listings):
             found.update(part)
             heads.extend(unresolved)
+        tracing.annotate(
+            {"streamer.etag.lists": len(plan.lists), "streamer.etag.heads": len(heads)}
+        )
         if heads:
             infos = await _all([self._head(k) for k in heads])
             found.update(zip(heads, infos, strict=True))

@@ -55,6 +55,7 @@ from streamer.gallery.repository import (
 from streamer.gallery.settings import GallerySettings
 from streamer.gallery.state import ObjectInfo, SeenEvent, SkuState
 from streamer.objectindex.store import read_objects_locked
+from streamer.runtime import tracing
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.deadletters import DeadLetter
 from streamer.runtime.errors import DatabaseDataError
@@ -274,10 +275,11 @@ class GalleryHandler(HandlerBase):
         if not by_sku:
             return {}, {}
         started = time.perf_counter()
-        states, seen = await self.ctx.call(
-            "postgres",
-            lambda: self.repository.load(list(by_sku), {i.event.event_id for i in items}),
-        )
+        with tracing.span("gallery state read", {"streamer.skus": len(by_sku)}):
+            states, seen = await self.ctx.call(
+                "postgres",
+                lambda: self.repository.load(list(by_sku), {i.event.event_id for i in items}),
+            )
         self.metrics.db_read_latency.observe(time.perf_counter() - started)
         return states, seen
 
@@ -289,9 +291,14 @@ class GalleryHandler(HandlerBase):
         key_of = {p: s3_key(self.s3_prefix, p) for p in paths}
         fresh_keys = {key_of[p] for p in fresh if p in key_of}
         started = time.perf_counter()
-        found = await self.ctx.call(
-            "s3", lambda: self.etags.lookup(set(key_of.values()), fresh=fresh_keys)
-        )
+        attributes = {"streamer.objects": len(key_of), "streamer.objects.fresh": len(fresh_keys)}
+        with tracing.span("gallery etag lookup", attributes) as traced:
+            found = await self.ctx.call(
+                "s3", lambda: self.etags.lookup(set(key_of.values()), fresh=fresh_keys)
+            )
+            traced.set_attribute(
+                "streamer.objects.missing", sum(1 for v in found.values() if v is None)
+            )
         self.metrics.etag_batch_latency.observe(time.perf_counter() - started)
         return {p: found.get(key) for p, key in key_of.items()}
 
@@ -452,6 +459,7 @@ class GalleryHandler(HandlerBase):
                     value=self.codec.encode_outcome(record, topic=self.outcome_topic),
                     key=sku.encode(),
                     token=("outcome", record["event_id"]),
+                    headers=self._outcome_trace(done, sku, record["event_id"]),
                 )
             )
         if self.settings.etag_source == "index":
@@ -463,6 +471,20 @@ class GalleryHandler(HandlerBase):
         """What a plan carried out leaves stored, in the shape of ``_Decoded.reads``."""
         seen = {r.event_id: SeenEvent(r.fingerprint, r.outcome) for r in done.outcome_rows}
         return {"states": dict(done.finals), "seen": seen}
+
+    def _outcome_trace(
+        self, plan: GalleryPlan, sku: str, event_id: str
+    ) -> list[tuple[str, bytes]] | None:
+        """The outcome's trace headers: it goes on in the trace of the last event applied
+        (the others linked); None while tracing is off (nothing looked at)."""
+        if not tracing.enabled():
+            return None
+        sources = [
+            item.msg
+            for item, r in reversed(plan.results.get(sku, []))
+            if r.outcome in (EventOutcome.WRITTEN, EventOutcome.PARTIAL)
+        ]
+        return tracing.sent_on(self.outcome_topic, sources, {"streamer.event_id": event_id})
 
     async def _behind_the_bucket(self, tx: Transaction, plan: GalleryPlan) -> list[OutputMessage]:
         """Re-checks of images this batch stores with bytes the index says are gone.
@@ -507,6 +529,9 @@ class GalleryHandler(HandlerBase):
                     ),
                     key=sku.encode(),
                     token=("recheck", event_id),
+                    headers=tracing.sent_on(
+                        self.media_topic, [item.msg for item, _ in plan.results.get(sku, [])]
+                    ),
                 )
             )
         if out:

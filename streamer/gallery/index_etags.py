@@ -25,6 +25,7 @@ from streamer.gallery.metrics import GalleryMetrics
 from streamer.gallery.state import ObjectInfo
 from streamer.objectindex.records import OBSERVATION_SKEW, ObjectChange
 from streamer.objectindex.store import read_objects, upsert_changes
+from streamer.runtime import tracing
 from streamer.runtime.database import Database
 
 __all__ = ["IndexEtagSource"]
@@ -61,6 +62,7 @@ class IndexEtagSource:
             if not row.deleted and row.etag is not None:
                 found[key] = ObjectInfo(row.etag, row.size or 0, row.content_type)
         misses = wanted - found.keys()
+        tracing.annotate({"streamer.index.hits": len(found), "streamer.index.misses": len(misses)})
         self.hits += len(found)
         self.misses += len(misses)
         if self._hits is not None and self._misses is not None:

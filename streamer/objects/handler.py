@@ -32,6 +32,7 @@ from streamer.objectindex.store import Upserted, galleries_using, upsert_changes
 from streamer.objects.metrics import ObjectsMetrics
 from streamer.objects.rechecks import file_path_of, plan_rechecks, recheck_record
 from streamer.objects.settings import ObjectsSettings
+from streamer.runtime import tracing
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.deadletters import DeadLetter
 from streamer.runtime.handler import Batch, HandlerContext, Output, OutputMessage, SimpleHandler
@@ -102,6 +103,7 @@ class ObjectsHandler(SimpleHandler[ObjectsPlan]):
                     ),
                     key=r.sku.encode(),
                     token=("recheck", r.event_id),
+                    headers=tracing.sent_on(self.media_topic, ()),
                 )
             )
         output.counts["indexed"] += len(upserted)

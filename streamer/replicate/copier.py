@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from streamer.replicate.errors import SourceChanged, replica_error
 from streamer.replicate.metrics import REQUESTS, ReplicaMetrics
 from streamer.replicate.rules import SOURCE_ETAG_KEY, ReplicaHead, is_identical
+from streamer.runtime import tracing
 from streamer.storage.checks import confirm_bucket
 from streamer.storage.errors import (
     MISSING_CODES,
@@ -280,7 +281,8 @@ class Copier:
     async def copy(self, path: str, src: SourceObject) -> None:
         started = time.perf_counter()
         fn = self._copy_server_side if self.server_side else self._copy_streamed
-        await self._run(fn, path, src)
+        with tracing.span("replica copy", {"streamer.bytes": src.size, "streamer.copy": self.mode}):
+            await self._run(fn, path, src)
         self.metrics.copy_latency.observe(time.perf_counter() - started)
         self.metrics.copies.labels(self.mode).inc()
         self.metrics.copied_bytes.labels(self.mode).inc(src.size)

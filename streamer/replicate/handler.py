@@ -53,6 +53,7 @@ from streamer.replicate.rules import (
 )
 from streamer.replicate.settings import ReplicaSettings
 from streamer.replicate.stores import make_copier
+from streamer.runtime import tracing
 from streamer.runtime.checkpoint import Transaction
 from streamer.runtime.deadletters import DeadLetter
 from streamer.runtime.handler import Batch, HandlerBase, HandlerContext, Output
@@ -186,14 +187,15 @@ class ReplicateHandler(HandlerBase):
         refs: dict[str, set[str]] = {}
         observed: dict[str, ObjectRow] = {}
         if newest and self.limit != 0:
-            versions, refs = await self.ctx.call(
-                "postgres", partial(self.repo.load_skus, list(newest))
-            )
-            paths_in_play = {img.file_path for k in newest.values() for img in k.gallery.images}
-            held = set().union(*(refs.get(sku, set()) for sku in newest))
-            observed = await self.ctx.call(
-                "postgres", partial(self.repo.load_objects, list(paths_in_play | held))
-            )
+            with tracing.span("replica state read", {"streamer.skus": len(newest)}):
+                versions, refs = await self.ctx.call(
+                    "postgres", partial(self.repo.load_skus, list(newest))
+                )
+                paths_in_play = {img.file_path for k in newest.values() for img in k.gallery.images}
+                held = set().union(*(refs.get(sku, set()) for sku in newest))
+                observed = await self.ctx.call(
+                    "postgres", partial(self.repo.load_objects, list(paths_in_play | held))
+                )
         return _Decoded(
             len(batch), letters, newest, len(superseded), passed, versions, refs, observed
         )
@@ -242,10 +244,11 @@ class ReplicateHandler(HandlerBase):
     # -- 3. copy what differs --------------------------------------------------------------
 
     async def effects(self, plan: ReplicaPlan) -> Copied:
-        results = await asyncio.gather(
-            *(self.copier.ensure(p, self.ctx.call) for p in plan.to_check),
-            return_exceptions=True,
-        )
+        with tracing.span("replica ensure", {"streamer.paths": len(plan.to_check)}):
+            results = await asyncio.gather(
+                *(self.copier.ensure(p, self.ctx.call) for p in plan.to_check),
+                return_exceptions=True,
+            )
         copied = Copied(dict(plan.recorded))
         for path, result in zip(plan.to_check, results, strict=True):
             if isinstance(result, BaseException):

@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
+from streamer.runtime import tracing
 from streamer.runtime.database import Database, converted
 from streamer.runtime.errors import BrokerUnavailable, DatabaseDataError, DeliveryRefused
 from streamer.runtime.faults import crash_point
@@ -161,15 +162,16 @@ class Checkpoint:
         handler's writes, given the open transaction."""
         clock = time.perf_counter
         began = clock()
-        async with self.store.transaction() as tx:  # 1
-            await self.store.advance(tx, offsets)  # 2
-            crash_point("after_offsets")
-            wrote = clock()
-            output = await persist(tx)  # 3
-            published = clock()
-            await self._publish_acknowledged(output)  # 4
-            crash_point("after_publish")
-            committing = clock()
+        with tracing.span("commit", {"streamer.partitions": len(offsets)}):
+            async with self.store.transaction() as tx:  # 1
+                await self.store.advance(tx, offsets)  # 2
+                crash_point("after_offsets")
+                wrote = clock()
+                output = await persist(tx)  # 3
+                published = clock()
+                await self._publish_acknowledged(output)  # 4
+                crash_point("after_publish")
+                committing = clock()
         self._acked.clear()  # 5: committed on leaving the block
         self.timings = {
             "offsets": wrote - began,

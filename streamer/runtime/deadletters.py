@@ -4,8 +4,9 @@ A dead letter is the original message (key, value, headers, timestamp) plus
 ``streamer.error.*`` headers in the spirit of Kafka Connect's
 ``__connect.errors.*``: reason, message, exception class, original topic,
 partition, offset and timestamp, attempts, the job and consumer group that
-failed, first and last failure time. Every job shares one dead-letter topic;
-the ``job`` and ``group`` headers say whose it is.
+failed, first and last failure time, and (while tracing is on) the ``trace_id`` of
+the failed message's trace. Every job shares one dead-letter topic; the ``job`` and
+``group`` headers say whose it is.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class DeadLetter:
     key_truncated_from: int | None = None
     key_sha256: str | None = None
     headers_dropped: tuple[tuple[str, int], ...] = ()  # original headers left out, with sizes
+    trace_id: str | None = None  # the trace of its message, while tracing is on
 
     @property
     def token(self) -> tuple[str, str, int, int]:
@@ -210,6 +212,8 @@ class DeadLetter:
             "first_failure": str(self.first_failure_ms or ""),
             "last_failure": str(self.last_failure_ms or ""),
         }
+        if self.trace_id:
+            error["trace_id"] = self.trace_id
         if self.truncated_from is not None:
             error["value.truncated_from"] = str(self.truncated_from)
             error["value.sha256"] = self.value_sha256 or ""
@@ -250,6 +254,7 @@ class DeadLetterRecord:
     last_failure_ms: int | None
     job: str = ""
     details: tuple[tuple[str, str], ...] = ()  # what the job added (e.g. ``sku``)
+    trace_id: str | None = None
 
     @classmethod
     def from_message(cls, msg: Any) -> DeadLetterRecord:
@@ -258,6 +263,7 @@ class DeadLetterRecord:
         known = {
             "reason", "message", "exception.class", "topic", "partition", "offset",
             "timestamp", "attempts", "group", "job", "first_failure", "last_failure",
+            "trace_id",
         }  # fmt: skip
         return cls(
             dlq_topic=msg.topic(),
@@ -278,6 +284,7 @@ class DeadLetterRecord:
             first_failure_ms=_int(error.get("first_failure")),
             last_failure_ms=_int(error.get("last_failure")),
             job=_text(error.get("job")) or "",
+            trace_id=_text(error.get("trace_id")),
             details=tuple(sorted((k, _text(v) or "") for k, v in error.items() if k not in known)),
         )
 

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from confluent_kafka import Message
 from prometheus_client import CollectorRegistry
 
+from streamer.runtime import tracing
 from streamer.runtime.deadletters import DeadLetter
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ class Batch:
     """
 
     messages: Sequence[Message]
+    # Its span while tracing is on (``tracing.begin_batch``), kept by ``keep``.
+    trace: Any = field(default=None, compare=False, repr=False)
 
     @cached_property
     def partitions(self) -> dict[TopicPartition, list[Message]]:
@@ -109,7 +112,7 @@ class Batch:
 
     def keep(self, wanted: Callable[[Message], bool]) -> Batch:
         kept = [m for m in self.messages if wanted(m)]
-        return self if len(kept) == len(self.messages) else Batch(kept)
+        return self if len(kept) == len(self.messages) else Batch(kept, self.trace)
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -158,9 +161,10 @@ class HandlerContext:
     def dead_letter(
         self, msg: Message, error: BaseException, *, details: Mapping[str, str] | None = None
     ) -> DeadLetter:
-        return DeadLetter.from_error(
+        letter = DeadLetter.from_error(
             msg, error, group_id=self.group_id, job=self.job, details=dict(details or {})
         )
+        return tracing.traced_letter(letter, msg)
 
 
 class Handler(Protocol[D, P, E]):

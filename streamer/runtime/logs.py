@@ -2,11 +2,12 @@
 
 Every module logs through the standard ``logging`` module; structlog renders the
 records. In JSON every line carries the same fields (the runtime's ``job``, ``group``,
-``topic``, ``partition``, ``offset``, ``key``, ``reason``, and those the product adds
-when it configures logging, e.g. ``sku``; null where they do not apply) beside
-``event`` (the message), ``level``, ``logger`` and ``timestamp``, so a pipeline can index
-them without guessing. Call sites pass the fields with ``extra={...}``; the job and group
-are set once per process.
+``topic``, ``partition``, ``offset``, ``key``, ``reason``, ``trace_id``, ``span_id``, and
+those the product adds when it configures logging, e.g. ``sku``; null where they do not
+apply) beside ``event`` (the message), ``level``, ``logger`` and ``timestamp``, so a
+pipeline can index them without guessing. Call sites pass the fields with
+``extra={...}``; the job and group are set once per process; the trace and span ids are
+those of the current span while tracing is on (a text line shows them only then).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from streamer.runtime import tracing
+
 __all__ = [
     "FIELDS",
     "KAFKA_CLIENT_LOGGER",
@@ -30,7 +33,7 @@ __all__ = [
     "set_process_fields",
 ]
 
-FIELDS = ("job", "group", "topic", "partition", "offset", "key", "reason")
+FIELDS = ("job", "group", "topic", "partition", "offset", "key", "reason", "trace_id", "span_id")
 _fields: list[str] = list(FIELDS)
 _process: dict[str, Any] = {}
 
@@ -51,6 +54,15 @@ def _fill(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
+def _trace_ids(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    ids = tracing.current_ids()
+    if ids is not None:
+        event["trace_id"], event["span_id"] = ids
+    return event
+
+
 def configure_logging(
     level: str = "INFO",
     fmt: Literal["text", "json"] = "text",
@@ -65,6 +77,7 @@ def configure_logging(
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(allow=tuple(_fields)),
+        _trace_ids,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "json":

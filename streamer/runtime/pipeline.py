@@ -12,6 +12,11 @@
 5. tell the source (Kafka hears of the offsets, a queue deletes the messages), then the
    handler (``committed``), the metrics and the log.
 
+While tracing is on, a batch has a span from its poll to the end of ``run`` (a root,
+linked to its events' traces: ``tracing.begin_batch``), current while its steps run, an
+early decode's included: the handler's spans (state read, look-ups, deliveries, copies)
+and the checkpoint's ``commit`` are its children.
+
 What the batch meets on the way, and what happens then:
 
 - ``StateChanged`` (another writer committed to what the batch read): decoded and
@@ -39,6 +44,7 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from streamer.errors import DependencyUnavailable
+from streamer.runtime import tracing
 from streamer.runtime.checkpoint import Checkpoint
 from streamer.runtime.errors import FencedError, StateChanged
 from streamer.runtime.handler import Batch, Call, Handler, Output
@@ -81,6 +87,8 @@ class Pipeline(Generic[D, P, E]):
         stopping: asyncio.Event,
         outage_wait_s: float,
         poll: Callable[[], Awaitable[Batch]],
+        group_id: str = "",
+        messaging_system: str = "kafka",
     ) -> None:
         self.handler = handler
         self.source = source
@@ -91,13 +99,33 @@ class Pipeline(Generic[D, P, E]):
         self.stopping = stopping
         self.outage_wait_s = outage_wait_s
         self.poll = poll
+        self.group_id = group_id
+        self.messaging_system = messaging_system
         self.overlay = Overlay()
+
+    def _traced(self, batch: Batch) -> Batch:
+        """``batch`` with its span begun, once (a no-op while tracing is off)."""
+        return tracing.begin_batch(
+            batch, job=self.handler.name, group=self.group_id, system=self.messaging_system
+        )
+
+    async def _poll_ahead(self) -> Batch:
+        return self._traced(await self.poll())
+
+    async def _decode_ahead(self, batch: Batch) -> Any:
+        with tracing.activate(batch):
+            return await self.handler.decode(batch)
 
     async def run(
         self, batch: Batch, early: Decoding | None = None, waited_s: float = 0.0
     ) -> Ahead | None:
         """Apply one batch (see the module docstring); gives up only on a stop. Returns the
         next batch if it was polled (and is being decoded) while this one committed."""
+        batch = self._traced(batch)
+        with tracing.batch_scope(batch):
+            return await self._run(batch, early, waited_s)
+
+    async def _run(self, batch: Batch, early: Decoding | None, waited_s: float) -> Ahead | None:
         handler, source = self.handler, self.source
         clock = time.perf_counter
         started = clock()
@@ -138,8 +166,8 @@ class Pipeline(Generic[D, P, E]):
                     committing = asyncio.ensure_future(self.call("postgres", commit))  # 4
                     if ahead is None and self._may_look_ahead():
                         ahead = Ahead.start(
-                            self.poll,
-                            handler.decode,
+                            self._poll_ahead,
+                            self._decode_ahead,
                             generation=source.generation,
                             commits=self.overlay.commits,
                         )
@@ -213,6 +241,7 @@ class Pipeline(Generic[D, P, E]):
     ) -> None:
         self.overlay.committed(output)
         self.handler.committed(plan, effects, output)
+        tracing.batch_committed(batch, output)
         self.stats.batches += 1
         self.stats.messages += len(batch)
         self.stats.counts.update(output.counts)

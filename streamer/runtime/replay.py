@@ -1,7 +1,8 @@
 """Reading the dead-letter topic back, and replaying dead letters to their original topic.
 
 A replay sends the original message back to its topic with ``streamer.replay.*``
-headers (attempts so far, first failure, where it came from) and records the dead
+headers (attempts so far, first failure, where it came from) and its trace context (a
+replay continues the trace the message was dead-lettered in) and records the dead
 letter's position in PostgreSQL, so a second replay does not send it again.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from streamer.errors import ConfigError
+from streamer.runtime import tracing
 from streamer.runtime.database import connect
 from streamer.runtime.deadletters import REPLAY_PREFIX, DeadLetterRecord
 from streamer.runtime.publisher import Publisher
@@ -136,13 +138,9 @@ async def replay_dead_letters(
 
         def send(todo: list[DeadLetterRecord]) -> dict[tuple[str, int], int]:
             with Publisher(kafka) as publisher:
-                for r in todo:
+                for r, headers in zip(todo, traced, strict=True):
                     publisher.produce(
-                        r.topic,
-                        r.value,
-                        key=r.key,
-                        headers=replay_headers(r),
-                        timestamp_ms=r.timestamp_ms,
+                        r.topic, r.value, key=r.key, headers=headers, timestamp_ms=r.timestamp_ms
                     )
                 publisher.flush()
                 return dict(publisher.end_offsets)
@@ -157,6 +155,10 @@ async def replay_dead_letters(
             )
             claimed = {(row["dlq_partition"], row["dlq_offset"]) for row in claimed_rows}
             todo = [r for r in records if (r.dlq_partition, r.dlq_offset) in claimed]
+            traced = [
+                tracing.resent(r.topic, replay_headers(r), {"streamer.reason": r.reason})
+                for r in todo
+            ]
             if todo:
                 result.end_offsets = await loop.run_in_executor(None, send, todo)
     result.records = todo

@@ -36,7 +36,7 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import CollectorRegistry
 
 from streamer.errors import DependencyUnavailable, StreamerError
-from streamer.runtime import faults
+from streamer.runtime import faults, tracing
 from streamer.runtime.checkpoint import Checkpoint
 from streamer.runtime.circuit import CircuitBreaker
 from streamer.runtime.connection import check_broker_async
@@ -137,12 +137,15 @@ class Runner(Generic[D, P, E]):
             stopping=self._stop,
             outage_wait_s=runtime.circuit_reset_timeout_s,
             poll=self._poll,
+            group_id=group_id,
+            messaging_system="aws_sqs" if own else "kafka",
         )
         self.pruning = pruning
         self._install_signals = install_signal_handlers
         self._heartbeat = time.monotonic()
         self._started = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tracing = False  # this runner set tracing up (and shuts it down)
 
     @classmethod
     def of(
@@ -210,6 +213,7 @@ class Runner(Generic[D, P, E]):
                 loop.add_signal_handler(sig, self._stop.set)
         set_process_fields(job=self.handler.name, group=self.group_id)
         faults.announce()
+        self._tracing = tracing.configure(f"streamer-{self.handler.name}")
         health = self._start_health()
         stop_deadline: float | None = None
         try:
@@ -393,6 +397,8 @@ class Runner(Generic[D, P, E]):
         await self.database.stop()
         if health is not None:
             health.stop()
+        if self._tracing:
+            tracing.shutdown(timeout_s=min(5.0, max(1.0, remaining)))
         s = self.stats
         log.info(
             "worker %s stopped: %d batches, %d messages, %s, dead letters %s, rebalances %d",

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -42,6 +43,7 @@ import asyncpg
 from streamer.contract.codec import Codec
 from streamer.contract.errors import DecodeError
 from streamer.errors import StreamerError
+from streamer.runtime import tracing
 from streamer.runtime.database import converted
 from streamer.runtime.errors import TopicMissing
 from streamer.runtime.publisher import Publisher
@@ -237,6 +239,14 @@ class CompletionRelay:
             return 0
         async with converted():
             await conn.fetchval("SELECT 1")  # the lock's session is alive: still the leader
+        pending = [  # each bulk's ImportCompleted is sent on in the bulk's trace
+            dataclasses.replace(
+                p, headers=tracing.resent(p.topic, [(tracing.TRACEPARENT, p.traceparent.encode())])
+            )
+            if p.traceparent
+            else p
+            for p in pending
+        ]
         ends = await loop.run_in_executor(None, self._send, publisher, pending)
         for topic in sorted({p.topic for p in pending}):
             await mark_published(
@@ -284,6 +294,7 @@ class CompletionRelay:
                 p.topic,
                 self.codec.encode_record(p.record, type_name="ImportCompleted", topic=p.topic),
                 key=p.bulk_uuid.encode(),
+                headers=p.headers,
             )
         publisher.flush(timeout_s=self.settings.completion_delivery_timeout_s + 5)
         log.debug("published %d completion(s) in %.3fs", len(pending), time.monotonic() - started)

@@ -76,17 +76,20 @@ async def create_bulk(
     kind: str,
     items: Sequence[NewItem],
     completion_topic: str | None = None,
+    traceparent: str | None = None,
 ) -> None:
     """The bulk and every item, before anything is published (so no outcome can come first).
 
-    ``completion_topic``: where this bulk's ``ImportCompleted`` goes, whoever relays it.
+    ``completion_topic``: where this bulk's ``ImportCompleted`` goes, whoever relays it;
+    ``traceparent``: the trace it continues (the intake request's, while tracing is on).
     """
     rejected = sum(1 for i in items if i.status == "rejected")
     superseded = sum(1 for i in items if i.status == "superseded")
     async with converted(), conn.transaction():
         await conn.execute(
             "INSERT INTO bulks (bulk_uuid, request_id, kind, state, items_total, rejected,"
-            " superseded, completion_topic) VALUES ($1, $2, $3, 'publishing', $4, $5, $6, $7)",
+            " superseded, completion_topic, traceparent)"
+            " VALUES ($1, $2, $3, 'publishing', $4, $5, $6, $7, $8)",
             bulk_uuid,
             _text(request_id),
             kind,
@@ -94,6 +97,7 @@ async def create_bulk(
             rejected,
             superseded,
             completion_topic,
+            traceparent,
         )
         await conn.execute(
             _INSERT_ITEMS,
@@ -247,6 +251,8 @@ class Pending:
     record: dict[str, Any]
     last_processed_at: datetime | None
     topic: str
+    traceparent: str | None = None  # the bulk's trace (while tracing was on at the intake)
+    headers: list[tuple[str, bytes]] | None = None  # what the relay sends it with
 
 
 async def unpublished(
@@ -254,8 +260,9 @@ async def unpublished(
 ) -> list[Pending]:
     async with converted():
         rows = await conn.fetch(
-            "SELECT bulk_uuid::text AS bulk_uuid, record, last_processed_at, topic"
-            " FROM import_completions WHERE published_at IS NULL ORDER BY created_at LIMIT $1",
+            "SELECT c.bulk_uuid::text AS bulk_uuid, c.record, c.last_processed_at, c.topic,"
+            " b.traceparent FROM import_completions c LEFT JOIN bulks b USING (bulk_uuid)"
+            " WHERE c.published_at IS NULL ORDER BY c.created_at LIMIT $1",
             limit,
         )
     return [
@@ -264,6 +271,7 @@ async def unpublished(
             json.loads(r["record"]),
             r["last_processed_at"],
             r["topic"] or default_topic,
+            r["traceparent"],
         )
         for r in rows
     ]

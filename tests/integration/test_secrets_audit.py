@@ -8,20 +8,19 @@ listener; on Tansu both are inert, but loaded, validated and handed to librdkafk
 ones), the webhook signing secret and
 a static Authorization header of the forwarder, and the API's bearer tokens. The long-running
 commands run as real processes (text logs for the consumer, JSON for the forwarder and the
-API), so what is searched is what an operator would see.
+API), so what is searched is what an operator would see; they export their traces to a
+collector in the test, and every span (names, attributes, events, status) is searched too.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import signal
 import stat
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -36,12 +35,14 @@ from streamer.dev.receiver import Receiver, Record, Reply
 from streamer.dev.stack import ComponentState, DevStack, StackState, free_port
 from tests.integration.api_support import FULL_TOKEN, READ_TOKEN, api_server, seed_payload
 from tests.integration.forwarding import forward_drained
+from tests.integration.otlp import OtlpReceiver
 from tests.integration.support import (
     Sender,
     dead_letters,
     drained,
     media,
     prepare,
+    process,
     put_image,
     read_topic,
     settings_env,
@@ -128,29 +129,6 @@ def scrape(port: int) -> str:
         return str(reply.read().decode())
 
 
-@contextmanager
-def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A streamer command as a real process, its output in ``log``, stopped with SIGTERM."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamer", *argv],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-
-
 def run_command(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "streamer", *argv],
@@ -199,8 +177,19 @@ def test_help_of_every_command_shows_no_secret(monkeypatch: pytest.MonkeyPatch) 
     assert problems == []
 
 
-async def test_no_secret_in_logs_metrics_dead_letters_or_outcomes(
-    make_settings, s3_client, stack, tmp_path: Path, live_sasl: dict[str, str]
+@pytest.fixture
+def otlp() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+async def test_no_secret_in_logs_metrics_dead_letters_outcomes_or_spans(
+    make_settings,
+    s3_client,
+    stack,
+    tmp_path: Path,
+    live_sasl: dict[str, str],
+    otlp: OtlpReceiver,
 ) -> None:
     dsn = with_password(make_settings().database.dsn, SECRETS["database password"])
     conn = await asyncpg.connect(dsn)  # the test PostgreSQL trusts local connections
@@ -229,12 +218,14 @@ async def test_no_secret_in_logs_metrics_dead_letters_or_outcomes(
     sender.raw(topic, b"AUD-3", b"not avro at all")
     sender.flush()
 
-    # DEBUG: the most a log ever says
+    # DEBUG: the most a log ever says; every span exported to a collector in the test
     base_env = {
         **settings_env(settings),
         **secret_env(),
         **live_sasl,
         "STREAMER_LOG_LEVEL": "DEBUG",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.http_url,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
     problems: list[str] = []
 
@@ -298,6 +289,11 @@ async def test_no_secret_in_logs_metrics_dead_letters_or_outcomes(
             problems += leaks(f"dead-letter topic header {name}", value)
     for message in outcome_messages(settings):
         problems += leaks("outcome event", message.value())
+    spans = otlp.spans()
+    assert {"streamer-gallery", "streamer-forward"} <= {s.service for s in spans}
+    assert any(s.name == "dead-letter" for s in spans)
+    for span in spans:
+        problems += leaks(f"span {span.service}:{span.name}", span.text())
     assert problems == []
 
 
@@ -305,13 +301,14 @@ def outcome_messages(settings: Any) -> list[Any]:
     return read_topic(settings, settings.topics.outcome_topic)
 
 
-async def test_serve_logs_and_metrics_keep_the_tokens_and_keys(
-    make_settings, tmp_path: Path, live_sasl: dict[str, str]
+async def test_serve_logs_metrics_and_spans_keep_the_tokens_and_keys(
+    make_settings, tmp_path: Path, live_sasl: dict[str, str], otlp: OtlpReceiver
 ) -> None:
     dsn = with_password(make_settings().database.dsn, SECRETS["database password"])
     settings = make_settings(database_url=dsn, s3_secret_access_key=SECRETS["S3 secret key"])
     prepare(settings)
     extra = {**secret_env(), **live_sasl, "STREAMER_LOG_FORMAT": "json"}
+    extra |= {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.http_url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
     with api_server(settings, tmp_path, extra_env=extra) as server:
         async with server.client() as http:
             accepted = await http.post("/v1/galleries/bulk", json=seed_payload("audit", ["A"]))
@@ -320,8 +317,11 @@ async def test_serve_logs_and_metrics_keep_the_tokens_and_keys(
         async with server.client(token=SECRETS["webhook header"]) as wrong:
             assert (await wrong.get("/v1/bulks")).status_code == 401
         output = server.output()
+    spans = otlp.spans()
+    assert any(s.name == "bulk intake" for s in spans)
+    traced = [p for s in spans for p in leaks(f"span {s.name}", s.text())]
     assert "streamer_api_requests_total" in metrics
-    assert leaks("serve /metrics", metrics) + leaks("serve log", output) == []
+    assert leaks("serve /metrics", metrics) + leaks("serve log", output) + traced == []
 
 
 @pytest.mark.parametrize(

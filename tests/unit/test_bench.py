@@ -49,6 +49,9 @@ def test_json_has_exactly_the_described_keys() -> None:
         "noop_resync_pruning",
         "noop_resync_index",
         "naive_noop_resync",
+        "trace_off",
+        "trace_1.0",
+        "trace_0.01",
     ]
     for p in data["phases"]:
         assert set(p) == {

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from streamer.runtime import tracing
 from streamer.runtime.errors import DatabaseUnavailable, FencedError
 from streamer.runtime.handler import Batch, HandlerBase, Output
 from streamer.runtime.runner import Runner
@@ -246,3 +248,37 @@ async def test_a_fenced_commit_drops_the_lost_partition_from_the_next_batch_too(
     assert not any(line.endswith("1:1") and line.startswith("plan") for line in log)
     assert before(log, "committed 0:0", "decode 0:1")  # decoded again, without partition 1
     assert runner.registry.get_sample_value("streamer_fenced_batches_total") == 1
+
+
+class TracedRecorder(Recorder):
+    """The Recorder, its decode a span named after its batch (as a job's state read)."""
+
+    async def decode(self, batch: Batch) -> Decoded:
+        with tracing.span(f"decode {name(batch)}"):
+            return await super().decode(batch)
+
+
+async def test_with_tracing_each_batch_is_one_span_and_its_early_decode_a_child_of_it() -> None:
+    """The decode of batch N+1 runs while N commits, inside N's span: it belongs to N+1's
+    all the same. A commit that failed and was tried again still ends one span, committed."""
+    exporter = InMemorySpanExporter()
+    assert tracing.configure("streamer-test", exporter=exporter, environ={}, instrument=False)
+    try:
+        runner, log = make_runner([msgs(0), msgs(1), msgs(2)], {"0:0": "0:1", "0:1": "0:2"})
+        handler = TracedRecorder(log)
+        runner.handler = runner.pipeline.handler = handler
+        runner.pipeline.checkpoint.handler = handler  # type: ignore[attr-defined]
+        runner.pipeline.checkpoint.failures["0:2"] = [DatabaseUnavailable("down for a moment")]  # type: ignore[attr-defined]
+        await runner._loop()
+    finally:
+        tracing.shutdown()
+    assert before(log, "decode 0:1", "commit done 0:0"), log  # 0:1 was decoded early
+    spans = exporter.get_finished_spans()
+    batches = [s for s in spans if s.name == "process job"]
+    assert len(batches) == 3
+    assert all(s.attributes and s.attributes["streamer.batch.committed"] for s in batches)
+    batch_ids = {s.context.span_id for s in batches}
+    decodes = {s.name: s for s in spans if s.name.startswith("decode ")}
+    assert decodes.keys() == {"decode 0:0", "decode 0:1", "decode 0:2"}
+    owners = {d.parent.span_id for d in decodes.values() if d.parent is not None}
+    assert owners == batch_ids, "each decode a child of its own batch's span"
