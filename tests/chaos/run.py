@@ -605,13 +605,38 @@ class Run:
                 raise TimeoutError(f"replicas not back in sync within {timeout_s:.0f}s")
             await asyncio.sleep(0.5)
 
-    async def _shrunk(self, least_s: float, most_s: float = 60.0) -> int:
+    def _log_marks(self) -> dict[int, int]:
+        return {
+            n.node_id: n.log.stat().st_size if n.log.exists() else 0 for n in self.cluster.nodes
+        }
+
+    def _fenced_since(self, node_id: int, marks: dict[int, int]) -> bool:
+        """Whether a controller logged fencing ``node_id`` since ``marks`` (which removes it
+        from every ISR): the evidence for a broker cut off from the others, which the harness
+        still reaches and which answers metadata as it last knew it, every ISR whole."""
+        line = f"Fencing broker {node_id} at epoch".encode()
+        for node in self.cluster.nodes:
+            with contextlib.suppress(OSError), node.log.open("rb") as log:
+                log.seek(marks.get(node.node_id, 0))
+                if line in log.read():
+                    return True
+        return False
+
+    async def _shrunk(
+        self,
+        least_s: float,
+        most_s: float = 60.0,
+        *,
+        fenced: tuple[int, dict[int, int]] | None = None,
+    ) -> int:
         """The smallest ISR seen while the fault holds: at least ``least_s``, and on until
-        an ISR shrank (the controller fenced the broker), ``most_s`` at most."""
+        an ISR shrank (or, with ``fenced``, a controller logged fencing that node),
+        ``most_s`` at most."""
         started = time.monotonic()
         smallest = 3
         while (elapsed := time.monotonic() - started) < most_s:
-            if smallest < 3 and elapsed >= least_s:
+            seen = smallest < 3 or (fenced is not None and self._fenced_since(*fenced))
+            if seen and elapsed >= least_s:
                 break
             with contextlib.suppress(Exception):
                 sizes = await asyncio.to_thread(self._isr_sizes)
@@ -739,13 +764,22 @@ class Run:
                 self.log(
                     f"  fault: {alone.name} cut off from the other two for {BROKER_FENCE_S:.0f}s"
                 )
+                marks = self._log_marks()
                 faults = [await asyncio.to_thread(net.cut, alone, o) for o in others]
-                smallest = await self._shrunk(BROKER_FENCE_S)
+                smallest = await self._shrunk(BROKER_FENCE_S, fenced=(index + 1, marks))
+                fenced = self._fenced_since(index + 1, marks)
                 dropped = await self._cut(faults, 0, most_s=0)
                 await self._in_sync()
                 self.tally.isr(kind, smallest)
-                self.log(f"  broker_cut: {dropped} packets dropped, smallest ISR {smallest}")
-                self._fired_if(kind, dropped and smallest < 3, "no packet dropped or no ISR shrank")
+                self.log(
+                    f"  broker_cut: {dropped} packets dropped, smallest ISR seen {smallest},"
+                    f" fenced by the controller: {fenced}"
+                )
+                self._fired_if(
+                    kind,
+                    dropped and (smallest < 3 or fenced),
+                    "no packet dropped, or neither an ISR shrank nor the broker was fenced",
+                )
             return
         elif kind in ("s3_cut", "receiver_cut"):
             server = self.s3_host if kind == "s3_cut" else self.hook_host
