@@ -725,9 +725,8 @@ class Run:
             if len(workers) < 2:
                 self.tally.miss(kind, "fewer than two gallery workers alive")
                 return
-            name, host = rng.choice(workers)
+            name, host, owned = await self._zombie_candidate()
             pid = self.jobs["consume"].procs[name].pid
-            owned = await self._owned_by(pid) or set()
             seconds = SESSION_TIMEOUT_MS / 1000 + rng.uniform(4.0, 10.0)
             self.log(
                 f"  fault: {name} cut off from the brokers for {seconds:.0f}s and until"
@@ -801,6 +800,26 @@ class Run:
         dropped = await self._cut(faults, seconds)
         self.log(f"  {kind}: lifted, {dropped} packets dropped")
         self._fired_if(kind, dropped > 0, "the cut dropped no packet")
+
+    async def _zombie_candidate(self) -> tuple[str, Host, set[tuple[str, int]]]:
+        """A gallery worker that owns partitions (one just started may own none yet: waited
+        for, 30 s at most, then any)."""
+        deadline = time.monotonic() + 30
+        while True:
+            workers = self._hosts_of("consume")
+            owning = []
+            for name, host in workers:
+                proc = self.jobs["consume"].procs.get(name)
+                owned = await self._owned_by(proc.pid) if proc is not None else None
+                if owned:
+                    owning.append((name, host, owned))
+            if owning or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        if owning:
+            return self.rng.choice(owning)
+        name, host = self.rng.choice(workers)
+        return name, host, set()
 
     async def _owned_by(self, pid: int) -> set[tuple[str, int]] | None:
         """The gallery partitions whose epoch the worker with this PID holds (None: the
