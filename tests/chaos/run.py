@@ -797,7 +797,8 @@ class Run:
             return
         else:
             raise ValueError(f"unknown fault {kind!r}")
-        dropped = await self._cut(faults, seconds)
+        # Held until someone tried to cross it: the jobs may be held up by another fault.
+        dropped = await self._cut(faults, seconds, most_s=90.0)
         self.log(f"  {kind}: lifted, {dropped} packets dropped")
         self._fired_if(kind, dropped > 0, "the cut dropped no packet")
 
