@@ -43,6 +43,7 @@ from tests.integration.support import (
     drained,
     export_all,
     fetch,
+    process,
     put_image,
     read_topic,
     settings_env,
@@ -92,24 +93,12 @@ def _streamer(
 def _running(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A long-running command; SIGTERM at the end must stop it cleanly: exit 0, or for
     ``serve`` the signal itself, which uvicorn raises again once it has shut down."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamer", *argv],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
+    with process(argv, env, log) as proc:
         yield proc
         assert proc.poll() is None, f"{argv} exited early:\n{log.read_text()[-3000:]}"
         proc.send_signal(signal.SIGTERM)
         clean = (0, -signal.SIGTERM) if argv == ["serve"] else (0,)
         assert proc.wait(timeout=60) in clean, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _events(path: Path, skus: list[str]) -> Path:
