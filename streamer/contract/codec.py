@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import to_parsing_canonical_form
 
 from streamer.contract.errors import DecodeError, SchemaRegistryUnavailable, SchemaRejected
 from streamer.contract.events import EventType, MediaGalleryChanged, ProductChanged, parse_event
@@ -67,7 +68,7 @@ def event_record(event: ProductChanged | MediaGalleryChanged) -> dict[str, Any]:
 @lru_cache(maxsize=64)
 def _parse_registry_schema(schema_str: str) -> tuple[str, Any]:
     raw = json.loads(schema_str)
-    return str(raw.get("name", "")).rsplit(".", 1)[-1], parse_schema(raw, _write_hint=False)
+    return str(raw.get("name", "")).rsplit(".", 1)[-1], parse_schema(raw)
 
 
 def registry_config(url: str) -> dict[str, str]:
@@ -85,6 +86,25 @@ def registry_config(url: str) -> dict[str, str]:
     }
 
 
+def _media_fingerprint() -> bytes:
+    return current_schemas()[EventType.MEDIA.value].fingerprint
+
+
+@lru_cache(maxsize=1)
+def _current_media_canonical() -> str:
+    return current_schemas()[EventType.MEDIA.value].canonical
+
+
+@lru_cache(maxsize=1)
+def _media_prefix_schema() -> Any:
+    """The current ``MediaGalleryChanged`` cut before ``mode``: its common fields only."""
+    raw = dict(current_schemas()[EventType.MEDIA.value].raw)
+    names = [f["name"] for f in raw["fields"]]
+    raw["fields"] = raw["fields"][: names.index("mode")]
+    raw["name"] = "MediaGalleryChangedPrefix"
+    return parse_schema(raw)
+
+
 class Codec:
     """Encodes events and decodes messages; a registry client is passed in, never created here."""
 
@@ -92,6 +112,7 @@ class Codec:
         self.registry = registry
         self._subject_ids: dict[tuple[str, str], int] = {}
         self._id_schemas: dict[int, tuple[str, Any]] = {}
+        self._media_ids: dict[int, bool] = {}
 
     @classmethod
     def for_registry(cls, url: str | None) -> Codec:
@@ -237,7 +258,10 @@ class Codec:
         buf = io.BytesIO(value)
         buf.seek(offset)
         try:
-            record = schemaless_reader(buf, writer, reader.parsed)
+            # The same parsed schema: no resolution (fastavro would compare them whole).
+            record = schemaless_reader(
+                buf, writer, None if writer is reader.parsed else reader.parsed
+            )
         except Exception as exc:
             raise DecodeError(
                 f"malformed Avro body for {name}: {type(exc).__name__}: {exc}",
@@ -251,6 +275,49 @@ class Codec:
         if not isinstance(record, dict):
             raise DecodeError(f"{name} did not decode to a record", reason="malformed_avro")
         return DecodedRecord(name, record, writer_id)
+
+    def media_prefix(self, value: bytes) -> tuple[dict[str, Any], int] | None:
+        """The fields before ``mode`` of a ``MediaGalleryChanged`` written with the current
+        schema, and the offset where ``mode`` begins; None for any other message.
+
+        Avro writes a record's fields one after another, so the current schema cut after
+        ``request_id`` reads exactly those bytes (fastavro's own conversions, the same
+        values as ``decode``) and stops where the rest begins.
+        """
+        if value[:2] == SINGLE_OBJECT_MAGIC:
+            if value[2:10] != _media_fingerprint():
+                return None
+            offset = 10
+        elif value[:1] == bytes((CONFLUENT_MAGIC,)) and len(value) >= 5:
+            (schema_id,) = _ID.unpack_from(value, 1)
+            if not self._current_media(schema_id):
+                return None
+            offset = 5
+        else:
+            return None
+        buf = io.BytesIO(value)
+        buf.seek(offset)
+        try:
+            record = schemaless_reader(buf, _media_prefix_schema(), None)
+        except Exception:  # noqa: BLE001 - decode() reads it again and names what is wrong
+            return None
+        if not isinstance(record, dict):
+            return None
+        return record, buf.tell()
+
+    def _current_media(self, schema_id: int) -> bool:
+        known = self._media_ids.get(schema_id)
+        if known is None:
+            try:
+                name, writer = self._registry_schema(schema_id)
+            except (DecodeError, SchemaRegistryUnavailable):
+                return False  # not kept: decode() raises what the registry said
+            known = (
+                name == EventType.MEDIA.value
+                and to_parsing_canonical_form(writer) == _current_media_canonical()
+            )
+            self._media_ids[schema_id] = known
+        return known
 
     def _source_event(self, value: bytes | None) -> DecodedRecord:
         decoded = self.decode(value)

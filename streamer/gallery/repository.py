@@ -26,7 +26,8 @@ RowCounts = dict[str, int]
 
 _SELECT_PRODUCTS = """
 SELECT sku, product_version, gallery_version, deleted, name, enabled, row_version,
-       COALESCE(product_event_id::text, ''), COALESCE(gallery_event_id::text, '')
+       COALESCE(product_event_id::text, ''), COALESCE(gallery_event_id::text, ''),
+       gallery_digest
 FROM products WHERE sku = ANY($1::text[])
 """
 # Roles come comma-joined (cheaper to decode than a text[]), columns in StoredImage's order.
@@ -44,9 +45,9 @@ FROM event_outcomes WHERE event_id = ANY($1::uuid[])
 _INSERT_PRODUCT = """
 INSERT INTO products
     (sku, product_version, gallery_version, deleted, name, enabled, product_event_id,
-     gallery_event_id)
+     gallery_event_id, gallery_digest)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::text[], $6::bool[],
-                     $7::uuid[], $8::uuid[])
+                     $7::uuid[], $8::uuid[], $9::bytea[])
 ON CONFLICT (sku) DO NOTHING
 RETURNING sku
 """
@@ -55,11 +56,11 @@ UPDATE products p SET
     product_version = u.product_version, gallery_version = u.gallery_version,
     deleted = u.deleted, name = u.name, enabled = u.enabled,
     product_event_id = u.product_event_id, gallery_event_id = u.gallery_event_id,
-    row_version = p.row_version + 1, updated_at = now()
+    gallery_digest = u.gallery_digest, row_version = p.row_version + 1, updated_at = now()
 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::text[], $6::bool[],
-            $7::uuid[], $8::uuid[], $9::bigint[])
+            $7::uuid[], $8::uuid[], $9::bytea[], $10::bigint[])
     AS u(sku, product_version, gallery_version, deleted, name, enabled, product_event_id,
-         gallery_event_id, read_version)
+         gallery_event_id, gallery_digest, read_version)
 WHERE p.sku = u.sku AND p.row_version = u.read_version
 RETURNING p.sku
 """
@@ -157,10 +158,10 @@ class GalleryRepository:
                 version,
             )  # fmt: skip
         states: dict[str, SkuState] = {}
-        for sku, pv, gv, deleted, name, enabled, rv, product_id, gallery_id in products:
+        for sku, pv, gv, deleted, name, enabled, rv, product_id, gallery_id, digest in products:
             states[sku] = SkuState(
                 sku, pv, gv, deleted, name, enabled, by_sku.get(sku, {}), True, rv,
-                product_id, gallery_id,
+                product_id, gallery_id, digest,
             )  # fmt: skip
         for sku in keys:
             if sku not in states:
@@ -191,7 +192,7 @@ async def apply_diffs(conn: asyncpg.Connection, diffs: Iterable[SkuDiff]) -> Row
             p = d.product
             row = (
                 p.sku, p.product_version, p.gallery_version, p.deleted, p.name, p.enabled,
-                p.product_event_id or None, p.gallery_event_id or None,
+                p.product_event_id or None, p.gallery_event_id or None, p.gallery_digest,
             )  # fmt: skip
             if d.read_version:
                 updated.append((*row, d.read_version))

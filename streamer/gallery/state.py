@@ -57,6 +57,10 @@ class SkuState:
     # event is stale whatever arrives later.
     product_event_id: str = ""
     gallery_event_id: str = ""
+    # The digest of the media payload that made the images as they are (``LeanMedia.digest``),
+    # when applying that payload again changes nothing unless objects changed: every image
+    # it listed valid, kept, and the only ones stored. None: no such payload.
+    gallery_digest: bytes | None = None
 
     @property
     def product_key(self) -> tuple[int, str]:
