@@ -215,7 +215,7 @@ def bench(
     objects: Annotated[int, typer.Option("--objects", help="distinct S3 objects")] = 2000,
     naive_events: Annotated[
         int, typer.Option("--naive-events", help="events the naive consumer re-syncs (it is slow)")
-    ] = 300,
+    ] = 1000,
     etag_source: Annotated[
         str | None, typer.Option("--etag-source", help="auto, head or list")
     ] = None,

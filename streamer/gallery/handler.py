@@ -77,6 +77,7 @@ __all__ = ["BatchReport", "GalleryHandler", "GalleryPlan"]
 log = logging.getLogger(__name__)
 
 Event = GalleryInput
+_MEDIA = EventType.MEDIA.value
 # What keys_in_play starts from to name every object an event could need.
 _NOTHING_STORED = SkuState("")
 
@@ -207,7 +208,7 @@ class GalleryHandler(HandlerBase):
                 else None
             )
             if pending is not None:
-                consumed[(topic, EventType.MEDIA.value)] += 1
+                consumed[(topic, _MEDIA)] += 1
                 items.append(_Item(msg, pending))
                 continue
             try:
@@ -269,7 +270,7 @@ class GalleryHandler(HandlerBase):
                 if exc.retriable:
                     raise
                 topic = item.msg.topic() or ""
-                consumed[(topic, EventType.MEDIA.value)] -= 1
+                consumed[(topic, _MEDIA)] -= 1
                 consumed[(topic, "undecodable")] += 1
                 letters.append(self._letter(item.msg, exc))
                 continue
@@ -386,7 +387,7 @@ class GalleryHandler(HandlerBase):
             if not d.is_noop:
                 diffs[sku] = d
                 # As it will be stored: the overlay of the next batch reads this version.
-                finals[sku] = dataclasses.replace(folded.state, row_version=state.row_version + 1)
+                finals[sku] = folded.state.stored_as(state.row_version + 1)
         return self._derive(
             GalleryPlan(
                 decoded.messages,

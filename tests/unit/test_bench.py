@@ -39,6 +39,7 @@ def test_json_has_exactly_the_described_keys() -> None:
     assert set(data) == {"ceilings", "phases"}
     assert set(data["ceilings"]) == {
         "broker_read_events_per_s",
+        "broker_read_cpu_us_per_event",
         "s3_head_per_s",
         "s3_list_keys_per_s",
         "pg_upsert_rows_per_s",
