@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from streamer.gallery.diff import SkuDiff
-from streamer.gallery.state import SeenEvent, SkuState, StoredImage
+from streamer.gallery.state import DIGEST_BYTES, SeenEvent, SkuState, StoredImage
 from streamer.runtime.database import Database, converted
 from streamer.runtime.errors import StateChanged
 
@@ -117,6 +117,21 @@ class OutcomeRow:
     offset: int
 
 
+def _stored_digest(digest: bytes | None, gallery_event_id: str) -> bytes | None:
+    """The digest as stored: followed by the gallery event id it holds with. A writer that
+    does not know the column (an older streamer, a rollback) moves the gallery's event id
+    and leaves the digest behind, which then no longer holds."""
+    if digest is None or not gallery_event_id:
+        return None
+    return digest + gallery_event_id.encode()
+
+
+def _digest_of(stored: bytes | None, gallery_event_id: str) -> bytes | None:
+    if stored is None or not gallery_event_id or stored[DIGEST_BYTES:] != gallery_event_id.encode():
+        return None
+    return stored[:DIGEST_BYTES]
+
+
 def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     """Rows to one array per column, for ``unnest``."""
     return [list(column) for column in zip(*rows, strict=True)]
@@ -161,7 +176,7 @@ class GalleryRepository:
         for sku, pv, gv, deleted, name, enabled, rv, product_id, gallery_id, digest in products:
             states[sku] = SkuState(
                 sku, pv, gv, deleted, name, enabled, by_sku.get(sku, {}), True, rv,
-                product_id, gallery_id, digest,
+                product_id, gallery_id, _digest_of(digest, gallery_id),
             )  # fmt: skip
         for sku in keys:
             if sku not in states:
@@ -192,7 +207,8 @@ async def apply_diffs(conn: asyncpg.Connection, diffs: Iterable[SkuDiff]) -> Row
             p = d.product
             row = (
                 p.sku, p.product_version, p.gallery_version, p.deleted, p.name, p.enabled,
-                p.product_event_id or None, p.gallery_event_id or None, p.gallery_digest,
+                p.product_event_id or None, p.gallery_event_id or None,
+                _stored_digest(p.gallery_digest, p.gallery_event_id),
             )  # fmt: skip
             if d.read_version:
                 updated.append((*row, d.read_version))

@@ -19,7 +19,7 @@ from streamer.contract.events import EventType
 from streamer.contract.lean import LeanMedia, PendingMedia, lean_common
 from streamer.contract.schemas import current_schemas
 from streamer.gallery.fold import FoldRules, keys_in_play
-from streamer.gallery.state import SkuState
+from streamer.gallery.state import DIGEST_BYTES, SkuState
 
 __all__ = ["DIGEST_RULES", "digest_key", "pending_media", "settle"]
 
@@ -61,7 +61,9 @@ def pending_media(
             return None
     except UnicodeDecodeError:
         return None
-    digest = hashlib.blake2b(memoryview(value)[offset:], digest_size=16, key=digest_key).digest()
+    digest = hashlib.blake2b(
+        memoryview(value)[offset:], digest_size=DIGEST_BYTES, key=digest_key
+    ).digest()
     return PendingMedia(*common, digest=digest, value=value, decoder=codec.decode_gallery_input)
 
 

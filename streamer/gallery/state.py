@@ -6,7 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["ObjectInfo", "SeenEvent", "SkuState", "StoredImage", "display_order"]
+__all__ = ["DIGEST_BYTES", "ObjectInfo", "SeenEvent", "SkuState", "StoredImage", "display_order"]
+
+DIGEST_BYTES = 16  # a media payload's digest (SkuState.gallery_digest)
 
 
 @dataclass(frozen=True, slots=True)
