@@ -18,6 +18,7 @@ import io
 import json
 import re
 import struct
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -95,14 +96,76 @@ def _current_media_canonical() -> str:
     return current_schemas()[EventType.MEDIA.value].canonical
 
 
+# The current MediaGalleryChanged's fields before ``mode``, as ``media_prefix`` reads them.
+_PREFIX_LAYOUT = (
+    ("event_id", {"type": "string", "logicalType": "uuid"}),
+    ("sku", "string"),
+    ("version", "long"),
+    ("occurred_at", {"type": "long", "logicalType": "timestamp-millis"}),
+    ("source", "string"),
+    ("request_id", ["null", "string"]),
+    ("mode", None),
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 @lru_cache(maxsize=1)
-def _media_prefix_schema() -> Any:
-    """The current ``MediaGalleryChanged`` cut before ``mode``: its common fields only."""
-    raw = dict(current_schemas()[EventType.MEDIA.value].raw)
-    names = [f["name"] for f in raw["fields"]]
-    raw["fields"] = raw["fields"][: names.index("mode")]
-    raw["name"] = "MediaGalleryChangedPrefix"
-    return parse_schema(raw)
+def _prefix_readable() -> bool:
+    """Whether the current schema still starts as ``_PREFIX_LAYOUT`` says (else every media
+    event is decoded in full)."""
+    fields = current_schemas()[EventType.MEDIA.value].raw["fields"]
+    return len(fields) >= len(_PREFIX_LAYOUT) and all(
+        f["name"] == name and (kind is None or f["type"] == kind)
+        for f, (name, kind) in zip(fields, _PREFIX_LAYOUT, strict=False)
+    )
+
+
+def _long_at(b: bytes, i: int) -> tuple[int, int]:
+    """Avro's long (zig-zag varint) at ``i``, and the offset after it."""
+    byte = b[i]
+    i += 1
+    n, shift = byte & 0x7F, 7
+    while byte & 0x80:
+        byte = b[i]
+        i += 1
+        n |= (byte & 0x7F) << shift
+        shift += 7
+        if shift > 70:
+            raise ValueError("varint longer than a long")
+    return (n >> 1) ^ -(n & 1), i
+
+
+def _string_at(b: bytes, i: int) -> tuple[str, int]:
+    n, i = _long_at(b, i)
+    end = i + n
+    if n < 0 or end > len(b):
+        raise ValueError("string past the end of the message")
+    return b[i:end].decode("utf-8"), end
+
+
+def _read_prefix(b: bytes, i: int) -> tuple[dict[str, Any], int]:
+    """The fields ``_PREFIX_LAYOUT`` names, as fastavro decodes them (an event id's text, a
+    UTC datetime), read by hand: a fifth of fastavro's cost for a few fields of a record."""
+    event_id, i = _string_at(b, i)
+    sku, i = _string_at(b, i)
+    version, i = _long_at(b, i)
+    millis, i = _long_at(b, i)
+    source, i = _string_at(b, i)
+    branch, i = _long_at(b, i)
+    request_id: str | None = None
+    if branch == 1:
+        request_id, i = _string_at(b, i)
+    elif branch != 0:
+        raise ValueError(f"union branch {branch} of request_id")
+    record = {
+        "event_id": event_id,
+        "sku": sku,
+        "version": version,
+        "occurred_at": _EPOCH + timedelta(milliseconds=millis),
+        "source": source,
+        "request_id": request_id,
+    }
+    return record, i
 
 
 class Codec:
@@ -280,9 +343,9 @@ class Codec:
         """The fields before ``mode`` of a ``MediaGalleryChanged`` written with the current
         schema, and the offset where ``mode`` begins; None for any other message.
 
-        Avro writes a record's fields one after another, so the current schema cut after
-        ``request_id`` reads exactly those bytes (fastavro's own conversions, the same
-        values as ``decode``) and stops where the rest begins.
+        Avro writes a record's fields one after another, so those fields are the first bytes
+        of the body, read here as fastavro reads them (the same values as ``decode``), up to
+        where the rest begins.
         """
         if value[:2] == SINGLE_OBJECT_MAGIC:
             if value[2:10] != _media_fingerprint():
@@ -295,15 +358,12 @@ class Codec:
             offset = 5
         else:
             return None
-        buf = io.BytesIO(value)
-        buf.seek(offset)
+        if not _prefix_readable():
+            return None
         try:
-            record = schemaless_reader(buf, _media_prefix_schema(), None)
-        except Exception:  # noqa: BLE001 - decode() reads it again and names what is wrong
-            return None
-        if not isinstance(record, dict):
-            return None
-        return record, buf.tell()
+            return _read_prefix(value, offset)
+        except (ValueError, IndexError, OverflowError):
+            return None  # decode() reads it again and names what is wrong
 
     def _current_media(self, schema_id: int) -> bool:
         known = self._media_ids.get(schema_id)
