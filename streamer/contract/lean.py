@@ -15,6 +15,7 @@ hand-written records, bad ones included.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -59,6 +60,7 @@ __all__ = [
     "lean_recheck",
 ]
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _CONTROL = frozenset(chr(c) for c in (*range(0x20), *range(0x7F, 0xA0)))
 
 
@@ -214,6 +216,8 @@ def _event_id(value: Any) -> str:
         return str(value)
     if type(value) is not str:
         raise _Refused
+    if _CANONICAL_UUID.fullmatch(value):
+        return value  # what str(uuid.UUID(value)) gives, at a tenth of its cost
     try:
         return str(uuid.UUID(value))
     except ValueError:
