@@ -31,7 +31,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -743,11 +743,14 @@ async def run_benchmark(
     naive_events: int = 1000,
     phases: list[str] | None = None,
     log: Log = print,
+    shape: str = "shared",
+    extra_phases: Mapping[str, Callable[[BenchContext], Awaitable[Phase]]] | None = None,
 ) -> BenchResult:
     """Publish first, then start each phase's worker, so a phase measures draining a backlog."""
-    unknown = sorted(set(phases or []) - set(PHASES))
+    known = {**PHASES, **(extra_phases or {})}
+    unknown = sorted(set(phases or []) - set(known))
     if unknown:
-        raise ValueError(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(PHASES)}")
+        raise ValueError(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(known)}")
     run = uuid.uuid4().hex[:6]
     s = settings.replace(
         product_topic=f"bench-{run}.catalog.product.v1",
@@ -760,16 +763,18 @@ async def run_benchmark(
     )
     create_topics(s)
     await migrate_all(s.database.dsn)
-    ctx = BenchContext(s, run, object_paths(n_objects), n_skus, images_per_sku, naive_events, log)
+    ctx = BenchContext(
+        s, run, object_paths(n_objects, shape), n_skus, images_per_sku, naive_events, log
+    )
     progress = Progress("upload", n_objects, lambda line: log(line.replace("events", "objects")))
     started = time.monotonic()
     await asyncio.to_thread(upload_objects, s.s3, ctx.paths, progress.advance)
     log(f"uploaded {n_objects:,} objects in {time.monotonic() - started:.1f}s")
     _, first_ends = publish_catalog(ctx, "first_sync")
     result = BenchResult(await measure_ceilings(ctx, first_ends))
-    for name in phases or list(PHASES):
+    for name in phases or list(known):
         log(f"{name}: running ...")
-        phase = await PHASES[name](ctx)
+        phase = await known[name](ctx)
         result.phases.append(phase)
         log(
             f"{name}: {phase.events:,} events in {phase.seconds:.1f}s, "
