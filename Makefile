@@ -114,8 +114,13 @@ soak: install kafka
 soak-ci: install kafka
 	$(BIN)/python -m tests.soak.run --minutes 3 --report artifacts/soak-ci-report.json $(SOAK_ARGS)
 
+# streamer's phases, the naive and the competent plain baselines in one run, beside the
+# ceilings; BENCH_JSON=FILE writes the JSON object there, BENCH_ARGS passes options
+# (e.g. --shape sharded --skus 2000).
+BENCH_JSON ?=
+BENCH_ARGS ?=
 bench: install
-	$(BIN)/streamer bench
+	$(BIN)/python -m benchmarks.suite $(BENCH_ARGS) $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
 
 bench-replicate: install
 	$(BIN)/streamer dev up >/dev/null

@@ -213,9 +213,17 @@ def bench(
     skus: Annotated[int, typer.Option("--skus", help="SKUs (one gallery event each)")] = 5000,
     images: Annotated[int, typer.Option("--images", help="images per SKU")] = 5,
     objects: Annotated[int, typer.Option("--objects", help="distinct S3 objects")] = 2000,
+    shape: Annotated[
+        str,
+        typer.Option(
+            "--shape",
+            help="object layout: shared (folders of 500, LIST pays) or sharded "
+            "(Magento's /a/b/ab12cd34.jpg, a few objects per folder, HEAD pays)",
+        ),
+    ] = "shared",
     naive_events: Annotated[
         int, typer.Option("--naive-events", help="events the naive consumer re-syncs (it is slow)")
-    ] = 300,
+    ] = 1000,
     etag_source: Annotated[
         str | None, typer.Option("--etag-source", help="auto, head or list")
     ] = None,
@@ -246,7 +254,7 @@ def bench(
         _bench_forward(settings, forward, json_out)
         return
     err_console.print(
-        f"streamer bench: {skus:,} SKUs x {images} images over {objects:,} objects, "
+        f"streamer bench: {skus:,} SKUs x {images} images over {objects:,} {shape} objects, "
         f"ETag source {settings.gallery.etag_source}"
     )
     with fail_cleanly():
@@ -257,6 +265,7 @@ def bench(
                 images_per_sku=images,
                 n_objects=objects,
                 naive_events=naive_events,
+                shape=shape,
                 phases=phase or None,
                 log=lambda line: err_console.print(line, markup=False, highlight=False),
             )

@@ -48,7 +48,7 @@ def schema_dir() -> Path:
 
 def _load(path: Path, version: str) -> KnownSchema:
     raw = json.loads(path.read_text())
-    parsed = parse_schema(raw, _write_hint=False)
+    parsed = parse_schema(raw)
     canonical = to_parsing_canonical_form(parsed)
     digest = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
     return KnownSchema(raw["name"], version, raw, parsed, canonical, digest)

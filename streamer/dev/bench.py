@@ -29,24 +29,27 @@ binds and how close the phase came to it. A phase is a function registered in
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import resource
 import statistics
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from confluent_kafka import Consumer, TopicPartition
+from fastavro import schemaless_reader
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from streamer.contract.codec import Codec
+from streamer.contract.codec import SINGLE_OBJECT_MAGIC, Codec
 from streamer.contract.events import MediaGalleryChanged
 from streamer.contract.publishing import EventPublisher
+from streamer.contract.schemas import known_schemas
 from streamer.dev.loadgen import generate_catalog, object_paths, upload_objects
 from streamer.dev.naive import run_naive
 from streamer.gallery.etags import EtagSource, S3EtagSource
@@ -89,6 +92,9 @@ class Ceilings:
     s3_head_per_s: float
     s3_list_keys_per_s: float
     pg_upsert_rows_per_s: float
+    # The read+decode loop's own CPU per event (librdkafka's threads included): the floor a
+    # phase's CPU per event is held against.
+    broker_read_cpu_us_per_event: float = 0.0
 
 
 @dataclass
@@ -142,6 +148,7 @@ class BenchResult:
         return {
             "ceilings": {
                 "broker_read_events_per_s": round(c.broker_read_events_per_s, 1),
+                "broker_read_cpu_us_per_event": round(c.broker_read_cpu_us_per_event, 1),
                 "s3_head_per_s": round(c.s3_head_per_s, 1),
                 "s3_list_keys_per_s": round(c.s3_list_keys_per_s, 1),
                 "pg_upsert_rows_per_s": round(c.pg_upsert_rows_per_s, 1),
@@ -347,33 +354,47 @@ async def _drained(
 # -- ceilings -----------------------------------------------------------------------------
 
 
-def broker_read_rate(settings: Settings, ends: dict[TP, int]) -> float:
-    """Consume what ``ends`` covers from the start and decode it: events/s, one process."""
-    codec = Codec.for_registry(settings.kafka.schema_registry_url)
+def broker_read_rate(
+    settings: Settings, ends: dict[TP, int], starts: dict[TP, int] | None = None
+) -> tuple[float, float]:
+    """The floor of any consumer in Python: the messages in [starts, ends) read by the
+    fastest plain loop, batch ``consume`` and fastavro's schemaless reader on each value
+    (the writer schema parsed once; no validation, no state). Returns events/s and CPU
+    seconds per event of the whole process (librdkafka's threads included)."""
+    writers = {fp: k.parsed for fp, k in known_schemas().items()}
+    starts = starts or {}
     consumer = Consumer(
         settings.kafka.client_config(
             **{
-                "group.id": f"{settings.gallery.group_id}-ceiling",
+                "group.id": f"{settings.gallery.group_id}-ceiling-{uuid.uuid4().hex[:6]}",
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": settings.kafka.fetch_wait_max_ms,
             }
         )
     )
-    total = sum(ends.values())
-    consumer.assign([TopicPartition(t, p, 0) for (t, p) in ends])
+    total = sum(end - starts.get(tp, 0) for tp, end in ends.items())
+    consumer.assign([TopicPartition(t, p, starts.get((t, p), 0)) for (t, p) in ends])
     read = 0
-    started = time.perf_counter()
     try:
-        deadline = time.monotonic() + 120
+        cpu0, started = _cpu_s(), time.perf_counter()
+        deadline = time.monotonic() + 300
         while read < total and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=1000, timeout=1.0):
-                if msg.error() is None:
-                    codec.decode_lean(msg.value())
-                    read += 1
-        seconds = time.perf_counter() - started
+            for msg in consumer.consume(num_messages=settings.runtime.batch_max_events, timeout=1):
+                if msg.error() is not None:
+                    continue
+                value = msg.value()
+                if value is None or value[:2] != SINGLE_OBJECT_MAGIC:
+                    raise RuntimeError("the floor reads single-object framing only")
+                buf = io.BytesIO(value)
+                buf.seek(10)
+                schemaless_reader(buf, writers[value[2:10]], None)
+                read += 1
+        seconds, cpu = time.perf_counter() - started, _cpu_s() - cpu0
     finally:
         consumer.close()
-    return read / seconds if seconds else 0.0
+    if read != total:
+        raise RuntimeError(f"broker read+decode: read {read} of {total} messages")
+    return read / seconds, cpu / read
 
 
 async def s3_rates(ctx: BenchContext) -> tuple[float, float]:
@@ -402,44 +423,51 @@ async def s3_rates(ctx: BenchContext) -> tuple[float, float]:
 
 
 async def pg_upsert_rate(ctx: BenchContext, rows: int) -> float:
-    """The gallery's own set-based upsert, into a scratch copy of its table, in the
-    worker's batch size: rows/s."""
+    """The gallery's own set-based upsert, into a scratch copy of its table (logged, as the
+    gallery's is: its WAL is written and flushed at each commit), in the worker's batch
+    size: rows/s."""
     per_tx = ctx.settings.runtime.batch_max_events * ctx.images_per_sku
-    statement = _UPSERT_IMAGE.replace("gallery_images", "bench_upsert")
+    table = f"bench_upsert_{ctx.run}"
+    statement = _UPSERT_IMAGE.replace("gallery_images", table)
     async with connect(ctx.settings.database.dsn) as conn:
-        await conn.execute(
-            "CREATE TEMP TABLE bench_upsert (LIKE gallery_images INCLUDING ALL) ON COMMIT PRESERVE ROWS"
-        )
-        started = time.perf_counter()
-        for first in range(0, rows, per_tx):
-            chunk = range(first, min(rows, first + per_tx))
-            columns: list[list[Any]] = [
-                [f"U{i // ctx.images_per_sku:08d}" for i in chunk],
-                [f"/u/{i:08d}.jpg" for i in chunk],
-                ["0123456789abcdef0123456789abcdef"] * len(chunk),
-                [4096] * len(chunk),
-                ["image/jpeg"] * len(chunk),
-                [f"label {i}" for i in chunk],
-                [i % ctx.images_per_sku for i in chunk],
-                [False] * len(chunk),
-                ["image" if i % ctx.images_per_sku == 0 else "" for i in chunk],
-                [1] * len(chunk),
-            ]
-            async with conn.transaction():
-                await conn.execute(statement, *columns)
-        seconds = time.perf_counter() - started
-    return rows / seconds
+        await conn.execute(f"CREATE TABLE {table} (LIKE gallery_images INCLUDING ALL)")
+        try:
+            return await _upserts(conn, statement, rows, per_tx, ctx.images_per_sku)
+        finally:
+            await conn.execute(f"DROP TABLE {table}")
+
+
+async def _upserts(conn: Any, statement: str, rows: int, per_tx: int, images_per_sku: int) -> float:
+    started = time.perf_counter()
+    for first in range(0, rows, per_tx):
+        chunk = range(first, min(rows, first + per_tx))
+        columns: list[list[Any]] = [
+            [f"U{i // images_per_sku:08d}" for i in chunk],
+            [f"/u/{i:08d}.jpg" for i in chunk],
+            ["0123456789abcdef0123456789abcdef"] * len(chunk),
+            [4096] * len(chunk),
+            ["image/jpeg"] * len(chunk),
+            [f"label {i}" for i in chunk],
+            [i % images_per_sku for i in chunk],
+            [False] * len(chunk),
+            ["image" if i % images_per_sku == 0 else "" for i in chunk],
+            [1] * len(chunk),
+        ]
+        async with conn.transaction():
+            await conn.execute(statement, *columns)
+    return rows / (time.perf_counter() - started)
 
 
 async def measure_ceilings(ctx: BenchContext, first_sync_ends: dict[TP, int]) -> Ceilings:
     ctx.log("ceilings: broker read+decode, S3 HEAD and LIST, PostgreSQL upsert ...")
-    broker = await asyncio.to_thread(broker_read_rate, ctx.settings, first_sync_ends)
+    broker, read_cpu = await asyncio.to_thread(broker_read_rate, ctx.settings, first_sync_ends)
     head, listed = await s3_rates(ctx)
     rows = min(ctx.n_skus * ctx.images_per_sku, 50_000)
     upsert = await pg_upsert_rate(ctx, rows)
-    ceilings = Ceilings(broker, head, listed, upsert)
+    ceilings = Ceilings(broker, head, listed, upsert, 1e6 * read_cpu)
     ctx.log(
-        f"ceilings: broker {broker:,.0f} events/s, S3 HEAD {head:,.0f}/s, "
+        f"ceilings: broker read+decode {broker:,.0f} events/s at {1e6 * read_cpu:,.1f} µs CPU "
+        f"per event, S3 HEAD {head:,.0f}/s, "
         f"S3 LIST {listed:,.0f} keys/s, PostgreSQL upsert {upsert:,.0f} rows/s"
     )
     return ceilings
@@ -601,13 +629,21 @@ async def naive_noop_resync(ctx: BenchContext) -> Phase:
     """The no-op re-sync's own messages, through the naive consumer (a subset: it is slow)."""
     limit = min(ctx.naive_events, ctx.n_skus)
     progress = Progress("naive_noop_resync", limit, ctx.log)
+    clock: list[float] = []  # CPU and wall clock once its clients are made, as for streamer's
+
+    def ready() -> None:
+        clock[:] = [_cpu_s(), time.monotonic()]
+
     with peak_rss() as peak:
-        cpu0, t0 = _cpu_s(), time.monotonic()
         # From where the no-op re-sync's messages begin: the same messages, read again.
         result = await run_naive(
-            ctx.settings, ctx.published["first_sync"], limit, progress=progress.advance
+            ctx.settings,
+            ctx.published["first_sync"],
+            limit,
+            progress=progress.advance,
+            ready=ready,
         )
-        seconds, cpu = time.monotonic() - t0, _cpu_s() - cpu0
+        seconds, cpu = time.monotonic() - clock[1], _cpu_s() - clock[0]
     return Phase(
         "naive_noop_resync",
         result.events,
@@ -704,8 +740,16 @@ def explain(result: BenchResult, log: Log) -> None:
         if phase.name.startswith("naive"):
             continue
         part, limit = binding(phase, result.ceilings)
+        floor_cpu = result.ceilings.broker_read_cpu_us_per_event
+        cpu_ratio = (
+            f"; CPU per event {floor_cpu / phase.cpu_us_per_event:.2f} of read+decode's"
+            if floor_cpu and phase.cpu_us_per_event
+            else ""
+        )
         log(
-            f"{phase.name}: bound by {part} at {limit:,.0f} events/s; reached "
+            f"{phase.name}: {phase.events_per_s / result.ceilings.broker_read_events_per_s:.2f}"
+            f" of broker read+decode's events/s{cpu_ratio}; "
+            f"bound by {part} at {limit:,.0f} events/s; reached "
             f"{phase.events_per_s / limit:.2f} of it "
             f"({phase.heads / max(1, phase.events):.2f} HEADs, "
             f"{phase.listed_keys / max(1, phase.events):.2f} listed keys, "
@@ -770,14 +814,17 @@ async def run_benchmark(
     n_skus: int,
     images_per_sku: int,
     n_objects: int,
-    naive_events: int = 300,
+    naive_events: int = 1000,
     phases: list[str] | None = None,
     log: Log = print,
+    shape: str = "shared",
+    extra_phases: Mapping[str, Callable[[BenchContext], Awaitable[Phase]]] | None = None,
 ) -> BenchResult:
     """Publish first, then start each phase's worker, so a phase measures draining a backlog."""
-    unknown = sorted(set(phases or []) - set(PHASES))
+    known = {**PHASES, **(extra_phases or {})}
+    unknown = sorted(set(phases or []) - set(known))
     if unknown:
-        raise ValueError(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(PHASES)}")
+        raise ValueError(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(known)}")
     run = uuid.uuid4().hex[:6]
     s = settings.replace(
         product_topic=f"bench-{run}.catalog.product.v1",
@@ -790,16 +837,18 @@ async def run_benchmark(
     )
     create_topics(s)
     await migrate_all(s.database.dsn)
-    ctx = BenchContext(s, run, object_paths(n_objects), n_skus, images_per_sku, naive_events, log)
+    ctx = BenchContext(
+        s, run, object_paths(n_objects, shape), n_skus, images_per_sku, naive_events, log
+    )
     progress = Progress("upload", n_objects, lambda line: log(line.replace("events", "objects")))
     started = time.monotonic()
     await asyncio.to_thread(upload_objects, s.s3, ctx.paths, progress.advance)
     log(f"uploaded {n_objects:,} objects in {time.monotonic() - started:.1f}s")
     _, first_ends = publish_catalog(ctx, "first_sync")
     result = BenchResult(await measure_ceilings(ctx, first_ends))
-    for name in phases or list(PHASES):
+    for name in phases or list(known):
         log(f"{name}: running ...")
-        phase = await PHASES[name](ctx)
+        phase = await known[name](ctx)
         result.phases.append(phase)
         log(
             f"{name}: {phase.events:,} events in {phase.seconds:.1f}s, "

@@ -48,9 +48,12 @@ async def run_naive(
     limit: int,
     *,
     progress: Callable[[int], None] | None = None,
+    ready: Callable[[], None] | None = None,
     timeout_s: float = 900,
 ) -> NaiveResult:
-    """Consume up to ``limit`` messages from ``starts`` (partition -> offset), one at a time."""
+    """Consume up to ``limit`` messages from ``starts`` (partition -> offset), one at a time.
+    ``ready`` is called once its clients are made and its partitions assigned, before the
+    first message: where a benchmark's clock starts, as it does for streamer's phases."""
     codec = Codec.for_registry(settings.kafka.schema_registry_url)
     s3 = make_s3_client(settings.s3, max_pool_connections=1)
     bucket, prefix = settings.s3.s3_bucket, settings.s3.s3_prefix
@@ -70,6 +73,8 @@ async def run_naive(
     consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in starts.items()])
     try:
         async with connect(settings.database.dsn) as conn:
+            if ready is not None:
+                ready()
             while result.events < limit and time.monotonic() < deadline:
                 msg = consumer.poll(0.5)
                 if msg is None or msg.error() is not None:

@@ -64,6 +64,7 @@ def diff(stored: SkuState, folded: SkuState) -> SkuDiff:
         or folded.gallery_version != stored.gallery_version
         or folded.product_event_id != stored.product_event_id
         or folded.gallery_event_id != stored.gallery_event_id
+        or folded.gallery_digest != stored.gallery_digest
     )
     return SkuDiff(
         sku=folded.sku,

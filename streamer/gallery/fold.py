@@ -39,6 +39,7 @@ from streamer.contract.lean import (
     LeanMedia,
     LeanProduct,
     LeanRecheck,
+    PendingMedia,
     lean_fingerprint,
 )
 from streamer.gallery.state import ObjectInfo, SeenEvent, SkuState, StoredImage, display_order
@@ -116,6 +117,8 @@ def keys_in_play(
     gallery = state.gallery_key
     paths: set[str] = set()
     for event in events:
+        if isinstance(event, PendingMedia):
+            event = event.full()
         if isinstance(event, LeanRecheck):
             paths.update(event.file_paths)
         elif isinstance(event, LeanMedia) and not _is_older(event, gallery):
@@ -198,6 +201,7 @@ def _apply_media(
 ) -> tuple[SkuState, list[LeanImage]]:
     invalid: list[LeanImage] = []
     resolved: list[tuple[LeanImage, ObjectInfo]] = []
+    mismatches = counts["etag_mismatch"]
     for image in event.images:
         if not image.valid:
             invalid.append(image)
@@ -209,6 +213,13 @@ def _apply_media(
             resolved.append((image, found))
     for image in invalid:
         counts[image.invalid_reason or "invalid"] += 1
+    # Whether the payload alone says what the images become (see SkuState.gallery_digest).
+    repeatable = (
+        event.digest is not None
+        and not invalid
+        and counts["etag_mismatch"] == mismatches
+        and not any(image.unknown_roles for image in event.images)
+    )
     if not invalid and _unchanged(state, event, resolved, rules):
         if resolved:
             counts["unchanged"] += len({image.file_path for image, _ in resolved})
@@ -225,6 +236,7 @@ def _apply_media(
             state.row_version,
             state.product_event_id,
             event.event_id,
+            _digest(event, state.images, repeatable),
         )
         return new, invalid
 
@@ -288,8 +300,66 @@ def _apply_media(
         images=images,
         deleted=False,
         exists=True,
+        gallery_digest=_digest(event, images, repeatable),
     )
     return new, invalid
+
+
+def _digest(event: LeanMedia, images: Mapping[str, StoredImage], repeatable: bool) -> bytes | None:
+    """The event's digest for the state it leaves, when the payload alone made those images:
+    it listed each of them (valid), and no other."""
+    if not repeatable or images.keys() != {i.file_path for i in event.images}:
+        return None
+    return event.digest
+
+
+def _repeated(
+    state: SkuState,
+    event: PendingMedia,
+    objects: Mapping[str, ObjectInfo | None],
+    rules: FoldRules,
+    owned: Mapping[str, SeenEvent],
+) -> SkuState | None:
+    """The state after a re-sync of the payload that made the stored images, judged without
+    decoding them; None when the event needs its images (``PendingMedia.full``).
+
+    The stored images are what that payload gives, so applying it again changes them only if
+    an object behind them changed: each must resolve (looked up by the decode, as the stored
+    images' paths) to the stored ETag, size and content type, within the size limit.
+    """
+    if (
+        rules.image_limit == 0
+        or not state.exists
+        or state.deleted
+        or state.gallery_digest != event.digest
+        or event.event_id in owned
+        or _is_older(event, state.gallery_key)
+    ):
+        return None
+    for path, image in state.images.items():
+        info = objects.get(path)
+        if (
+            info is None
+            or info.size > rules.max_image_bytes
+            or info.etag != image.etag
+            or (info.size and info.size != image.size)
+            or (info.content_type and info.content_type != image.content_type)
+        ):
+            return None
+    return SkuState(
+        state.sku,
+        state.product_version,
+        event.version,
+        False,
+        state.name,
+        state.enabled,
+        state.images,
+        True,
+        state.row_version,
+        state.product_event_id,
+        event.event_id,
+        state.gallery_digest,
+    )
 
 
 def _apply_recheck(
@@ -346,7 +416,7 @@ def _apply_recheck(
     return (state if images is None else replace(state, images=images)), invalid
 
 
-def _is_older(event: LeanProduct | LeanMedia, claimed: tuple[int, str]) -> bool:
+def _is_older(event: LeanProduct | LeanMedia | PendingMedia, claimed: tuple[int, str]) -> bool:
     """Whether the event is stale against a stored (version, event_id that set it): an older
     version, or the same version set by another event ("": by an event not known, which
     the event then takes over)."""
@@ -372,7 +442,18 @@ def fold(
     unknown_roles = 0
     owned: MutableMapping[str, SeenEvent] = {} if seen is None else seen
     current = state
-    for event in events:
+    for pending in events:
+        if isinstance(pending, PendingMedia):
+            repeated = _repeated(current, pending, objects, rules, owned)
+            if repeated is not None:
+                if current.images:
+                    counts["unchanged"] += len(current.images)
+                results.append(EventResult(pending, EventOutcome.NOOP))
+                current = repeated
+                continue
+            event: LeanProduct | LeanMedia | LeanRecheck = pending.full()
+        else:
+            event = pending
         prior = owned.get(event.event_id)
         if prior is not None:
             if prior.fingerprint != lean_fingerprint(event):
@@ -410,6 +491,7 @@ def fold(
                     deleted=True,
                     images={},
                     exists=True,
+                    gallery_digest=None,
                 )
             else:
                 new = replace(

@@ -37,7 +37,13 @@ from confluent_kafka import Message
 from streamer.contract.codec import Codec
 from streamer.contract.errors import InvalidEvent
 from streamer.contract.events import EventType
-from streamer.contract.lean import RECHECK, GalleryInput, LeanRecheck, lean_fingerprint
+from streamer.contract.lean import (
+    RECHECK,
+    GalleryInput,
+    LeanRecheck,
+    PendingMedia,
+    lean_fingerprint,
+)
 from streamer.contract.topics import TopicSettings
 from streamer.errors import StreamerError
 from streamer.gallery.diff import SkuDiff, diff
@@ -52,6 +58,7 @@ from streamer.gallery.repository import (
     apply_diffs,
     record_outcomes,
 )
+from streamer.gallery.resync import digest_key, pending_media, settle
 from streamer.gallery.settings import GallerySettings
 from streamer.gallery.state import ObjectInfo, SeenEvent, SkuState
 from streamer.objectindex.store import read_objects_locked
@@ -71,6 +78,7 @@ __all__ = ["BatchReport", "GalleryHandler", "GalleryPlan"]
 log = logging.getLogger(__name__)
 
 Event = GalleryInput
+_MEDIA = EventType.MEDIA.value
 # What keys_in_play starts from to name every object an event could need.
 _NOTHING_STORED = SkuState("")
 
@@ -168,6 +176,7 @@ class GalleryHandler(HandlerBase):
             topics.product_topic: EventType.PRODUCT,
             topics.media_topic: EventType.MEDIA,
         }
+        self._digest_key = digest_key(self.rules)
 
     async def start(self, ctx: HandlerContext) -> None:
         self.ctx = ctx
@@ -187,12 +196,22 @@ class GalleryHandler(HandlerBase):
     def _letter(self, msg: Message, error: StreamerError, sku: str | None = None) -> DeadLetter:
         return self.ctx.dead_letter(msg, error, details={"sku": sku} if sku else None)
 
-    def _decode(self, messages: Sequence[Message]) -> tuple[list[_Item], list[DeadLetter]]:
+    def _decode(
+        self, messages: Sequence[Message], consumed: Counter[tuple[str, str]]
+    ) -> tuple[list[_Item], list[DeadLetter]]:
         items: list[_Item] = []
         letters: list[DeadLetter] = []
-        consumed: Counter[tuple[str, str]] = Counter()
         for msg in messages:
             topic = msg.topic() or ""
+            pending = (
+                pending_media(self.codec, msg.value(), msg.key(), self._digest_key)
+                if topic == self.media_topic
+                else None
+            )
+            if pending is not None:
+                consumed[(topic, _MEDIA)] += 1
+                items.append(_Item(msg, pending))
+                continue
             try:
                 event = self.codec.decode_gallery_input(msg.value())
             except StreamerError as exc:
@@ -226,22 +245,62 @@ class GalleryHandler(HandlerBase):
                 letters.append(self._letter(msg, err, event.sku))
             else:
                 items.append(_Item(msg, event))
-        for (topic, event_type), n in consumed.items():
-            self.metrics.events_consumed.labels(topic, event_type).inc(n)
         return items, letters
 
-    async def decode(self, batch: Batch) -> _Decoded:
-        began = time.perf_counter()
-        items, letters = self._decode(batch.messages)
+    def _settle(
+        self,
+        items: list[_Item],
+        states: Mapping[str, SkuState],
+        letters: list[DeadLetter],
+        consumed: Counter[tuple[str, str]],
+    ) -> tuple[list[_Item], set[str]]:
+        """Media events decoded up to their images, once the stored state is known: one
+        whose payload made the stored images stays so (its objects are the stored images'),
+        any other is decoded in full now, as any event is. Returns the items and the paths
+        whose objects the fold may now need besides those of fully decoded events."""
+        settled: list[_Item] = []
+        paths: set[str] = set()
+        for item in items:
+            event = item.event
+            if not isinstance(event, PendingMedia):
+                settled.append(item)
+                continue
+            try:
+                now, needed = settle(event, states[event.sku], self.rules)
+            except StreamerError as exc:
+                if exc.retriable:
+                    raise
+                topic = item.msg.topic() or ""
+                consumed[(topic, _MEDIA)] -= 1
+                consumed[(topic, "undecodable")] += 1
+                letters.append(self._letter(item.msg, exc))
+                continue
+            paths.update(needed)
+            settled.append(item if now is event else _Item(item.msg, now))
+        return settled, paths
+
+    def _grouped(self, items: list[_Item]) -> dict[str, list[_Item]]:
         by_sku: dict[str, list[_Item]] = defaultdict(list)
         for item in items:
             by_sku[item.event.sku].append(item)
+        return dict(by_sku)
+
+    async def decode(self, batch: Batch) -> _Decoded:
+        began = time.perf_counter()
+        consumed: Counter[tuple[str, str]] = Counter()
+        items, letters = self._decode(batch.messages, consumed)
+        by_sku = self._grouped(items)
         # The objects in play as if nothing were stored: a superset of those the fold will
         # need (a stored version can only make events stale), so the ETag look-up runs
-        # beside the state read instead of after it.
+        # beside the state read instead of after it. Media events not decoded in full yet
+        # name theirs once the state is read (``_settle``).
         paths = set().union(
             *(
-                keys_in_play(_NOTHING_STORED, [i.event for i in its], self.rules)
+                keys_in_play(
+                    _NOTHING_STORED,
+                    [i.event for i in its if not isinstance(i.event, PendingMedia)],
+                    self.rules,
+                )
                 for its in by_sku.values()
             )
         )
@@ -257,17 +316,27 @@ class GalleryHandler(HandlerBase):
             if not lookup.done():
                 lookup.cancel()
             await asyncio.gather(lookup, return_exceptions=True)
+        settled, more = self._settle(items, states, letters, consumed)
+        if len(settled) != len(items):
+            by_sku = self._grouped(settled)
+        items = settled
+        more.difference_update(objects)
+        if more:
+            objects.update(await self._lookup(more))
+        for (topic, event_type), n in consumed.items():
+            if n:
+                self.metrics.events_consumed.labels(topic, event_type).inc(n)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "decoded %d messages: decode %.1f ms, state read %.1f ms, ETags of %d objects "
-                "%.1f ms (beside the state read)",
+                "%.1f ms",
                 len(batch),
                 1000 * (decoded - began),
                 1000 * (loaded - decoded),
-                len(paths),
+                len(paths) + len(more),
                 1000 * (time.perf_counter() - decoded),
             )
-        return _Decoded(len(batch), letters, items, dict(by_sku), states, seen, objects)
+        return _Decoded(len(batch), letters, items, by_sku, states, seen, objects)
 
     async def _load(
         self, by_sku: Mapping[str, list[_Item]], items: list[_Item]
@@ -325,7 +394,7 @@ class GalleryHandler(HandlerBase):
             if not d.is_noop:
                 diffs[sku] = d
                 # As it will be stored: the overlay of the next batch reads this version.
-                finals[sku] = dataclasses.replace(folded.state, row_version=state.row_version + 1)
+                finals[sku] = folded.state.stored_as(state.row_version + 1)
         return self._derive(
             GalleryPlan(
                 decoded.messages,

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from streamer.gallery.diff import SkuDiff
-from streamer.gallery.state import SeenEvent, SkuState, StoredImage
+from streamer.gallery.state import DIGEST_BYTES, SeenEvent, SkuState, StoredImage
 from streamer.runtime.database import Database, converted
 from streamer.runtime.errors import StateChanged
 
@@ -26,7 +26,8 @@ RowCounts = dict[str, int]
 
 _SELECT_PRODUCTS = """
 SELECT sku, product_version, gallery_version, deleted, name, enabled, row_version,
-       COALESCE(product_event_id::text, ''), COALESCE(gallery_event_id::text, '')
+       COALESCE(product_event_id::text, ''), COALESCE(gallery_event_id::text, ''),
+       gallery_digest
 FROM products WHERE sku = ANY($1::text[])
 """
 # Roles come comma-joined (cheaper to decode than a text[]), columns in StoredImage's order.
@@ -44,9 +45,9 @@ FROM event_outcomes WHERE event_id = ANY($1::uuid[])
 _INSERT_PRODUCT = """
 INSERT INTO products
     (sku, product_version, gallery_version, deleted, name, enabled, product_event_id,
-     gallery_event_id)
+     gallery_event_id, gallery_digest)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::text[], $6::bool[],
-                     $7::uuid[], $8::uuid[])
+                     $7::uuid[], $8::uuid[], $9::bytea[])
 ON CONFLICT (sku) DO NOTHING
 RETURNING sku
 """
@@ -55,11 +56,11 @@ UPDATE products p SET
     product_version = u.product_version, gallery_version = u.gallery_version,
     deleted = u.deleted, name = u.name, enabled = u.enabled,
     product_event_id = u.product_event_id, gallery_event_id = u.gallery_event_id,
-    row_version = p.row_version + 1, updated_at = now()
+    gallery_digest = u.gallery_digest, row_version = p.row_version + 1, updated_at = now()
 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::text[], $6::bool[],
-            $7::uuid[], $8::uuid[], $9::bigint[])
+            $7::uuid[], $8::uuid[], $9::bytea[], $10::bigint[])
     AS u(sku, product_version, gallery_version, deleted, name, enabled, product_event_id,
-         gallery_event_id, read_version)
+         gallery_event_id, gallery_digest, read_version)
 WHERE p.sku = u.sku AND p.row_version = u.read_version
 RETURNING p.sku
 """
@@ -116,6 +117,21 @@ class OutcomeRow:
     offset: int
 
 
+def _stored_digest(digest: bytes | None, gallery_event_id: str) -> bytes | None:
+    """The digest as stored: followed by the gallery event id it holds with. A writer that
+    does not know the column (an older streamer, a rollback) moves the gallery's event id
+    and leaves the digest behind, which then no longer holds."""
+    if digest is None or not gallery_event_id:
+        return None
+    return digest + gallery_event_id.encode()
+
+
+def _digest_of(stored: bytes | None, gallery_event_id: str) -> bytes | None:
+    if stored is None or not gallery_event_id or stored[DIGEST_BYTES:] != gallery_event_id.encode():
+        return None
+    return stored[:DIGEST_BYTES]
+
+
 def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     """Rows to one array per column, for ``unnest``."""
     return [list(column) for column in zip(*rows, strict=True)]
@@ -157,10 +173,10 @@ class GalleryRepository:
                 version,
             )  # fmt: skip
         states: dict[str, SkuState] = {}
-        for sku, pv, gv, deleted, name, enabled, rv, product_id, gallery_id in products:
+        for sku, pv, gv, deleted, name, enabled, rv, product_id, gallery_id, digest in products:
             states[sku] = SkuState(
                 sku, pv, gv, deleted, name, enabled, by_sku.get(sku, {}), True, rv,
-                product_id, gallery_id,
+                product_id, gallery_id, _digest_of(digest, gallery_id),
             )  # fmt: skip
         for sku in keys:
             if sku not in states:
@@ -192,6 +208,7 @@ async def apply_diffs(conn: asyncpg.Connection, diffs: Iterable[SkuDiff]) -> Row
             row = (
                 p.sku, p.product_version, p.gallery_version, p.deleted, p.name, p.enabled,
                 p.product_event_id or None, p.gallery_event_id or None,
+                _stored_digest(p.gallery_digest, p.gallery_event_id),
             )  # fmt: skip
             if d.read_version:
                 updated.append((*row, d.read_version))

@@ -61,3 +61,30 @@ async def test_a_row_changed_or_created_since_the_read_is_not_overwritten(make_s
             counts = await apply_diffs(conn, [diff(fresh, resync)])
         assert counts == {"insert": 0, "update": 0, "delete": 0, "product": 1}
         assert (await repository.load_states(["S"]))["S"].gallery_version == 9
+
+
+async def test_a_payload_digest_holds_only_with_the_gallery_event_it_was_stored_with(
+    make_settings,
+) -> None:
+    """The digest that lets a re-sync skip decoding is read back as written, and dropped once
+    a writer unaware of it (an older streamer after a rollback) moved the gallery's event."""
+    settings = make_settings()
+    prepare(settings)
+    digest = bytes(range(16))
+    event_id = "6f1c1c9e-8a41-4a53-9a4e-0d5d2f3f6a01"
+    async with Database(settings.database) as database:
+        repository = GalleryRepository(database)
+        empty = (await repository.load_states(["D"]))["D"]
+        made = dataclasses.replace(
+            empty, exists=True, gallery_version=3, gallery_event_id=event_id, gallery_digest=digest
+        )
+        async with connect(settings.database.dsn) as conn, conn.transaction():
+            await apply_diffs(conn, [diff(empty, made)])
+        assert (await repository.load_states(["D"]))["D"].gallery_digest == digest
+
+        async with connect(settings.database.dsn) as conn:
+            await conn.execute(
+                "UPDATE products SET gallery_version = 4, "
+                "gallery_event_id = '0b9a4c2e-1d7e-4f0a-8c55-3b2f6e1d9a77' WHERE sku = 'D'"
+            )
+        assert (await repository.load_states(["D"]))["D"].gallery_digest is None

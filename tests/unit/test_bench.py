@@ -3,11 +3,25 @@ which ceiling binds a phase; without servers (no timing is asserted anywhere).""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import Counter
 
 import pytest
 
-from streamer.dev.bench import PHASES, BenchResult, Ceilings, Phase, binding, format_table
+from benchmarks.suite import PLAIN
+from streamer.dev.bench import (
+    PHASES,
+    BenchResult,
+    Ceilings,
+    Phase,
+    binding,
+    format_table,
+    run_benchmark,
+)
+from streamer.dev.loadgen import object_paths
+from streamer.gallery.etag_plan import PROBE_MIN_KEYS, FolderSizes, folder_of, plan_lookups
+from streamer.storage.keys import s3_key
 
 pytestmark = pytest.mark.unit
 
@@ -39,6 +53,7 @@ def test_json_has_exactly_the_described_keys() -> None:
     assert set(data) == {"ceilings", "phases"}
     assert set(data["ceilings"]) == {
         "broker_read_events_per_s",
+        "broker_read_cpu_us_per_event",
         "s3_head_per_s",
         "s3_list_keys_per_s",
         "pg_upsert_rows_per_s",
@@ -94,3 +109,37 @@ def test_the_binding_ceiling_is_the_lowest_rate_the_phase_could_reach(
     assert part == bound
     if bound == "S3 server":
         assert limit == pytest.approx(2_000)  # one listed key per event at 2,000 keys/s
+
+
+def test_the_sharded_shape_is_magentos_layout_where_auto_heads() -> None:
+    """Sharded: /a/b/ab12cd34.jpg, a few objects per folder, so ``auto`` HEADs every key of a
+    batch; shared: folders of 500, so it lists them."""
+    sharded = object_paths(10_000, "sharded")
+    assert len(set(sharded)) == 10_000
+    for path in sharded[:100]:
+        _, first, second, name = path.split("/")
+        assert (first, second) == (name[0], name[1]) and name.endswith(".jpg")
+    per_folder = Counter(folder_of(p) for p in sharded)
+    assert len(per_folder) > 1_200  # 36 x 36 folders, about 8 objects each
+    batch = [s3_key("media", p) for p in sharded[:2_000]]
+    assert max(Counter(folder_of(k) for k in batch).values()) < PROBE_MIN_KEYS
+    assert not plan_lookups(batch, FolderSizes()).lists
+    shared = [s3_key("media", p) for p in object_paths(2_000)]
+    assert len(plan_lookups(shared, FolderSizes()).lists) == 4
+    with pytest.raises(ValueError, match="unknown shape"):
+        object_paths(1, "flat")
+
+
+def test_the_suite_runs_the_plain_baseline_as_phases_of_the_same_run() -> None:
+    assert list(PLAIN) == ["plain_first_sync", "plain_noop_resync"]
+    with pytest.raises(ValueError, match="plain_first_sync"):
+        asyncio.run(
+            run_benchmark(
+                None,
+                n_skus=1,
+                images_per_sku=1,
+                n_objects=1,  # type: ignore[arg-type]
+                phases=["nope"],
+                extra_phases=PLAIN,
+            )
+        )

@@ -7,7 +7,7 @@ import json
 import os
 import struct
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -15,6 +15,8 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamer.contract.codec import SINGLE_OBJECT_MAGIC, Codec, event_record, registry_config
 from streamer.contract.errors import DecodeError
@@ -217,3 +219,57 @@ def test_event_that_decodes_but_breaks_the_contract_is_invalid_not_undecodable()
 def test_registry_credentials_leave_the_url_that_gets_logged(url: str, expected: dict) -> None:
     assert registry_config(url) == expected
     assert Codec.for_registry(url).registry is not None  # the client takes that configuration
+
+
+prefix_records = st.fixed_dictionaries(
+    {
+        "event_id": st.uuids().map(str),
+        "sku": st.text(max_size=70),
+        "version": st.integers(-(2**63), 2**63 - 1),
+        "occurred_at": st.integers(-(10**12), 10**14).map(
+            lambda ms: datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+        ),
+        "source": st.text(max_size=300),
+        "request_id": st.one_of(st.none(), st.text(max_size=300)),
+        "mode": st.sampled_from(["UPSERT", "REPLACE"]),
+        "images": st.lists(
+            st.fixed_dictionaries({"file_path": st.text(max_size=20), "roles": st.just([])}),
+            max_size=3,
+        ),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(prefix_records, st.sampled_from(["single-object", "confluent"]))
+def test_media_prefix_reads_the_common_fields_as_decode_does(record, framing: str) -> None:
+    """Whatever the values (any text, any long), the fields read by hand before ``mode`` are
+    those the full decode gives, and the rest of the bytes are the mode and images alone."""
+    codec = Codec(registry() if framing == "confluent" else None)
+    value = codec.encode_record(record, type_name="MediaGalleryChanged", topic="catalog.media.v1")
+    found = codec.media_prefix(value)
+    assert found is not None
+    prefix, offset = found
+    full = codec.decode(value).data
+    assert prefix == {k: full[k] if k != "event_id" else str(full[k]) for k in prefix}
+    other = {**record, "event_id": str(uuid.uuid4()), "sku": "x", "version": 7, "source": "s"}
+    again = codec.encode_record(other, type_name="MediaGalleryChanged", topic="catalog.media.v1")
+    moved = codec.media_prefix(again)
+    assert moved is not None and again[moved[1] :] == value[offset:]
+    for cut in range(len(value)):
+        short = codec.media_prefix(value[:cut])  # never raises; short of the prefix: None
+        assert short is None or short[1] <= cut
+
+
+def test_media_prefix_is_for_media_events_of_the_current_schema_only() -> None:
+    codec = Codec()
+    assert codec.media_prefix(codec.encode(product_event(), topic="catalog.product.v1")) is None
+    assert codec.media_prefix(b"\x01\x02junk") is None
+    writer = parse_schema(history("MediaGalleryChanged"))
+    old = media_event(request_id=None)
+    buf = io.BytesIO()
+    schemaless_writer(buf, writer, event_record(old) | {"images": []})
+    framed = SINGLE_OBJECT_MAGIC + bytes.fromhex(
+        fingerprint(to_parsing_canonical_form(writer), "CRC-64-AVRO")
+    )
+    assert codec.media_prefix(framed + buf.getvalue()) is None

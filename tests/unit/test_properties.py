@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,11 +22,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamer.contract.codec import Codec
 from streamer.contract.errors import ImageInvalid
 from streamer.contract.events import normalize_file_path, normalize_roles, parse_event
-from streamer.contract.lean import LeanEvent, lean_event, lean_fingerprint, lean_of
+from streamer.contract.lean import (
+    GalleryInput,
+    LeanEvent,
+    PendingMedia,
+    lean_event,
+    lean_fingerprint,
+    lean_of,
+)
 from streamer.gallery.diff import SkuDiff, diff
 from streamer.gallery.fold import EventOutcome, FoldRules, fold, fold_batch, keys_in_play
+from streamer.gallery.resync import digest_key, pending_media, settle
 from streamer.gallery.state import ObjectInfo, SeenEvent, SkuState, StoredImage, display_order
 from tests.chaos.oracle import Obj, Oracle
 
@@ -92,6 +101,16 @@ def sku_history(draw: st.DrawFn, sku: str) -> list[dict[str, Any]]:
         events.append({"event_id": event_id, "sku": sku, "version": version, **body})
         if draw(st.integers(0, 4)) == 0:
             events.append(draw(st.sampled_from(events)))  # a duplicate, re-sent later
+        media = [e for e in events if e["type"] == "MediaGalleryChanged"]
+        if media and draw(st.integers(0, 2)) == 0:  # a re-sync: a payload again, new id
+            again = draw(st.sampled_from(media))
+            events.append(
+                {
+                    **again,
+                    "event_id": str(draw(st.uuids(version=4))),
+                    "version": draw(st.integers(1, 12)),
+                }
+            )
     return events
 
 
@@ -152,23 +171,57 @@ class Store:
     states: dict[str, SkuState]
     seen: dict[str, SeenEvent]
     letters: Counter[tuple[str, str]]
+    outcomes: list[tuple[str, str]] = field(default_factory=list)
+    judged_pending: int = 0  # re-syncs the fold judged without decoding their images
 
 
-def deliver(delivered: Sequence[dict[str, Any]], sizes: Sequence[int]) -> Store:
+CODEC = Codec()
+
+
+def wire(event: dict[str, Any], digest: bytes | None) -> GalleryInput:
+    """The event as the handler gets it from its Avro bytes: a media event decoded up to
+    its images where ``pending_media`` takes it, else decoded in full."""
+    if event["type"] == "MediaGalleryChanged" and digest is not None:
+        record = {k: v for k, v in event.items() if k != "type"}
+        record.update(occurred_at=NOW, source="props")
+        value = CODEC.encode(parse_event(event["type"], record), topic="props")
+        pending = pending_media(CODEC, value, event["sku"].encode(), digest)
+        assert pending is not None
+        return pending
+    return lean(event)
+
+
+def deliver(
+    delivered: Sequence[dict[str, Any]], sizes: Sequence[int], *, resync: bool = False
+) -> Store:
+    """``resync``: media events come as the handler reads them from Avro bytes, decoded up to
+    their images and settled against the stored state (``gallery.resync``)."""
     store = Store({}, {}, Counter())
     rules = FoldRules(max_image_bytes=MAX_BYTES)
-    events = [lean(e) for e in delivered]
+    key = digest_key(rules) if resync else None
+    events = [wire(e, key) for e in delivered]
     at = 0
     for size in [*sizes, len(events)]:
         batch, at = events[at : at + size], at + size
         states = {e.sku: store.states.get(e.sku, SkuState(e.sku)) for e in batch}
         seen = {e.event_id: store.seen[e.event_id] for e in batch if e.event_id in store.seen}
-        # Only the objects the handler looks up, as it does: before the state is read.
-        wanted = keys_in_play(SkuState(""), batch, rules)
+        # Only the objects the handler looks up, as it does: those of fully decoded events
+        # before the state is read, then those of the pending events as they settle.
+        wanted = keys_in_play(
+            SkuState(""), [e for e in batch if not isinstance(e, PendingMedia)], rules
+        )
+        settled: list[GalleryInput] = []
+        for e in batch:
+            if isinstance(e, PendingMedia):
+                e, needed = settle(e, states[e.sku], rules)
+                wanted |= needed
+            settled.append(e)
         objects = {p: o for p, o in OBJECTS.items() if p in wanted}
-        for sku, folded in fold_batch(states, batch, objects, rules, seen).items():
+        for sku, folded in fold_batch(states, settled, objects, rules, seen).items():
             store.states[sku] = apply_diff(states[sku], diff(states[sku], folded.state))
             for r in folded.results:
+                store.outcomes.append((r.event.event_id, r.outcome.value))
+                store.judged_pending += isinstance(r.event, PendingMedia)
                 if r.outcome in RECORDED:
                     store.seen[r.event.event_id] = SeenEvent(
                         lean_fingerprint(r.event), r.outcome.value
@@ -246,6 +299,45 @@ def test_redeliveries_and_duplicates_change_nothing_whatever_the_versions(
     again = deliver(delivered, sizes)
     assert export(again.states) == export(once.states) == oracle_of(published).export()
     assert content_versions(again.states) == content_versions(once.states)
+
+
+@settings(max_examples=300, deadline=None)
+@given(deliveries())
+def test_resyncs_judged_before_their_images_are_decoded_end_as_decoded_ones(
+    case: tuple[list[Any], list[Any], list[int]],
+) -> None:
+    """A media event recognised as the payload that made the stored images is judged without
+    them: every outcome, the stored galleries, content versions and dead letters are those
+    of the same delivery decoded in full."""
+    _, delivered, sizes = case
+    decoded = deliver(delivered, sizes)
+    recognised = deliver(delivered, sizes, resync=True)
+    assert recognised.outcomes == decoded.outcomes
+    assert export(recognised.states) == export(decoded.states)
+    assert content_versions(recognised.states) == content_versions(decoded.states)
+    assert recognised.letters == decoded.letters
+    assert {s: replace(st, gallery_digest=None) for s, st in recognised.states.items()} == {
+        s: replace(st, gallery_digest=None) for s, st in decoded.states.items()
+    }
+
+
+def test_a_resync_of_the_stored_payload_is_judged_without_its_images() -> None:
+    """The fast path is taken (not only agreed with): the second event is never decoded."""
+    images = [{"file_path": "/a.jpg", "roles": ["base"]}, {"file_path": "/b.jpg"}]
+    first = {
+        "type": "MediaGalleryChanged",
+        "event_id": str(uuid.uuid4()),
+        "sku": "S1",
+        "version": 1,
+        "mode": "REPLACE",
+        "images": images,
+    }
+    again = {**first, "event_id": str(uuid.uuid4()), "version": 2}
+    store = deliver([first, again], [1, 1], resync=True)
+    assert store.outcomes == [(first["event_id"], "written"), (again["event_id"], "noop")]
+    assert store.judged_pending == 1
+    assert store.states["S1"].gallery_version == 2
+    assert store.states["S1"].gallery_digest is not None
 
 
 def test_a_replayed_no_op_delete_does_not_remove_a_newer_gallery() -> None:
