@@ -75,7 +75,8 @@ def main(items: int, bulks: int) -> None:
             Body=b"x",
         )
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-    for name, value in settings.flat().items():
+    every = {name: value for kind in Settings.kinds() for name, value in settings.section(kind)}
+    for name, value in every.items():
         if value is not None and not isinstance(value, dict):
             raw = value.get_secret_value() if isinstance(value, SecretStr) else value
             env[f"STREAMER_{name.upper()}"] = str(raw)
