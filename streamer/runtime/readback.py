@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
@@ -16,6 +17,38 @@ from streamer.runtime.settings import KafkaSettings
 __all__ = ["read_messages"]
 
 log = logging.getLogger(__name__)
+
+
+# How long a topic absent from the metadata, or a partition without a leader, is asked for
+# again before it counts as absent: Kafka 3.6 was seen answering a reader's first metadata
+# request for a topic created seconds before without it (or its leaders), and the reader
+# then read nothing (CI, the smoke tests on Kafka 3.6.2: dlq show and replay found none of
+# the dead letters just published).
+_METADATA_SETTLE_S = 3.0
+
+
+def _topic_metadata(consumer: Consumer, kafka: KafkaSettings, topic: str, timeout_s: float) -> Any:
+    """The topic's metadata once it and every partition's leader are known; None when the
+    topic is still absent after ``_METADATA_SETTLE_S``."""
+    deadline = time.monotonic() + _METADATA_SETTLE_S
+    while True:
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {kafka.kafka_bootstrap}: {exc}"
+            ) from exc
+        settled = (
+            meta is not None
+            and meta.error is None
+            and meta.partitions
+            and all(p.error is None and p.leader >= 0 for p in meta.partitions.values())
+        )
+        if settled:
+            return meta
+        if time.monotonic() >= deadline:
+            return meta if meta is not None and meta.error is None and meta.partitions else None
+        time.sleep(0.2)
 
 
 def read_messages(
@@ -50,13 +83,8 @@ def read_messages(
         )
     )
     try:
-        try:
-            meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        except KafkaException as exc:
-            raise BrokerUnavailable(
-                f"cannot reach Kafka at {kafka.kafka_bootstrap}: {exc}"
-            ) from exc
-        if meta is None or meta.error is not None:
+        meta = _topic_metadata(consumer, kafka, topic, timeout_s)
+        if meta is None:
             return
         ends: dict[int, int] = {}
         positions: dict[int, int] = {}
