@@ -224,20 +224,7 @@ def _apply_media(
         if resolved:
             counts["unchanged"] += len({image.file_path for image, _ in resolved})
         # Built directly: dataclasses.replace costs twice as much, on every no-op event.
-        new = SkuState(
-            state.sku,
-            state.product_version,
-            event.version,
-            False,
-            state.name,
-            state.enabled,
-            state.images,
-            True,
-            state.row_version,
-            state.product_event_id,
-            event.event_id,
-            _digest(event, state.images, repeatable),
-        )
+        new = _gallery_at(state, event, _digest(event, state.images, repeatable))
         return new, invalid
 
     images = dict(state.images)
@@ -346,20 +333,7 @@ def _repeated(
             or (info.content_type and info.content_type != image.content_type)
         ):
             return None
-    return SkuState(
-        state.sku,
-        state.product_version,
-        event.version,
-        False,
-        state.name,
-        state.enabled,
-        state.images,
-        True,
-        state.row_version,
-        state.product_event_id,
-        event.event_id,
-        state.gallery_digest,
-    )
+    return _gallery_at(state, event, state.gallery_digest)
 
 
 def _apply_recheck(
@@ -578,3 +552,22 @@ def fold_batch(
     return {
         sku: FoldResult(current[sku], results[sku], counts[sku], unknown[sku]) for sku in by_sku
     }
+
+
+def _gallery_at(state: SkuState, event: LeanMedia | PendingMedia, digest: bytes | None) -> SkuState:
+    """The stored gallery, unchanged, at the event's version and id. Built directly:
+    ``dataclasses.replace`` costs twice as much, on every no-op event."""
+    return SkuState(
+        state.sku,
+        state.product_version,
+        event.version,
+        False,
+        state.name,
+        state.enabled,
+        state.images,
+        True,
+        state.row_version,
+        state.product_event_id,
+        event.event_id,
+        digest,
+    )
