@@ -63,17 +63,7 @@ async def _plain(
         seconds, cpu = time.monotonic() - clock[1], _cpu_s() - clock[0]
     if name == "plain_noop_resync":
         await drop_table(ctx.settings, table)
-    return Phase(
-        name,
-        result.events,
-        result.images,
-        seconds,
-        cpu,
-        result.heads,
-        result.rows_written,
-        peak[0],
-        heads=result.heads,
-    )
+    return Phase.of_heads(name, result, seconds, cpu, peak[0])
 
 
 async def plain_first_sync(ctx: BenchContext) -> Phase:

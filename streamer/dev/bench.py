@@ -112,6 +112,23 @@ class Phase:
     heads: int = 0
     listed_keys: int = 0
 
+    @classmethod
+    def of_heads(
+        cls, name: str, result: Any, seconds: float, cpu_s: float, peak_rss_mb: float
+    ) -> Phase:
+        """A baseline consumer's phase (naive or plain): every S3 request of it is a HEAD."""
+        return cls(
+            name,
+            result.events,
+            result.images,
+            seconds,
+            cpu_s,
+            result.heads,
+            result.rows_written,
+            peak_rss_mb,
+            heads=result.heads,
+        )
+
     @property
     def events_per_s(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
@@ -644,17 +661,7 @@ async def naive_noop_resync(ctx: BenchContext) -> Phase:
             ready=ready,
         )
         seconds, cpu = time.monotonic() - clock[1], _cpu_s() - clock[0]
-    return Phase(
-        "naive_noop_resync",
-        result.events,
-        result.images,
-        seconds,
-        cpu,
-        result.heads,
-        result.rows_written,
-        peak[0],
-        heads=result.heads,
-    )
+    return Phase.of_heads("naive_noop_resync", result, seconds, cpu, peak[0])
 
 
 class _EncodingSink(SpanExporter):

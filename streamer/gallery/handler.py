@@ -60,7 +60,7 @@ from streamer.gallery.repository import (
 )
 from streamer.gallery.resync import digest_key, pending_media, settle
 from streamer.gallery.settings import GallerySettings
-from streamer.gallery.state import ObjectInfo, SeenEvent, SkuState
+from streamer.gallery.state import NOTHING_STORED, ObjectInfo, SeenEvent, SkuState
 from streamer.objectindex.store import read_objects_locked
 from streamer.runtime import tracing
 from streamer.runtime.checkpoint import Transaction
@@ -79,8 +79,6 @@ log = logging.getLogger(__name__)
 
 Event = GalleryInput
 _MEDIA = EventType.MEDIA.value
-# What keys_in_play starts from to name every object an event could need.
-_NOTHING_STORED = SkuState("")
 
 
 @dataclass
@@ -297,7 +295,7 @@ class GalleryHandler(HandlerBase):
         paths = set().union(
             *(
                 keys_in_play(
-                    _NOTHING_STORED,
+                    NOTHING_STORED,
                     [i.event for i in its if not isinstance(i.event, PendingMedia)],
                     self.rules,
                 )

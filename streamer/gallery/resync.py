@@ -19,14 +19,13 @@ from streamer.contract.events import EventType
 from streamer.contract.lean import LeanMedia, PendingMedia, lean_common
 from streamer.contract.schemas import current_schemas
 from streamer.gallery.fold import FoldRules, keys_in_play
-from streamer.gallery.state import DIGEST_BYTES, SkuState
+from streamer.gallery.state import DIGEST_BYTES, NOTHING_STORED, SkuState
 
 __all__ = ["DIGEST_RULES", "digest_key", "pending_media", "settle"]
 
 # Changes whenever what a media payload's bytes decode to, or how the fold judges them,
 # changes in code: a stored digest then no longer matches, and the payload is decoded.
 DIGEST_RULES = "gallery-digest-1"
-_NOTHING_STORED = SkuState("")
 
 
 def digest_key(rules: FoldRules) -> bytes | None:
@@ -77,4 +76,4 @@ def settle(
     if stored.gallery_digest == event.digest:
         return event, set(stored.images)
     full = event.full()
-    return full, keys_in_play(_NOTHING_STORED, [full], rules)
+    return full, keys_in_play(NOTHING_STORED, [full], rules)

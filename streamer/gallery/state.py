@@ -6,7 +6,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["DIGEST_BYTES", "ObjectInfo", "SeenEvent", "SkuState", "StoredImage", "display_order"]
+__all__ = [
+    "DIGEST_BYTES",
+    "NOTHING_STORED",
+    "ObjectInfo",
+    "SeenEvent",
+    "SkuState",
+    "StoredImage",
+    "display_order",
+]
 
 DIGEST_BYTES = 16  # a media payload's digest (SkuState.gallery_digest)
 
@@ -127,3 +135,8 @@ def _image_key(image: StoredImage) -> tuple[object, ...]:
         image.disabled,
         tuple(sorted(image.roles)),
     )
+
+
+# A SKU with nothing stored: what the objects an event may need are named against before
+# its SKU's state is read (a superset of those the fold will use).
+NOTHING_STORED = SkuState("")
