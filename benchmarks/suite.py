@@ -107,7 +107,7 @@ QUIX_GUARANTEE = (
 )
 
 
-def _peer_env(settings: Settings) -> dict[str, str]:
+def peer_env(settings: Settings) -> dict[str, str]:
     """The peer's connections, secrets included, in its environment (never its argv)."""
     s3 = settings.s3
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMER_", "AWS_"))}
@@ -135,6 +135,32 @@ def _offsets(offsets: dict[tuple[str, int], int]) -> str:
     return json.dumps([[t, p, o] for (t, p), o in sorted(offsets.items())])
 
 
+def peer_command(
+    s: Settings,
+    name: str,
+    starts: dict[tuple[str, int], int],
+    ends: dict[tuple[str, int], int],
+    table: str,
+    state_dir: str,
+) -> list[str]:
+    """The peer's command line: what it reads and writes, no connection secret (those go in
+    its environment, ``peer_env``: a command line is visible to every user of the machine)."""
+    return [
+        str(_peer_python()),
+        str(QUIX_PEER),
+        f"--name={name}",
+        f"--group={s.gallery.group_id}-quixstreams",
+        f"--starts={_offsets(starts)}",
+        f"--ends={_offsets(ends)}",
+        f"--schemas={ROOT / 'schemas'}",
+        f"--table={table}",
+        f"--bucket={s.s3.s3_bucket}",
+        f"--prefix={s.s3.s3_prefix}",
+        f"--fetch-wait-max-ms={s.kafka.fetch_wait_max_ms}",
+        f"--state-dir={state_dir}",
+    ]
+
+
 async def _quix(
     ctx: BenchContext,
     name: str,
@@ -147,27 +173,13 @@ async def _quix(
             f"{name} reads from its group's offsets to {after}'s ends: run it right after "
             f"{after}, before a later phase publishes (published so far: {list(ctx.published)})"
         )
-    python = _peer_python()
     table = f"quixstreams_gallery_{ctx.run}"
     await create_table(ctx.settings, table)
     s = ctx.settings
     with tempfile.TemporaryDirectory(prefix="quix-state-") as state:
-        command = [
-            str(python),
-            str(QUIX_PEER),
-            f"--name={name}",
-            f"--group={s.gallery.group_id}-quixstreams",
-            f"--starts={_offsets(starts)}",
-            f"--ends={_offsets(ends)}",
-            f"--schemas={ROOT / 'schemas'}",
-            f"--table={table}",
-            f"--bucket={s.s3.s3_bucket}",
-            f"--prefix={s.s3.s3_prefix}",
-            f"--fetch-wait-max-ms={s.kafka.fetch_wait_max_ms}",
-            f"--state-dir={state}",
-        ]
+        command = peer_command(s, name, starts, ends, table, state)
         done = await asyncio.to_thread(
-            subprocess.run, command, env=_peer_env(s), stdout=subprocess.PIPE, text=True
+            subprocess.run, command, env=peer_env(s), stdout=subprocess.PIPE, text=True
         )
     if done.returncode != 0:
         raise RuntimeError(f"{name}: the quix-streams peer exited with {done.returncode}")
