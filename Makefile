@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# The quix-streams peer of `make bench`, in a venv of its own (see its rule).
+QUIX_VENV ?= .venv-quix
 
 .PHONY: install promtool kustomize kafka chromium netfaults demo test fuzz-api chaos soak soak-ci test-unit test-integration test-tansu test-kafka-oldest lint format bench bench-1m bench-replicate clean
 
@@ -114,13 +116,21 @@ soak: install kafka
 soak-ci: install kafka
 	$(BIN)/python -m tests.soak.run --minutes 3 --report artifacts/soak-ci-report.json $(SOAK_ARGS)
 
-# streamer's phases, the naive and the competent plain baselines in one run, beside the
-# ceilings; BENCH_JSON=FILE writes the JSON object there, BENCH_ARGS passes options
-# (e.g. --shape sharded --skus 2000).
+# streamer's phases, the naive and the competent plain baselines and the quix-streams peer
+# in one run, beside the ceilings; BENCH_JSON=FILE writes the JSON object there, BENCH_ARGS
+# passes options (e.g. --shape sharded --skus 2000).
 BENCH_JSON ?=
 BENCH_ARGS ?=
-bench: install
-	$(BIN)/python -m benchmarks.suite $(BENCH_ARGS) $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
+bench: install $(QUIX_VENV)/bin/quix-peer
+	QUIX_PYTHON=$(QUIX_VENV)/bin/python $(BIN)/python -m benchmarks.suite $(BENCH_ARGS) $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
+
+# The quix-streams peer's own venv (benchmarks/peers/requirements.txt pins it): quix-streams
+# 3.28 pins confluent-kafka<2.13, which conflicts with streamer's.
+$(QUIX_VENV)/bin/quix-peer: benchmarks/peers/requirements.txt
+	test -x $(QUIX_VENV)/bin/python || $(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(QUIX_VENV)/bin/python -m pip install --quiet -r benchmarks/peers/requirements.txt
+	touch $@
 
 bench-replicate: install
 	$(BIN)/streamer dev up >/dev/null
@@ -134,4 +144,4 @@ bench-1m: install
 
 clean:
 	-$(BIN)/streamer dev down
-	rm -rf $(VENV) .streamer
+	rm -rf $(VENV) $(QUIX_VENV) .streamer

@@ -111,6 +111,8 @@ class Phase:
     peak_rss_mb: float
     heads: int = 0
     listed_keys: int = 0
+    # What a crash costs, where it is not streamer's exactly-once effect (a peer's phase).
+    guarantee: str | None = None
 
     @classmethod
     def of_heads(
@@ -144,6 +146,7 @@ class Phase:
     def as_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            **({"guarantee": self.guarantee} if self.guarantee else {}),
             "events": self.events,
             "seconds": round(self.seconds, 3),
             "events_per_s": round(self.events_per_s, 1),
