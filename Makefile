@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install promtool kustomize kafka chromium netfaults demo test fuzz-api chaos soak soak-ci test-unit test-integration test-tansu test-kafka-oldest lint format bench bench-1m bench-replicate clean
+.PHONY: install promtool kustomize kafka chromium netfaults demo test fuzz-api chaos soak soak-ci test-unit test-integration test-tansu test-kafka-oldest lint format bench bench-intake bench-1m bench-replicate clean
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -126,6 +126,16 @@ BENCH_JSON ?=
 BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m benchmarks.suite $(BENCH_ARGS) $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
+
+# The intake's cost per request: one `streamer serve` and a minimal FastAPI + confluent-kafka
+# baseline in the same run, each under single-item bulks from wrk (Debian package) on 50
+# connections; INTAKE_ARGS passes options (e.g. --broker kafka --seconds 30 --rounds 3).
+INTAKE_ARGS ?=
+bench-intake: install
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing wrk (Debian package) to drive the intake benchmark"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	$(BIN)/python -m benchmarks.intake_load $(INTAKE_ARGS) $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
 
 bench-replicate: install
 	$(BIN)/streamer dev up >/dev/null
