@@ -88,6 +88,7 @@ def main() -> None:
         log_config=None,
         access_log=False,
         loop="uvloop",
+        http="httptools",  # as streamer serve's
         server_header=False,
     )
 

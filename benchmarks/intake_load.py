@@ -116,8 +116,34 @@ def wrk(url: str, token: str, seconds: int, connections: int) -> dict[str, Any]:
 
 
 def measure(
-    name: str, pid: int, url: str, token: str, seconds: int, connections: int
+    name: str,
+    pid: int,
+    url: str,
+    token: str,
+    seconds: int,
+    connections: int,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
+    spy = None
+    if profile is not None:  # py-spy (pip install py-spy): collapsed stacks, CPU only
+        spy = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(seconds),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "-o",
+                str(profile),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
     client0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0, total0 = machine_ticks()
     cpu0 = cpu_s(pid)
@@ -125,6 +151,8 @@ def measure(
     cpu = cpu_s(pid) - cpu0
     busy1, total1 = machine_ticks()
     client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if spy is not None:
+        spy.wait(60)
     n = max(run["requests"], 1)
     wall = run["duration_us"] / 1e6
     client = (client1.ru_utime + client1.ru_stime) - (client0.ru_utime + client0.ru_stime)
@@ -198,7 +226,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(
-    seconds: int, connections: int, broker: str | None, rounds: int, json_out: Path | None
+    seconds: int,
+    connections: int,
+    broker: str | None,
+    rounds: int,
+    json_out: Path | None,
+    profile: Path | None,
 ) -> None:
     home = Path(os.environ.get("STREAMER_HOME", ".streamer")).resolve()
     dev = DevStack(home, broker="kafka" if broker == "kafka" else "tansu" if broker else None)
@@ -239,7 +272,8 @@ def main(
         rows = []
         for _ in range(rounds):
             for name, pid, url in servers:
-                rows.append(measure(name, pid, url, token, seconds, connections))
+                spied = profile if profile is not None and pid == server.pid else None
+                rows.append(measure(name, pid, url, token, seconds, connections, spied))
                 print(json.dumps(rows[-1]), flush=True)
         print(
             f"\nbroker {state.broker}, {connections} connections, {seconds} s each, "
@@ -267,5 +301,8 @@ if __name__ == "__main__":
     parser.add_argument("--broker", choices=["tansu", "kafka"], default=None)
     parser.add_argument("--rounds", type=int, default=1, help="streamer, then baseline, N times")
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="py-spy's collapsed stacks of streamer serve"
+    )
     args = parser.parse_args()
-    main(args.seconds, args.connections, args.broker, args.rounds, args.json_out)
+    main(args.seconds, args.connections, args.broker, args.rounds, args.json_out, args.profile)
