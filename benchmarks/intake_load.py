@@ -1,7 +1,8 @@
 """The intake's cost per request, under load from a compiled client, beside a minimal baseline.
 
     .venv/bin/python -m benchmarks.intake_load [--seconds 20] [--connections 50]
-        [--broker tansu|kafka] [--rounds 1] [--json-out FILE]
+        [--broker tansu|kafka] [--rounds 1] [--json-out FILE] [--pool-size N]
+        [--no-idempotency] [--profile FILE]
 
 On the dev stack (started if it is not running; left running, as `streamer dev up` would),
 one `streamer serve` process and one minimal baseline process (benchmarks/intake_baseline:
@@ -11,7 +12,10 @@ it can) on N connections for S seconds each, one after the other, after a warm-u
 is not counted. For each: requests/s, p50/p99 latency, status counts, the server
 process's CPU per request (utime+stime from /proc, before and after, every thread of the
 process: uvicorn, the executor, librdkafka's), the client's CPU, and how busy the machine
-was (/proc/stat, both cores, everything running) with its load average.
+was (/proc/stat, both cores, everything running) with its load average. A third run
+sends `streamer serve` the same load with an `Idempotency-Key` on every request (two more
+PostgreSQL statements each). ``--profile FILE``: py-spy's collapsed stacks of `streamer
+serve` during its run (``pip install py-spy``).
 """
 
 from __future__ import annotations
@@ -59,7 +63,10 @@ function request()
   n = n + 1
   local body = '{"request": {"request_id": "load", "items": [{"sku": "L-' .. id .. '-' .. n
     .. '", "images": [{"file_path": "b/1.jpg"}]}]}}'
-  return wrk.format(nil, nil, nil, body)
+  local headers = {}
+  for k, v in pairs(wrk.headers) do headers[k] = v end
+  if %(idempotency)s then headers["Idempotency-Key"] = "%(run)s-" .. id .. "-" .. n end
+  return wrk.format(nil, nil, headers, body)
 end
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
@@ -90,10 +97,20 @@ def machine_ticks() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def wrk(url: str, token: str, seconds: int, connections: int) -> dict[str, Any]:
+def wrk(
+    url: str, token: str, seconds: int, connections: int, idempotency: bool = False
+) -> dict[str, Any]:
+    """One wrk run; ``idempotency``: every request with its own ``Idempotency-Key``."""
     with tempfile.TemporaryDirectory(prefix="streamer-wrk-") as tmp:
         script = Path(tmp) / "intake.lua"
-        script.write_text(WRK_SCRIPT % {"token": token})
+        script.write_text(
+            WRK_SCRIPT
+            % {
+                "token": token,
+                "idempotency": "true" if idempotency else "false",
+                "run": uuid.uuid4().hex[:8],
+            }
+        )
         ran = subprocess.run(
             [
                 "wrk",
@@ -123,6 +140,7 @@ def measure(
     seconds: int,
     connections: int,
     profile: Path | None = None,
+    idempotency: bool = False,
 ) -> dict[str, Any]:
     spy = None
     if profile is not None:  # py-spy (pip install py-spy): collapsed stacks, CPU only
@@ -147,7 +165,7 @@ def measure(
     client0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0, total0 = machine_ticks()
     cpu0 = cpu_s(pid)
-    run = wrk(url, token, seconds, connections)
+    run = wrk(url, token, seconds, connections, idempotency)
     cpu = cpu_s(pid) - cpu0
     busy1, total1 = machine_ticks()
     client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -189,9 +207,12 @@ async def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: fl
             await asyncio.sleep(0.2)
 
 
-def prepared(dev: DevStack, token: str) -> Settings:
+def prepared(dev: DevStack, token: str, pool_size: int | None) -> Settings:
     run = uuid.uuid4().hex[:6]
-    settings = load_settings(env_file=dev.env_file).replace(
+    settings = load_settings(env_file=dev.env_file)
+    if pool_size is not None:
+        settings = settings.replace(database_pool_size=pool_size)
+    settings = settings.replace(
         product_topic=f"intake-{run}.product",
         media_topic=f"intake-{run}.media",
         outcome_topic=f"intake-{run}.outcome",
@@ -232,12 +253,14 @@ def main(
     rounds: int,
     json_out: Path | None,
     profile: Path | None,
+    pool_size: int | None,
+    idempotency: bool,
 ) -> None:
     home = Path(os.environ.get("STREAMER_HOME", ".streamer")).resolve()
     dev = DevStack(home, broker="kafka" if broker == "kafka" else "tansu" if broker else None)
     state = dev.up()
     token = secrets.token_urlsafe(24)
-    settings = prepared(dev, token)
+    settings = prepared(dev, token, pool_size)
     streamer_url = f"http://127.0.0.1:{settings.api.api_port}"
     baseline_port = free_port()
     baseline_url = f"http://127.0.0.1:{baseline_port}"
@@ -264,20 +287,23 @@ def main(
         asyncio.run(wait_healthy(streamer_url, server))
         asyncio.run(wait_healthy(baseline_url, baseline))
         servers = [
-            ("streamer serve", server.pid, streamer_url),
-            ("baseline", baseline.pid, baseline_url),
+            ("streamer serve", server.pid, streamer_url, False),
+            ("baseline", baseline.pid, baseline_url, False),
         ]
-        for _, _, url in servers:  # warm-up, not counted
+        if idempotency:
+            servers.append(("streamer serve, Idempotency-Key", server.pid, streamer_url, True))
+        for _, _, url, _ in servers[:2]:  # warm-up, not counted
             wrk(url, token, min(5, seconds), connections)
         rows = []
         for _ in range(rounds):
-            for name, pid, url in servers:
-                spied = profile if profile is not None and pid == server.pid else None
-                rows.append(measure(name, pid, url, token, seconds, connections, spied))
+            for name, pid, url, keyed in servers:
+                spied = profile if profile is not None and name == "streamer serve" else None
+                rows.append(measure(name, pid, url, token, seconds, connections, spied, keyed))
                 print(json.dumps(rows[-1]), flush=True)
         print(
             f"\nbroker {state.broker}, {connections} connections, {seconds} s each, "
-            f"single-item bulks, {os.cpu_count()} cores\n"
+            f"single-item bulks, {os.cpu_count()} cores, streamer serve's database pool "
+            f"{settings.database.database_pool_size}\n"
         )
         print(table(rows))
         if json_out is not None:
@@ -304,5 +330,22 @@ if __name__ == "__main__":
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy's collapsed stacks of streamer serve"
     )
+    parser.add_argument(
+        "--pool-size", type=int, default=None, help="streamer serve's STREAMER_DATABASE_POOL_SIZE"
+    )
+    parser.add_argument(
+        "--no-idempotency",
+        action="store_true",
+        help="leave out the run with an Idempotency-Key on every request",
+    )
     args = parser.parse_args()
-    main(args.seconds, args.connections, args.broker, args.rounds, args.json_out, args.profile)
+    main(
+        args.seconds,
+        args.connections,
+        args.broker,
+        args.rounds,
+        args.json_out,
+        args.profile,
+        args.pool_size,
+        not args.no_idempotency,
+    )
