@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # The quix-streams peer of `make bench`, in a venv of its own (see its rule).
 QUIX_VENV ?= .venv-quix
 
-.PHONY: install promtool kustomize kafka chromium netfaults demo test fuzz-api chaos soak soak-ci test-unit test-integration test-tansu test-kafka-oldest lint format bench bench-1m bench-replicate clean
+.PHONY: install promtool kustomize kafka chromium netfaults demo test fuzz-api chaos soak soak-ci test-unit test-integration test-tansu test-kafka-oldest lint format bench bench-intake bench-1m bench-replicate clean
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -131,6 +131,16 @@ $(QUIX_VENV)/bin/quix-peer: benchmarks/peers/requirements.txt
 	$(QUIX_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(QUIX_VENV)/bin/python -m pip install --quiet -r benchmarks/peers/requirements.txt
 	touch $@
+
+# The intake's cost per request: one `streamer serve` and a minimal FastAPI + confluent-kafka
+# baseline in the same run, each under single-item bulks from wrk (Debian package) on 50
+# connections; INTAKE_ARGS passes options (e.g. --broker kafka --seconds 30 --rounds 3).
+INTAKE_ARGS ?=
+bench-intake: install
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing wrk (Debian package) to drive the intake benchmark"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	$(BIN)/python -m benchmarks.intake_load $(INTAKE_ARGS) $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
 
 bench-replicate: install
 	$(BIN)/streamer dev up >/dev/null
