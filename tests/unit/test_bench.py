@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import Counter
 
 import pytest
@@ -16,7 +17,11 @@ from streamer.dev.bench import (
     Ceilings,
     Phase,
     binding,
+    commits,
+    committed_ranges,
     format_table,
+    latencies_of,
+    percentiles_ms,
     run_benchmark,
 )
 from streamer.dev.loadgen import object_paths
@@ -60,6 +65,7 @@ def test_json_has_exactly_the_described_keys() -> None:
     }
     assert [p["name"] for p in data["phases"]] == [
         "first_sync",
+        "steady_sync",
         "noop_resync",
         "noop_resync_pruning",
         "noop_resync_index",
@@ -79,6 +85,8 @@ def test_json_has_exactly_the_described_keys() -> None:
             "s3_requests",
             "rows_written",
             "peak_rss_mb",
+            "latency_p50_ms",
+            "latency_p99_ms",
         }
     first = data["phases"][0]
     assert first["events_per_s"] == pytest.approx(1_000_000 / 1234.5, abs=0.1)
@@ -143,3 +151,36 @@ def test_the_suite_runs_the_plain_baseline_as_phases_of_the_same_run() -> None:
                 extra_phases=PLAIN,
             )
         )
+
+
+def test_latency_percentiles_are_nearest_rank_and_absent_without_observations() -> None:
+    assert percentiles_ms([]) == (None, None)
+    p50, p99 = percentiles_ms([i / 1000 for i in range(1, 201)])  # 1..200 ms
+    assert p50 == pytest.approx(100) and p99 == pytest.approx(198)
+    assert percentiles_ms([0.25]) == (250.0, 250.0)
+
+
+def test_each_event_is_held_against_the_commit_of_the_batch_that_applied_it() -> None:
+    batches = [
+        (10.0, [("media", 0, 5, 7), ("product", 0, 0, 3)]),
+        (12.0, [("media", 0, 7, 8), ("media", 1, 0, 1)]),
+    ]
+    ranges = committed_ranges(batches, "media")
+    assert ranges == {("media", 0): (5, 8), ("media", 1): (0, 1)}
+    stamps = {("media", 0): [9.0, 9.5, 11.0], ("media", 1): [11.5]}
+    assert latencies_of(batches, "media", ranges, stamps) == [1.0, 0.5, 1.0, 0.5]
+
+
+def test_commit_records_are_kept_and_the_pipelines_other_lines_still_reach_its_parent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The benchmark reads the pipeline's debug record of each batch; its info lines (and
+    nothing of the debug ones) still go where they went."""
+    logger = logging.getLogger("streamer.runtime.pipeline")
+    level = logger.level
+    with caplog.at_level(logging.INFO, logger="streamer.runtime"), commits() as recorded:
+        logger.debug("batch", extra={"committed_at": 5.0, "batch_offsets": [("t", 0, 1, 2)]})
+        logger.info("planned again")
+    assert recorded.batches == [(5.0, [("t", 0, 1, 2)])]
+    assert [r.getMessage() for r in caplog.records] == ["planned again"]
+    assert logger.level == level and logger.propagate
