@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install promtool kustomize kafka chromium netfaults demo test fuzz-api chaos soak soak-ci test-unit test-integration test-tansu test-kafka-oldest lint format bench bench-1m bench-replicate clean
+.PHONY: install promtool kustomize kafka chromium netfaults demo test fuzz-api chaos soak soak-ci test-unit test-integration test-tansu test-kafka-oldest lint format bench bench-scale bench-1m bench-replicate clean
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -126,6 +126,13 @@ BENCH_JSON ?=
 BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m benchmarks.suite $(BENCH_ARGS) $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
+
+# The no-op re-sync through the index drained by 1, 2 and 4 `streamer consume` processes on
+# 12 partitions, in one run (run it on Apache Kafka: `streamer dev up --broker kafka`);
+# SCALE_ARGS passes options (e.g. --processes 1,2 --skus 2000), BENCH_JSON=FILE the JSON.
+SCALE_ARGS ?=
+bench-scale: install
+	$(BIN)/python -m benchmarks.scale $(SCALE_ARGS) $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
 
 bench-replicate: install
 	$(BIN)/streamer dev up >/dev/null
