@@ -121,11 +121,13 @@ soak-ci: install kafka
 
 # streamer's phases, the naive and the competent plain baselines in one run, beside the
 # ceilings; BENCH_JSON=FILE writes the JSON object there, BENCH_ARGS passes options
-# (e.g. --shape sharded --skus 2000).
+# (e.g. --shape sharded --skus 2000); BENCH_RUNS=N runs it N times, each figure then a
+# [min, max] range over the runs (benchmarks/ranges.py).
 BENCH_JSON ?=
 BENCH_ARGS ?=
+BENCH_RUNS ?= 1
 bench: install
-	$(BIN)/python -m benchmarks.suite $(BENCH_ARGS) $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
+	$(BIN)/python -m benchmarks.suite --runs $(BENCH_RUNS) $(BENCH_ARGS) $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
 
 # The no-op re-sync through the index drained by 1, 2 and 4 `streamer consume` processes on
 # 12 partitions, in one run (run it on Apache Kafka: `streamer dev up --broker kafka`);

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.plain import create_table, drop_table, run_plain
+from benchmarks.ranges import format_ranges, merge, runs_apart
 from streamer.dev.bench import (
     PHASES,
     BenchContext,
@@ -128,8 +129,14 @@ if __name__ == "__main__":
     parser.add_argument("--naive-events", type=int, default=1000)
     parser.add_argument("--phase", action="append", help="only these phases (repeatable)")
     parser.add_argument("--json-out", help="write the JSON object here")
+    parser.add_argument("--runs", type=int, default=1, help="runs, merged into min-max ranges")
     args = parser.parse_args()
-    out = json.dumps(asyncio.run(main(args)), indent=2)
+    if args.runs > 1:
+        merged = merge(runs_apart("benchmarks.suite", args.runs, sys.argv[1:], log))
+        log(format_ranges(merged))
+    else:
+        merged = asyncio.run(main(args))
+    out = json.dumps(merged, indent=2)
     if args.json_out:
         Path(args.json_out).write_text(out + "\n")
     print(out)
