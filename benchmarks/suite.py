@@ -32,8 +32,10 @@ from streamer.dev.bench import (
     Progress,
     _cpu_s,
     _machine_busy,
+    commit_latencies,
     format_table,
     peak_rss,
+    percentiles_ms,
     run_benchmark,
 )
 from streamer.settings import load_settings
@@ -64,7 +66,11 @@ async def _plain(
         seconds, cpu = time.monotonic() - clock[1], _cpu_s() - clock[0]
     if name == "plain_noop_resync":
         await drop_table(ctx.settings, table)
-    return Phase.of_heads(name, result, seconds, cpu, peak[0])
+    phase = Phase.of_heads(name, result, seconds, cpu, peak[0])
+    media = ctx.settings.topics.media_topic
+    latencies = await asyncio.to_thread(commit_latencies, ctx.settings, result.commits, media)
+    phase.latency_p50_ms, phase.latency_p99_ms = percentiles_ms(latencies)
+    return phase
 
 
 async def plain_first_sync(ctx: BenchContext) -> Phase:
