@@ -74,11 +74,15 @@ def _varies(results: list[dict[str, Any]], key: str) -> bool:
     )
 
 
-def _shown(value: Range, digits: int = 0) -> str:
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if value < 100_000 else f"{value / 1000:,.1f}k"
+
+
+def _shown(value: Range) -> str:
     if value is None:
         return "-"
     low, high = value
-    return f"{low:,.{digits}f}" if low == high else f"{low:,.{digits}f}-{high:,.{digits}f}"
+    return _figure(low) if low == high else f"{_figure(low)}-{_figure(high)}"
 
 
 def format_ranges(merged: dict[str, Any]) -> str:
@@ -86,13 +90,13 @@ def format_ranges(merged: dict[str, Any]) -> str:
     lines = [
         f"{merged['run']['runs']} runs, min-max; machine busy "
         + ", ".join(f"{b}%" for b in merged["run"]["machine_busy_pct"]),
-        f"{'phase':<22}{'ev/s':>14}{'µs/ev':>12}{'p50 ms':>14}{'p99 ms':>14}{'RSS MB':>10}",
+        f"{'phase':<20}{'ev/s':>14}{'µs/ev':>15}{'p50 ms':>15}{'p99 ms':>15}{'RSS MB':>10}",
     ]
     for p in merged["phases"]:
         lines.append(
-            f"{p['name'][:21]:<22}{_shown(p['events_per_s']):>14}"
-            f"{_shown(p['consumer_cpu_us_per_event']):>12}{_shown(p.get('latency_p50_ms')):>14}"
-            f"{_shown(p.get('latency_p99_ms')):>14}{_shown(p['peak_rss_mb']):>10}"
+            f"{p['name'][:19]:<20}{_shown(p['events_per_s']):>14}"
+            f"{_shown(p['consumer_cpu_us_per_event']):>15}{_shown(p.get('latency_p50_ms')):>15}"
+            f"{_shown(p.get('latency_p99_ms')):>15}{_shown(p['peak_rss_mb']):>10}"
         )
     return "\n".join(lines)
 
