@@ -356,7 +356,7 @@ def commits() -> Iterator[_Commits]:
 
 def publish_times(
     settings: Settings, ranges: Mapping[TP, tuple[int, int]]
-) -> dict[TP, list[float]]:
+) -> dict[TP, dict[int, float]]:
     """The timestamps (Unix seconds) of the messages in each partition's [first, next):
     the producer's CreateTime, set when the bench handed the message to the client."""
     consumer = Consumer(
@@ -367,7 +367,7 @@ def publish_times(
             }
         )
     )
-    out: dict[TP, list[float]] = {tp: [] for tp in ranges}
+    out: dict[TP, dict[int, float]] = {tp: {} for tp in ranges}
     consumer.assign([TopicPartition(t, p, first) for (t, p), (first, _) in ranges.items()])
     left = {tp for tp, (first, end) in ranges.items() if end > first}
     deadline = time.monotonic() + 120
@@ -377,11 +377,9 @@ def publish_times(
                 tp = (msg.topic() or "", msg.partition() or 0)
                 if msg.error() is not None or tp not in left:
                     continue
-                first, end = ranges[tp]
                 offset = msg.offset() or 0
-                if offset - first == len(out[tp]):
-                    out[tp].append(msg.timestamp()[1] / 1000)
-                if offset + 1 >= end:
+                out[tp][offset] = msg.timestamp()[1] / 1000
+                if offset + 1 >= ranges[tp][1]:
                     left.discard(tp)
     finally:
         consumer.close()
@@ -393,7 +391,7 @@ def publish_times(
 def commit_latencies(settings: Settings, batches: list[Commit], topic: str) -> list[float]:
     """Seconds from each message of ``topic`` to the commit of the batch that applied it."""
     ranges = committed_ranges(batches, topic)
-    return latencies_of(batches, topic, ranges, publish_times(settings, ranges))
+    return latencies_of(batches, topic, publish_times(settings, ranges))
 
 
 def committed_ranges(batches: list[Commit], topic: str) -> dict[TP, tuple[int, int]]:
@@ -410,16 +408,16 @@ def committed_ranges(batches: list[Commit], topic: str) -> dict[TP, tuple[int, i
 def latencies_of(
     batches: list[Commit],
     topic: str,
-    ranges: Mapping[TP, tuple[int, int]],
-    stamps: Mapping[TP, list[float]],
+    stamps: Mapping[TP, Mapping[int, float]],
 ) -> list[float]:
-    """``stamps``: each partition's publish times from its range's first offset on."""
+    """``stamps``: each partition's publish times by offset (an offset without a message,
+    such as a transaction marker, has none and counts for nothing)."""
     out: list[float] = []
     for committed_at, offsets in batches:
         for t, p, first, end in offsets:
             if t == topic:
-                base, times = ranges[(t, p)][0], stamps[(t, p)]
-                out.extend(committed_at - times[o - base] for o in range(first, end))
+                times = stamps[(t, p)]
+                out.extend(committed_at - times[o] for o in range(first, end) if o in times)
     return out
 
 

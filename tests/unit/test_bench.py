@@ -167,8 +167,8 @@ def test_each_event_is_held_against_the_commit_of_the_batch_that_applied_it() ->
     ]
     ranges = committed_ranges(batches, "media")
     assert ranges == {("media", 0): (5, 8), ("media", 1): (0, 1)}
-    stamps = {("media", 0): [9.0, 9.5, 11.0], ("media", 1): [11.5]}
-    assert latencies_of(batches, "media", ranges, stamps) == [1.0, 0.5, 1.0, 0.5]
+    stamps = {("media", 0): {5: 9.0, 6: 9.5, 7: 11.0}, ("media", 1): {0: 11.5}}
+    assert latencies_of(batches, "media", stamps) == [1.0, 0.5, 1.0, 0.5]
 
 
 def test_commit_records_are_kept_and_the_pipelines_other_lines_still_reach_its_parent(
