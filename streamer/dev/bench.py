@@ -916,10 +916,11 @@ def _traced_phase(name: str, ratio: float | None) -> Callable[[BenchContext], Aw
 
 PHASES: dict[str, Callable[[BenchContext], Awaitable[Phase]]] = {
     "first_sync": first_sync,
-    "steady_sync": steady_sync,
     "noop_resync": noop_resync,
     "noop_resync_pruning": noop_resync_pruning,
     "noop_resync_index": noop_resync_index,
+    # After noop_resync: the plain baseline re-reads [first_sync's end, noop_resync's end).
+    "steady_sync": steady_sync,
     "naive_noop_resync": naive_noop_resync,
     "trace_off": _traced_phase("trace_off", None),
     "trace_1.0": _traced_phase("trace_1.0", 1.0),

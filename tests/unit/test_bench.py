@@ -65,10 +65,10 @@ def test_json_has_exactly_the_described_keys() -> None:
     }
     assert [p["name"] for p in data["phases"]] == [
         "first_sync",
-        "steady_sync",
         "noop_resync",
         "noop_resync_pruning",
         "noop_resync_index",
+        "steady_sync",
         "naive_noop_resync",
         "trace_off",
         "trace_1.0",
