@@ -119,6 +119,8 @@ class Phase:
     # phases that observe their commits (None where a phase cannot).
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
+    # What a crash costs, where it is not streamer's exactly-once effect (a peer's phase).
+    guarantee: str | None = None
 
     @classmethod
     def of_heads(
@@ -152,6 +154,7 @@ class Phase:
     def as_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            **({"guarantee": self.guarantee} if self.guarantee else {}),
             "events": self.events,
             "seconds": round(self.seconds, 3),
             "events_per_s": round(self.events_per_s, 1),

@@ -197,6 +197,10 @@ class Checkpoint:
             ) from exc
 
     def _publish(self, output: Output) -> None:
+        """Dead letters go out stamped now; their original's timestamp is a header. Stamped
+        with the original's, an event that waited past the dead-letter topic's retention.ms
+        would be deleted by the broker's next retention check, and a cluster that bounds
+        timestamps (``message.timestamp.before.max.ms``) would refuse it outright."""
         sent: list[Hashable] = []
         for original in output.letters:
             if original.token in self._acked:
@@ -207,7 +211,6 @@ class Checkpoint:
                 letter.value,
                 key=letter.key,
                 headers=letter.kafka_headers(),
-                timestamp_ms=letter.timestamp_ms,
             )
             sent.append(original.token)
         for message in output.messages:

@@ -1,6 +1,7 @@
 """Dead letters: what goes on the dead-letter topic, and how a dead letter is read back.
 
-A dead letter is the original message (key, value, headers, timestamp) plus
+A dead letter is the original message (key, value, headers), stamped when it was
+dead-lettered, plus
 ``streamer.error.*`` headers in the spirit of Kafka Connect's
 ``__connect.errors.*``: reason, message, exception class, original topic,
 partition, offset and timestamp, attempts, the job and consumer group that
@@ -165,18 +166,19 @@ class DeadLetter:
 
         A message that failed before and came back from a replay carries its attempts
         and first failure time in headers: this failure counts one more attempt and
-        keeps that first failure time. ``details`` are extra ``streamer.error.*``
+        keeps that first failure time and original timestamp. ``details`` are extra ``streamer.error.*``
         headers a job adds (what its key is, e.g. ``sku``; an HTTP status, a response
         excerpt); never secrets.
         """
         now = int(time.time() * 1000)
         _kind, ts = msg.timestamp()
         previous, first_failure_ms = attempts_from_headers(msg.headers())
+        replayed_ts = _int(dict(msg.headers() or []).get(REPLAY_PREFIX + "timestamp"))
         return cls(
             key=msg.key(),
             value=msg.value(),
             headers=list(msg.headers() or []),
-            timestamp_ms=ts if ts and ts > 0 else None,
+            timestamp_ms=replayed_ts or (ts if ts and ts > 0 else None),
             topic=msg.topic() or "",
             partition=msg.partition() or 0,
             offset=msg.offset() or 0,

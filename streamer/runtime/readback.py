@@ -20,10 +20,9 @@ log = logging.getLogger(__name__)
 
 
 # How long a topic absent from the metadata, or a partition without a leader, is asked for
-# again before it counts as absent: Kafka 3.6 was seen answering a reader's first metadata
-# request for a topic created seconds before without it (or its leaders), and the reader
-# then read nothing (CI, the smoke tests on Kafka 3.6.2: dlq show and replay found none of
-# the dead letters just published).
+# again before it counts as absent: a topic created moments before can be missing from the
+# metadata of a broker the creation has not reached yet, or have partitions whose leaders
+# are not elected yet.
 _METADATA_SETTLE_S = 3.0
 
 

@@ -79,11 +79,15 @@ class ReplayResult:
 
 
 def replay_headers(record: DeadLetterRecord) -> list[tuple[str, bytes]]:
-    """The original headers plus where the message comes from and how often it failed."""
+    """The original headers plus where the message comes from, how often it failed and its
+    original timestamp: a replay is stamped now, since a week-old timestamp would be past
+    the topic's retention (deleted before it is read) or refused by a broker that bounds
+    timestamps."""
     return [
         *((k, v) for k, v in record.original_headers if not k.startswith(REPLAY_PREFIX)),
         (REPLAY_PREFIX + "attempts", str(record.attempts).encode()),
         (REPLAY_PREFIX + "first_failure", str(record.first_failure_ms or "").encode()),
+        (REPLAY_PREFIX + "timestamp", str(record.timestamp_ms or "").encode()),
         (REPLAY_PREFIX + "from", f"dlq:{record.dlq_partition}:{record.dlq_offset}".encode()),
     ]
 
@@ -139,9 +143,7 @@ async def replay_dead_letters(
         def send(todo: list[DeadLetterRecord]) -> dict[tuple[str, int], int]:
             with Publisher(kafka) as publisher:
                 for r, headers in zip(todo, traced, strict=True):
-                    publisher.produce(
-                        r.topic, r.value, key=r.key, headers=headers, timestamp_ms=r.timestamp_ms
-                    )
+                    publisher.produce(r.topic, r.value, key=r.key, headers=headers)
                 publisher.flush()
                 return dict(publisher.end_offsets)
 

@@ -93,10 +93,10 @@ async def retry_async(
                 raise
             delay = max(policy.backoff_s(attempt), asked_s)
             if metrics is not None:
-                metrics.retries.labels(dependency).inc()
+                metrics.retries.labels(exc.dependency).inc()
             log.warning(
                 "%s failed (attempt %d of %d), retrying in %.2fs: %s",
-                dependency,
+                exc.dependency,
                 attempt,
                 policy.max_attempts,
                 delay,

@@ -33,10 +33,15 @@ from streamer.storage.keys import s3_key
 Event = ProductChanged | MediaGalleryChanged
 
 
-def create_topics(settings: Settings, *, input_max_message_bytes: int | None = None) -> None:
+def create_topics(
+    settings: Settings,
+    *,
+    input_max_message_bytes: int | None = None,
+    dlq_config: dict[str, str] | None = None,
+) -> None:
     """The test's topics. ``input_max_message_bytes`` raises the source topics' limit (1 MB on
     Apache Kafka) for tests of oversized input; the dead-letter topic keeps the default, as
-    the dead letters of such input must fit it."""
+    the dead letters of such input must fit it, or takes ``dlq_config``."""
     admin = AdminClient(settings.kafka.client_config())
     inputs = [settings.topics.product_topic, settings.topics.media_topic]
     topics = [
@@ -52,7 +57,11 @@ def create_topics(settings: Settings, *, input_max_message_bytes: int | None = N
                 t,
                 num_partitions=settings.kafka.topic_partitions,
                 replication_factor=1,
-                config=big if t in inputs else {},
+                config=big
+                if t in inputs
+                else (dlq_config or {})
+                if t == settings.runtime.dlq_topic
+                else {},
             )
             for t in topics
         ]
@@ -61,9 +70,14 @@ def create_topics(settings: Settings, *, input_max_message_bytes: int | None = N
         future.result(timeout=30)
 
 
-def prepare(settings: Settings, *, input_max_message_bytes: int | None = None) -> None:
+def prepare(
+    settings: Settings,
+    *,
+    input_max_message_bytes: int | None = None,
+    dlq_config: dict[str, str] | None = None,
+) -> None:
     """Topics and schema for one test's settings."""
-    create_topics(settings, input_max_message_bytes=input_max_message_bytes)
+    create_topics(settings, input_max_message_bytes=input_max_message_bytes, dlq_config=dlq_config)
     from tests.conftest import run_sync
 
     run_sync(migrate_all(settings.database.dsn))
@@ -155,10 +169,24 @@ class Sender:
             self.raw(topic, event.sku.encode(), self.codec.encode(event, topic=topic))
         self.flush()
 
-    def raw(self, topic: str, key: bytes | None, value: bytes | None, headers: Any = None) -> None:
+    def raw(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any = None,
+        timestamp_ms: int = 0,
+    ) -> None:
         while True:
             try:
-                self.producer.produce(topic, value, key, headers=headers, on_delivery=self._report)
+                self.producer.produce(
+                    topic,
+                    value,
+                    key,
+                    headers=headers,
+                    timestamp=timestamp_ms,
+                    on_delivery=self._report,
+                )
                 break
             except BufferError:
                 self.producer.poll(0.1)

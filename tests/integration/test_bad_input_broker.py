@@ -5,9 +5,11 @@ goes on with the good events behind it."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from tests.integration.api_support import api_server, seed_payload
 from tests.integration.support import (
@@ -18,6 +20,7 @@ from tests.integration.support import (
     prepare,
     put_image,
     read_topic,
+    replay,
     run_until_drained,
 )
 
@@ -67,6 +70,49 @@ async def test_a_megabyte_of_headers_and_a_100_kb_key_are_dead_lettered_with_the
     assert len(keyed_letter.message) < 1000  # the key is quoted cut short, not in full
     stored = {r["sku"] for r in await fetch(settings, "SELECT DISTINCT sku FROM gallery_images")}
     assert stored == {"BEFORE", "HDR-OK", "AFTER"}
+
+
+async def test_a_week_old_event_is_dead_lettered_and_replayed_where_old_timestamps_are_refused(
+    make_settings,
+) -> None:
+    """Dead letters and replays are stamped when they are sent, the original's timestamp kept
+    in a header. Stamped with the original's, a week-old event's dead letter is deleted by
+    the next retention check of a 7-day topic (Kafka 3.6.2 did so 30 s after start, under
+    the dead-letter tests of CI's smoke run), and a broker that bounds timestamps refuses it:
+    the worker then retried that batch for ever."""
+    settings = make_settings(topic_partitions=1)
+    within_an_hour = {"message.timestamp.before.max.ms": "3600000"}
+    prepare(settings, dlq_config=within_an_hour)
+    week_ago = int(time.time() * 1000) - 8 * 24 * 3600 * 1000
+    sender = Sender(settings)
+    sender.raw(settings.topics.media_topic, b"OLD", b"not avro", timestamp_ms=week_ago)
+    sender.flush()
+
+    await run_until_drained(settings, sender.ends, timeout_s=60)
+
+    (letter,) = dead_letters(settings)
+    assert (letter.reason, letter.timestamp_ms) == ("unknown_framing", week_ago)
+
+    admin = AdminClient(settings.kafka.client_config())
+    bounded = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        settings.topics.media_topic,
+        incremental_configs=[
+            ConfigEntry(
+                "message.timestamp.before.max.ms",
+                "3600000",
+                incremental_operation=AlterConfigOpType.SET,
+            )
+        ],
+    )
+    for future in admin.incremental_alter_configs([bounded]).values():
+        future.result(timeout=30)
+    sent_from = int(time.time() * 1000)
+    result = await replay(settings, reason="unknown_framing")
+    assert result.replayed == 1
+    back = read_topic(settings, settings.topics.media_topic, idle_s=0.5)[-1]
+    assert back.timestamp()[1] >= sent_from
+    assert dict(back.headers() or [])["streamer.replay.timestamp"] == str(week_ago).encode()
 
 
 async def test_the_intake_refuses_100_000_items_and_numbers_beyond_the_wire_types(

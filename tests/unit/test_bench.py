@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
-from benchmarks.suite import PLAIN
+from benchmarks.suite import PLAIN, QUIX, QUIX_GUARANTEE, default_phases, peer_command, peer_env
 from streamer.dev.bench import (
     PHASES,
     BenchResult,
@@ -26,6 +28,7 @@ from streamer.dev.bench import (
 )
 from streamer.dev.loadgen import object_paths
 from streamer.gallery.etag_plan import PROBE_MIN_KEYS, FolderSizes, folder_of, plan_lookups
+from streamer.settings import Settings
 from streamer.storage.keys import s3_key
 
 pytestmark = pytest.mark.unit
@@ -184,3 +187,44 @@ def test_commit_records_are_kept_and_the_pipelines_other_lines_still_reach_its_p
     assert recorded.batches == [(5.0, [("t", 0, 1, 2)])]
     assert [r.getMessage() for r in caplog.records] == ["planned again"]
     assert logger.level == level and logger.propagate
+
+
+def test_each_quix_phase_runs_right_after_the_phase_that_publishes_its_messages() -> None:
+    order = default_phases()
+    assert sorted(order) == sorted([*PHASES, *PLAIN, *QUIX])
+    assert order[order.index("first_sync") + 1] == "quixstreams_first_sync"
+    assert order[order.index("noop_resync") + 1] == "quixstreams_noop_resync"
+
+
+def test_a_quix_phase_refuses_to_run_after_a_later_phase_published() -> None:
+    """A quix Application reads from its group's offsets to the topic's end: messages a later
+    phase published would be read too."""
+    ctx = SimpleNamespace(published={"first_sync": {}, "noop_resync": {}, "noop_resync_index": {}})
+    with pytest.raises(ValueError, match="right after noop_resync"):
+        asyncio.run(QUIX["quixstreams_noop_resync"](ctx))  # type: ignore[arg-type]
+
+
+def test_the_peer_gets_its_secrets_in_its_environment_never_on_its_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QUIX_PYTHON", sys.executable)
+    settings = Settings.load(
+        None,
+        database_url="postgresql://u:db-secret@127.0.0.1/x",
+        s3_access_key_id="key-id",
+        s3_secret_access_key="s3-secret",
+        kafka={"sasl.password": "kafka-secret"},
+    )
+    command = " ".join(peer_command(settings, "p", {("t", 0): 0}, {("t", 0): 5}, "tbl", "/tmp"))
+    env = peer_env(settings)
+    for secret in ("db-secret", "s3-secret", "kafka-secret"):
+        assert secret not in command
+        assert any(secret in value for value in env.values())
+    assert '[["t", 0, 5]]' in command
+
+
+def test_a_peer_phase_says_what_a_crash_costs_it_in_its_json() -> None:
+    peer = phase("quixstreams_noop_resync")
+    peer.guarantee = QUIX_GUARANTEE
+    assert "at-least-once" in peer.as_json()["guarantee"]
+    assert "guarantee" not in phase("noop_resync").as_json()

@@ -57,7 +57,7 @@ def replayed(record: DeadLetterRecord) -> Message:
         offset=500,
         key=record.key,
         value=record.value,
-        timestamp=(TIMESTAMP_CREATE_TIME, record.timestamp_ms),
+        timestamp=(TIMESTAMP_CREATE_TIME, int(time.time() * 1000)),
     )
 
 
@@ -179,6 +179,8 @@ def test_attempts_and_first_failure_carry_through_a_replay() -> None:
     previous, _ = attempts_from_headers(back.headers())
     second = letter_for(back, attempts=previous + 1, details={"sku": "SKU-1"})
     assert second.first_failure_ms == 1000, "the first failure is kept across the replay"
+    assert headers["streamer.replay.timestamp"] == b"1700000000123"
+    assert second.timestamp_ms == 1_700_000_000_123, "the original's timestamp, not the replay's"
     assert second.last_failure_ms is not None and second.last_failure_ms > 1000
     record2 = DeadLetterRecord.from_message(on_dlq(second, offset=10))
     assert (record2.attempts, record2.first_failure_ms) == (2, 1000)

@@ -9,7 +9,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.runtime.circuit import CircuitBreaker, CircuitOpenError
-from streamer.runtime.errors import DatabaseDataError, DatabaseUnavailable, StateChanged
+from streamer.runtime.errors import (
+    BrokerUnavailable,
+    DatabaseDataError,
+    DatabaseUnavailable,
+    StateChanged,
+)
 from streamer.runtime.metrics import RuntimeMetrics as Metrics
 from streamer.runtime.retry import RetryPolicy, retry_async
 from streamer.storage.errors import ObjectStoreUnavailable
@@ -234,3 +239,14 @@ async def test_a_batch_the_runner_takes_again_is_not_retried_here() -> None:
         )
     assert StateChanged.retriable and call.calls == 1  # type: ignore[attr-defined]
     assert breaker.state == "closed"
+
+
+async def test_a_retry_is_counted_and_logged_against_the_dependency_that_failed(
+    metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A commit is PostgreSQL's call, but the publication inside it fails on Kafka: SREs
+    must see Kafka's retries, not PostgreSQL's."""
+    call = failing([BrokerUnavailable("the broker refused this batch's dead letters")])
+    await retry_async(call, dependency="postgres", policy=POLICY, metrics=metrics, sleep=Recorder())
+    assert (retries(metrics, "kafka"), retries(metrics, "postgres")) == (1, 0)
+    assert "kafka failed (attempt 1 of 5)" in caplog.text
