@@ -2,7 +2,8 @@
 runs, so a reader sees the spread on a shared machine, not one lucky or unlucky run.
 
 The merged object keeps the suite's shape (``ceilings``, ``phases``, ``run``): every number
-of a ceiling or a phase becomes ``[min, max]`` (``null`` where no run measured it); the
+of a ceiling or a phase becomes ``[min, max]`` (``null`` where no run measured it; a text,
+such as a peer's ``guarantee``, stays as the first run gave it); the
 same phase given twice in a run is matched by its name and its place among its namesakes.
 ``run`` says how many runs there were and how busy the machine was in each; ``runs`` keeps
 every run's own object.
@@ -26,6 +27,12 @@ Range = list[float] | None
 def _range(values: list[Any]) -> Range:
     numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     return [min(numbers), max(numbers)] if numbers else None
+
+
+def _merged(values: list[Any]) -> Any:
+    """A number's range; a text (a peer's guarantee) as the first run gave it."""
+    texts = [v for v in values if isinstance(v, str)]
+    return texts[0] if texts else _range(values)
 
 
 def _phase_key(phases: list[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -52,7 +59,7 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
             {
                 "name": name,
                 "runs": len(runs),
-                **{k: _range([p.get(k) for p in runs]) for k in fields},
+                **{k: _merged([p.get(k) for p in runs]) for k in fields},
             }
         )
     return {

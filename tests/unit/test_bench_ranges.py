@@ -17,6 +17,7 @@ def run(rate: float, p50: float | None, busy: float) -> dict[str, object]:
         "peak_rss_mb": 150.0,
         "latency_p50_ms": p50,
         "latency_p99_ms": None,
+        "guarantee": "at least once",
     }
     return {
         "ceilings": {"broker_read_events_per_s": 10 * rate},
@@ -32,6 +33,7 @@ def test_each_figure_becomes_its_range_and_a_repeated_phase_is_matched_by_its_pl
     assert first["events_per_s"] == [1000, 1500] and second["events_per_s"] == [500, 750]
     assert first["latency_p50_ms"] == [20.0, 30.0]  # a run without it is left out
     assert first["latency_p99_ms"] is None and first["runs"] == 3
+    assert first["guarantee"] == "at least once"
     assert merged["run"]["runs"] == 3 and merged["run"]["skus"] == 5000
     assert merged["run"]["machine_busy_pct"] == [50, 90, 70]
     assert len(merged["runs"]) == 3
