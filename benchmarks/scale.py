@@ -265,14 +265,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def format_steps(steps: list[Step], cores: int) -> str:
     lines = [
-        f"{'procs':>5}{'events':>8}{'ev/s':>8}{'x 1':>6}{'ev/s/proc':>18}{'µs/ev':>7}"
+        f"{'procs':>5}{'events':>8}{'ev/s':>8}{'x 1':>6}{'ev/s/proc':>26}{'µs/ev':>7}"
         f"{'cores used':>11}{'busy':>6}{'load':>12}"
     ]
     for s in steps:
         per = "/".join(f"{v:,.0f}" for v in s.per_process_events_per_s)
         lines.append(
             f"{s.processes:>5}{s.events:>8,}{s.events_per_s:>8,.0f}{s.ratio_to_first:>6.2f}"
-            f"{per:>18}{s.cpu_us_per_event:>7,.0f}{s.workers_cpu_cores:>6.2f} of {cores}"
+            f"{per:>26}{s.cpu_us_per_event:>7,.0f}{s.workers_cpu_cores:>6.2f} of {cores}"
             f"{s.machine_busy_pct:>5.0f}%{s.load_average_1m[0]:>6.1f}{s.load_average_1m[1]:>6.1f}"
         )
     return "\n".join(lines)
