@@ -40,7 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.contract.codec import Codec
 from streamer.contract.publishing import topic_for
-from streamer.dev.bench import BenchContext, Progress, _drained, _machine_busy
+from streamer.dev.bench import BenchContext, Progress, _drained, _machine_busy, own_topics
 from streamer.dev.loadgen import object_paths, upload_objects
 from streamer.objects.reconcile import reconcile
 from streamer.objects.worker import make_handler
@@ -214,14 +214,7 @@ async def run_step(
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     counts = [int(n) for n in args.processes.split(",")]
     run = uuid.uuid4().hex[:6]
-    topics = {
-        "product_topic": f"scale-{run}.catalog.product.v1",
-        "media_topic": f"scale-{run}.catalog.media.v1",
-        "outcome_topic": f"scale-{run}.catalog.gallery.updated.v1",
-        "dlq_topic": f"scale-{run}.catalog.gallery.dlq",
-        "objects_topic": f"scale-{run}.catalog.objects.v1",
-        "group_id": f"streamer-scale-{run}",
-    }
+    topics = own_topics("scale", run)
     s = load_settings().replace(**topics, etag_source="index", metrics_port=0)
     env = {f"STREAMER_{k.upper()}": v for k, v in topics.items()}
     env["STREAMER_ETAG_SOURCE"] = "index"

@@ -81,6 +81,7 @@ __all__ = [
     "Ceilings",
     "Phase",
     "format_table",
+    "own_topics",
     "run_benchmark",
 ]
 
@@ -1036,6 +1037,18 @@ def _ms(value: float | None) -> str:
 # -- the run ------------------------------------------------------------------------------
 
 
+def own_topics(kind: str, run: str) -> dict[str, str]:
+    """A run's own topics and consumer group (flat settings), so it reads nothing of another's."""
+    return {
+        "product_topic": f"{kind}-{run}.catalog.product.v1",
+        "media_topic": f"{kind}-{run}.catalog.media.v1",
+        "outcome_topic": f"{kind}-{run}.catalog.gallery.updated.v1",
+        "dlq_topic": f"{kind}-{run}.catalog.gallery.dlq",
+        "objects_topic": f"{kind}-{run}.catalog.objects.v1",
+        "group_id": f"streamer-{kind}-{run}",
+    }
+
+
 async def run_benchmark(
     settings: Settings,
     *,
@@ -1055,12 +1068,7 @@ async def run_benchmark(
         raise ValueError(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(known)}")
     run = uuid.uuid4().hex[:6]
     s = settings.replace(
-        product_topic=f"bench-{run}.catalog.product.v1",
-        media_topic=f"bench-{run}.catalog.media.v1",
-        outcome_topic=f"bench-{run}.catalog.gallery.updated.v1",
-        dlq_topic=f"bench-{run}.catalog.gallery.dlq",
-        objects_topic=f"bench-{run}.catalog.objects.v1",
-        group_id=f"streamer-bench-{run}",
+        **own_topics("bench", run),
         metrics_port=0,
     )
     create_topics(s)
