@@ -39,6 +39,7 @@ import httpx
 from pydantic import SecretStr
 
 from benchmarks.api_intake import cpu_s, server_env
+from streamer.dev.bench import own_topics
 from streamer.dev.stack import DevStack, free_port
 from streamer.ops.schema import migrate_all
 from streamer.ops.topics import create_topics
@@ -213,12 +214,7 @@ def prepared(dev: DevStack, token: str, pool_size: int | None) -> Settings:
     if pool_size is not None:
         settings = settings.replace(database_pool_size=pool_size)
     settings = settings.replace(
-        product_topic=f"intake-{run}.product",
-        media_topic=f"intake-{run}.media",
-        outcome_topic=f"intake-{run}.outcome",
-        import_completed_topic=f"intake-{run}.completed",
-        dlq_topic=f"intake-{run}.dlq",
-        group_id=f"intake-{run}",
+        **own_topics("intake", run),
         s3_prefix=f"intake-{run}",
         topic_partitions=4,
         metrics_port=0,

@@ -1048,6 +1048,7 @@ def own_topics(kind: str, run: str) -> dict[str, str]:
         "product_topic": f"{kind}-{run}.catalog.product.v1",
         "media_topic": f"{kind}-{run}.catalog.media.v1",
         "outcome_topic": f"{kind}-{run}.catalog.gallery.updated.v1",
+        "import_completed_topic": f"{kind}-{run}.catalog.import.completed.v1",
         "dlq_topic": f"{kind}-{run}.catalog.gallery.dlq",
         "objects_topic": f"{kind}-{run}.catalog.objects.v1",
         "group_id": f"streamer-{kind}-{run}",
