@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # The quix-streams peer of `make bench`, in a venv of its own (see its rule).
 QUIX_VENV ?= .venv-quix
 
-.PHONY: install promtool kustomize kafka chromium netfaults demo test fuzz-api chaos soak soak-ci test-unit test-integration test-tansu test-kafka-oldest lint format bench bench-1m bench-replicate clean
+.PHONY: install promtool kustomize kafka chromium netfaults demo test fuzz-api chaos soak soak-ci test-unit test-integration test-tansu test-kafka-oldest lint format bench bench-intake bench-scale bench-1m bench-replicate clean
 
 $(BIN)/streamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -118,11 +118,20 @@ soak-ci: install kafka
 
 # streamer's phases, the naive and the competent plain baselines and the quix-streams peer
 # in one run, beside the ceilings; BENCH_JSON=FILE writes the JSON object there, BENCH_ARGS
-# passes options (e.g. --shape sharded --skus 2000).
+# passes options (e.g. --shape sharded --skus 2000); BENCH_RUNS=N runs it N times, each
+# figure then a [min, max] range over the runs (benchmarks/ranges.py).
 BENCH_JSON ?=
 BENCH_ARGS ?=
+BENCH_RUNS ?= 1
 bench: install $(QUIX_VENV)/bin/quix-peer
-	QUIX_PYTHON=$(QUIX_VENV)/bin/python $(BIN)/python -m benchmarks.suite $(BENCH_ARGS) $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
+	QUIX_PYTHON=$(QUIX_VENV)/bin/python $(BIN)/python -m benchmarks.suite --runs $(BENCH_RUNS) $(BENCH_ARGS) $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
+
+# The no-op re-sync through the index drained by 1, 2 and 4 `streamer consume` processes on
+# 12 partitions, in one run (run it on Apache Kafka: `streamer dev up --broker kafka`);
+# SCALE_ARGS passes options (e.g. --processes 1,2 --skus 2000), BENCH_JSON=FILE the JSON.
+SCALE_ARGS ?=
+bench-scale: install
+	$(BIN)/python -m benchmarks.scale $(SCALE_ARGS) $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
 
 # The quix-streams peer's own venv (benchmarks/peers/requirements.txt pins it): quix-streams
 # 3.28 pins confluent-kafka<2.13, which conflicts with streamer's.
@@ -131,6 +140,16 @@ $(QUIX_VENV)/bin/quix-peer: benchmarks/peers/requirements.txt
 	$(QUIX_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(QUIX_VENV)/bin/python -m pip install --quiet -r benchmarks/peers/requirements.txt
 	touch $@
+
+# The intake's cost per request: one `streamer serve` and a minimal FastAPI + confluent-kafka
+# baseline in the same run, each under single-item bulks from wrk (Debian package) on 50
+# connections; INTAKE_ARGS passes options (e.g. --broker kafka --seconds 30 --rounds 3).
+INTAKE_ARGS ?=
+bench-intake: install
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing wrk (Debian package) to drive the intake benchmark"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	$(BIN)/python -m benchmarks.intake_load $(INTAKE_ARGS) $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
 
 bench-replicate: install
 	$(BIN)/streamer dev up >/dev/null

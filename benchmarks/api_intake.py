@@ -42,6 +42,18 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_env(settings: Settings, home: Path) -> dict[str, str]:
+    """The environment of a `streamer serve` process run with exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
+    every = {name: value for kind in Settings.kinds() for name, value in settings.section(kind)}
+    for name, value in every.items():
+        if value is not None and not isinstance(value, dict):
+            raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+            env[f"STREAMER_{name.upper()}"] = str(raw)
+    env["STREAMER_HOME"] = str(home)
+    return env
+
+
 def main(items: int, bulks: int) -> None:
     home = Path(tempfile.mkdtemp(prefix="streamer-bench-api-"))
     dev = DevStack(home)
@@ -74,14 +86,9 @@ def main(items: int, bulks: int) -> None:
             Key=s3_key(settings.s3.s3_prefix, f"/b/{n}.jpg"),
             Body=b"x",
         )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-    every = {name: value for kind in Settings.kinds() for name, value in settings.section(kind)}
-    for name, value in every.items():
-        if value is not None and not isinstance(value, dict):
-            raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-            env[f"STREAMER_{name.upper()}"] = str(raw)
-    env["STREAMER_HOME"] = str(home)
-    server = subprocess.Popen([sys.executable, "-m", "streamer", "serve"], env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamer", "serve"], env=server_env(settings, home)
+    )
     try:
         asyncio.run(measure(settings, server, f"http://127.0.0.1:{port}", token, items, bulks))
     finally:

@@ -19,7 +19,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -51,6 +51,9 @@ class PlainResult:
     images: int = 0
     heads: int = 0
     rows_written: int = 0
+    # Each batch's transaction commit time and [first, next) offsets per partition, as
+    # streamer's pipeline reports its own (``streamer.dev.bench.Commit``): for the latency.
+    commits: list[tuple[float, list[tuple[str, int, int, int]]]] = field(default_factory=list)
 
 
 def _all(pool: ThreadPoolExecutor, head: Callable[[str], Any], keys: set[str]) -> list[Any]:
@@ -116,6 +119,7 @@ async def run_plain(
                     )
                     events: list[MediaGalleryChanged] = []
                     offsets: dict[tuple[str, int], int] = {}
+                    firsts: dict[tuple[str, int], int] = {}
                     consumed = 0
                     ended: list[TopicPartition] = []
                     for msg in messages:
@@ -126,6 +130,7 @@ async def run_plain(
                             left.discard(tp)
                             ended.append(TopicPartition(*tp))
                         consumed += 1
+                        firsts.setdefault(tp, msg.offset() or 0)
                         offsets[tp] = (msg.offset() or 0) + 1
                         event = codec.decode_event(msg.value())
                         if isinstance(event, MediaGalleryChanged):
@@ -169,6 +174,9 @@ async def run_plain(
                                     )
                         if changed:
                             await conn.executemany(upsert_sql, changed)
+                    result.commits.append(
+                        (time.time(), [(t, p, firsts[t, p], o) for (t, p), o in offsets.items()])
+                    )
                     result.rows_written += len(changed)
                     await asyncio.to_thread(
                         consumer.commit,

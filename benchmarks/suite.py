@@ -35,6 +35,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from benchmarks.plain import create_table, drop_table, run_plain
+from benchmarks.ranges import format_ranges, merge, runs_apart
 from streamer.dev.bench import (
     PHASES,
     BenchContext,
@@ -42,8 +43,10 @@ from streamer.dev.bench import (
     Progress,
     _cpu_s,
     _machine_busy,
+    commit_latencies,
     format_table,
     peak_rss,
+    percentiles_ms,
     run_benchmark,
 )
 from streamer.runtime.database import connect
@@ -75,7 +78,11 @@ async def _plain(
         seconds, cpu = time.monotonic() - clock[1], _cpu_s() - clock[0]
     if name == "plain_noop_resync":
         await drop_table(ctx.settings, table)
-    return Phase.of_heads(name, result, seconds, cpu, peak[0])
+    phase = Phase.of_heads(name, result, seconds, cpu, peak[0])
+    media = ctx.settings.topics.media_topic
+    latencies = await asyncio.to_thread(commit_latencies, ctx.settings, result.commits, media)
+    phase.latency_p50_ms, phase.latency_p99_ms = percentiles_ms(latencies)
+    return phase
 
 
 async def plain_first_sync(ctx: BenchContext) -> Phase:
@@ -293,8 +300,14 @@ if __name__ == "__main__":
     parser.add_argument("--naive-events", type=int, default=1000)
     parser.add_argument("--phase", action="append", help="only these phases (repeatable)")
     parser.add_argument("--json-out", help="write the JSON object here")
+    parser.add_argument("--runs", type=int, default=1, help="runs, merged into min-max ranges")
     args = parser.parse_args()
-    out = json.dumps(asyncio.run(main(args)), indent=2)
+    if args.runs > 1:
+        merged = merge(runs_apart("benchmarks.suite", args.runs, sys.argv[1:], log))
+        log(format_ranges(merged))
+    else:
+        merged = asyncio.run(main(args))
+    out = json.dumps(merged, indent=2)
     if args.json_out:
         Path(args.json_out).write_text(out + "\n")
     print(out)

@@ -53,19 +53,22 @@ def _unauthorized(request: Request) -> ApiError:
     )
 
 
-def require_read(
+async def require_read(
     request: Request,
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(_scheme)] = None,
 ) -> Principal:
     """Any valid token. The JSON API takes bearer tokens only: a console cookie is not
-    enough to call it, so a page elsewhere cannot make a logged-in browser call it."""
+    enough to call it, so a page elsewhere cannot make a logged-in browser call it.
+
+    ``async`` (it never blocks) so that FastAPI calls it on the loop: a plain ``def``
+    dependency is run in a worker thread, a thread hop per dependency per request."""
     principal = bearer(request)
     if principal is None:
         raise _unauthorized(request)
     return principal
 
 
-def require_full(principal: Annotated[Principal, Depends(require_read)]) -> Principal:
+async def require_full(principal: Annotated[Principal, Depends(require_read)]) -> Principal:
     if not principal.can_write:
         raise ApiError(
             403, "read_only_token", "this token may only read (STREAMER_API_READ_TOKENS)"

@@ -95,7 +95,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        database = Database(settings.database)
+        # The API's statements change no session state (Database says why that matters).
+        database = Database(settings.database, session_state=False)
         await database.start()
         intake = Intake(
             kafka=settings.kafka,

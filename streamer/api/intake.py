@@ -4,10 +4,12 @@ Validation, de-duplication (last wins per SKU) and normalisation are the contrac
 ingest, exactly as ``streamer publish`` does them. Then, in this order:
 
 1. the broker is asked for the topics (down: 503, nothing published, nothing tracked);
+   an answer that found them holds for ``TOPICS_CHECKED_S``, or until a delivery fails
+   (a broker lost within that window is met at step 3: 503, the items undeliverable);
 2. the bulk and every item are written to PostgreSQL (down: 503, nothing published);
 3. every accepted event is produced with a ``streamer.bulk.item`` header (and, while
    tracing is on, the request's ``traceparent``), and the delivery report of each one
-   is awaited;
+   is awaited (served by one polling thread, handed to the waiting request's loop);
 4. the bulk is settled: acknowledged items are tracked to completion, the others
    are named in the answer (503 with ``Retry-After``), never silently half-published.
 """
@@ -15,6 +17,7 @@ ingest, exactly as ``streamer publish`` does them. Then, in this order:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -53,6 +56,12 @@ log = logging.getLogger(__name__)
 Event = ProductChanged | MediaGalleryChanged
 _DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
 _FRAMING_BYTES = 512  # key, headers and batch overhead beside the value
+# A check that found the broker and the topics holds this long (a check costs a new admin
+# client and four metadata requests: most of a small request's CPU when made every time).
+TOPICS_CHECKED_S = 5.0
+# Up to this many items are parsed, encoded and produced on the event loop; a larger
+# request goes to a thread, so that it does not hold the loop up.
+_INLINE_ITEMS = 64
 
 
 class RequestTooLarge(InvalidEvent):
@@ -109,6 +118,10 @@ class Intake:
         self.metrics = metrics
         self.publisher = Publisher(kafka)
         self._renewing = threading.Lock()
+        self._topics_ok_until = 0.0
+        self._checking = asyncio.Lock()
+        self._polling = threading.Event()
+        self._poller: threading.Thread | None = None
         self.clock = VersionClock()
         self.delivery_wait_s = kafka.delivery_timeout_ms / 1000 + 5
         limit = kafka.properties().get("message.max.bytes")
@@ -116,8 +129,24 @@ class Intake:
 
     def start(self) -> None:
         self.publisher.start()
+        self._polling.set()
+        self._poller = threading.Thread(target=self._poll, name="intake-poll", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        """Serve the delivery reports of every request, as they come (the current producer's:
+        a replaced one is served by its own closing)."""
+        while self._polling.is_set():
+            try:
+                self.publisher.poll(0.1)
+            except Exception:  # the thread must live on: each request has its own deadline
+                log.exception("serving the intake producer's delivery reports")
+                time.sleep(0.1)
 
     def close(self) -> None:
+        self._polling.clear()
+        if self._poller is not None:
+            self._poller.join(timeout=5.0)
         try:
             self.publisher.close(timeout_s=5.0)
         except StreamerError as exc:
@@ -143,10 +172,14 @@ class Intake:
         items = request.get("items") if isinstance(request, dict) else None
         if isinstance(items, list):
             self._count(len(items), "items")
-        loop = asyncio.get_running_loop()
-        ingested, ready = await loop.run_in_executor(
-            None, lambda: self._prepare(parse_bulk(payload, clock=self.clock, source=source))
-        )
+
+        def parse() -> tuple[Ingested, list[_Ready]]:
+            return self._prepare(parse_bulk(payload, clock=self.clock, source=source))
+
+        if isinstance(items, list) and len(items) <= _INLINE_ITEMS:
+            ingested, ready = parse()
+        else:
+            ingested, ready = await asyncio.get_running_loop().run_in_executor(None, parse)
         return await self._take("galleries", ingested, ready)
 
     async def events(
@@ -166,7 +199,10 @@ class Intake:
             ]
             return self._prepare(ingested)
 
-        ingested, ready = await asyncio.get_running_loop().run_in_executor(None, parse)
+        if len(lines) <= _INLINE_ITEMS:
+            ingested, ready = parse()
+        else:
+            ingested, ready = await asyncio.get_running_loop().run_in_executor(None, parse)
         return await self._take("events", ingested, ready)
 
     def _prepare(self, ingested: Ingested) -> tuple[Ingested, list[_Ready]]:
@@ -220,10 +256,8 @@ class Intake:
                     "detail": "no item was accepted: nothing was published",
                 },
             )
-        loop = asyncio.get_running_loop()
-        topics = [self.topics.product_topic, self.topics.media_topic]
         try:
-            await loop.run_in_executor(None, self.publisher.check_topics, topics)
+            await self._check_topics()
         except DependencyUnavailable as exc:
             log.warning("intake: %s", exc)
             return self._unavailable(
@@ -265,7 +299,7 @@ class Intake:
                 "database_unavailable", "PostgreSQL is unavailable; nothing was published"
             )
         context = tracing.headers_of_current()
-        failed = await loop.run_in_executor(None, self._publish, bulk_uuid, ready, context)
+        failed = await self._publish(bulk_uuid, ready, context)
         for r in ready:
             if r.ack.id in failed:
                 r.ack.status, r.ack.reason = "undeliverable", "delivery_failed"
@@ -299,48 +333,82 @@ class Intake:
         )
         return IntakeReply(202, body)
 
-    def _publish(
+    async def _check_topics(self) -> None:
+        """The broker and the topics, asked at most once per ``TOPICS_CHECKED_S``."""
+        if time.monotonic() < self._topics_ok_until:
+            return
+        async with self._checking:  # one check at a time; the others wait for its answer
+            if time.monotonic() < self._topics_ok_until:
+                return
+            topics = [self.topics.product_topic, self.topics.media_topic]
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.publisher.check_topics, topics
+            )
+            self._topics_ok_until = time.monotonic() + TOPICS_CHECKED_S
+
+    async def _publish(
         self, bulk_uuid: str, ready: Sequence[_Ready], context: list[tuple[str, bytes]]
     ) -> dict[int, str]:
         """Produce every event and wait for each one's report; returns item id -> error.
 
         ``context``: the request's trace headers, on every event (none while tracing is off).
 
-        After a failed delivery the producer is replaced: an idempotent producer whose
-        requests timed out may be fenced by the broker for good (seen with Tansu), and a
-        new one starts with a new producer id. Requests still waiting on the old one get
+        The reports are served by the polling thread (``_poll``); the last one wakes this
+        request up. After a failed delivery the producer is replaced: an idempotent producer
+        whose requests timed out may be fenced by the broker for good (seen with Tansu), and
+        a new one starts with a new producer id. Requests still waiting on the old one get
         their reports when it is closed.
         """
+        loop = asyncio.get_running_loop()
         publisher = self.publisher
         reports: dict[int, str | None] = {}
+        every_report = loop.create_future()
+
+        def wake() -> None:
+            if not every_report.done():
+                every_report.set_result(None)
+
+        def counted() -> None:
+            if len(reports) >= len(ready):
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    loop.call_soon_threadsafe(wake)
 
         def report(item_id: int, err: KafkaError | None, _msg: Any) -> None:
             reports[item_id] = (
                 None if err is None else f"not acknowledged by the broker: {err.str()}"
             )
+            counted()
 
+        def produce() -> None:
+            for r in ready:
+                try:
+                    publisher.produce(
+                        r.topic,
+                        r.value,
+                        key=r.event.sku.encode(),
+                        headers=[item_header(bulk_uuid, r.ack.id), *context],
+                        on_delivery=functools.partial(report, r.ack.id),
+                    )
+                except DeliveryRefused as exc:
+                    reports[r.ack.id] = f"refused by the producer: {exc.message}"
+            counted()
+
+        if len(ready) <= _INLINE_ITEMS:
+            produce()
+        else:
+            await loop.run_in_executor(None, produce)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(every_report, self.delivery_wait_s)
+        seen = dict(reports)
+        failed = {item: error for item, error in seen.items() if error is not None}
         for r in ready:
-            try:
-                publisher.produce(
-                    r.topic,
-                    r.value,
-                    key=r.event.sku.encode(),
-                    headers=[item_header(bulk_uuid, r.ack.id), *context],
-                    on_delivery=functools.partial(report, r.ack.id),
-                )
-            except DeliveryRefused as exc:
-                reports[r.ack.id] = f"refused by the producer: {exc.message}"
-        deadline = time.monotonic() + self.delivery_wait_s
-        while len(reports) < len(ready) and time.monotonic() < deadline:
-            publisher.poll(0.05)
-        failed = {item: error for item, error in reports.items() if error is not None}
-        for r in ready:
-            if r.ack.id not in reports:
+            if r.ack.id not in seen:
                 failed[r.ack.id] = (
                     f"no delivery report within {self.delivery_wait_s:.0f}s; it may still arrive"
                 )
         if failed:
-            self._renew(publisher)
+            self._topics_ok_until = 0.0  # the next request asks the broker again
+            await loop.run_in_executor(None, self._renew, publisher)
         return failed
 
     def _renew(self, broken: Publisher) -> None:

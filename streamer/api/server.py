@@ -23,6 +23,7 @@ def serve(
         log_config=None,  # streamer's logging (STREAMER_LOG_FORMAT) stays in charge
         access_log=False,  # requests are counted in /metrics; paths are not logged
         loop="uvloop",
+        http="httptools",
         timeout_graceful_shutdown=int(settings.runtime.shutdown_grace_s),
         server_header=False,
     )

@@ -233,7 +233,7 @@ def bench(
         typer.Option(
             "--phase",
             help="run only these phases, in this order (repeatable; a phase may be given "
-            "twice): first_sync, noop_resync, noop_resync_pruning, noop_resync_index, "
+            "twice): first_sync, noop_resync, noop_resync_pruning, noop_resync_index, steady_sync, "
             "naive_noop_resync, trace_off, trace_1.0, trace_0.01",
         ),
     ] = None,

@@ -30,6 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+import math
+import multiprocessing
 import os
 import resource
 import statistics
@@ -37,6 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -77,6 +81,7 @@ __all__ = [
     "Ceilings",
     "Phase",
     "format_table",
+    "own_topics",
     "run_benchmark",
 ]
 
@@ -111,6 +116,10 @@ class Phase:
     peak_rss_mb: float
     heads: int = 0
     listed_keys: int = 0
+    # Publish (the message's timestamp) to the commit of the batch that applied it, for
+    # phases that observe their commits (None where a phase cannot).
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
     # What a crash costs, where it is not streamer's exactly-once effect (a peer's phase).
     guarantee: str | None = None
 
@@ -155,7 +164,13 @@ class Phase:
             "s3_requests": self.s3_requests,
             "rows_written": self.rows_written,
             "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "latency_p50_ms": _rounded(self.latency_p50_ms),
+            "latency_p99_ms": _rounded(self.latency_p99_ms),
         }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 @dataclass
@@ -191,6 +206,7 @@ class BenchContext:
     log: Log
     version: int = field(default_factory=lambda: int(time.time() * 1000))
     published: dict[str, dict[TP, int]] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)  # events/s of the phases run so far
 
     def catalog(self, fresh: str | None = None) -> list[MediaGalleryChanged]:
         """The catalog with a newer version each time: every re-sync is a re-sync. ``fresh``:
@@ -303,6 +319,124 @@ class Progress:
             self.log(f"  {self.name}: {done:,}/{self.total:,} events ({pct:.0f}%), {rate:,.0f}/s")
 
 
+Commit = tuple[float, list[tuple[str, int, int, int]]]
+
+
+class _Commits(logging.Handler):
+    """The pipeline's debug record of each committed batch (``committed_at``,
+    ``batch_offsets``: ``Pipeline._log_timings``), kept; any other record of its logger is
+    handed to the parent logger, as if it had propagated."""
+
+    def __init__(self, parent: logging.Logger | None) -> None:
+        super().__init__(logging.DEBUG)
+        self.parent = parent
+        self.batches: list[Commit] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        committed_at = getattr(record, "committed_at", None)
+        if committed_at is not None:
+            self.batches.append((committed_at, getattr(record, "batch_offsets", [])))
+        elif record.levelno > logging.DEBUG and self.parent is not None:
+            self.parent.handle(record)
+
+
+@contextmanager
+def commits() -> Iterator[_Commits]:
+    """Every batch the in-process worker commits meanwhile, with its commit time: the
+    pipeline's debug timings switched on for their records alone (a few µs per batch)."""
+    logger = logging.getLogger("streamer.runtime.pipeline")
+    handler = _Commits(logger.parent)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def publish_times(
+    settings: Settings, ranges: Mapping[TP, tuple[int, int]]
+) -> dict[TP, dict[int, float]]:
+    """The timestamps (Unix seconds) of the messages in each partition's [first, next):
+    the producer's CreateTime, set when the bench handed the message to the client."""
+    consumer = Consumer(
+        settings.kafka.client_config(
+            **{
+                "group.id": f"{settings.gallery.group_id}-times-{uuid.uuid4().hex[:6]}",
+                "enable.auto.commit": False,
+            }
+        )
+    )
+    out: dict[TP, dict[int, float]] = {tp: {} for tp in ranges}
+    consumer.assign([TopicPartition(t, p, first) for (t, p), (first, _) in ranges.items()])
+    left = {tp for tp, (first, end) in ranges.items() if end > first}
+    deadline = time.monotonic() + 120
+    try:
+        while left and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=1000, timeout=1):
+                tp = (msg.topic() or "", msg.partition() or 0)
+                if msg.error() is not None or tp not in left:
+                    continue
+                offset = msg.offset() or 0
+                out[tp][offset] = msg.timestamp()[1] / 1000
+                if offset + 1 >= ranges[tp][1]:
+                    left.discard(tp)
+    finally:
+        consumer.close()
+    if left:
+        raise RuntimeError(f"publish times: partitions {sorted(left)} not read back in 120 s")
+    return out
+
+
+def commit_latencies(settings: Settings, batches: list[Commit], topic: str) -> list[float]:
+    """Seconds from each message of ``topic`` to the commit of the batch that applied it."""
+    ranges = committed_ranges(batches, topic)
+    return latencies_of(batches, topic, publish_times(settings, ranges))
+
+
+def committed_ranges(batches: list[Commit], topic: str) -> dict[TP, tuple[int, int]]:
+    """Each partition of ``topic``: [lowest first, highest next) offset the batches applied."""
+    ranges: dict[TP, tuple[int, int]] = {}
+    for _, offsets in batches:
+        for t, p, first, end in offsets:
+            if t == topic:
+                lo, hi = ranges.get((t, p), (first, end))
+                ranges[(t, p)] = (min(lo, first), max(hi, end))
+    return ranges
+
+
+def latencies_of(
+    batches: list[Commit],
+    topic: str,
+    stamps: Mapping[TP, Mapping[int, float]],
+) -> list[float]:
+    """``stamps``: each partition's publish times by offset (an offset without a message,
+    such as a transaction marker, has none and counts for nothing)."""
+    out: list[float] = []
+    for committed_at, offsets in batches:
+        for t, p, first, end in offsets:
+            if t == topic:
+                times = stamps[(t, p)]
+                out.extend(committed_at - times[o] for o in range(first, end) if o in times)
+    return out
+
+
+def percentiles_ms(seconds: list[float]) -> tuple[float | None, float | None]:
+    """p50 and p99 in ms (nearest rank), or None without observations."""
+    if not seconds:
+        return None, None
+    ordered = sorted(seconds)
+
+    def rank(q: float) -> float:
+        return 1000 * ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+    return rank(0.50), rank(0.99)
+
+
 # -- setting up ---------------------------------------------------------------------------
 
 
@@ -348,6 +482,24 @@ def publish_catalog(
     return len(events), ends
 
 
+def publish_paced(
+    settings: Settings, events: list[MediaGalleryChanged], rate: float
+) -> dict[TP, int]:
+    """Each event handed to the producer at its time on a fixed schedule (``rate`` a second),
+    not in bursts; returns the acknowledged end offsets once all are delivered."""
+    codec = Codec.for_registry(settings.kafka.schema_registry_url)
+    with Publisher(settings.kafka) as publisher:
+        out = EventPublisher(publisher, codec, settings.topics)
+        started = time.monotonic()
+        for i, event in enumerate(events):
+            wait = started + i / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            out.publish(event)
+        publisher.flush()
+        return dict(publisher.end_offsets)
+
+
 async def _drained(
     settings: Settings, ends: dict[TP, int], progress: Progress, timeout_s: float
 ) -> None:
@@ -380,7 +532,9 @@ def broker_read_rate(
     """The floor of any consumer in Python: the messages in [starts, ends) read by the
     fastest plain loop, batch ``consume`` and fastavro's schemaless reader on each value
     (the writer schema parsed once; no validation, no state). Returns events/s and CPU
-    seconds per event of the whole process (librdkafka's threads included)."""
+    seconds per event of the whole process (librdkafka's threads included), clocked from
+    the first batch in hand: the connection, metadata and first fetch are set-up, as a
+    worker phase's group join is (that favours the floor by one fetch, never streamer)."""
     writers = {fp: k.parsed for fp, k in known_schemas().items()}
     starts = starts or {}
     consumer = Consumer(
@@ -396,10 +550,13 @@ def broker_read_rate(
     consumer.assign([TopicPartition(t, p, starts.get((t, p), 0)) for (t, p) in ends])
     read = 0
     try:
-        cpu0, started = _cpu_s(), time.perf_counter()
+        cpu0 = started = 0.0
         deadline = time.monotonic() + 300
         while read < total and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=settings.runtime.batch_max_events, timeout=1):
+            batch = consumer.consume(num_messages=settings.runtime.batch_max_events, timeout=1)
+            if batch and not started:
+                cpu0, started = _cpu_s(), time.perf_counter()
+            for msg in batch:
                 if msg.error() is not None:
                     continue
                 value = msg.value()
@@ -505,7 +662,7 @@ def _s3_source(etags: EtagSource) -> EtagSource:
 async def worker_phase(
     ctx: BenchContext,
     name: str,
-    ends: dict[TP, int],
+    ends: dict[TP, int] | Callable[[], Awaitable[dict[TP, int]]],
     events: int,
     images: int,
     timeout_s: float,
@@ -513,32 +670,47 @@ async def worker_phase(
     pruning: Pruning | None = None,
 ) -> Phase:
     """One in-process worker drains what was published; the clock starts once it owns its
-    partitions, so the group join is not counted."""
+    partitions, so the group join is not counted. ``ends`` may be a feed instead, started
+    with the clock (a steady publisher): it returns the end offsets once it published all.
+
+    The latency of each media event is its publish (the message's timestamp) to the commit
+    of the batch that applied it, read back after the clock stopped."""
     registry = new_registry()
-    worker = gallery_runner(
-        settings or ctx.settings,
-        registry=registry,
-        install_signal_handlers=False,
-        pruning=pruning,
+    with commits() as recorded:
+        worker = gallery_runner(
+            settings or ctx.settings,
+            registry=registry,
+            install_signal_handlers=False,
+            pruning=pruning,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            while not registry.get_sample_value("streamer_assigned_partitions"):
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+            etags = _s3_source(cast(GalleryHandler, worker.handler).etags)
+            before = dict(etags.totals) if isinstance(etags, S3EtagSource) else {}
+            with peak_rss() as peak:
+                threads0, machine0 = _thread_cpu_s(), _machine_busy()
+                cpu0, t0 = _cpu_s(), time.monotonic()
+                if callable(ends):
+                    ends = await ends()
+                await _drained(ctx.settings, ends, Progress(name, events, ctx.log), timeout_s)
+                seconds, cpu = time.monotonic() - t0, _cpu_s() - cpu0
+                threads1, machine = _thread_cpu_s(), _machine_busy()
+        finally:
+            stop.set()
+            await task
+    latencies = await asyncio.to_thread(
+        commit_latencies, ctx.settings, recorded.batches, ctx.settings.topics.media_topic
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        while not registry.get_sample_value("streamer_assigned_partitions"):
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        etags = _s3_source(cast(GalleryHandler, worker.handler).etags)
-        before = dict(etags.totals) if isinstance(etags, S3EtagSource) else {}
-        with peak_rss() as peak:
-            threads0, machine0 = _thread_cpu_s(), _machine_busy()
-            cpu0, t0 = _cpu_s(), time.monotonic()
-            await _drained(ctx.settings, ends, Progress(name, events, ctx.log), timeout_s)
-            seconds, cpu = time.monotonic() - t0, _cpu_s() - cpu0
-            threads1, machine = _thread_cpu_s(), _machine_busy()
-    finally:
-        stop.set()
-        await task
+    p50, p99 = percentiles_ms(latencies)
+    ctx.log(
+        f"{name}: publish to commit of {len(latencies):,} events: p50 {p50 or 0:,.0f} ms, "
+        f"p99 {p99 or 0:,.0f} ms"
+    )
     busy, total = machine[0] - machine0[0], machine[1] - machine0[1]
     threads = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
     ctx.log(
@@ -576,6 +748,8 @@ async def worker_phase(
         peak[0],
         heads=delta["head"],
         listed_keys=delta["listed_keys"],
+        latency_p50_ms=p50,
+        latency_p99_ms=p99,
     )
 
 
@@ -583,6 +757,43 @@ async def first_sync(ctx: BenchContext) -> Phase:
     ends = ctx.published["first_sync"]  # published before the ceilings were measured
     n = ctx.n_skus
     return await worker_phase(ctx, "first_sync", ends, n, n * ctx.images_per_sku, 900)
+
+
+STEADY_FRACTION = 0.5  # of first_sync's events/s in the same run
+
+
+async def steady_sync(ctx: BenchContext) -> Phase:
+    """The latency users see: the catalog's galleries under SKUs of their own (each a first
+    sync: S3 look-ups, writes, an outcome published), published at a fixed rate below
+    capacity, ``STEADY_FRACTION`` of ``first_sync``'s events/s in this run, while the worker
+    runs. Its events/s is the publishing rate; its latency has no backlog in it. The
+    publisher is a process of its own (started and warmed before the clock), so neither its
+    CPU nor its GIL is the worker's."""
+    base = ctx.rates.get("first_sync")
+    if not base:
+        raise ValueError(
+            "steady_sync publishes at a fraction of first_sync's events/s: run first_sync first"
+        )
+    rate = STEADY_FRACTION * base
+    events = ctx.catalog(fresh=f"steady{ctx.version}")
+    n = len(events)
+    ctx.log(f"steady_sync: {n:,} new galleries, published at {rate:,.0f}/s while the worker runs")
+
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        await asyncio.wrap_future(pool.submit(_publisher_ready))
+
+        async def feed() -> dict[TP, int]:
+            sent = pool.submit(publish_paced, ctx.settings, events, rate)
+            ends: dict[TP, int] = await asyncio.wrap_future(sent)
+            ctx.published["steady_sync"] = ends
+            return ends
+
+        return await worker_phase(ctx, "steady_sync", feed, n, n * ctx.images_per_sku, 900)
+
+
+def _publisher_ready() -> None:
+    """Run in the publisher's process before the clock: its imports done there."""
 
 
 async def noop_resync(ctx: BenchContext) -> Phase:
@@ -717,6 +928,8 @@ PHASES: dict[str, Callable[[BenchContext], Awaitable[Phase]]] = {
     "noop_resync": noop_resync,
     "noop_resync_pruning": noop_resync_pruning,
     "noop_resync_index": noop_resync_index,
+    # After noop_resync: the plain baseline re-reads [first_sync's end, noop_resync's end).
+    "steady_sync": steady_sync,
     "naive_noop_resync": naive_noop_resync,
     "trace_off": _traced_phase("trace_off", None),
     "trace_1.0": _traced_phase("trace_1.0", 1.0),
@@ -811,11 +1024,35 @@ def format_table(result: BenchResult) -> str:
         f"S3 HEAD {c.s3_head_per_s:,.0f}/s,",
         f"          S3 LIST {c.s3_list_keys_per_s:,.0f} keys/s, "
         f"PostgreSQL upsert {c.pg_upsert_rows_per_s:,.0f} rows/s",
+        "",
+        f"{'publish to commit':<18}{'p50 ms':>8}{'p99 ms':>8}{'RSS MB':>8}",
     ]
+    for p in result.phases:
+        lines.append(
+            f"{p.name[:17]:<18}{_ms(p.latency_p50_ms):>8}{_ms(p.latency_p99_ms):>8}"
+            f"{p.peak_rss_mb:>8,.0f}"
+        )
     return "\n".join(lines)
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else _count(value)
+
+
 # -- the run ------------------------------------------------------------------------------
+
+
+def own_topics(kind: str, run: str) -> dict[str, str]:
+    """A run's own topics and consumer group (flat settings), so it reads nothing of another's."""
+    return {
+        "product_topic": f"{kind}-{run}.catalog.product.v1",
+        "media_topic": f"{kind}-{run}.catalog.media.v1",
+        "outcome_topic": f"{kind}-{run}.catalog.gallery.updated.v1",
+        "import_completed_topic": f"{kind}-{run}.catalog.import.completed.v1",
+        "dlq_topic": f"{kind}-{run}.catalog.gallery.dlq",
+        "objects_topic": f"{kind}-{run}.catalog.objects.v1",
+        "group_id": f"streamer-{kind}-{run}",
+    }
 
 
 async def run_benchmark(
@@ -837,12 +1074,7 @@ async def run_benchmark(
         raise ValueError(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(known)}")
     run = uuid.uuid4().hex[:6]
     s = settings.replace(
-        product_topic=f"bench-{run}.catalog.product.v1",
-        media_topic=f"bench-{run}.catalog.media.v1",
-        outcome_topic=f"bench-{run}.catalog.gallery.updated.v1",
-        dlq_topic=f"bench-{run}.catalog.gallery.dlq",
-        objects_topic=f"bench-{run}.catalog.objects.v1",
-        group_id=f"streamer-bench-{run}",
+        **own_topics("bench", run),
         metrics_port=0,
     )
     create_topics(s)
@@ -860,6 +1092,7 @@ async def run_benchmark(
         log(f"{name}: running ...")
         phase = await known[name](ctx)
         result.phases.append(phase)
+        ctx.rates.setdefault(name, phase.events_per_s)
         log(
             f"{name}: {phase.events:,} events in {phase.seconds:.1f}s, "
             f"{phase.events_per_s:,.0f} events/s, {phase.cpu_us_per_event:,.0f} µs CPU per event"

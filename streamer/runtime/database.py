@@ -69,10 +69,22 @@ async def connect(dsn: str, *, timeout_s: float = 10.0) -> AsyncIterator[asyncpg
         await conn.close()
 
 
-class Database:
-    """A pool shared by the runtime (offsets) and the job's handler (its own tables)."""
+async def _session_kept(_conn: asyncpg.Connection) -> None:
+    """A released connection's session is left as it is (asyncpg still rolls back an open
+    transaction and drops listeners before this is called)."""
 
-    def __init__(self, settings: DatabaseSettings) -> None:
+
+class Database:
+    """A pool shared by the runtime (offsets) and the job's handler (its own tables).
+
+    ``session_state=False``: no user of this pool changes session state (no ``SET``,
+    ``LISTEN``, session advisory lock or cursor outside a transaction), so a released
+    connection skips asyncpg's reset query (``pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL``), a round trip per release: the API's pool, two releases a
+    request."""
+
+    def __init__(self, settings: DatabaseSettings, *, session_state: bool = True) -> None:
+        self._session_state = session_state
         self._dsn = settings.dsn
         self._pool_size = settings.database_pool_size
         self.timeout_s = settings.database_timeout_s
@@ -86,6 +98,7 @@ class Database:
                 max_size=self._pool_size,
                 timeout=self.timeout_s,
                 command_timeout=self.timeout_s * 3,
+                reset=None if self._session_state else _session_kept,
             )
 
     async def stop(self) -> None:

@@ -172,6 +172,7 @@ class Pipeline(Generic[D, P, E]):
                             commits=self.overlay.commits,
                         )
                     output: Output = await committing
+                    committed_at = time.time()
                 except StateChanged as exc:
                     self.metrics.replanned.inc()
                     log.info("batch planned on stale state, planning it again: %s", exc)
@@ -212,7 +213,7 @@ class Pipeline(Generic[D, P, E]):
                 await source.committed(batch)
                 timings["acknowledge"] = clock() - step
                 if log.isEnabledFor(logging.DEBUG):
-                    self._log_timings(batch, timings)
+                    self._log_timings(batch, timings, committed_at)
                 break
             else:
                 self.checkpoint.forget()  # every message's partition was taken away
@@ -269,10 +270,15 @@ class Pipeline(Generic[D, P, E]):
         self.metrics.batch_duration.observe(elapsed_s)
         self.metrics.last_commit.set(time.time())
 
-    def _log_timings(self, batch: Batch, timings: dict[str, float]) -> None:
+    def _log_timings(self, batch: Batch, timings: dict[str, float], committed_at: float) -> None:
         """Where a batch's time went, at debug level: what the loop waited for the poll, the
         handler's steps, the checkpoint's (offsets, write, publish, COMMIT) and the source's
-        acknowledgment. "decode" of a batch decoded early is the part still waited for."""
+        acknowledgment. "decode" of a batch decoded early is the part still waited for.
+
+        The record also carries, for tools that hold events against their commit (the
+        benchmark's publish-to-commit latency): ``committed_at``, the Unix time at which
+        PostgreSQL's COMMIT returned, and ``batch_offsets``, each partition's
+        ``(topic, partition, first offset, next offset)`` in the batch."""
         steps = {**timings, **self.checkpoint.timings}
         order = ("poll", "decode", "plan", "effects", "offsets", "write", "publish", "commit")
         shown = ", ".join(
@@ -285,6 +291,13 @@ class Pipeline(Generic[D, P, E]):
             len(batch),
             len(batch.partitions),
             shown,
+            extra={
+                "committed_at": committed_at,
+                "batch_offsets": [
+                    (t, p, msgs[0].offset() or 0, (msgs[-1].offset() or 0) + 1)
+                    for (t, p), msgs in batch.partitions.items()
+                ],
+            },
         )
 
 

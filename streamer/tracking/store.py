@@ -62,9 +62,33 @@ class NewItem:
 
 # -- the intake ------------------------------------------------------------------------
 
-_INSERT_ITEMS = """
+# One statement each (one round trip, atomic on its own, inside or outside the caller's
+# transaction): the intake writes these twice per request, and a BEGIN/COMMIT pair around
+# separate statements cost three more round trips each.
+_CREATE_BULK = """
+WITH bulk AS (
+    INSERT INTO bulks (bulk_uuid, request_id, kind, state, items_total, rejected, superseded,
+                       completion_topic, traceparent)
+    VALUES ($1, $2, $3, 'publishing', $4, $5, $6, $7, $8)
+)
 INSERT INTO bulk_items (bulk_uuid, item_id, sku, status, reason, error_message, event_id)
-SELECT $1, * FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[])
+SELECT $1, * FROM unnest($9::int[], $10::text[], $11::text[], $12::text[], $13::text[],
+                         $14::uuid[])
+"""
+
+_SETTLE_BULK = """
+WITH delivered AS (
+    UPDATE bulk_items SET status = 'accepted'
+    WHERE bulk_uuid = $1 AND item_id = ANY($2::int[])
+), undeliverable AS (
+    UPDATE bulk_items i SET status = 'undeliverable', reason = 'delivery_failed',
+        error_message = t.message
+    FROM unnest($3::int[], $4::text[]) AS t(item_id, message)
+    WHERE i.bulk_uuid = $1 AND i.item_id = t.item_id
+)
+UPDATE bulks SET state = $5, accepted = cardinality($2::int[]),
+    undeliverable = cardinality($3::int[]), accepted_at = now()
+WHERE bulk_uuid = $1
 """
 
 
@@ -85,11 +109,9 @@ async def create_bulk(
     """
     rejected = sum(1 for i in items if i.status == "rejected")
     superseded = sum(1 for i in items if i.status == "superseded")
-    async with converted(), conn.transaction():
+    async with converted():
         await conn.execute(
-            "INSERT INTO bulks (bulk_uuid, request_id, kind, state, items_total, rejected,"
-            " superseded, completion_topic, traceparent)"
-            " VALUES ($1, $2, $3, 'publishing', $4, $5, $6, $7, $8)",
+            _CREATE_BULK,
             bulk_uuid,
             _text(request_id),
             kind,
@@ -98,10 +120,6 @@ async def create_bulk(
             superseded,
             completion_topic,
             traceparent,
-        )
-        await conn.execute(
-            _INSERT_ITEMS,
-            bulk_uuid,
             [i.item_id for i in items],
             [_text(i.sku) for i in items],
             [i.status for i in items],
@@ -124,30 +142,14 @@ async def settle_bulk(
     not, ``failed`` when none was. Only acknowledged items are waited for.
     """
     state = "accepted" if not undeliverable else ("partial" if delivered else "failed")
-    async with converted(), conn.transaction():
+    async with converted():
         await conn.execute(
-            "UPDATE bulk_items SET status = 'accepted'"
-            " WHERE bulk_uuid = $1 AND item_id = ANY($2::int[])",
+            _SETTLE_BULK,
             bulk_uuid,
             list(delivered),
-        )
-        if undeliverable:
-            await conn.execute(
-                "UPDATE bulk_items i SET status = 'undeliverable', reason = 'delivery_failed',"
-                " error_message = t.message"
-                " FROM unnest($2::int[], $3::text[]) AS t(item_id, message)"
-                " WHERE i.bulk_uuid = $1 AND i.item_id = t.item_id",
-                bulk_uuid,
-                list(undeliverable),
-                list(undeliverable.values()),
-            )
-        await conn.execute(
-            "UPDATE bulks SET state = $2, accepted = $3, undeliverable = $4, accepted_at = now()"
-            " WHERE bulk_uuid = $1",
-            bulk_uuid,
+            list(undeliverable),
+            [_text(m) for m in undeliverable.values()],
             state,
-            len(delivered),
-            len(undeliverable),
         )
     return state
 

@@ -35,7 +35,10 @@ class KafkaProxy:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
 
-    def stop(self) -> None:
+    def cut(self) -> None:
+        """The broker gone for its clients: no new connection, the open ones dropped
+        (``stop`` still ends the proxy)."""
+
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
@@ -44,6 +47,9 @@ class KafkaProxy:
                     task.cancel()
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+
+    def stop(self) -> None:
+        self.cut()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 

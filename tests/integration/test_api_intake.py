@@ -305,3 +305,33 @@ async def test_broker_down_means_503_and_the_answer_names_what_went_out(
             assert gone.status_code == 503 and gone.headers["retry-after"] == "5"
             assert "nothing was published" in gone.json()["detail"]
     assert await fetch(settings, "SELECT count(*) AS n FROM bulks") == bulks_before
+
+
+async def test_a_failed_delivery_makes_the_next_request_ask_the_broker_again(
+    make_settings, tmp_path
+) -> None:
+    """The broker and topic check holds for a while once it found them (TOPICS_CHECKED_S);
+    a failed delivery ends that, so with the broker gone right after, the next request is
+    refused before anything is tracked, as on a server that never reached it."""
+    from tests.integration.kafka_proxy import proxied_broker
+
+    with proxied_broker() as proxy:
+        settings = make_settings(
+            kafka_bootstrap=f"127.0.0.1:{proxy.port}", delivery_timeout_ms=3000
+        )
+        prepare(settings)
+        env = {"STREAMER_KAFKA__REQUEST_TIMEOUT_MS": "2000"}
+        with api_server(settings, tmp_path, extra_env=env) as server:
+            async with server.client() as http:
+                taken = await http.post("/v1/galleries/bulk", json=seed_payload("ok", ["A-1"]))
+                assert taken.status_code == 202, taken.text
+                proxy.produce_allowed = 0
+                down = await http.post("/v1/galleries/bulk", json=seed_payload("down", ["A-2"]))
+                assert down.status_code == 503 and down.json()["reason"] == "undeliverable"
+                bulks_before = await fetch(settings, "SELECT count(*) AS n FROM bulks")
+                proxy.cut()
+                gone = await http.post("/v1/galleries/bulk", json=seed_payload("gone", ["A-3"]))
+                assert gone.status_code == 503, gone.text
+                assert gone.json()["reason"] == "broker_unavailable", gone.text
+                assert "nothing was published" in gone.json()["detail"]
+        assert await fetch(settings, "SELECT count(*) AS n FROM bulks") == bulks_before

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections import Counter
 from types import SimpleNamespace
@@ -18,7 +19,11 @@ from streamer.dev.bench import (
     Ceilings,
     Phase,
     binding,
+    commits,
+    committed_ranges,
     format_table,
+    latencies_of,
+    percentiles_ms,
     run_benchmark,
 )
 from streamer.dev.loadgen import object_paths
@@ -66,6 +71,7 @@ def test_json_has_exactly_the_described_keys() -> None:
         "noop_resync",
         "noop_resync_pruning",
         "noop_resync_index",
+        "steady_sync",
         "naive_noop_resync",
         "trace_off",
         "trace_1.0",
@@ -82,6 +88,8 @@ def test_json_has_exactly_the_described_keys() -> None:
             "s3_requests",
             "rows_written",
             "peak_rss_mb",
+            "latency_p50_ms",
+            "latency_p99_ms",
         }
     first = data["phases"][0]
     assert first["events_per_s"] == pytest.approx(1_000_000 / 1234.5, abs=0.1)
@@ -146,6 +154,39 @@ def test_the_suite_runs_the_plain_baseline_as_phases_of_the_same_run() -> None:
                 extra_phases=PLAIN,
             )
         )
+
+
+def test_latency_percentiles_are_nearest_rank_and_absent_without_observations() -> None:
+    assert percentiles_ms([]) == (None, None)
+    p50, p99 = percentiles_ms([i / 1000 for i in range(1, 201)])  # 1..200 ms
+    assert p50 == pytest.approx(100) and p99 == pytest.approx(198)
+    assert percentiles_ms([0.25]) == (250.0, 250.0)
+
+
+def test_each_event_is_held_against_the_commit_of_the_batch_that_applied_it() -> None:
+    batches = [
+        (10.0, [("media", 0, 5, 7), ("product", 0, 0, 3)]),
+        (12.0, [("media", 0, 7, 8), ("media", 1, 0, 1)]),
+    ]
+    ranges = committed_ranges(batches, "media")
+    assert ranges == {("media", 0): (5, 8), ("media", 1): (0, 1)}
+    stamps = {("media", 0): {5: 9.0, 6: 9.5, 7: 11.0}, ("media", 1): {0: 11.5}}
+    assert latencies_of(batches, "media", stamps) == [1.0, 0.5, 1.0, 0.5]
+
+
+def test_commit_records_are_kept_and_the_pipelines_other_lines_still_reach_its_parent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The benchmark reads the pipeline's debug record of each batch; its info lines (and
+    nothing of the debug ones) still go where they went."""
+    logger = logging.getLogger("streamer.runtime.pipeline")
+    level = logger.level
+    with caplog.at_level(logging.INFO, logger="streamer.runtime"), commits() as recorded:
+        logger.debug("batch", extra={"committed_at": 5.0, "batch_offsets": [("t", 0, 1, 2)]})
+        logger.info("planned again")
+    assert recorded.batches == [(5.0, [("t", 0, 1, 2)])]
+    assert [r.getMessage() for r in caplog.records] == ["planned again"]
+    assert logger.level == level and logger.propagate
 
 
 def test_each_quix_phase_runs_right_after_the_phase_that_publishes_its_messages() -> None:

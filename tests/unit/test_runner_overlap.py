@@ -9,6 +9,8 @@ is shown by the order of the log, never by timing.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -282,3 +284,23 @@ async def test_with_tracing_each_batch_is_one_span_and_its_early_decode_a_child_
     assert decodes.keys() == {"decode 0:0", "decode 0:1", "decode 0:2"}
     owners = {d.parent.span_id for d in decodes.values() if d.parent is not None}
     assert owners == batch_ids, "each decode a child of its own batch's span"
+
+
+async def test_at_debug_each_committed_batch_says_when_it_committed_and_which_offsets(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The record tools read (the benchmark's publish-to-commit latency): one per committed
+    batch, its COMMIT's wall time and each partition's [first, next) offsets."""
+    runner, _ = make_runner([msgs(0, 1), msgs(2, partition=1), msgs(3, 4, partition=1)], {})
+    began = time.time()
+    with caplog.at_level(logging.DEBUG, logger="streamer.runtime.pipeline"):
+        await runner._loop()
+    ended = time.time()
+    records = [r for r in caplog.records if hasattr(r, "committed_at")]
+    assert [r.batch_offsets for r in records] == [  # type: ignore[attr-defined]
+        [(TOPIC, 0, 0, 2)],
+        [(TOPIC, 1, 2, 3)],
+        [(TOPIC, 1, 3, 5)],
+    ]
+    times = [r.committed_at for r in records]  # type: ignore[attr-defined]
+    assert began <= times[0] <= times[1] <= times[2] <= ended

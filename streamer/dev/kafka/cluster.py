@@ -269,7 +269,8 @@ class KafkaCluster:
     ) -> None:
         if nodes < 1:
             raise ValueError("a cluster has at least one node")
-        self.home = home
+        # Absolute: a node runs in its own directory (cwd), and its argv names files in it.
+        self.home = home.resolve()
         self.version = version
         self.security = security or KafkaSecurity()
         self.overrides = dict(overrides or {})
@@ -291,7 +292,7 @@ class KafkaCluster:
                     for i, host in enumerate(hosts)
                 ]
         self.nodes = [
-            KafkaNode(node_id, host, dict(ports), home / f"node-{node_id}", self)
+            KafkaNode(node_id, host, dict(ports), self.home / f"node-{node_id}", self)
             for node_id, host, ports in layout
         ]
 
