@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from typer.testing import CliRunner
 
 from streamer.cli import app
 from streamer.contract.codec import Codec
+from streamer.settings import Settings
 from streamer.tracking.model import tracked_item
 from tests.integration.api_support import READ_TOKEN, api_server, seed_payload
 from tests.integration.support import fetch, prepare, read_topic, settings_env
@@ -238,9 +241,13 @@ async def test_limits_malformed_json_and_tokens(make_settings, tmp_path) -> None
     assert read_topic(settings, settings.topics.media_topic) == []
 
 
-async def test_broker_down_means_503_and_the_answer_names_what_went_out(
-    make_settings, tmp_path
-) -> None:
+SHORT_REQUESTS = {"STREAMER_KAFKA__REQUEST_TIMEOUT_MS": "2000"}
+
+
+@contextmanager
+def behind_a_proxy(make_settings: Callable[..., Settings]) -> Iterator[tuple[Any, Settings]]:
+    """The test's broker reached through a proxy that can refuse produce requests or cut
+    every connection, with its topics and schema ready."""
     from tests.integration.kafka_proxy import proxied_broker
 
     with proxied_broker() as proxy:
@@ -248,8 +255,14 @@ async def test_broker_down_means_503_and_the_answer_names_what_went_out(
             kafka_bootstrap=f"127.0.0.1:{proxy.port}", delivery_timeout_ms=3000
         )
         prepare(settings)
-        env = {"STREAMER_KAFKA__REQUEST_TIMEOUT_MS": "2000"}
-        with api_server(settings, tmp_path, extra_env=env) as server:
+        yield proxy, settings
+
+
+async def test_broker_down_means_503_and_the_answer_names_what_went_out(
+    make_settings, tmp_path
+) -> None:
+    with behind_a_proxy(make_settings) as (proxy, settings):
+        with api_server(settings, tmp_path, extra_env=SHORT_REQUESTS) as server:
             async with server.client() as http:
                 skus = [f"P-{i:04d}" for i in range(2000)]
                 # The produce path is down, metadata still answers: nothing goes out.
@@ -299,7 +312,7 @@ async def test_broker_down_means_503_and_the_answer_names_what_went_out(
 
         # The broker gone altogether: refused before anything is tracked or produced.
         bulks_before = await fetch(settings, "SELECT count(*) AS n FROM bulks")
-    with api_server(settings, tmp_path, extra_env=env) as server:
+    with api_server(settings, tmp_path, extra_env=SHORT_REQUESTS) as server:
         async with server.client() as http:
             gone = await http.post("/v1/galleries/bulk", json=seed_payload("gone", ["G-1"]))
             assert gone.status_code == 503 and gone.headers["retry-after"] == "5"
@@ -313,15 +326,8 @@ async def test_a_failed_delivery_makes_the_next_request_ask_the_broker_again(
     """The broker and topic check holds for a while once it found them (TOPICS_CHECKED_S);
     a failed delivery ends that, so with the broker gone right after, the next request is
     refused before anything is tracked, as on a server that never reached it."""
-    from tests.integration.kafka_proxy import proxied_broker
-
-    with proxied_broker() as proxy:
-        settings = make_settings(
-            kafka_bootstrap=f"127.0.0.1:{proxy.port}", delivery_timeout_ms=3000
-        )
-        prepare(settings)
-        env = {"STREAMER_KAFKA__REQUEST_TIMEOUT_MS": "2000"}
-        with api_server(settings, tmp_path, extra_env=env) as server:
+    with behind_a_proxy(make_settings) as (proxy, settings):
+        with api_server(settings, tmp_path, extra_env=SHORT_REQUESTS) as server:
             async with server.client() as http:
                 taken = await http.post("/v1/galleries/bulk", json=seed_payload("ok", ["A-1"]))
                 assert taken.status_code == 202, taken.text
