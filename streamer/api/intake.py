@@ -24,9 +24,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError
 from opentelemetry.trace import SpanKind
@@ -62,6 +62,15 @@ TOPICS_CHECKED_S = 5.0
 # Up to this many items are parsed, encoded and produced on the event loop; a larger
 # request goes to a thread, so that it does not hold the loop up.
 _INLINE_ITEMS = 64
+T = TypeVar("T")
+
+
+async def _sized(items: int | None, work: Callable[[], T]) -> T:
+    """``work`` on the event loop for a request of up to ``_INLINE_ITEMS`` items, else (or
+    when the count is unknown) on a thread, so that a large request does not hold the loop."""
+    if items is not None and items <= _INLINE_ITEMS:
+        return work()
+    return await asyncio.get_running_loop().run_in_executor(None, work)
 
 
 class RequestTooLarge(InvalidEvent):
@@ -176,10 +185,7 @@ class Intake:
         def parse() -> tuple[Ingested, list[_Ready]]:
             return self._prepare(parse_bulk(payload, clock=self.clock, source=source))
 
-        if isinstance(items, list) and len(items) <= _INLINE_ITEMS:
-            ingested, ready = parse()
-        else:
-            ingested, ready = await asyncio.get_running_loop().run_in_executor(None, parse)
+        ingested, ready = await _sized(len(items) if isinstance(items, list) else None, parse)
         return await self._take("galleries", ingested, ready)
 
     async def events(
@@ -199,10 +205,7 @@ class Intake:
             ]
             return self._prepare(ingested)
 
-        if len(lines) <= _INLINE_ITEMS:
-            ingested, ready = parse()
-        else:
-            ingested, ready = await asyncio.get_running_loop().run_in_executor(None, parse)
+        ingested, ready = await _sized(len(lines), parse)
         return await self._take("events", ingested, ready)
 
     def _prepare(self, ingested: Ingested) -> tuple[Ingested, list[_Ready]]:
@@ -393,10 +396,7 @@ class Intake:
                     reports[r.ack.id] = f"refused by the producer: {exc.message}"
             counted()
 
-        if len(ready) <= _INLINE_ITEMS:
-            produce()
-        else:
-            await loop.run_in_executor(None, produce)
+        await _sized(len(ready), produce)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(every_report, self.delivery_wait_s)
         seen = dict(reports)

@@ -208,7 +208,7 @@ class Pipeline(Generic[D, P, E]):
                     )
                 # 5: the handler and the metrics first (what committed is visible in the
                 # database from now on), then the source
-                self._committed(batch, plan, effects, output, clock() - started)
+                self._committed(batch, plan, effects, output, clock() - started, committed_at)
                 step = clock()
                 await source.committed(batch)
                 timings["acknowledge"] = clock() - step
@@ -239,6 +239,7 @@ class Pipeline(Generic[D, P, E]):
         effects: E,
         output: Output,
         elapsed_s: float,
+        committed_at: float,
     ) -> None:
         self.overlay.committed(output)
         self.handler.committed(plan, effects, output)
@@ -268,7 +269,7 @@ class Pipeline(Generic[D, P, E]):
         )
         self.metrics.batch_size.observe(len(batch))
         self.metrics.batch_duration.observe(elapsed_s)
-        self.metrics.last_commit.set(time.time())
+        self.metrics.last_commit.set(committed_at)
 
     def _log_timings(self, batch: Batch, timings: dict[str, float], committed_at: float) -> None:
         """Where a batch's time went, at debug level: what the loop waited for the poll, the
